@@ -1,0 +1,3 @@
+from kdcicam.cli import main
+
+main()

@@ -1,0 +1,68 @@
+"""The ``kdcicam`` command line: a thin Typer layer that builds objects and calls library code.
+
+Every sub-command group lives in its own module (``cli/data.py``...), registered below. Errors a
+user can cause are :class:`kdcicam.errors.KdcicamError`: printed as one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from kdcicam.errors import (
+    EXIT_INTERNAL_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    KdcicamError,
+)
+
+app = typer.Typer(
+    name="kdcicam",
+    help="Reproducibility harness for KD-CI-CAM: train, evaluate, ablate and report.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """Reproducibility harness for KD-CI-CAM."""
+
+
+def _register_subcommands() -> None:
+    from kdcicam.cli import data as data_cli
+
+    app.add_typer(data_cli.app, name="data")
+
+
+_register_subcommands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turn user errors into one line + exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="kdcicam", standalone_mode=True)
+    except KdcicamError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        typer.echo("interrupted", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except Exception as exc:  # a bug, not bad input: one line plus how to see more
+        if debug:
+            raise
+        typer.echo(
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            err=True,
+        )
+        raise SystemExit(EXIT_INTERNAL_ERROR) from None

@@ -1,0 +1,284 @@
+"""Typed, frozen run configuration.
+
+A run is fully described by one :class:`RunConfig`. It is built at the edge (CLI options, a
+config file, a registry cell, a profile), validated there, and then passed down explicitly: no
+module reads globals or environment variables for settings. The resolved config is what gets
+stored with a run and hashed into its identity (:func:`config_hash`).
+
+Field names follow the paper's symbols where there is one (``update_rate`` = λ of Eq. 7,
+``alpha`` = α of Eq. 16, ``mu``/``eta`` = μ/η of Eq. 19, ``beta``/``delta`` = β/δ of Eq. 21).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from kdcicam.errors import ConfigError
+
+Variant = Literal["paper", "reference"]
+Role = Literal["student", "cls_teacher", "loc_teacher", "distilled"]
+Backbone = Literal["vgg16", "inceptionv3"]
+DatasetName = Literal["synthetic", "cub", "ilsvrc", "wsol"]
+Protocol = Literal["paper", "standard"]
+Selection = Literal["top1_loc", "gt_known_loc", "top1_cls", "last"]
+
+VARIANTS: tuple[str, ...] = get_args(Variant)
+ROLES: tuple[str, ...] = get_args(Role)
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+SELECTIONS: tuple[str, ...] = get_args(Selection)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Parameters of the embedded confounded-context benchmark (``kdcicam data synth``)."""
+
+    classes: int = 10  # number of object classes (each with its preferred context)
+    per_class: int = 200  # images per class (train + test)
+    size: int = 64  # nominal image side in pixels (actual sizes vary, non-square)
+    context_correlation: float = 0.9  # P(preferred context | class) in the train split
+    test_context_correlation: float = 0.0  # same, in the test split (0 = context uninformative)
+    test_fraction: float = 0.25  # share of each class written as test images
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: DatasetName = "synthetic"
+    root: str | None = None  # dataset folder; None = the synthetic benchmark's cache folder
+    train_resize: int = 256  # train: resize the image to this square size, then random-crop
+    crop: int = 224  # train crop side (the network's input size)
+    randaugment: bool = True  # RandAugment on train images, as the paper says (§4.2)
+    randaugment_ops: int = 2  # RandAugment N
+    randaugment_magnitude: int = 9  # RandAugment M
+    val_fraction: float = 0.1  # share of each class's train images held out for validation
+    split_seed: int = 0  # seed of the validation split (independent of the run seed)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: Backbone = "vgg16"
+    num_classes: int = 200
+    width: float = 1.0  # channel multiplier; 1.0 is the paper's network exactly
+    output_stride: int = 16  # 16 = paper (VGG16 pool5 removed); 8 or 4 keep fewer pools (reduced)
+    nonlocal_blocks: int = 4  # 4 for VGG16 on CUB, 3 otherwise (§4.2)
+    context_pool: bool = True  # False = Base (NL-CCAM): X^e = X, no pool
+    update_rate: float = 0.01  # λ of Eq. 7
+    weights: str | None = None  # torchvision ImageNet checkpoint file; None = random init
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Which loss recipe trains the run (its role) and the weights of every term."""
+
+    role: Role = "student"
+    alpha: float = 0.8  # α of Eq. 16 (distillation strength)
+    T_cls: float = 15.0  # T^cls of Eq. 11-12
+    T_loc: float = 15.0  # T^loc of Eq. 14-15
+    mu: float = 1.0  # μ of Eq. 19 (fore loss)
+    eta: float = 0.04  # η of Eq. 19 (area loss, cls teacher)
+    beta: float = 0.5  # β of Eq. 21 (diff loss)
+    delta: float = 0.0  # δ of Eq. 21 (area loss, loc teacher)
+    fg_threshold_cls: float = 0.08  # θ of the cls teacher's foreground mask (reference code)
+    fg_threshold_loc: float = 0.0  # θ of the loc teacher's foreground mask (reference code)
+    log_eps: float = 1e-6  # ε clamping the probability difference inside Eq. 20's log (paper variant)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 5e-4
+    batch_size: int = 6
+    epochs: int = 100
+    betas: tuple[float, float] = (0.9, 0.99)  # Adam(β1, β2), §4.2
+    weight_decay: float = 0.0
+    seed: int = 0
+    deterministic: bool = False  # bit-identical CPU runs for the same seed
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    num_workers: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    theta: float = 0.14  # θ: CAM threshold for the box (fraction of the heatmap's max)
+    test_resize: int = 344  # paper protocol: square resize S x S ...
+    test_crop: int = 224  # ... then centre crop C (and the standard protocol's input size)
+    iou_threshold: float = 0.5
+    maxbox_thresholds: int = 100  # MaxBoxAccV2: number of CAM thresholds in [0, 1)
+    maxbox_ious: tuple[float, ...] = (0.3, 0.5, 0.7)  # MaxBoxAccV2 IoU levels
+
+
+@dataclass(frozen=True)
+class TeacherRefs:
+    """The teacher runs a distilled student learns from (by run id) and how each was selected."""
+
+    cls_run: str | None = None
+    cls_select: Selection = "top1_cls"
+    loc_run: str | None = None
+    loc_select: Selection = "gt_known_loc"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run. Its hash (plus dataset fingerprint) is the run's identity."""
+
+    profile: str = "quick"  # smoke | quick | paper | custom
+    variant: Variant = "reference"  # "paper" equations vs the authors' "reference" code
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    teachers: TeacherRefs = field(default_factory=TeacherRefs)
+
+    def validate(self) -> RunConfig:
+        """Check cross-field and range constraints; raise ConfigError naming the key."""
+        _check(0.0 <= self.eval.theta <= 1.0, "eval.theta", self.eval.theta, "must be in [0, 1]")
+        _check(0.0 < self.eval.iou_threshold <= 1.0, "eval.iou_threshold", self.eval.iou_threshold,
+               "must be in (0, 1]")
+        _check(self.eval.test_crop <= self.eval.test_resize, "eval.test_crop", self.eval.test_crop,
+               "must not exceed eval.test_resize")
+        _check(self.data.crop <= self.data.train_resize, "data.crop", self.data.crop,
+               "must not exceed data.train_resize")
+        _check(0.0 <= self.data.val_fraction < 1.0, "data.val_fraction", self.data.val_fraction,
+               "must be in [0, 1)")
+        _check(0.0 <= self.data.synth.context_correlation <= 1.0, "data.synth.context_correlation",
+               self.data.synth.context_correlation, "must be in [0, 1]")
+        _check(self.model.width > 0, "model.width", self.model.width, "must be > 0")
+        _check(self.model.output_stride in (4, 8, 16), "model.output_stride",
+               self.model.output_stride, "must be 4, 8 or 16")
+        _check(self.model.update_rate >= 0, "model.update_rate", self.model.update_rate,
+               "must be >= 0 (λ of Eq. 7)")
+        _check(0.0 <= self.loss.alpha <= 1.0, "loss.alpha", self.loss.alpha, "must be in [0, 1]")
+        for key in ("T_cls", "T_loc"):
+            _check(getattr(self.loss, key) > 0, f"loss.{key}", getattr(self.loss, key), "must be > 0")
+        for key in ("mu", "eta", "beta", "delta"):
+            _check(getattr(self.loss, key) >= 0, f"loss.{key}", getattr(self.loss, key), "must be >= 0")
+        _check(self.train.lr > 0, "train.lr", self.train.lr, "must be > 0")
+        _check(self.train.batch_size >= 1, "train.batch_size", self.train.batch_size, "must be >= 1")
+        _check(self.train.epochs >= 1, "train.epochs", self.train.epochs, "must be >= 1")
+        if self.loss.role == "distilled":
+            _check(self.teachers.cls_run is not None or self.teachers.loc_run is not None,
+                   "teachers", None, "a distilled student needs at least one teacher run")
+        return self
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: {why}")
+
+
+# --------------------------------------------------------------------------- dict conversion
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready nested dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types.
+
+    Missing keys take the dataclass defaults. Errors name the dotted key: ``where: key``.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table/object, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{key} = {value!r}: must be one of {choices}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r}: expected a list")
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} = {value!r}: expected {len(args)} values")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r}: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} = {value!r}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} = {value!r}: expected a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r}: expected a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r}: expected a string")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {value!r}: expected a table")
+        return value
+    return value
+
+
+def with_overrides(cfg: Any, overrides: dict[str, Any], where: str = "override") -> Any:
+    """Return ``cfg`` with dotted-key overrides applied (``{"train.lr": 1e-3}``), type-checked."""
+    data = to_dict(cfg)
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{where}: unknown key {dotted!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"{where}: unknown key {dotted!r}")
+        node[parts[-1]] = value
+    return from_dict(type(cfg), data, where="")
+
+
+def config_hash(cfg: Any, *extra: str) -> str:
+    """Stable short hash of a config (and extra identity strings such as a dataset fingerprint)."""
+    payload = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    h = hashlib.sha256(payload.encode())
+    for item in extra:
+        h.update(b"\0" + item.encode())
+    return h.hexdigest()[:16]
