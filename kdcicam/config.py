@@ -37,15 +37,29 @@ SELECTIONS: tuple[str, ...] = get_args(Selection)
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Parameters of the embedded confounded-context benchmark (``kdcicam data synth``)."""
+    """Parameters of the embedded confounded-context benchmark (``kdcicam data synth``).
+
+    Each knob models one of the paper's problems or a nuisance (docs/synthetic.md); none is tuned
+    so that a particular method wins. Context mixing: with probability ``context_correlation`` an
+    image shows its class's preferred context, otherwise a context drawn uniformly from all
+    ``classes`` contexts, so P(preferred) = corr + (1 - corr) / classes and 0 means independent.
+    """
 
     classes: int = 10  # number of object classes (each with its preferred context)
     per_class: int = 200  # images per class (train + test)
     size: int = 64  # nominal image side in pixels (actual sizes vary, non-square)
-    context_correlation: float = 0.9  # P(preferred context | class) in the train split
-    test_context_correlation: float = 0.0  # same, in the test split (0 = context uninformative)
+    context_correlation: float = 0.9  # train: weight of the class's preferred context (1 = always)
+    test_context_correlation: float = 0.0  # same, in the test split (0 = context independent of class)
     test_fraction: float = 0.25  # share of each class written as test images
-    seed: int = 0
+    seed: int = 0  # >= 0; image (class c, index k) is drawn from SeedSequence([seed, c, k])
+    body_class_evidence: float = 0.2  # tint of the shared body toward the class colour (0 = none)
+    part_scale: float = 0.35  # class-specific part's radius / body's semi-major axis
+    body_scale: tuple[float, float] = (0.25, 0.6)  # body's long axis / shorter image side (range)
+    body_aspect: tuple[float, float] = (0.35, 0.8)  # body's short / long axis (range)
+    side_jitter: float = 1.25  # each image side in [size / jitter, size * jitter] (log-uniform)
+    grayscale_fraction: float = 0.02  # share of images written as single-channel JPEGs
+    noise: float = 0.03  # std of additive Gaussian pixel noise (intensities in [0, 1])
+    jpeg_quality: int = 90  # JPEG quality of the written images
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,9 @@ class TrainConfig:
     epochs: int = 100
     betas: tuple[float, float] = (0.9, 0.99)  # Adam(β1, β2), §4.2
     weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine", "reference"] = "constant"  # reference: poly(0.9) + halving
+    halve_every: int = 0  # reference schedule: lr x 0.5 every this many epochs (0 = never)
+    backbone_lr_mult: float = 1.0  # lr of backbone + context conv relative to the classifier's
     seed: int = 0
     deterministic: bool = False  # bit-identical CPU runs for the same seed
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -150,8 +167,13 @@ class RunConfig:
                "must not exceed data.train_resize")
         _check(0.0 <= self.data.val_fraction < 1.0, "data.val_fraction", self.data.val_fraction,
                "must be in [0, 1)")
-        _check(0.0 <= self.data.synth.context_correlation <= 1.0, "data.synth.context_correlation",
-               self.data.synth.context_correlation, "must be in [0, 1]")
+        if self.data.dataset == "synthetic":
+            from kdcicam.data.synthetic import validate as validate_synth  # avoids an import cycle
+
+            validate_synth(self.data.synth)
+        _check(0 <= self.data.randaugment_magnitude <= 30, "data.randaugment_magnitude",
+               self.data.randaugment_magnitude, "must be in [0, 30]")
+        _check(self.data.randaugment_ops >= 0, "data.randaugment_ops", self.data.randaugment_ops, "must be >= 0")
         _check(self.model.width > 0, "model.width", self.model.width, "must be > 0")
         _check(self.model.output_stride in (4, 8, 16), "model.output_stride",
                self.model.output_stride, "must be 4, 8 or 16")
@@ -188,15 +210,14 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
 
     Missing keys take the dataclass defaults. Errors name the dotted key: ``where: key``.
     """
+    prefix = f"{where}: " if where else ""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table/object, got {type(data).__name__}")
+        raise ConfigError(f"{prefix}expected a table/object, got {type(data).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})"
-        )
+        raise ConfigError(f"{prefix}unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
@@ -272,7 +293,10 @@ def with_overrides(cfg: Any, overrides: dict[str, Any], where: str = "override")
         if parts[-1] not in node:
             raise ConfigError(f"{where}: unknown key {dotted!r}")
         node[parts[-1]] = value
-    return from_dict(type(cfg), data, where="")
+    try:
+        return from_dict(type(cfg), data, where="")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def config_hash(cfg: Any, *extra: str) -> str:

@@ -37,6 +37,7 @@ def _register_subcommands() -> None:
     from kdcicam.cli import data as data_cli
 
     app.add_typer(data_cli.app, name="data")
+    from kdcicam.cli import runs as runs_cli; app.add_typer(runs_cli.app, name="runs")  # noqa: E702
 
 
 _register_subcommands()

@@ -1,0 +1,213 @@
+"""``kdcicam runs``: list the runs in the run store and show one in full."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import pandas as pd
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from kdcicam.store import RUN_STATUSES, RunInfo, open_store, resolve_db_url, sqlite_file
+
+app = typer.Typer(help="List and inspect the runs recorded in the run store.", no_args_is_help=True)
+
+_DB_HELP = "Run store: a SQLAlchemy URL or a SQLite file path [default: $KDCICAM_DB, else ./runs.db]."
+HEADLINE_METRICS = ("top1_cls", "top1_loc", "gt_known_loc")
+# Which evaluation a run's headline numbers come from, most preferred first (paper protocol,
+# last checkpoint, the paper's fixed θ, test split), falling back to whatever was evaluated.
+_PREFERENCE = {
+    "protocol": ("paper", "standard"),
+    "selection": ("last", "top1_loc", "gt_known_loc", "top1_cls"),
+    "threshold_policy": ("fixed", "val", "oracle"),
+    "split": ("test", "val"),
+}
+_GROUP = ["protocol", "selection", "threshold_policy", "split"]
+_DEFAULT_SOURCE = "/".join(values[0] for values in _PREFERENCE.values())  # paper/last/fixed/test
+
+
+def _db_url(db: str | None) -> str:
+    return resolve_db_url(db, os.environ.get("KDCICAM_DB"))
+
+
+def headline(finals: pd.DataFrame) -> tuple[str | None, dict[str, float | None]]:
+    """A run's key numbers from its long-format final metrics.
+
+    Args:
+        finals: one run's rows of :meth:`Store.final_metrics`.
+
+    Returns:
+        ("protocol/selection/threshold_policy/split" of the evaluation used, {name: value} for the
+        names in HEADLINE_METRICS it has, NaN as None); (None, {}) when no evaluation has any.
+    """
+    rows = finals[finals["name"].isin(HEADLINE_METRICS)]
+    if rows.empty:
+        return None, {}
+
+    def rank(key: tuple[str, ...]) -> tuple[int, ...]:
+        return tuple(_PREFERENCE[col].index(val) if val in _PREFERENCE[col] else len(_PREFERENCE[col])
+                     for col, val in zip(_GROUP, key))
+
+    best = min((tuple(key) for key in rows[_GROUP].drop_duplicates().itertuples(index=False)), key=rank)
+    chosen = rows[(rows[_GROUP] == pd.Series(best, index=_GROUP)).all(axis=1)]
+    return "/".join(best), _values(chosen)
+
+
+def _values(rows: pd.DataFrame) -> dict[str, float | None]:
+    """name -> value of long-format rows, NaN as None (so JSON output stays valid JSON)."""
+    return {name: None if math.isnan(value) else float(value)
+            for name, value in zip(rows["name"], rows["value"].astype(float))}
+
+
+def _console() -> Console:
+    """A console for tables: piped output gets room for every column instead of 80 characters."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    return console
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _when(moment: Any) -> str:
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    minutes, secs = divmod(value, 60)
+    return f"{value:.1f} s" if minutes == 0 else f"{int(minutes)} min {secs:.0f} s ({value:.0f} s)"
+
+
+@app.command("list")
+def list_cmd(
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    status: str | None = typer.Option(
+        None, "--status", help=f"Only runs with this status: {' | '.join(RUN_STATUSES)}."),
+    role: str | None = typer.Option(
+        None, "--role", help="Only runs of this role (student, cls_teacher, loc_teacher, distilled)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the runs as a JSON list."),
+) -> None:
+    """List runs (oldest first) with their status and key final metrics."""
+    if status is not None and status not in RUN_STATUSES:
+        raise typer.BadParameter(f"must be one of {', '.join(RUN_STATUSES)}", param_hint="--status")
+    url = _db_url(db)
+    path = sqlite_file(url)
+    if path is not None and not path.exists():  # listing must not create a store as a side effect
+        typer.echo("[]" if as_json else f"no runs yet (no run store at {path})")
+        return
+    with open_store(url) as store:
+        runs = store.list_runs(status=status, role=role)
+        finals = store.final_metrics([run.id for run in runs]) if runs else None
+    heads = {run.id: headline(finals[finals["run_id"] == run.id]) for run in runs}
+    if as_json:
+        typer.echo(json.dumps([{**run.to_dict(), "headline_from": heads[run.id][0],
+                                "headline": heads[run.id][1]} for run in runs], indent=2))
+        return
+    if not runs:
+        filtered = status is not None or role is not None
+        typer.echo("no runs match these filters" if filtered else "no runs yet")
+        return
+    console = _console()
+    table = Table(title=f"{len(runs)} run(s) in {store.url}", box=box.SIMPLE_HEAD,
+                  caption=f"metrics: {_DEFAULT_SOURCE} evaluation unless 'from' names another")
+    for column in ("id", "role", "profile", "variant", "dataset", "seed", "status",
+                   *HEADLINE_METRICS, "from", "created (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for run in runs:
+        source, values = heads[run.id]
+        table.add_row(run.short_id, run.role, run.profile, run.variant, run.dataset, str(run.seed),
+                      run.status, *(_fmt(values.get(name)) for name in HEADLINE_METRICS),
+                      "" if source in (None, _DEFAULT_SOURCE) else source, _when(run.created_at)[:16])
+    console.print(table)
+
+
+def _final_groups(finals: pd.DataFrame) -> list[dict[str, Any]]:
+    groups = []
+    for key, rows in finals.groupby(_GROUP, sort=True):
+        groups.append({**dict(zip(_GROUP, key)), "metrics": _values(rows)})
+    return groups
+
+
+def _last_epoch(epochs: pd.DataFrame) -> dict[str, Any] | None:
+    if epochs.empty:
+        return None
+    last = int(epochs["epoch"].max())
+    rows = epochs[epochs["epoch"] == last]
+    out: dict[str, Any] = {"epoch": last}
+    for split, part in rows.groupby("split", sort=True):
+        out[split] = _values(part)
+    return out
+
+
+@app.command("show")
+def show_cmd(
+    run: str = typer.Argument(..., help="Run id or a unique prefix of at least 4 characters."),
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
+) -> None:
+    """Show one run: status, timings, final metrics per protocol/selection, and its config."""
+    with open_store(_db_url(db), create=False) as store:
+        info = store.resolve_run(run)
+        groups = _final_groups(store.final_metrics([info.id]))
+        last_epoch = _last_epoch(store.epoch_metrics(info.id))
+    if as_json:
+        typer.echo(json.dumps({"run": info.to_dict(), "final_metrics": groups, "last_epoch": last_epoch},
+                              indent=2))
+        return
+    console = _console()
+    _print_summary(console, info)
+    if groups:
+        names = sorted({name for group in groups for name in group["metrics"]})
+        table = Table(title="final metrics")
+        for column in (*_GROUP, *names):
+            table.add_column(column.replace("threshold_policy", "θ policy"))
+        for group in groups:
+            table.add_row(*(group[col] for col in _GROUP), *(_fmt(group["metrics"].get(n)) for n in names))
+        console.print(table)
+    else:
+        console.print("final metrics: none yet")
+    if last_epoch is not None:
+        parts = [f"{split}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+                 for split, values in last_epoch.items() if split != "epoch"]
+        console.print(f"last epoch {last_epoch['epoch']}: " + "; ".join(parts), markup=False)
+    console.print("config:")
+    console.print_json(json.dumps(info.config))
+
+
+def _print_summary(console: Console, info: RunInfo) -> None:
+    status = info.status + (f" ({info.message})" if info.message else "")
+    lines = [
+        ("run", info.id),
+        ("status", status),
+        ("role / profile / variant", f"{info.role} / {info.profile} / {info.variant}"),
+        ("dataset", f"{info.dataset} ({info.dataset_fingerprint or 'no fingerprint'})"),
+        ("seed", str(info.seed)),
+        ("config hash", info.config_hash),
+        ("created / started / finished (UTC)",
+         f"{_when(info.created_at)} / {_when(info.started_at)} / {_when(info.finished_at)}"),
+        ("last heartbeat (UTC)", _when(info.heartbeat_at)),
+        ("train time", _seconds(info.train_seconds)),
+        ("eval time", _seconds(info.eval_seconds)),
+        ("host / pid", f"{info.host or '-'} / {info.pid if info.pid is not None else '-'}"),
+        ("device / torch", f"{info.device or '-'} / {info.torch_version or '-'}"),
+        ("git commit", info.git_commit or "-"),
+        ("artifacts", info.artifacts_dir or "-"),
+        ("weights", json.dumps(info.weights) if info.weights is not None else "-"),
+        ("labels", json.dumps(info.labels) if info.labels else "-"),
+    ]
+    width = max(len(key) for key, _ in lines)
+    for key, value in lines:
+        console.print(f"{key:<{width}}  {value}", markup=False, highlight=False)

@@ -1,0 +1,94 @@
+"""Build the CI-CAM network from a ModelConfig, and its optimizer parameter groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from kdcicam.config import VARIANTS, ModelConfig
+from kdcicam.errors import ConfigError
+from kdcicam.model.backbones import build_backbone
+from kdcicam.model.cicam import CICAM
+from kdcicam.model.context_pool import POOL_RULES, CausalContextPool
+from kdcicam.model.weights import load_pretrained
+
+HUB_WEIGHTS = "imagenet"  # model.weights = "imagenet": torchvision's file from the local torch hub cache
+REFERENCE_BACKBONE_LR_MULT = 0.1  # reference: backbone (incl. non-local blocks) + context conv at 0.1x the lr
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ConfigError(f"variant = {variant!r}: must be one of {', '.join(map(repr, VARIANTS))}")
+
+
+def build_model(cfg: ModelConfig, variant: str, input_size: int) -> CICAM:
+    """The network of every role, with ImageNet weights when ``cfg.weights`` is set.
+
+    Args:
+        cfg: backbone, num_classes, width, output_stride, nonlocal_blocks, context_pool, update_rate (λ),
+            weights (None = random init; "imagenet" = torchvision's file in the torch hub cache; else a path).
+        variant: "paper" | "reference" (VGG activation and the pool's update rules).
+        input_size: training input side (the crop); fixes the pool's (h, w).
+
+    Returns:
+        The CICAM model (train mode); ``model.weights_record`` says which weights it starts from.
+
+    Raises:
+        ConfigError: bad variant, backbone, width, stride, block count, num_classes, or an input too small.
+        RunError: the weights file is missing or does not fit (see :func:`load_pretrained`).
+    """
+    _check_variant(variant)
+    if cfg.num_classes < 1:
+        raise ConfigError(f"model.num_classes = {cfg.num_classes}: must be >= 1")
+    backbone = build_backbone(cfg.backbone, cfg.width, cfg.output_stride, cfg.nonlocal_blocks, variant)
+    side = backbone.feature_size(input_size)
+    if side < 1:
+        raise ConfigError(f"input size {input_size}: too small for {cfg.backbone} at output_stride "
+                          f"{cfg.output_stride} (the feature map would be empty)")
+    pool = None
+    if cfg.context_pool:
+        pool = CausalContextPool(cfg.num_classes, (side, side), cfg.update_rate, POOL_RULES[variant])
+    model = CICAM(backbone, cfg.num_classes, pool)
+    if cfg.weights is not None:
+        model.weights_record = load_pretrained(model, None if cfg.weights == HUB_WEIGHTS else cfg.weights)
+    return model
+
+
+def backbone_lr_mult(variant: str) -> float:
+    """The backbone's lr relative to the classifier's: 1.0 ("paper", none stated) or 0.1 ("reference")."""
+    _check_variant(variant)
+    return REFERENCE_BACKBONE_LR_MULT if variant == "reference" else 1.0
+
+
+def param_groups(model: CICAM, lr: float, variant: str | float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups.
+
+    Args:
+        model: the network.
+        lr: the classifier's (base) learning rate.
+        variant: "paper" (one group at ``lr``) or "reference" (the backbone incl. non-local blocks and the
+            context conv at 0.1 x ``lr``, the classifier at ``lr``: the authors' code); or directly the
+            backbone's multiplier as a float (e.g. ``TrainConfig.backbone_lr_mult``; 1.0 gives one group).
+
+    Returns:
+        Groups for ``torch.optim``; each carries ``name`` and ``lr_scale`` (its lr / ``lr``) so a scheduler
+        can rescale every group from the base lr.
+    """
+    mult = backbone_lr_mult(variant) if isinstance(variant, str) else float(variant)
+    if not mult > 0:
+        raise ConfigError(f"backbone lr multiplier = {mult}: must be > 0")
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if mult == 1.0:
+        return [{"name": "all", "params": [p for _, p in trainable], "lr": lr, "lr_scale": 1.0}]
+    head = [p for n, p in trainable if n.startswith("classifier.")]
+    body = [p for n, p in trainable if not n.startswith("classifier.")]
+    return [
+        {"name": "backbone", "params": body, "lr": lr * mult, "lr_scale": mult},
+        {"name": "classifier", "params": head, "lr": lr, "lr_scale": 1.0},
+    ]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,124 @@
+"""Planning: registry cells -> the deduplicated, ordered list of runs they need.
+
+A run is identified by the hash of its resolved config plus the dataset fingerprint
+(:func:`run_id_for`); the seed is part of the config. Cells that need the same trained model
+(Table 3's "+ConPool" and Table 4's "Stu"; a teacher used by Tables 3, 4 and 5) resolve to the
+same run id and are planned once. Teachers come before the students that learn from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kdcicam.config import RunConfig, TeacherRefs, config_hash
+from kdcicam.registry import Cell, Registry, Scope, apply_multipliers, grid_points, resolve_config
+
+
+def run_id_for(cfg: RunConfig, dataset_fingerprint: str) -> str:
+    """A run's identity: its resolved config (seed included) and the data it trains on."""
+    return config_hash(cfg, dataset_fingerprint)
+
+
+@dataclass
+class PlannedRun:
+    run_id: str
+    cfg: RunConfig
+    deps: tuple[str, ...] = ()  # run ids of the teachers this run learns from
+    labels: list[tuple[str, str, int, str]] = field(default_factory=list)  # (table, cell, seed, grid point)
+
+    @property
+    def role(self) -> str:
+        return self.cfg.loss.role
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """One cell at one seed (and grid point): the run whose checkpoint ``select`` it reports."""
+
+    table: str
+    cell: str
+    name: str
+    seed: int
+    run_id: str
+    select: str
+    point: str = ""  # grid point label, e.g. "train.epochs x0.5, train.lr x2"
+
+
+@dataclass
+class Plan:
+    scope: Scope
+    profile: str
+    variant: str
+    runs: list[PlannedRun]  # teachers first
+    cells: list[PlannedCell]
+
+    def run(self, run_id: str) -> PlannedRun:
+        for r in self.runs:
+            if r.run_id == run_id:
+                return r
+        raise KeyError(run_id)
+
+
+def _point_label(point: dict[str, float]) -> str:
+    return ", ".join(f"{k} x{v:g}" for k, v in sorted(point.items()))
+
+
+def make_plan(
+    reg: Registry,
+    table_keys: list[str],
+    *,
+    scope: Scope,
+    profile: str,
+    variant: str,
+    seeds: list[int],
+    num_classes: int,
+    dataset_fingerprint: str,
+    cli_overrides: dict | None = None,
+) -> Plan:
+    """Resolve every cell of the named tables, at every seed, into runs (deduplicated, teachers first)."""
+    runs: dict[str, PlannedRun] = {}
+    cells: list[PlannedCell] = []
+
+    def add(cfg: RunConfig, deps: tuple[str, ...] = ()) -> PlannedRun:
+        rid = run_id_for(cfg, dataset_fingerprint)
+        if rid not in runs:
+            runs[rid] = PlannedRun(run_id=rid, cfg=cfg, deps=deps)
+        return runs[rid]
+
+    def resolve(role: str, context_pool: bool, seed: int, overrides: dict, teachers: TeacherRefs | None = None):
+        return resolve_config(reg, scope=scope, profile=profile, variant=variant, role=role,
+                              context_pool=context_pool, seed=seed, num_classes=num_classes,
+                              overrides=overrides, teachers=teachers, cli_overrides=cli_overrides)
+
+    def teacher_run(name: str, seed: int) -> PlannedRun:
+        t = reg.teachers[name]
+        return add(resolve(t.role, t.context_pool, seed, t.overrides))
+
+    for key in table_keys:
+        table = reg.table(key)
+        for seed in seeds:
+            for cell in table.cells:
+                for point in grid_points(cell):
+                    run = _cell_run(cell, seed, point, resolve, teacher_run, add)
+                    label = (table.key, cell.key, seed, _point_label(point))
+                    if label not in run.labels:
+                        run.labels.append(label)
+                    cells.append(PlannedCell(table=table.key, cell=cell.key, name=cell.name, seed=seed,
+                                             run_id=run.run_id, select=cell.select, point=_point_label(point)))
+    ordered = sorted(runs.values(), key=lambda r: (len(r.deps) > 0,))  # stable: teachers/plain runs first
+    return Plan(scope=scope, profile=profile, variant=variant, runs=ordered, cells=cells)
+
+
+def _cell_run(cell: Cell, seed: int, point: dict, resolve, teacher_run, add) -> PlannedRun:
+    if cell.teacher is not None:  # the cell reports a teacher run itself
+        return teacher_run(cell.teacher, seed)
+    refs = None
+    deps: tuple[str, ...] = ()
+    if cell.teachers is not None:
+        cls_run = teacher_run(cell.teachers.cls, seed).run_id if cell.teachers.cls else None
+        loc_run = teacher_run(cell.teachers.loc, seed).run_id if cell.teachers.loc else None
+        refs = TeacherRefs(cls_run=cls_run, cls_select=cell.teachers.cls_select,
+                           loc_run=loc_run, loc_select=cell.teachers.loc_select)
+        deps = tuple(r for r in (cls_run, loc_run) if r)
+    cfg = apply_multipliers(resolve(cell.role, cell.context_pool, seed, cell.overrides, refs), point)
+    return add(cfg, deps)

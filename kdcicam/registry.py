@@ -1,0 +1,479 @@
+"""The ablation registry: ``ablations/*.toml`` read into typed, validated objects.
+
+One file per paper artefact (``table3.toml``, ``table4.toml``, ``table5.toml``, ``figure1b.toml``,
+and any extra file a user adds), the shared teacher definitions (``teachers.toml``), the profiles
+(``profiles.toml``) and the paper's settings (``paper-hyperparameters.csv``). A cell is data: what
+it turns on, the hyperparameters it overrides, the paper's numbers. No code branches on a table's
+name; every error names the file, the cell and the key.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdcicam.config import (
+    ROLES,
+    SELECTIONS,
+    RunConfig,
+    SynthConfig,
+    TeacherRefs,
+    from_dict,
+    to_dict,
+    with_overrides,
+)
+from kdcicam.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "ablations"
+METRICS = ("top1_cls", "top5_cls", "top1_loc", "top5_loc", "gt_known_loc", "maxboxacc_v2")
+NON_TABLE_FILES = {"teachers.toml", "profiles.toml"}
+# Which of the paper's dataset settings a dataset borrows (the synthetic benchmark stands in for CUB).
+SETTINGS_FROM = {"synthetic": "cub", "cub": "cub", "wsol": "cub", "ilsvrc": "ilsvrc"}
+
+# paper-hyperparameters.csv column -> config key
+_HP_COLUMNS = {
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "update_rate_lambda": "model.update_rate",
+    "epochs": "train.epochs",
+    "T_cls": "loss.T_cls",
+    "T_loc": "loss.T_loc",
+    "alpha": "loss.alpha",
+    "cls_teacher_mu": "loss.mu",
+    "cls_teacher_eta": "loss.eta",
+    "loc_teacher_beta": "loss.beta",
+    "loc_teacher_delta": "loss.delta",
+    "test_resize": "eval.test_resize",
+    "test_crop": "eval.test_crop",
+    "box_threshold_theta": "eval.theta",
+    "nonlocal_blocks": "model.nonlocal_blocks",
+}
+_INT_KEYS = {"train.batch_size", "train.epochs", "eval.test_resize", "eval.test_crop", "model.nonlocal_blocks"}
+
+
+@dataclass(frozen=True)
+class TeacherDef:
+    name: str
+    role: str
+    context_pool: bool
+    description: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TeacherUse:
+    """Which teacher runs a distilled cell learns from, and how each teacher's checkpoint is chosen."""
+
+    cls: str | None = None
+    cls_select: str = "top1_cls"
+    loc: str | None = None
+    loc_select: str = "gt_known_loc"
+
+
+@dataclass(frozen=True)
+class Cell:
+    table: str
+    key: str
+    name: str
+    role: str | None  # None for a cell that reports a teacher run itself (``teacher`` is set)
+    context_pool: bool = True
+    teachers: TeacherUse | None = None
+    teacher: str | None = None  # report this teacher run ...
+    select: str = "last"  # ... (or this cell's run) at the checkpoint this criterion picks
+    overrides: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, tuple[float, ...]] = field(default_factory=dict)  # key -> multipliers
+    paper: dict[str, dict[str, float]] = field(default_factory=dict)  # "cub/vgg16" -> metric -> %
+
+
+@dataclass(frozen=True)
+class Claim:
+    table: str
+    key: str
+    text: str
+    cell: str
+    versus: str
+    metrics: tuple[str, ...]
+    direction: str = "increase"
+    kind: str = "difference"
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str  # file stem, e.g. "table3"
+    path: Path
+    title: str
+    caption: str
+    kind: str  # "table" | "scatter"
+    reference_cell: str | None
+    metrics: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    claims: tuple[Claim, ...] = ()
+
+    def cell(self, key: str) -> Cell:
+        for c in self.cells:
+            if c.key == key:
+                return c
+        raise ConfigError(f"{self.path.name}: no cell {key!r} (cells: {', '.join(c.key for c in self.cells)})")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    reduced: bool
+    needs_real_data: bool = False
+    needs_weights: bool = False
+    needs_gpu: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    synth: dict[str, Any] = field(default_factory=dict)
+    variant: dict[str, Any] = field(default_factory=dict)  # variant -> overrides (+ "role" -> role -> overrides)
+
+
+@dataclass(frozen=True)
+class Registry:
+    root: Path
+    tables: dict[str, Table]
+    teachers: dict[str, TeacherDef]
+    profiles: dict[str, Profile]
+    paper_settings: dict[tuple[str, str], dict[str, Any]]  # (dataset, backbone) -> config overrides
+
+    def table(self, key: str) -> Table:
+        if key not in self.tables:
+            raise ConfigError(f"unknown table {key!r} (known: {', '.join(sorted(self.tables))}, all)")
+        return self.tables[key]
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise ConfigError(f"unknown profile {name!r} (known: {', '.join(sorted(self.profiles))})")
+        return self.profiles[name]
+
+
+# ----------------------------------------------------------------------------------- reading
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path.name}: TOML syntax error: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path.name}: cannot read ({exc})") from None
+
+
+def _keys(where: str, data: dict[str, Any], required: set[str], optional: set[str]) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table")
+    unknown = sorted(set(data) - required - optional)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(required | optional))})")
+    missing = sorted(required - set(data))
+    if missing:
+        raise ConfigError(f"{where}: missing key {missing[0]!r}")
+
+
+def _typed(where: str, value: Any, tp: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, tp) or (isinstance(value, bool) and bool not in (tp if isinstance(tp, tuple) else (tp,))):
+        raise ConfigError(f"{where}: expected {what}, got {value!r}")
+    return value
+
+
+def _check_overrides(where: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides are dotted config keys; check each names a real, correctly typed field."""
+    _typed(where, overrides, dict, "a table of dotted config keys")
+    if overrides:
+        with_overrides(RunConfig(), overrides, where=where)
+    return dict(overrides)
+
+
+_CELL_KEYS = {"key", "name"}
+_CELL_OPTIONAL = {"role", "context_pool", "teachers", "teacher", "select", "overrides", "grid", "paper"}
+
+
+def _read_cell(path: Path, table_key: str, raw: dict[str, Any], teachers: dict[str, TeacherDef]) -> Cell:
+    key = raw.get("key", "?") if isinstance(raw, dict) else "?"
+    where = f"{path.name}: cell {key!r}"
+    _keys(where, raw, _CELL_KEYS, _CELL_OPTIONAL)
+    role = raw.get("role")
+    teacher = raw.get("teacher")
+    if (role is None) == (teacher is None):
+        raise ConfigError(f"{where}: give exactly one of 'role' (a run of its own) or 'teacher' (report a teacher run)")
+    if role is not None and role not in ROLES:
+        raise ConfigError(f"{where}: role = {role!r}: must be one of {', '.join(ROLES)}")
+    if teacher is not None and teacher not in teachers:
+        raise ConfigError(f"{where}: teacher = {teacher!r}: no such teacher in teachers.toml "
+                          f"(known: {', '.join(sorted(teachers))})")
+    select = raw.get("select", "last")
+    if select not in SELECTIONS:
+        raise ConfigError(f"{where}: select = {select!r}: must be one of {', '.join(SELECTIONS)}")
+    use = None
+    if "teachers" in raw:
+        t = raw["teachers"]
+        _keys(f"{where}: teachers", t, set(), {"cls", "cls_select", "loc", "loc_select"})
+        for slot in ("cls", "loc"):
+            name = t.get(slot)
+            if name is not None and name not in teachers:
+                raise ConfigError(f"{where}: teachers.{slot} = {name!r}: no such teacher in teachers.toml "
+                                  f"(known: {', '.join(sorted(teachers))})")
+            sel = t.get(f"{slot}_select", "top1_cls" if slot == "cls" else "gt_known_loc")
+            if sel not in SELECTIONS:
+                raise ConfigError(f"{where}: teachers.{slot}_select = {sel!r}: must be one of {', '.join(SELECTIONS)}")
+        use = TeacherUse(cls=t.get("cls"), cls_select=t.get("cls_select", "top1_cls"),
+                         loc=t.get("loc"), loc_select=t.get("loc_select", "gt_known_loc"))
+        if use.cls is None and use.loc is None:
+            raise ConfigError(f"{where}: teachers: name at least one of 'cls' or 'loc'")
+    if role == "distilled" and use is None:
+        raise ConfigError(f"{where}: role 'distilled' needs a 'teachers' table")
+    if role is not None and role != "distilled" and use is not None:
+        raise ConfigError(f"{where}: 'teachers' is only for role 'distilled' (this cell is {role!r})")
+    overrides = _check_overrides(f"{where}: overrides", raw.get("overrides", {}))
+    grid: dict[str, tuple[float, ...]] = {}
+    for gkey, values in _typed(f"{where}: grid", raw.get("grid", {}), dict, "a table").items():
+        try:
+            _default_of(gkey)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: grid: {exc}") from None
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+            raise ConfigError(f"{where}: grid.{gkey}: expected a non-empty list of positive multipliers")
+        grid[gkey] = tuple(float(v) for v in values)
+    paper: dict[str, dict[str, float]] = {}
+    for scope, numbers in _typed(f"{where}: paper", raw.get("paper", {}), dict, "a table").items():
+        if scope.count("/") != 1:
+            raise ConfigError(f"{where}: paper.{scope!r}: scope must be 'dataset/backbone'")
+        _typed(f"{where}: paper.{scope}", numbers, dict, "a table of metric = value")
+        for metric, value in numbers.items():
+            if metric not in METRICS:
+                raise ConfigError(f"{where}: paper.{scope}.{metric}: unknown metric (known: {', '.join(METRICS)})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                raise ConfigError(f"{where}: paper.{scope}.{metric} = {value!r}: expected a percentage")
+        paper[scope] = {m: float(v) for m, v in numbers.items()}
+    context_pool = raw.get("context_pool", True)
+    _typed(f"{where}: context_pool", context_pool, bool, "true or false")
+    return Cell(table=table_key, key=str(raw["key"]), name=str(raw["name"]), role=role,
+                context_pool=context_pool, teachers=use, teacher=teacher, select=select,
+                overrides=overrides, grid=grid, paper=paper)
+
+
+def _default_of(dotted: str) -> Any:
+    node: Any = to_dict(RunConfig())
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"unknown key {dotted!r}")
+        node = node[part]
+    return node
+
+
+def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
+    raw = _read_toml(path)
+    key = path.stem
+    _keys(path.name, raw, {"title", "cells"}, {"caption", "kind", "reference_cell", "metrics", "claims"})
+    kind = raw.get("kind", "table")
+    if kind not in ("table", "scatter"):
+        raise ConfigError(f"{path.name}: kind = {kind!r}: must be 'table' or 'scatter'")
+    metrics = tuple(raw.get("metrics", METRICS[:5]))
+    for m in metrics:
+        if m not in METRICS:
+            raise ConfigError(f"{path.name}: metrics: unknown metric {m!r} (known: {', '.join(METRICS)})")
+    if not isinstance(raw["cells"], list) or not raw["cells"]:
+        raise ConfigError(f"{path.name}: 'cells' must be a non-empty array of tables ([[cells]])")
+    cells = tuple(_read_cell(path, key, c, teachers) for c in raw["cells"])
+    keys = [c.key for c in cells]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise ConfigError(f"{path.name}: cell key {sorted(dup)[0]!r} is used twice")
+    ref = raw.get("reference_cell")
+    if ref is not None and ref not in keys:
+        raise ConfigError(f"{path.name}: reference_cell = {ref!r}: no such cell (cells: {', '.join(keys)})")
+    claims = []
+    for c in raw.get("claims", []):
+        where = f"{path.name}: claim {c.get('key', '?')!r}" if isinstance(c, dict) else f"{path.name}: claim"
+        _keys(where, c, {"key", "text", "cell", "versus", "metrics"}, {"direction", "kind"})
+        for slot in ("cell", "versus"):
+            if c[slot] not in keys:
+                raise ConfigError(f"{where}: {slot} = {c[slot]!r}: no such cell (cells: {', '.join(keys)})")
+        for m in c["metrics"]:
+            if m not in METRICS:
+                raise ConfigError(f"{where}: metrics: unknown metric {m!r}")
+        direction = c.get("direction", "increase")
+        if direction not in ("increase", "decrease"):
+            raise ConfigError(f"{where}: direction = {direction!r}: must be 'increase' or 'decrease'")
+        claims.append(Claim(table=key, key=c["key"], text=c["text"], cell=c["cell"], versus=c["versus"],
+                            metrics=tuple(c["metrics"]), direction=direction, kind=c.get("kind", "difference")))
+    return Table(key=key, path=path, title=raw["title"], caption=raw.get("caption", ""), kind=kind,
+                 reference_cell=ref, metrics=metrics, cells=cells, claims=tuple(claims))
+
+
+def _read_teachers(path: Path) -> dict[str, TeacherDef]:
+    raw = _read_toml(path)
+    _keys(path.name, raw, {"teachers"}, set())
+    out = {}
+    for name, t in raw["teachers"].items():
+        where = f"{path.name}: teacher {name!r}"
+        _keys(where, t, {"role"}, {"description", "context_pool", "overrides"})
+        if t["role"] not in ("cls_teacher", "loc_teacher"):
+            raise ConfigError(f"{where}: role = {t['role']!r}: must be 'cls_teacher' or 'loc_teacher'")
+        out[name] = TeacherDef(name=name, role=t["role"], context_pool=t.get("context_pool", True),
+                               description=t.get("description", ""),
+                               overrides=_check_overrides(f"{where}: overrides", t.get("overrides", {})))
+    return out
+
+
+def _read_profiles(path: Path) -> dict[str, Profile]:
+    raw = _read_toml(path)
+    out = {}
+    for name, p in raw.items():
+        where = f"{path.name}: profile {name!r}"
+        _keys(where, p, {"description", "reduced"},
+              {"needs_real_data", "needs_weights", "needs_gpu", "overrides", "synth", "variant"})
+        synth = p.get("synth", {})
+        from_dict(SynthConfig, synth, where=f"{where}: synth")
+        variant = p.get("variant", {})
+        for vname, v in variant.items():
+            v = dict(v)
+            roles = v.pop("role", {})
+            _check_overrides(f"{where}: variant.{vname}", v)
+            for rname, r in roles.items():
+                if rname not in ROLES:
+                    raise ConfigError(f"{where}: variant.{vname}.role.{rname}: unknown role")
+                _check_overrides(f"{where}: variant.{vname}.role.{rname}", r)
+        out[name] = Profile(name=name, description=p["description"], reduced=bool(p["reduced"]),
+                            needs_real_data=p.get("needs_real_data", False),
+                            needs_weights=p.get("needs_weights", False), needs_gpu=p.get("needs_gpu", False),
+                            overrides=_check_overrides(f"{where}: overrides", p.get("overrides", {})),
+                            synth=dict(synth), variant=dict(variant))
+    return out
+
+
+def _read_paper_settings(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    try:
+        rows = list(csv.DictReader(path.open(encoding="utf-8")))
+    except OSError as exc:
+        raise ConfigError(f"{path.name}: cannot read ({exc})") from None
+    for i, row in enumerate(rows, start=2):
+        settings: dict[str, Any] = {}
+        for col, key in _HP_COLUMNS.items():
+            try:
+                value = float(row[col])
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(f"{path.name}:{i}: column {col!r} missing or not a number") from None
+            settings[key] = int(value) if key in _INT_KEYS else value
+        opt = row.get("optimizer", "")
+        if opt.startswith("adam("):
+            b1, b2 = opt[5:-1].split(";")
+            settings["train.betas"] = [float(b1), float(b2)]
+        settings["data.crop"] = settings["eval.test_crop"]
+        settings["data.train_resize"] = round(settings["eval.test_crop"] * 256 / 224)
+        out[(row["dataset"], row["backbone"])] = settings
+    return out
+
+
+def load_registry(root: Path | None = None) -> Registry:
+    """Read and validate every file of the registry folder (default: the repository's ``ablations/``)."""
+    root = Path(root) if root is not None else DEFAULT_REGISTRY
+    if not root.is_dir():
+        raise ConfigError(f"{root}: registry folder not found")
+    teachers = _read_teachers(root / "teachers.toml")
+    tables = {}
+    for path in sorted(root.glob("*.toml")):
+        if path.name in NON_TABLE_FILES:
+            continue
+        tables[path.stem] = _read_table(path, teachers)
+    return Registry(root=root, tables=tables, teachers=teachers,
+                    profiles=_read_profiles(root / "profiles.toml"),
+                    paper_settings=_read_paper_settings(root / "paper-hyperparameters.csv"))
+
+
+# ------------------------------------------------------------------------ config resolution
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a plan runs: the dataset (and its folder) and the backbone."""
+
+    dataset: str = "synthetic"
+    backbone: str = "vgg16"
+    root: str | None = None
+
+    @property
+    def paper_scope(self) -> str:
+        """The paper's table scope whose numbers this scope is shown beside (synthetic -> cub)."""
+        return f"{SETTINGS_FROM.get(self.dataset, self.dataset)}/{self.backbone}"
+
+
+def resolve_config(
+    reg: Registry,
+    *,
+    scope: Scope,
+    profile: str,
+    variant: str,
+    role: str,
+    context_pool: bool,
+    seed: int,
+    num_classes: int,
+    overrides: dict[str, Any] | None = None,
+    teachers: TeacherRefs | None = None,
+    cli_overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Resolve one run's config: defaults < paper settings < profile < cell < command line."""
+    prof = reg.profile(profile)
+    key = (SETTINGS_FROM.get(scope.dataset, scope.dataset), scope.backbone)
+    if key not in reg.paper_settings:
+        known = ", ".join(f"{d}/{b}" for d, b in sorted(reg.paper_settings))
+        raise ConfigError(f"no paper settings for {key[0]}/{key[1]} (known: {known})")
+    layers: list[tuple[str, dict[str, Any]]] = [
+        ("paper-hyperparameters.csv", reg.paper_settings[key]),
+        (f"profile {profile}", prof.overrides),
+    ]
+    vover = dict(prof.variant.get(variant, {}))
+    role_over = vover.pop("role", {}).get(role, {})
+    layers += [(f"profile {profile} variant {variant}", vover),
+               (f"profile {profile} variant {variant} role {role}", role_over),
+               ("cell", overrides or {}), ("command line", cli_overrides or {})]
+    cfg = RunConfig(profile=profile, variant=variant)  # type: ignore[arg-type]
+    cfg = with_overrides(cfg, {"model.backbone": scope.backbone, "data.dataset": scope.dataset,
+                               "data.root": scope.root, "model.num_classes": num_classes,
+                               "model.context_pool": context_pool, "loss.role": role,
+                               "train.seed": seed})
+    if scope.dataset == "synthetic" and prof.synth:
+        cfg = with_overrides(cfg, {f"data.synth.{k}": v for k, v in prof.synth.items()}, where=f"profile {profile}")
+    for where, layer in layers:
+        if layer:
+            cfg = with_overrides(cfg, layer, where=where)
+    if teachers is not None:
+        cfg = with_overrides(cfg, {f"teachers.{k}": v for k, v in to_dict(teachers).items()})
+    return cfg.validate()
+
+
+def grid_points(cell: Cell) -> list[dict[str, float]]:
+    """Every combination of the cell's grid multipliers (one empty point when it has no grid)."""
+    if not cell.grid:
+        return [{}]
+    keys = sorted(cell.grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(cell.grid[k] for k in keys))]
+
+
+def apply_multipliers(cfg: RunConfig, point: dict[str, float]) -> RunConfig:
+    """Scale the resolved values of ``cfg`` by a grid point's multipliers (ints are rounded, >= 1)."""
+    if not point:
+        return cfg
+    values = {}
+    for key, mult in point.items():
+        base = _get(cfg, key)
+        scaled = base * mult
+        values[key] = max(1, round(scaled)) if isinstance(base, int) and not isinstance(base, bool) else scaled
+    return with_overrides(cfg, values, where="grid").validate()
+
+
+def _get(cfg: RunConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node

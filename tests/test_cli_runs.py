@@ -1,0 +1,180 @@
+"""``kdcicam runs list|show``: tables, JSON, filters, friendly empty store, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from kdcicam.cli import app, main
+from kdcicam.cli.runs import headline
+from kdcicam.store import open_store
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+RUN_A = "aaaa111122223333"
+RUN_B = "bbbb444455556666"
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'runs.db'}"
+
+
+@pytest.fixture
+def filled(db_url: str) -> str:
+    """A store with a finished, evaluated student (A) and a failed cls teacher (B)."""
+    with open_store(db_url, clock=lambda: T0) as store:
+        for run_id, role in ((RUN_A, "student"), (RUN_B, "cls_teacher")):
+            store.get_or_create_run(run_id, config_hash="c" + run_id[:4], role=role, profile="smoke",
+                                    variant="reference", dataset="synthetic", seed=1,
+                                    config={"profile": "smoke", "eval": {"theta": 0.14}})
+            store.claim_run(run_id, pid=42, host="box")
+        store.set_final_metrics(RUN_A, "paper", "last", "fixed", "test",
+                                {"top1_cls": 0.8125, "top1_loc": 0.5, "gt_known_loc": 0.625})
+        store.set_final_metrics(RUN_A, "standard", "top1_loc", "val", "val", {"maxboxacc_v2": 0.4})
+        store.add_epoch_metrics(RUN_A, 0, "train", {"loss": 2.5})
+        store.add_epoch_metrics(RUN_A, 1, "train", {"loss": 1.5})
+        store.add_epoch_metrics(RUN_A, 1, "val", {"top1_cls": 0.75})
+        store.finish_run(RUN_A, train_seconds=125.0, eval_seconds=4.0)
+        store.set_final_metrics(RUN_B, "standard", "top1_cls", "oracle", "val", {"top1_cls": 0.25})
+        store.fail_run(RUN_B, "loss diverged at epoch 3")
+    return db_url
+
+
+def test_list_without_a_store_is_friendly_and_creates_nothing(runner, tmp_path):
+    result = runner.invoke(app, ["runs", "list", "--db", str(tmp_path / "runs.db")])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("no runs yet")
+    assert not (tmp_path / "runs.db").exists()
+    result = runner.invoke(app, ["runs", "list", "--db", str(tmp_path / "runs.db"), "--json"])
+    assert json.loads(result.output) == []
+
+
+def test_list_of_an_empty_store(runner, db_url):
+    open_store(db_url).close()
+    result = runner.invoke(app, ["runs", "list", "--db", db_url])
+    assert (result.exit_code, result.output) == (0, "no runs yet\n")
+
+
+def test_list_table(runner, filled):
+    result = runner.invoke(app, ["runs", "list", "--db", filled])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    row_a = next(line for line in lines if "aaaa11112222" in line)
+    assert RUN_A not in result.output  # 12-character ids
+    assert row_a.split() == ["aaaa11112222", "student", "smoke", "reference", "synthetic", "1",
+                             "finished", "0.8125", "0.5", "0.625", "2025-03-01", "12:00"]
+    row_b = next(line for line in lines if "bbbb44445555" in line)
+    # B has only a standard/top1_cls/oracle/val evaluation, and only top1_cls of the headline three.
+    assert row_b.split() == ["bbbb44445555", "cls_teacher", "smoke", "reference", "synthetic", "1",
+                             "failed", "0.25", "-", "-", "standard/top1_cls/oracle/val",
+                             "2025-03-01", "12:00"]
+
+
+def test_list_json_and_filters(runner, filled):
+    result = runner.invoke(app, ["runs", "list", "--db", filled, "--json"])
+    runs = json.loads(result.output)
+    assert [run["id"] for run in runs] == [RUN_A, RUN_B]
+    assert runs[0]["headline"] == {"top1_cls": 0.8125, "top1_loc": 0.5, "gt_known_loc": 0.625}
+    assert runs[0]["headline_from"] == "paper/last/fixed/test"
+    assert runs[1]["message"] == "loss diverged at epoch 3"
+    assert runs[0]["created_at"] == "2025-03-01T12:00:00+00:00"
+    failed = json.loads(runner.invoke(app, ["runs", "list", "--db", filled, "--json",
+                                            "--status", "failed"]).output)
+    assert [run["id"] for run in failed] == [RUN_B]
+    students = json.loads(runner.invoke(app, ["runs", "list", "--db", filled, "--json",
+                                              "--role", "student"]).output)
+    assert [run["id"] for run in students] == [RUN_A]
+    none = runner.invoke(app, ["runs", "list", "--db", filled, "--role", "loc_teacher"])
+    assert (none.exit_code, none.output) == (0, "no runs match these filters\n")
+
+
+def test_list_rejects_an_unknown_status(runner, filled):
+    result = runner.invoke(app, ["runs", "list", "--db", filled, "--status", "done"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())  # click's error box wraps the message
+    assert "Invalid value for --status: must be one of pending, running, finished," in text
+
+
+def test_db_comes_from_kdcicam_db_when_no_option(runner, filled, tmp_path):
+    result = runner.invoke(app, ["runs", "list", "--json"], env={"KDCICAM_DB": filled})
+    assert len(json.loads(result.output)) == 2
+    # --db wins over the environment.
+    result = runner.invoke(app, ["runs", "list", "--db", str(tmp_path / "other.db")],
+                           env={"KDCICAM_DB": filled})
+    assert result.output.startswith("no runs yet")
+
+
+def test_show_by_prefix(runner, filled):
+    result = runner.invoke(app, ["runs", "show", "aaaa", "--db", filled])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert f"run                                 {RUN_A}" in out
+    assert "status                              finished" in out
+    assert "2 min 5 s (125 s)" in out  # 125 s = 2 min 5 s
+    assert "last epoch 1: train: loss=1.5; val: top1_cls=0.75" in out
+    table_row = next(line for line in out.splitlines() if "paper" in line and "last" in line)
+    # columns: protocol selection policy split, then names sorted: gt_known_loc maxboxacc_v2 top1_cls top1_loc
+    assert [cell.strip() for cell in table_row.split("│")[1:-1]] == [
+        "paper", "last", "fixed", "test", "0.625", "-", "0.8125", "0.5"]
+    assert '"theta": 0.14' in out  # the config
+
+
+def test_show_json(runner, filled):
+    result = runner.invoke(app, ["runs", "show", RUN_B, "--db", filled, "--json"])
+    payload = json.loads(result.output)
+    assert payload["run"]["status"] == "failed"
+    assert payload["run"]["config"] == {"profile": "smoke", "eval": {"theta": 0.14}}
+    assert payload["final_metrics"] == [{"protocol": "standard", "selection": "top1_cls",
+                                         "threshold_policy": "oracle", "split": "val",
+                                         "metrics": {"top1_cls": 0.25}}]
+    assert payload["last_epoch"] is None
+    a = json.loads(runner.invoke(app, ["runs", "show", "aaaa1", "--db", filled, "--json"]).output)
+    assert a["last_epoch"] == {"epoch": 1, "train": {"loss": 1.5}, "val": {"top1_cls": 0.75}}
+    assert len(a["final_metrics"]) == 2
+
+
+def test_show_errors_are_one_line(filled, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["runs", "show", "cccc", "--db", filled])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: no run matches 'cccc'\n"
+    with pytest.raises(SystemExit):
+        main(["runs", "show", "aaaa", "--db", str(tmp_path / "missing.db")])
+    assert capsys.readouterr().err.startswith("error: no run store at ")
+    (tmp_path / "notes.db").write_text("not a database")
+    with pytest.raises(SystemExit):
+        main(["runs", "list", "--db", str(tmp_path / "notes.db")])
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a SQLite database" in err and err.count("\n") == 1
+
+
+def _finals(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["protocol", "selection", "threshold_policy", "split", "name", "value"])
+
+
+def test_headline_prefers_paper_last_fixed_test():
+    frame = _finals([
+        ("standard", "last", "fixed", "test", "top1_cls", 0.1),
+        ("paper", "top1_loc", "fixed", "test", "top1_cls", 0.2),
+        ("paper", "last", "val", "test", "top1_cls", 0.3),
+        ("paper", "last", "fixed", "val", "top1_cls", 0.4),
+        ("paper", "last", "fixed", "test", "top1_loc", 0.5),
+        ("paper", "last", "fixed", "test", "theta", 0.14),  # not a headline metric
+    ])
+    assert headline(frame) == ("paper/last/fixed/test", {"top1_loc": 0.5})
+    # Without it: same protocol/selection/policy on val beats anything worse ranked earlier.
+    assert headline(frame.iloc[:4]) == ("paper/last/fixed/val", {"top1_cls": 0.4})
+    assert headline(frame.iloc[:1]) == ("standard/last/fixed/test", {"top1_cls": 0.1})
+    assert headline(frame.iloc[5:]) == (None, {})
+    nan = _finals([("paper", "last", "fixed", "test", "top1_loc", float("nan"))])
+    assert headline(nan) == ("paper/last/fixed/test", {"top1_loc": None})  # JSON-safe
