@@ -8,9 +8,11 @@ same run id and are planned once. Teachers come before the students that learn f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
-from kdcicam.config import RunConfig, TeacherRefs, config_hash
+from kdcicam.config import DataConfig, RunConfig, TeacherRefs, config_hash
+from kdcicam.data.base import DatasetIndex
 from kdcicam.registry import Cell, Registry, Scope, apply_multipliers, grid_points, resolve_config
 
 
@@ -23,6 +25,7 @@ def run_id_for(cfg: RunConfig, dataset_fingerprint: str) -> str:
 class PlannedRun:
     run_id: str
     cfg: RunConfig
+    dataset: DatasetIndex  # the data it trains and is evaluated on
     deps: tuple[str, ...] = ()  # run ids of the teachers this run learns from
     labels: list[tuple[str, str, int, str]] = field(default_factory=list)  # (table, cell, seed, grid point)
 
@@ -71,23 +74,28 @@ def make_plan(
     profile: str,
     variant: str,
     seeds: list[int],
-    num_classes: int,
-    dataset_fingerprint: str,
+    open_data: Callable[[DataConfig], DatasetIndex],
     cli_overrides: dict | None = None,
 ) -> Plan:
-    """Resolve every cell of the named tables, at every seed, into runs (deduplicated, teachers first)."""
+    """Resolve every cell of the named tables, at every seed, into runs (deduplicated, teachers first).
+
+    ``open_data(data_cfg)`` gives the dataset a run's data config names (the caller caches it):
+    its class count completes the config and its fingerprint enters the run id.
+    """
     runs: dict[str, PlannedRun] = {}
     cells: list[PlannedCell] = []
 
     def add(cfg: RunConfig, deps: tuple[str, ...] = ()) -> PlannedRun:
-        rid = run_id_for(cfg, dataset_fingerprint)
+        index = open_data(cfg.data)
+        cfg = replace(cfg, model=replace(cfg.model, num_classes=index.num_classes)).validate()
+        rid = run_id_for(cfg, index.fingerprint)
         if rid not in runs:
-            runs[rid] = PlannedRun(run_id=rid, cfg=cfg, deps=deps)
+            runs[rid] = PlannedRun(run_id=rid, cfg=cfg, dataset=index, deps=deps)
         return runs[rid]
 
     def resolve(role: str, context_pool: bool, seed: int, overrides: dict, teachers: TeacherRefs | None = None):
         return resolve_config(reg, scope=scope, profile=profile, variant=variant, role=role,
-                              context_pool=context_pool, seed=seed, num_classes=num_classes,
+                              context_pool=context_pool, seed=seed, num_classes=2,
                               overrides=overrides, teachers=teachers, cli_overrides=cli_overrides)
 
     def teacher_run(name: str, seed: int) -> PlannedRun:

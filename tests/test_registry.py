@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kdcicam.data.base import DatasetIndex
 from kdcicam.errors import ConfigError
 from kdcicam.plan import make_plan
 from kdcicam.registry import DEFAULT_REGISTRY, Scope, apply_multipliers, load_registry, resolve_config
@@ -20,9 +21,14 @@ def reg_dir(tmp_path: Path) -> Path:
     return dst
 
 
+def _fake_data(data_cfg):
+    return DatasetIndex(name="synthetic", root=Path("/nonexistent"), classes=tuple("abcdefghij"),
+                        train=(), test=(), fingerprint="fp")
+
+
 def _plan(reg, tables, seeds=(0,), profile="quick"):
     return make_plan(reg, list(tables), scope=Scope(), profile=profile, variant="reference",
-                     seeds=list(seeds), num_classes=10, dataset_fingerprint="fp")
+                     seeds=list(seeds), open_data=_fake_data)
 
 
 def test_shipped_registry_loads_every_paper_artefact():

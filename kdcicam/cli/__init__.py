@@ -36,6 +36,14 @@ def _root(
 def _register_subcommands() -> None:
     from kdcicam.cli import data as data_cli
 
+    from kdcicam.cli import runcmds
+
+    app.command("train")(runcmds.train)
+    app.command("evaluate")(runcmds.evaluate_cmd)
+    app.command("ablate")(runcmds.ablate)
+    from kdcicam.cli import report as report_cli
+
+    report_cli.register(app)
     app.add_typer(data_cli.app, name="data")
     from kdcicam.cli import runs as runs_cli; app.add_typer(runs_cli.app, name="runs")  # noqa: E702
 

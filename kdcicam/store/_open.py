@@ -1,9 +1,12 @@
-"""Opening the run store: URL resolution, safety checks, the SQLite engine, schema migrations.
+"""Opening the run store: URL resolution, safety checks, the engine, schema migrations.
 
-Order matters for the promise that a store we refuse is left untouched: the file checks
-(:func:`_check_sqlite_file`) read the database through an ``immutable`` (lock-free, write-free)
-SQLite connection *before* an engine exists, because the engine's connect hook switches the file to
-WAL mode, which rewrites its header.
+Two backends behave the same: a SQLite file (one machine) and PostgreSQL (a server shared by many
+machines, e.g. a SLURM cluster). Order matters for the promise that a store we refuse is left
+untouched: the SQLite file checks (:func:`_check_sqlite_file`) read the database through an
+``immutable`` (lock-free, write-free) SQLite connection *before* an engine exists, because the
+engine's connect hook switches the file to WAL mode, which rewrites its header. On PostgreSQL the
+same checks run inside :func:`migrate`'s transaction, before alembic writes anything, and DDL is
+transactional there, so a refused or failed migration leaves the database as it was.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -31,6 +34,12 @@ DEFAULT_DB_URL = "sqlite:///runs.db"
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's transaction
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _BEGIN_OPTION = "kdcicam_sqlite_begin"  # execution option: DEFERRED (reads) or IMMEDIATE (writes)
+# PostgreSQL: transaction-scoped advisory lock taken by every migrate(), so processes opening a
+# fresh database at once migrate one after the other (SQLite gets this from BEGIN IMMEDIATE).
+_PG_MIGRATE_LOCK = int.from_bytes(b"kdcicam", "big")
+_PG_DRIVER = "postgresql+psycopg"  # psycopg 3; a bare postgresql:// would mean psycopg2
+_PG_INSTALL_HINT = "pip install 'psycopg[binary]' (the kdcicam[postgres] extra)"
+_BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 
 def resolve_db_url(cli_value: str | None, env: str | None) -> str:
@@ -66,6 +75,15 @@ def sqlite_file(url: str) -> Path | None:
     if database in ("", ":memory:") or database.startswith("file:"):
         return None
     return Path(database)
+
+
+def display_url(url: str) -> str:
+    """The URL as messages show it: any password replaced by ``***``."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
 @functools.cache
@@ -180,10 +198,35 @@ def _install_sqlite_hooks(engine: Engine, *, in_memory: bool, busy_timeout_s: fl
         conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get(_BEGIN_OPTION, 'DEFERRED')}")
 
 
+def _install_postgres_hooks(engine: Engine, *, busy_timeout_s: float) -> None:
+    @event.listens_for(engine, "connect", insert=True)
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # lock_timeout is PostgreSQL's busy timeout: a write waiting longer on another process's
+        # row lock fails with SQLSTATE 55P03, which Store._tx retries like "database is locked".
+        # Set per session (not via the URL's ``options``), so a user's own options still apply.
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {int(busy_timeout_s * 1000)}")
+        dbapi_connection.autocommit = autocommit
+
+
 def create_store_engine(url: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Engine:
-    """A SQLAlchemy engine for the store; SQLite gets WAL, a busy timeout and foreign keys."""
+    """A SQLAlchemy engine for the store.
+
+    SQLite gets WAL, a busy timeout and foreign keys. PostgreSQL gets psycopg 3 (also for a bare
+    ``postgresql://``), READ COMMITTED (which :meth:`Store.claim_run` relies on), a
+    ``lock_timeout`` of ``busy_timeout_s`` and pre-ping (jobs hold connections for hours).
+    """
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername=_PG_DRIVER)
+        engine = create_engine(parsed, isolation_level="READ COMMITTED", pool_pre_ping=True)
+        _install_postgres_hooks(engine, busy_timeout_s=busy_timeout_s)
+        return engine
+    if backend != "sqlite":
         return create_engine(url)
     in_memory = sqlite_file(url) is None
     kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_s}}
@@ -199,22 +242,43 @@ def begin_mode(write: bool) -> dict[str, str]:
     return {_BEGIN_OPTION: "IMMEDIATE" if write else "DEFERRED"}
 
 
-def migrate(engine: Engine, label: str) -> None:
+def migrate(engine: Engine, label: str, *, create: bool = True) -> None:
     """Upgrade the store's schema to this kdcicam's head revision, in one write transaction.
 
+    Args:
+        engine: the store's engine.
+        label: how messages name the store.
+        create: when False, a database that is not a run store yet is refused, not initialised.
+
     Raises:
-        StoreError: the database carries a revision this kdcicam does not know (a newer one).
+        StoreError: the database carries a revision this kdcicam does not know (a newer one), holds
+            other tables but no run store, or (``create=False``) holds no run store.
     """
     cfg = _alembic_config()
     with engine.connect() as conn:
         conn.execution_options(**begin_mode(write=True))
         with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATE_LOCK})")
             current = MigrationContext.configure(conn).get_current_heads()
             unknown = [rev for rev in current if rev not in known_revisions()]
             if unknown:  # checked again here, under the write lock, in case it changed meanwhile
                 raise _newer_error(label, unknown)
+            if not current:
+                _check_new_store(conn, label, create=create)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+
+
+def _check_new_store(conn: Connection, label: str, *, create: bool) -> None:
+    """Refuse to turn a database that holds other tables (or, unless ``create``, any) into a store."""
+    tables = sorted(set(inspect(conn).get_table_names()) - {"alembic_version"})
+    if tables:
+        shown = ", ".join(tables[:5])
+        raise StoreError(f"{label} is a {_BACKEND_NAMES.get(conn.dialect.name, conn.dialect.name)} "
+                         f"database but not a kdcicam run store (tables: {shown})")
+    if not create:
+        raise StoreError(f"no run store at {label} (nothing has been trained with this --db yet)")
 
 
 def open_engine(url: str, *, create: bool = True, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Engine:
@@ -222,24 +286,28 @@ def open_engine(url: str, *, create: bool = True, busy_timeout_s: float = BUSY_T
 
     Args:
         url: SQLAlchemy URL of the store.
-        create: when False, a missing SQLite file is an error instead of a new store.
+        create: when False, a missing SQLite file, or a database without a run store, is an error
+            instead of a new store.
         busy_timeout_s: how long to wait for another process's write lock.
 
     Returns:
         An engine whose schema is at the head revision.
     """
     path = sqlite_file(url)
-    label = str(path) if path is not None else url
+    label = str(path) if path is not None else display_url(url)
     if path is not None:
-        if not create and not path.exists():
+        if not create and (not path.exists() or path.stat().st_size == 0):
             raise StoreError(f"no run store at {path} (nothing has been trained with this --db yet)")
         _check_sqlite_file(path)
     try:
         engine = create_store_engine(url, busy_timeout_s=busy_timeout_s)
-    except (ArgumentError, ImportError) as exc:
+    except ImportError as exc:
+        hint = f"; {_PG_INSTALL_HINT}" if make_url(url).get_backend_name() == "postgresql" else ""
+        raise StoreError(f"cannot open run store {label}: {exc}{hint}") from None
+    except ArgumentError as exc:
         raise StoreError(f"cannot open run store {label}: {exc}") from None
     try:
-        migrate(engine, label)
+        migrate(engine, label, create=create)
     except StoreError:
         engine.dispose()
         raise

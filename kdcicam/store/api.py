@@ -2,8 +2,19 @@
 
 Callers get plain frozen dataclasses (:class:`RunInfo`, :class:`DatasetInfo`) or pandas frames,
 never live ORM objects, so nothing can hit a detached-instance error after the session closes.
-Write transactions begin IMMEDIATE on SQLite (see ``_open.begin_mode``); a "database is locked"
-that outlasts the busy timeout is retried a few times with backoff before it becomes a StoreError.
+
+SQLite and PostgreSQL give the same results:
+
+- Write transactions begin IMMEDIATE on SQLite (see ``_open.begin_mode``): one writer at a time.
+  PostgreSQL runs writers concurrently (READ COMMITTED), so every write that reads a run before
+  changing it or its metrics/records first locks that run's row (``FOR NO KEY UPDATE``; SQLite
+  ignores the clause): writers of one run queue up, writers of different runs do not.
+- A transaction that lost a race is run again: "database is locked" (SQLite, after the busy
+  timeout), lock timeout, deadlock, serialization failure, or a duplicate key another process
+  inserted first (PostgreSQL). The retry re-reads, so it sees the other process's row.
+- Text is ordered bytewise (PostgreSQL: ``COLLATE "C"``), run-id prefixes match ASCII
+  case-insensitively, and values a PostgreSQL column would reject (a string longer than its
+  VARCHAR, an integer beyond 32 bits) are refused on both backends with a StoreError.
 """
 
 from __future__ import annotations
@@ -18,13 +29,25 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import pandas as pd
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import (
+    Engine,
+    Integer,
+    String,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from kdcicam.config import PROTOCOLS, SELECTIONS
 from kdcicam.errors import StoreError
-from kdcicam.store._open import begin_mode, one_line
+from kdcicam.store._open import begin_mode, display_url, one_line
 from kdcicam.store.schema import (
     EVAL_SPLITS,
     METRIC_SPLITS,
@@ -42,6 +65,11 @@ T = TypeVar("T")
 MIN_PREFIX = 4  # shortest run-id prefix resolve_run accepts
 _LOCK_RETRIES = 4  # extra attempts after "database is locked" (each after a full busy timeout)
 _LOCK_BACKOFF_S = 0.2  # first backoff, doubled each retry
+# PostgreSQL SQLSTATEs of a transaction that lost a race and is safe to run again: a key another
+# process inserted first (it has committed), serialization failure, deadlock, lock_timeout expired.
+_UNIQUE_VIOLATION = "23505"
+_RETRY_SQLSTATES = frozenset({_UNIQUE_VIOLATION, "40001", "40P01", "55P03"})
+_INT32 = (-(2**31), 2**31 - 1)  # PostgreSQL INTEGER
 
 # get_or_create_run: fields a new run must have, and fields it may have.
 _REQUIRED_RUN_FIELDS = ("config_hash", "role", "profile", "variant", "dataset", "seed", "config")
@@ -177,6 +205,35 @@ def _is_locked(exc: OperationalError) -> bool:
     return "database is locked" in text or "database table is locked" in text or "busy" in text
 
 
+def _sqlstate(exc: DBAPIError) -> str | None:
+    """The PostgreSQL error code of a failed statement (None for SQLite)."""
+    return getattr(exc.orig, "sqlstate", None)
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    """Whether the transaction lost a race with another process and may simply be run again."""
+    state = _sqlstate(exc)
+    if state is not None:
+        return state in _RETRY_SQLSTATES
+    return isinstance(exc, OperationalError) and _is_locked(exc)
+
+
+def _check_fits(table: Table, values: Mapping[str, Any], what: str) -> None:
+    """Refuse values a column cannot hold on every backend (SQLite would store them anyway).
+
+    Raises:
+        StoreError: a string longer than its VARCHAR(n) or an integer outside 32 bits.
+    """
+    for key, value in values.items():
+        kind = table.c[key].type
+        if isinstance(value, str) and isinstance(kind, String) and kind.length is not None:
+            if len(value) > kind.length:
+                raise StoreError(f"{what} {key} is {len(value)} characters long; the run store holds "
+                                 f"at most {kind.length}: {value[:40]!r}...")
+        elif isinstance(value, int) and isinstance(kind, Integer) and not _INT32[0] <= value <= _INT32[1]:
+            raise StoreError(f"{what} {key}={value} does not fit the run store's 32-bit integer column")
+
+
 def _image_row(record: Mapping[str, Any], group: dict[str, str]) -> dict[str, Any]:
     """One per-image record as an image_records row (lists JSON-encoded, flags as bools)."""
     if record.keys() != _IMAGE_FIELD_SET:
@@ -184,9 +241,11 @@ def _image_row(record: Mapping[str, Any], group: dict[str, str]) -> dict[str, An
         extra = sorted(record.keys() - _IMAGE_FIELD_SET)
         raise ValueError(f"image record {record.get('image_id')!r}: missing {missing}, unknown {extra}")
     box = record["box"]
+    image_id = str(record["image_id"])
+    _check_fits(ImageRecord.__table__, {"image_id": image_id}, "image record")
     return {
         **group,
-        "image_id": str(record["image_id"]),
+        "image_id": image_id,
         "label": int(record["label"]),
         "top5": _dumps([int(c) for c in record["top5"]]),
         "top5_scores": _dumps([float(s) for s in record["top5_scores"]]),
@@ -208,14 +267,16 @@ class Store:
 
     Args:
         engine: an engine whose schema is already at head (``open_store`` sees to that).
-        url: the store's URL, for messages.
+        url: the store's URL, for messages (``url`` keeps it with any password masked).
         clock: returns "now" as an aware datetime; tests inject a fake one.
     """
 
     def __init__(self, engine: Engine, url: str, clock: Callable[[], datetime] = utc_now) -> None:
         self._engine = engine
-        self.url = url
+        self.url = display_url(url)
         self._clock = clock
+        # Bytewise text order, as SQLite's default BINARY collation (a server's locale would differ).
+        self._collation = "C" if engine.dialect.name == "postgresql" else None
 
     def close(self) -> None:
         """Release every pooled connection (SQLite then checkpoints and removes its WAL files)."""
@@ -236,7 +297,10 @@ class Store:
         return _to_db_time(self._clock())
 
     def _tx(self, fn: Callable[[Session], T], *, write: bool) -> T:
-        """Run ``fn(session)`` in one transaction; retry when the database stays locked."""
+        """Run ``fn(session)`` in one transaction; run it again when it lost a race (see module doc).
+
+        ``fn`` must read what it depends on inside the transaction, so a retry sees the winner's rows.
+        """
         delay = _LOCK_BACKOFF_S
         for attempt in range(_LOCK_RETRIES + 1):
             try:
@@ -245,20 +309,29 @@ class Store:
                     with Session(bind=conn, expire_on_commit=False, autoflush=False) as session:
                         with session.begin():
                             return fn(session)
-            except OperationalError as exc:
-                if _is_locked(exc) and attempt < _LOCK_RETRIES:
-                    time.sleep(delay)
-                    delay *= 2
+            except DBAPIError as exc:
+                retryable = _is_retryable(exc)
+                if retryable and attempt < _LOCK_RETRIES:
+                    if _sqlstate(exc) != _UNIQUE_VIOLATION:  # the winner has committed: no wait
+                        time.sleep(delay)
+                        delay *= 2
                     continue
-                raise StoreError(f"run store {self.url}: {one_line(exc)}") from None
+                if retryable or isinstance(exc, (OperationalError, DataError)):
+                    raise StoreError(f"run store {self.url}: {one_line(exc)}") from None
+                raise
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _require_run(session: Session, run_id: str) -> Run:
-        row = session.get(Run, run_id)
+    def _require_run(session: Session, run_id: str, *, lock: bool = False) -> Run:
+        """The run row; ``lock`` holds it until commit, so this run's writers take turns (PostgreSQL)."""
+        row = session.get(Run, run_id, with_for_update={"key_share": True} if lock else None)
         if row is None:
             raise StoreError(f"no run matches '{run_id}'")
         return row
+
+    def _text_order(self, column: Any) -> Any:
+        """``column`` for ORDER BY, compared bytewise on every backend."""
+        return column if self._collation is None else column.collate(self._collation)
 
     # -- datasets and runs ----------------------------------------------------------------------
 
@@ -275,6 +348,8 @@ class Store:
         Returns:
             The stored dataset.
         """
+        _check_fits(Dataset.__table__, {"fingerprint": fingerprint, "name": name}, "dataset")
+
         def op(session: Session) -> DatasetInfo:
             row = session.get(Dataset, fingerprint)
             if row is None:
@@ -309,8 +384,10 @@ class Store:
 
         Raises:
             ValueError: unknown or missing fields, or an existing run whose config_hash differs.
+            StoreError: a value the store cannot hold (e.g. a seed beyond 32 bits).
         """
         _check_keys(fields, _REQUIRED_RUN_FIELDS + _OPTIONAL_RUN_FIELDS, "run field")
+        _check_fits(Run.__table__, {"id": run_id, **fields}, "run")
 
         def op(session: Session) -> RunInfo:
             row = session.get(Run, run_id)
@@ -358,11 +435,12 @@ class Store:
                 return _run_info(row)
             if len(name) < MIN_PREFIX:
                 raise StoreError(f"no run matches '{name}' (a prefix needs at least {MIN_PREFIX} characters)")
-            match = Run.id.startswith(name, autoescape=True)
+            match = Run.id.istartswith(name, autoescape=True)  # SQLite's LIKE ignores ASCII case
             count = session.scalar(select(func.count()).select_from(Run).where(match)) or 0
             if count == 0:
                 raise StoreError(f"no run matches '{name}'")
-            rows = session.scalars(select(Run).where(match).order_by(Run.id).limit(5)).all()
+            rows = session.scalars(select(Run).where(match).order_by(self._text_order(Run.id))
+                                   .limit(5)).all()
             if count > 1:
                 shown = ", ".join(r.id[:12] for r in rows) + (", ..." if count > 5 else "")
                 raise StoreError(f"'{name}' matches {count} runs ({shown}); give more characters")
@@ -386,7 +464,7 @@ class Store:
             _check_choice(status, RUN_STATUSES, "status")
 
         def op(session: Session) -> list[RunInfo]:
-            query = select(Run).order_by(Run.created_at, Run.id)
+            query = select(Run).order_by(Run.created_at, self._text_order(Run.id))
             if status is not None:
                 query = query.where(Run.status == status)
             if role is not None:
@@ -408,7 +486,7 @@ class Store:
             The run's labels after the change.
         """
         def op(session: Session) -> dict[str, list[str]]:
-            row = self._require_run(session, run_id)
+            row = self._require_run(session, run_id, lock=True)  # read-modify-write of the JSON
             labels = json.loads(row.labels)
             cells = labels.setdefault(table, [])
             if cell not in cells:
@@ -426,6 +504,13 @@ class Store:
 
         A run can be taken when it is pending or failed, or running with a heartbeat older than
         ``stale_after_s`` (its process died). One conditional UPDATE does the test and the set.
+        SQLite runs one write transaction at a time. On PostgreSQL (READ COMMITTED) the UPDATE
+        locks the row; a second claimer blocks on that lock, and once the first commits it
+        re-evaluates the WHERE clause on the committed row ("running", fresh heartbeat), which
+        no longer matches: it updates nothing and gets False. If the first rolls back, the
+        second claims the unchanged row. So exactly one wins, and no claimable run is skipped
+        (as ``SELECT ... FOR UPDATE SKIP LOCKED`` would skip a row that is merely locked by,
+        say, ``add_labels``). Heartbeats use the callers' clocks: keep the hosts in NTP sync.
 
         Args:
             run_id: the run to take.
@@ -441,6 +526,7 @@ class Store:
             StoreError: no such run.
         """
         _check_keys(attempt, _ATTEMPT_FIELDS, "claim field")
+        _check_fits(Run.__table__, {"pid": pid, "host": host, **attempt}, "claim")
 
         def op(session: Session) -> bool:
             now = self._now()
@@ -493,7 +579,7 @@ class Store:
 
     def _set_status(self, run_id: str, status: str, **values: Any) -> RunInfo:
         def op(session: Session) -> RunInfo:
-            row = self._require_run(session, run_id)
+            row = self._require_run(session, run_id, lock=True)
             row.status = status
             row.finished_at = self._now()
             for key, value in values.items():
@@ -511,8 +597,11 @@ class Store:
         if not metrics:
             return
 
+        for name in metrics:
+            _check_fits(EpochMetric.__table__, {"name": name}, "epoch metric")
+
         def op(session: Session) -> None:
-            self._require_run(session, run_id)
+            self._require_run(session, run_id, lock=True)
             session.execute(delete(EpochMetric).where(
                 EpochMetric.run_id == run_id, EpochMetric.epoch == epoch, EpochMetric.split == split,
                 EpochMetric.name.in_(list(metrics))))
@@ -545,8 +634,11 @@ class Store:
         group = {"run_id": run_id, "protocol": protocol, "selection": selection,
                  "threshold_policy": threshold_policy, "split": split}
 
+        for name in metrics:
+            _check_fits(FinalMetric.__table__, {"name": name}, "final metric")
+
         def op(session: Session) -> None:
-            self._require_run(session, run_id)
+            self._require_run(session, run_id, lock=True)
             session.execute(delete(FinalMetric).where(
                 *(getattr(FinalMetric, key) == value for key, value in group.items()),
                 FinalMetric.name.in_(list(metrics))))
@@ -572,8 +664,7 @@ class Store:
         def op(session: Session) -> list[tuple]:
             table = FinalMetric.__table__
             query = select(*(table.c[col] for col in _FINAL_COLUMNS)).order_by(
-                table.c.run_id, table.c.protocol, table.c.selection, table.c.threshold_policy,
-                table.c.split, table.c.name)
+                *(self._text_order(table.c[col]) for col in _FINAL_COLUMNS[:6]))
             if ids is not None:
                 query = query.where(table.c.run_id.in_(ids))
             return [tuple(row) for row in session.execute(query)]
@@ -586,7 +677,8 @@ class Store:
             table = EpochMetric.__table__
             query = (select(*(table.c[col] for col in _EPOCH_COLUMNS))
                      .where(table.c.run_id == run_id)
-                     .order_by(table.c.epoch, table.c.split, table.c.name))
+                     .order_by(table.c.epoch, self._text_order(table.c.split),
+                               self._text_order(table.c.name)))
             return [tuple(row) for row in session.execute(query)]
 
         return _frame(self._tx(op, write=False), _EPOCH_COLUMNS)
@@ -616,7 +708,7 @@ class Store:
         table = ImageRecord.__table__
 
         def op(session: Session) -> int:
-            self._require_run(session, run_id)
+            self._require_run(session, run_id, lock=True)  # two evaluators replace in turn, not mixed
             session.execute(delete(table).where(*(table.c[key] == value for key, value in group.items())))
             if rows:
                 session.execute(insert(table), rows)  # executemany: one statement, many rows

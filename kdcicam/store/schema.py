@@ -3,10 +3,14 @@
 One row of :class:`Run` per trained model; its metrics in long format (:class:`EpochMetric`,
 :class:`FinalMetric`), its per-image evaluation records (:class:`ImageRecord`) and the datasets it
 was trained on (:class:`Dataset`). JSON payloads are stored as text the store serialises itself, so
-the bytes are canonical (sorted keys) and readable with any SQLite client.
+the bytes are canonical (sorted keys), identical on SQLite and PostgreSQL, and readable with any
+client (``psql``, ``sqlite3``).
 
-Timestamps are naive UTC ``DateTime`` columns; the API hands them out as aware UTC datetimes.
-The migrations in ``kdcicam/store_migrations`` create exactly these tables (a test compares them).
+Timestamps are naive UTC ``DateTime`` columns (PostgreSQL: ``timestamp without time zone``, so the
+server's and session's time zone never shift them); the API hands them out as aware UTC datetimes.
+PostgreSQL enforces the ``String(n)`` lengths and 32-bit ``Integer`` that SQLite ignores; the API
+checks them on both backends. The migrations in ``kdcicam/store_migrations`` create exactly these
+tables (a test compares them, on each backend).
 """
 
 from __future__ import annotations

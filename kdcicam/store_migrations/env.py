@@ -3,14 +3,16 @@
 kdcicam runs migrations programmatically (:func:`kdcicam.store._open.migrate`), handing over an open
 connection in ``config.attributes["connection"]``; that connection is already inside a transaction.
 Run by the ``alembic`` command instead, the database comes from ``-x url=...`` or the
-``sqlalchemy.url`` option.
+``sqlalchemy.url`` option, opened with the store's own engine settings (psycopg 3 for
+``postgresql://``, WAL for SQLite). The same revisions serve SQLite and PostgreSQL; on PostgreSQL
+they run inside one transaction (its DDL is transactional), so a failed upgrade changes nothing.
 """
 
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
 
+from kdcicam.store._open import create_store_engine
 from kdcicam.store.schema import Base
 
 config = context.config
@@ -28,7 +30,7 @@ if connection is not None:
     _run(connection)
 else:  # the alembic command line, for developers
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
-    engine = create_engine(url)
+    engine = create_store_engine(url)
     with engine.connect() as conn:
         _run(conn)
         conn.commit()

@@ -1,0 +1,89 @@
+"""Options and helpers shared by the run-making commands (train, evaluate, ablate)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+
+from kdcicam.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DB_HELP = "Run store: a SQLAlchemy URL or a SQLite file path [default: $KDCICAM_DB, else ./runs.db]."
+SET_HELP = "Override any config key, e.g. --set train.lr=0.001 --set eval.theta=0.2 (repeatable)."
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``["train.lr=0.001", "model.weights=/p/vgg16.pth"]`` -> typed dict (TOML values, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value (e.g. train.lr=0.001)")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """A TOML file of dotted overrides (``"train.lr" = 0.001``) or nested tables ([train] lr = ...)."""
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: dict[str, Any]) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(key + ".", v)
+            else:
+                flat[key] = v
+
+    walk("", data)
+    return flat
+
+
+def db_url(db: str | None) -> str:
+    from kdcicam.store import resolve_db_url
+
+    return resolve_db_url(db, os.environ.get("KDCICAM_DB"))
+
+
+def cache_dir() -> Path:
+    """Where generated data lives: $KDCICAM_CACHE, else $XDG_CACHE_HOME/kdcicam, else ~/.cache/kdcicam."""
+    if os.environ.get("KDCICAM_CACHE"):
+        return Path(os.environ["KDCICAM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kdcicam"
+
+
+def configure_threads() -> None:
+    """Use every core the process may run on, and no more (2 on this project's machines)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    torch.set_num_threads(max(1, n))
+
+
+def echo_json(data: Any) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2, default=str))

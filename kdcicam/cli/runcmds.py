@@ -1,0 +1,345 @@
+"""``kdcicam train``, ``kdcicam evaluate`` and ``kdcicam ablate``: build the plan, run it, store it."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kdcicam.cli._common import (DB_HELP, SET_HELP, cache_dir, configure_threads, db_url, echo_json, parse_sets,
+                                 read_config_file)
+from kdcicam.config import PROTOCOLS, ROLES, SELECTIONS, VARIANTS, DataConfig, TeacherRefs
+from kdcicam.errors import ConfigError
+
+ablate_app = typer.Typer()
+DATASETS = ("synthetic", "cub", "ilsvrc", "wsol")
+BACKBONES = ("vgg16", "inceptionv3")
+
+
+def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{option} {value!r}: must be one of {', '.join(choices)}")
+    return value
+
+
+def _prepare(*, profile: str, dataset: str, data: Path | None, backbone: str, variant: str,
+             registry_dir: Path | None, db: str | None, artifacts: Path, device: str, weights: str | None,
+             force: bool, sets: dict[str, Any]):
+    """Shared set-up: registry, scope, device, store, a cached dataset opener, the checks of the paper profile."""
+    from kdcicam.registry import Scope, load_registry
+    from kdcicam.runtime import pick_device
+    from kdcicam.store import open_store
+
+    _choice(dataset, DATASETS, "--dataset")
+    _choice(backbone, BACKBONES, "--backbone")
+    _choice(variant, VARIANTS, "--variant")
+    reg = load_registry(registry_dir)
+    prof = reg.profile(profile)
+    if dataset != "synthetic" and data is None:
+        raise ConfigError(f"--dataset {dataset} needs --data PATH (real data is read from disk, never downloaded)")
+    if weights is not None:
+        sets = {**sets, "model.weights": weights}
+    if "train.device" not in sets:
+        sets = {**sets, "train.device": device}
+    dev = pick_device(sets["train.device"])
+    missing = []
+    if prof.needs_real_data and dataset == "synthetic":
+        missing.append("real data (--dataset cub|ilsvrc --data PATH)")
+    if prof.needs_weights and not sets.get("model.weights"):
+        missing.append("pretrained weights (--weights PATH, or --weights imagenet for the torch hub cache)")
+    if prof.needs_gpu and dev.type != "cuda":
+        missing.append("a GPU")
+    if missing and not force:
+        raise ConfigError(f"profile {profile!r} needs {'; '.join(missing)} (or pass --force to run anyway)")
+    configure_threads()
+    scope = Scope(dataset=dataset, backbone=backbone, root=str(data) if data else None)
+    store = open_store(db_url(db))
+    cache = cache_dir()
+
+    @functools.lru_cache(maxsize=None)
+    def open_data(data_cfg: DataConfig):
+        from kdcicam.data.source import open_dataset
+
+        return open_dataset(data_cfg, cache)
+
+    return reg, scope, dev, store, open_data, sets
+
+
+def _context(store, artifacts: Path, dev, progress):
+    from kdcicam.runner import RunContext
+
+    return RunContext(store=store, artifacts_root=Path(artifacts), device=dev, on_event=progress.event)
+
+
+def _run_plan(runs, ctx_args, quiet: bool):
+    from kdcicam.cli.progress import RunProgress
+    from kdcicam.runner import execute_plan
+
+    store, artifacts, dev = ctx_args
+    with RunProgress(total_runs=len(runs), quiet=quiet) as progress:
+        ctx = _context(store, artifacts, dev, progress)
+
+        def start(run):
+            label = ", ".join(f"{t}/{c}" for t, c, *_ in run.labels[:2]) or run.role
+            progress.start_run(run.run_id, f"{run.role} [{label}]", run.cfg.train.epochs)
+
+        def end(run, outcome):
+            progress.end_run(outcome.status)
+            if outcome.status == "finished" and outcome.reused:
+                progress.log(f"  {run.run_id[:12]} {run.role}: finished earlier, reused")
+            elif outcome.status == "finished":
+                m = outcome.metrics
+                progress.log(f"  {run.run_id[:12]} {run.role}: done in {outcome.seconds:.0f}s  "
+                             f"top1_cls={m.get('top1_cls', float('nan')):.3f} top1_loc={m.get('top1_loc', float('nan')):.3f} "
+                             f"gt_known={m.get('gt_known_loc', float('nan')):.3f} (paper protocol, last epoch)")
+            else:
+                progress.log(f"  [red]{run.run_id[:12]} {run.role}: {outcome.status}[/]: {outcome.message}")
+
+        return execute_plan(runs, ctx, on_run_start=start, on_run_end=end)
+
+
+def _outcome_rows(store, runs, outcomes) -> list[dict[str, Any]]:
+    rows = []
+    for run, out in zip(runs, outcomes):
+        finals = store.final_metrics([run.run_id])
+        sel = finals[(finals.protocol == "paper") & (finals.selection == "last")] if len(finals) else finals
+        metrics = {r.name: r.value for r in sel.itertuples()} if len(sel) else {}
+        rows.append({"run_id": run.run_id, "role": run.role, "status": out.status, "reused": out.reused,
+                     "message": out.message, "labels": [f"{t}/{c}@{s}" for t, c, s, _ in run.labels],
+                     "metrics_paper_last": metrics})
+    return rows
+
+
+# ------------------------------------------------------------------------------------- train
+
+def train(
+    role: str = typer.Option("student", help=f"Loss recipe: {', '.join(ROLES)}."),
+    context_pool: bool = typer.Option(True, "--context-pool/--no-context-pool",
+                                      help="CI-CAM's causal context pool (off = Base, NL-CCAM)."),
+    dataset: str = typer.Option("synthetic", help=f"{', '.join(DATASETS)}."),
+    data: Path | None = typer.Option(None, help="Dataset folder (real data); synthetic is generated on first use."),
+    backbone: str = typer.Option("vgg16", help=f"{', '.join(BACKBONES)}."),
+    profile: str = typer.Option("quick", help="smoke | quick | paper (see ablations/profiles.toml)."),
+    variant: str = typer.Option("reference", help="paper (printed equations) | reference (authors' code)."),
+    seed: int = typer.Option(0, help="Seed of everything random in the run."),
+    teacher_cls: str | None = typer.Option(None, help="Distilled role: classification-teacher run (id/prefix)."),
+    teacher_loc: str | None = typer.Option(None, help="Distilled role: localization-teacher run (id/prefix)."),
+    cls_select: str = typer.Option("top1_cls", help="Checkpoint of the cls teacher to distil from."),
+    loc_select: str = typer.Option("gt_known_loc", help="Checkpoint of the loc teacher to distil from."),
+    weights: str | None = typer.Option(None, help="ImageNet checkpoint file (torchvision), or 'imagenet' for the hub cache."),
+    config: Path | None = typer.Option(None, help="TOML file of config overrides."),
+    set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Bit-identical CPU runs for the same seed."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    registry: Path | None = typer.Option(None, help="Registry folder [default: the repository's ablations/]."),
+    db: str | None = typer.Option(None, help=DB_HELP),
+    artifacts: Path = typer.Option(Path("runs"), help="Where checkpoints and records go (one folder per run)."),
+    force: bool = typer.Option(False, "--force", help="Run a profile even when its requirements are missing."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train (or resume, or reuse) one run, evaluate it under both protocols, store it."""
+    from kdcicam.plan import PlannedRun, run_id_for
+    from kdcicam.registry import resolve_config
+
+    _choice(role, ROLES, "--role")
+    sets = {**read_config_file(config), **parse_sets(set_)}
+    if deterministic:
+        sets["train.deterministic"] = True
+    reg, scope, dev, store, open_data, sets = _prepare(
+        profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
+        db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets)
+    refs = None
+    if role == "distilled":
+        if not teacher_cls and not teacher_loc:
+            raise ConfigError("--role distilled needs --teacher-cls RUN and/or --teacher-loc RUN")
+        _choice(cls_select, SELECTIONS, "--cls-select")
+        _choice(loc_select, SELECTIONS, "--loc-select")
+        refs = TeacherRefs(cls_run=store.resolve_run(teacher_cls).id if teacher_cls else None, cls_select=cls_select,
+                           loc_run=store.resolve_run(teacher_loc).id if teacher_loc else None, loc_select=loc_select)
+    elif teacher_cls or teacher_loc:
+        raise ConfigError("--teacher-cls/--teacher-loc are only for --role distilled")
+    cfg = resolve_config(reg, scope=scope, profile=profile, variant=variant, role=role, context_pool=context_pool,
+                         seed=seed, num_classes=2, teachers=refs, cli_overrides=sets)
+    index = open_data(cfg.data)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=index.num_classes)).validate()
+    from kdcicam.runtime import set_seed
+
+    set_seed(cfg.train.seed, cfg.train.deterministic)
+    run = PlannedRun(run_id=run_id_for(cfg, index.fingerprint), cfg=cfg, dataset=index)
+    outcomes = _run_plan([run], (store, artifacts, dev), quiet=quiet or as_json)
+    rows = _outcome_rows(store, [run], outcomes)
+    if as_json:
+        echo_json(rows[0])
+    else:
+        typer.echo(f"run {run.run_id} ({role}, {profile}, {variant}): {outcomes[0].status}"
+                   + (f" — {outcomes[0].message}" if outcomes[0].message else ""))
+    if outcomes[0].status != "finished":
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------- evaluate
+
+def evaluate_cmd(
+    run: str = typer.Argument(..., help="Run id or unique prefix."),
+    selection: str = typer.Option("last", help=f"Checkpoint: {', '.join(SELECTIONS)}."),
+    protocol: str = typer.Option("both", help="paper | standard | both"),
+    db: str | None = typer.Option(None, help=DB_HELP),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Evaluate a stored run's checkpoint on the test split (both protocols) and store the metrics."""
+    from kdcicam.config import RunConfig, from_dict
+    from kdcicam.data.source import open_dataset
+    from kdcicam.evaluate import evaluate
+    from kdcicam.runner import load_run_model
+    from kdcicam.runtime import pick_device
+    from kdcicam.store import open_store
+
+    _choice(selection, SELECTIONS, "--selection")
+    protocols = PROTOCOLS if protocol == "both" else (_choice(protocol, PROTOCOLS, "--protocol"),)
+    configure_threads()
+    store = open_store(db_url(db))
+    info = store.resolve_run(run)
+    dev = pick_device(device)
+    cfg = from_dict(RunConfig, info.config, where=f"run {info.id[:12]} config")
+    index = open_dataset(cfg.data, cache_dir())
+    if index.fingerprint != info.dataset_fingerprint:
+        raise ConfigError(f"run {info.id[:12]} was trained on dataset {info.dataset_fingerprint}, but "
+                          f"{cfg.data.root or 'the synthetic cache'} now holds {index.fingerprint}")
+    model = load_run_model(store, info.id, selection, dev)
+    out: dict[str, dict[str, float]] = {}
+    for proto in protocols:
+        res = evaluate(model, index.test, cfg, proto, dev)
+        store.set_final_metrics(info.id, proto, selection, "fixed", "test", res.metrics)
+        store.add_image_records(info.id, proto, selection, "test", res.records)
+        out[proto] = res.metrics
+    if as_json:
+        echo_json({"run_id": info.id, "selection": selection, "metrics": out})
+        return
+    table = Table(title=f"run {info.id[:12]} ({info.role}, {info.variant}) at checkpoint '{selection}', test split")
+    table.add_column("metric")
+    for proto in out:
+        table.add_column(f"{proto} protocol", justify="right")
+    for name in next(iter(out.values())):
+        table.add_row(name, *(f"{out[p][name] * (1 if name == 'theta' else 100):.2f}" for p in out))
+    Console().print(table)
+
+
+# ------------------------------------------------------------------------------------ ablate
+
+def ablate(
+    table: str | None = typer.Argument(None, help="table3 | table4 | table5 | figure1b | all (see --list)."),
+    backbone: str = typer.Option("vgg16", help=f"{', '.join(BACKBONES)}."),
+    dataset: str = typer.Option("synthetic", help=f"{', '.join(DATASETS)}."),
+    data: Path | None = typer.Option(None, help="Dataset folder (real data); synthetic is generated on first use."),
+    profile: str = typer.Option("quick", help="smoke | quick | paper (see ablations/profiles.toml)."),
+    variant: str = typer.Option("reference", help="paper (printed equations) | reference (authors' code)."),
+    seeds: int = typer.Option(1, min=1, help="Repeat every cell over this many seeds (teachers per seed)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+    list_: bool = typer.Option(False, "--list", help="List every table and cell with its scope."),
+    weights: str | None = typer.Option(None, help="ImageNet checkpoint file, or 'imagenet' for the hub cache."),
+    set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    registry: Path | None = typer.Option(None, help="Registry folder [default: the repository's ablations/]."),
+    db: str | None = typer.Option(None, help=DB_HELP),
+    artifacts: Path = typer.Option(Path("runs"), help="Where checkpoints and records go (one folder per run)."),
+    force: bool = typer.Option(False, "--force", help="Run a profile even when its requirements are missing."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan / results as JSON."),
+) -> None:
+    """Plan, train (or reuse) and evaluate every run an ablation table needs, and store the results."""
+    from kdcicam.plan import make_plan
+    from kdcicam.registry import load_registry
+
+    if list_:
+        _list_tables(load_registry(registry), as_json)
+        return
+    if table is None:
+        raise ConfigError("name a table (table3, table4, table5, figure1b or all), or use --list")
+    sets = parse_sets(set_)
+    reg, scope, dev, store, open_data, sets = _prepare(
+        profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
+        db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets)
+    tables = sorted(reg.tables) if table == "all" else [reg.table(table).key]
+    plan = make_plan(reg, tables, scope=scope, profile=profile, variant=variant, seeds=list(range(seeds)),
+                     open_data=open_data, cli_overrides=sets)
+    if dry_run:
+        _print_plan(plan, store, as_json)
+        return
+    from kdcicam.runtime import set_seed
+
+    set_seed(0)
+    outcomes = _run_plan(plan.runs, (store, artifacts, dev), quiet=quiet or as_json)
+    rows = _outcome_rows(store, plan.runs, outcomes)
+    failed = [r for r in rows if r["status"] != "finished"]
+    if as_json:
+        echo_json({"tables": tables, "scope": scope.__dict__, "profile": profile, "variant": variant, "runs": rows})
+    else:
+        trained = sum(1 for r in rows if r["status"] == "finished" and not r["reused"])
+        reused = sum(1 for r in rows if r["reused"])
+        typer.echo(f"{', '.join(tables)} ({scope.dataset}/{scope.backbone}, profile {profile}, variant {variant}): "
+                   f"{trained} trained, {reused} reused, {len(failed)} failed or skipped. "
+                   f"Next: kdcicam report --format html")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _status_of(store, run_id: str) -> str:
+    from kdcicam.errors import StoreError
+
+    try:
+        info = store.get_run(run_id)
+    except StoreError:
+        return "new"
+    return {"finished": "finished (reuse)", "running": "running (resume)", "failed": "failed (resume)",
+            "pending": "new"}.get(info.status, info.status)
+
+
+def _print_plan(plan, store, as_json: bool) -> None:
+    rows = []
+    for i, run in enumerate(plan.runs, 1):
+        rows.append({"order": i, "run_id": run.run_id, "role": run.role, "pool": run.cfg.model.context_pool,
+                     "seed": run.cfg.train.seed, "epochs": run.cfg.train.epochs, "status": _status_of(store, run.run_id),
+                     "needs": [d[:12] for d in run.deps],
+                     "cells": [f"{t}/{c}@{s}" + (f" [{p}]" if p else "") for t, c, s, p in run.labels]})
+    if as_json:
+        echo_json({"profile": plan.profile, "variant": plan.variant, "scope": plan.scope.__dict__, "runs": rows})
+        return
+    t = Table(title=f"plan: {plan.scope.dataset}/{plan.scope.backbone}, profile {plan.profile}, variant {plan.variant}")
+    for col in ("#", "run", "role", "pool", "seed", "epochs", "status", "needs", "cells"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(str(r["order"]), r["run_id"][:12], r["role"], "on" if r["pool"] else "off", str(r["seed"]),
+                  str(r["epochs"]), r["status"], " ".join(r["needs"]), "\n".join(r["cells"]) or "(teacher)")
+    Console(width=160).print(t)
+
+
+def _list_tables(reg, as_json: bool) -> None:
+    rows = []
+    for table in reg.tables.values():
+        for cell in table.cells:
+            what = cell.role or f"teacher {cell.teacher} at {cell.select}"
+            if cell.teachers:
+                ts = [f"{n}:{getattr(cell.teachers, n)}@{getattr(cell.teachers, n + '_select')}"
+                      for n in ("cls", "loc") if getattr(cell.teachers, n)]
+                what += " <- " + ", ".join(ts)
+            rows.append({"table": table.key, "cell": cell.key, "name": cell.name, "runs": what,
+                         "pool": cell.context_pool, "grid": {k: list(v) for k, v in cell.grid.items()},
+                         "paper_scopes": sorted(cell.paper)})
+    if as_json:
+        echo_json(rows)
+        return
+    t = Table(title="ablation registry (every cell runs on any dataset/backbone; the paper printed these scopes)")
+    for col in ("table", "cell", "name", "trains", "pool", "paper scopes"):
+        t.add_column(col)
+    for r in rows:
+        grid = f" grid {r['grid']}" if r["grid"] else ""
+        t.add_row(r["table"], r["cell"], r["name"], r["runs"] + grid, "on" if r["pool"] else "off",
+                  ", ".join(r["paper_scopes"]) or "-")
+    Console(width=160).print(t)

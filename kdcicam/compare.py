@@ -1,0 +1,293 @@
+"""``kdcicam compare A B``: is the difference between two runs more than noise?
+
+Both runs are read from the store at one (protocol, checkpoint selection, fixed θ, test split):
+the config keys that differ, every final metric side by side, and for each per-image correctness
+flag a paired test on the images both runs were scored on (McNemar's exact test and a paired
+bootstrap interval of the accuracy difference). Runs evaluated on different test sets are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from kdcicam.errors import DataError, RunError, StoreError
+from kdcicam.registry import METRICS
+from kdcicam.report.stats import mcnemar_exact, paired_bootstrap_ci, verdict
+from kdcicam.store import RunInfo, Store
+
+# per-image record column -> the metric it is the per-image form of
+PER_IMAGE = {
+    "correct_top1_cls": "top1_cls", "correct_top5_cls": "top5_cls", "correct_top1_loc": "top1_loc",
+    "correct_top5_loc": "top5_loc", "correct_gt_known": "gt_known_loc",
+}
+# Fields whose difference means the two numbers were not produced the same way: warned about.
+_PROTOCOL_FIELDS = ("variant", "profile")
+_PROTOCOL_PREFIX = "eval."
+_THRESHOLD_POLICY = "fixed"
+_SPLIT = "test"
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    metric: str  # e.g. "top1_loc"
+    n_images: int
+    acc_a: float  # percent
+    acc_b: float
+    b01: int  # images A got wrong and B right
+    b10: int  # images A got right and B wrong
+    p_value: float  # McNemar exact, two-sided
+    delta: float  # acc_a - acc_b, percent
+    ci_lo: float  # paired bootstrap 95% interval of delta, percent
+    ci_hi: float
+    verdict: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: RunInfo
+    b: RunInfo
+    name_a: str
+    name_b: str
+    protocol: str
+    selection: str
+    config_diff: list[tuple[str, Any, Any]]  # (dotted key, A's value, B's value)
+    metrics: list[tuple[str, float | None, float | None, float | None]]  # (name, A %, B %, A-B)
+    tests: list[PairedTest]
+    n_resamples: int
+    other: list[tuple[str, float | None, float | None]] = field(default_factory=list)  # e.g. θ, as stored
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (percent; NaN as null)."""
+        def clean(x: Any) -> Any:
+            return None if isinstance(x, float) and math.isnan(x) else x
+
+        def run(info: RunInfo, name: str) -> dict[str, Any]:
+            return {"name": name, "id": info.id, "role": info.role, "profile": info.profile,
+                    "variant": info.variant, "dataset": info.dataset,
+                    "dataset_fingerprint": info.dataset_fingerprint, "seed": info.seed, "labels": info.labels}
+
+        return {
+            "a": run(self.a, self.name_a), "b": run(self.b, self.name_b), "protocol": self.protocol,
+            "selection": self.selection, "threshold_policy": _THRESHOLD_POLICY, "split": _SPLIT,
+            "unit": "percent",
+            "config_diff": [{"key": k, "a": va, "b": vb} for k, va, vb in self.config_diff],
+            "metrics": [{"name": n, "a": clean(va), "b": clean(vb), "delta": clean(d)}
+                        for n, va, vb, d in self.metrics],
+            "other_values": [{"name": n, "a": clean(va), "b": clean(vb)} for n, va, vb in self.other],
+            "paired_tests": [{k: clean(v) for k, v in asdict(t).items()} for t in self.tests],
+            "bootstrap_resamples": self.n_resamples, "warnings": self.warnings, "notes": self.notes,
+        }
+
+
+# ----------------------------------------------------------------------------------- naming
+
+def resolve_name(store: Store, name: str) -> RunInfo:
+    """A run named by id, id prefix, or ``table/cell[@seed]`` (through the runs' labels).
+
+    Raises:
+        StoreError: nothing matches, or the name is ambiguous (the message lists the choices).
+    """
+    name = name.strip()
+    if "/" not in name:
+        return store.resolve_run(name)
+    table, rest = name.split("/", 1)
+    cell, seed_text = rest.rsplit("@", 1) if "@" in rest else (rest, None)
+    runs = store.list_runs(labels_contain=(table, cell))
+    if not runs:
+        raise StoreError(f"no run is labelled {table}/{cell} (see `kdcicam runs list`)")
+    if seed_text is not None:
+        try:
+            seed = int(seed_text)
+        except ValueError:
+            raise StoreError(f"'{name}': the seed after '@' must be an integer, got {seed_text!r}") from None
+        seeds = sorted({r.seed for r in runs})
+        runs = [r for r in runs if r.seed == seed]
+        if not runs:
+            raise StoreError(f"no run of {table}/{cell} has seed {seed} "
+                             f"(seeds: {', '.join(map(str, seeds))})")
+    finished = [r for r in runs if r.status == "finished"]
+    runs = finished or runs
+    seeds = sorted({r.seed for r in runs})
+    if len(seeds) > 1:
+        raise StoreError(f"'{name}' is ambiguous: {table}/{cell} has seeds {', '.join(map(str, seeds))}; "
+                         f"name one, e.g. {table}/{cell}@{seeds[0]}")
+    if len(runs) > 1:
+        shown = ", ".join(f"{r.short_id} ({r.dataset}/{r.profile}/{r.variant})" for r in runs[:6])
+        raise StoreError(f"'{name}' matches {len(runs)} runs ({shown}); name one by its id")
+    return runs[0]
+
+
+# -------------------------------------------------------------------------------- comparing
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> {dotted key: value}."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+_MISSING = "<absent>"
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """The dotted keys whose values differ (a key only one side has shows "<absent>" on the other)."""
+    fa, fb = flatten(a), flatten(b)
+    return [(k, fa.get(k, _MISSING), fb.get(k, _MISSING)) for k in sorted(fa.keys() | fb.keys())
+            if fa.get(k, _MISSING) != fb.get(k, _MISSING)]
+
+
+def _finals(store: Store, run: RunInfo, protocol: str, selection: str) -> dict[str, float]:
+    frame = store.final_metrics([run.id])
+    here = frame[(frame["protocol"] == protocol) & (frame["selection"] == selection)
+                 & (frame["threshold_policy"] == _THRESHOLD_POLICY) & (frame["split"] == _SPLIT)]
+    if here.empty:
+        have = sorted({f"{p}/{s}" for p, s in zip(frame["protocol"], frame["selection"])})
+        raise RunError(f"run {run.short_id} has no final metrics for protocol {protocol}, selection "
+                       f"{selection} (evaluated: {', '.join(have) or 'nothing yet'})")
+    return {n: float(v) for n, v in zip(here["name"], here["value"])}
+
+
+def _check_same_test_set(a: RunInfo, b: RunInfo, ra: pd.DataFrame, rb: pd.DataFrame) -> None:
+    if a.dataset_fingerprint and b.dataset_fingerprint and a.dataset_fingerprint != b.dataset_fingerprint:
+        raise DataError(f"refusing to compare {a.short_id} and {b.short_id}: different test sets (dataset "
+                        f"fingerprints {a.dataset_fingerprint[:12]} vs {b.dataset_fingerprint[:12]})")
+    if a.dataset != b.dataset:
+        raise DataError(f"refusing to compare {a.short_id} and {b.short_id}: different datasets "
+                        f"({a.dataset} vs {b.dataset})")
+    if not ra.empty and not rb.empty:
+        ids_a, ids_b = set(ra["image_id"]), set(rb["image_id"])
+        if ids_a != ids_b:
+            raise DataError(f"refusing to compare {a.short_id} and {b.short_id}: their test images differ "
+                            f"({len(ids_a - ids_b)} only in A, {len(ids_b - ids_a)} only in B)")
+
+
+def paired_tests(ra: pd.DataFrame, rb: pd.DataFrame, n_resamples: int, seed: int) -> list[PairedTest]:
+    """McNemar + paired bootstrap for each per-image correctness flag, images joined on image_id."""
+    both = ra.merge(rb, on="image_id", suffixes=("_a", "_b"))
+    tests = []
+    for column, metric in PER_IMAGE.items():
+        a = both[f"{column}_a"].to_numpy(bool)  # (N,)
+        b = both[f"{column}_b"].to_numpy(bool)  # (N,)
+        b01, b10, p = mcnemar_exact(a, b)
+        delta, lo, hi = paired_bootstrap_ci(a, b, n_resamples=n_resamples, seed=seed)
+        tests.append(PairedTest(metric=metric, n_images=len(a), acc_a=100.0 * a.mean(), acc_b=100.0 * b.mean(),
+                                b01=b01, b10=b10, p_value=p, delta=100.0 * delta, ci_lo=100.0 * lo,
+                                ci_hi=100.0 * hi, verdict=verdict(delta, p, ALPHA)))
+    return tests
+
+
+def compare_runs(store: Store, name_a: str, name_b: str, *, protocol: str = "paper", selection: str = "last",
+                 n_resamples: int = 2000, seed: int = 0) -> Comparison:
+    """Compare two runs of the store.
+
+    Args:
+        store: the run store.
+        name_a, name_b: run names (id, id prefix, ``table/cell[@seed]``).
+        protocol: evaluation protocol of both runs' numbers.
+        selection: checkpoint selection of both runs' numbers.
+        n_resamples: paired bootstrap resamples.
+        seed: bootstrap seed.
+
+    Returns:
+        The comparison (percent units).
+
+    Raises:
+        StoreError: a name is unknown or ambiguous.
+        RunError: a run has no final metrics for (protocol, selection).
+        DataError: the runs were evaluated on different test sets.
+    """
+    a, b = resolve_name(store, name_a), resolve_name(store, name_b)
+    ra = store.get_image_records(a.id, protocol, selection, _SPLIT)
+    rb = store.get_image_records(b.id, protocol, selection, _SPLIT)
+    _check_same_test_set(a, b, ra, rb)
+    fa, fb = _finals(store, a, protocol, selection), _finals(store, b, protocol, selection)
+    metrics, other = [], []
+    for name in [m for m in METRICS if m in fa or m in fb]:  # accuracies: percent
+        va, vb = (None if v is None else 100.0 * v for v in (fa.get(name), fb.get(name)))
+        metrics.append((name, va, vb, None if va is None or vb is None else va - vb))
+    for name in sorted((fa.keys() | fb.keys()) - set(METRICS)):  # anything else (θ): as stored
+        other.append((name, fa.get(name), fb.get(name)))
+    diff = config_diff(a.config, b.config)
+    warnings = []
+    differing = [f for f in _PROTOCOL_FIELDS if getattr(a, f) != getattr(b, f)]
+    differing += [k for k, _, _ in diff if k.startswith(_PROTOCOL_PREFIX)]
+    if differing:
+        warnings.append(f"the runs differ in {', '.join(differing)}: their numbers were not produced the same "
+                        "way")
+    notes = []
+    if ra.empty or rb.empty:
+        lacking = ", ".join(r.short_id for r, rec in ((a, ra), (b, rb)) if rec.empty)
+        notes.append(f"no per-image records for {lacking} at {protocol}/{selection}: paired tests skipped")
+        tests = []
+    else:
+        tests = paired_tests(ra, rb, n_resamples, seed)
+    return Comparison(a=a, b=b, name_a=name_a, name_b=name_b, protocol=protocol, selection=selection,
+                      config_diff=diff, metrics=metrics, tests=tests, n_resamples=n_resamples, other=other,
+                      warnings=warnings, notes=notes)
+
+
+# ------------------------------------------------------------------------------- formatting
+
+def _num(x: float | None, signed: bool = False) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def _raw(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.4g}"
+
+
+def _p(p: float) -> str:
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def format_comparison(c: Comparison) -> str:
+    """The comparison as plain aligned text."""
+    def who(tag: str, info: RunInfo, name: str) -> str:
+        alias = "" if name in (info.id, info.short_id) or info.id.startswith(name) else f" [{name}]"
+        return (f"{tag}: {info.short_id}{alias}  {info.role}, {info.dataset}/"
+                f"{info.config.get('model', {}).get('backbone', '?')}, profile {info.profile}, "
+                f"variant {info.variant}, seed {info.seed}")
+
+    lines = [who("A", c.a, c.name_a), who("B", c.b, c.name_b),
+             f"evaluation: protocol {c.protocol}, selection {c.selection}, θ {_THRESHOLD_POLICY}, {_SPLIT} split",
+             ""]
+    if c.config_diff:
+        width = max(len(k) for k, _, _ in c.config_diff)
+        lines.append(f"config differences ({len(c.config_diff)}):")
+        lines.append(f"  {'key':<{width}}  {'A':>14}  {'B':>14}")
+        for key, va, vb in c.config_diff:
+            lines.append(f"  {key:<{width}}  {str(va):>14}  {str(vb):>14}")
+    else:
+        lines.append("config differences: none")
+    lines += ["", "final metrics (%):", f"  {'metric':<14} {'A':>8} {'B':>8} {'A-B':>8}"]
+    for name, va, vb, delta in c.metrics:
+        lines.append(f"  {name:<14} {_num(va):>8} {_num(vb):>8} {_num(delta, True):>8}")
+    for name, va, vb in c.other:
+        lines.append(f"  {name:<14} {_raw(va):>8} {_raw(vb):>8}   (as stored)")
+    if c.tests:
+        lines += ["", f"paired per-image tests on {c.tests[0].n_images} images (McNemar exact test; "
+                      f"paired bootstrap 95% CI of A-B, {c.n_resamples} resamples):",
+                  f"  {'metric':<14} {'A %':>7} {'B %':>7} {'A-B':>7}  {'95% CI':<17} {'b01':>5} {'b10':>5} "
+                  f"{'p':>8}  verdict"]
+        for t in c.tests:
+            ci = f"[{_num(t.ci_lo, True)}, {_num(t.ci_hi, True)}]"
+            lines.append(f"  {t.metric:<14} {_num(t.acc_a):>7} {_num(t.acc_b):>7} {_num(t.delta, True):>7}  "
+                         f"{ci:<17} {t.b01:>5} {t.b10:>5} {_p(t.p_value):>8}  {t.verdict}")
+        lines.append("  (b01: A wrong and B right; b10: A right and B wrong)")
+    for note in c.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,199 @@
+"""The evaluator: one function for every model and both evaluation protocols.
+
+``paper`` — the protocol behind the published tables (reference-notes.md): the test image resized
+to a square S x S, centre crop C; the first GT box mapped into the crop and clipped to it; the box
+from the method's combinational heatmap (Eq. 3) with the variant's box rule; IoU in crop
+coordinates; Top-5 Loc uses the same class-independent box; "GT-known" is that same box counted
+without the class check.
+
+``standard`` — the CAM / wsolevaluation protocol: the whole image resized to C x C (no crop); the
+box mapped back to original image coordinates and matched against *every* GT box; boxes from a
+min-max normalised map with the standard rule (threshold, largest connected component); GT-known
+from the ground-truth class's own map. MaxBoxAccV2 (Choe et al., CVPR 2020) sweeps the CAM
+threshold on the GT class's map.
+
+Every image yields a record (true class, top-5 with scores, box, IoU with the best GT box, correct
+flags), and every metric is the mean of its flag, so later code can pair two runs image by image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from kdcicam.boxes import box_from_heatmap, iou_matrix
+from kdcicam.config import PROTOCOLS, RunConfig
+from kdcicam.data.base import Sample
+from kdcicam.data.dataset import WSOLDataset, collate_wsol
+from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TestTransform, test_transform_paper, test_transform_standard
+from kdcicam.errors import ConfigError
+from kdcicam.metrics import MaxBoxAccV2Meter
+from kdcicam.model.heatmap import class_heatmap, combinational_heatmap, normalize_heatmap, upsample_heatmap
+
+# the box rule each variant uses under the paper protocol (the standard protocol always uses "standard")
+VARIANT_BOX_POLICY = {"paper": "standard", "reference": "reference"}
+FLAG_METRICS = {
+    "top1_cls": "correct_top1_cls",
+    "top5_cls": "correct_top5_cls",
+    "top1_loc": "correct_top1_loc",
+    "top5_loc": "correct_top5_loc",
+    "gt_known_loc": "correct_gt_known",
+}
+
+
+@dataclass
+class EvalResult:
+    protocol: str
+    metrics: dict[str, float]  # fractions in [0, 1] (+ "theta", the threshold used)
+    records: list[dict[str, Any]]  # one per image
+    curve: dict[str, list[float]] = field(default_factory=dict)  # MaxBoxAccV2 accuracy per threshold
+    gallery: dict[str, np.ndarray] | None = None  # arrays for the report's CAM gallery
+
+
+def protocol_transform(cfg: RunConfig, protocol: str) -> TestTransform:
+    if protocol == "paper":
+        return test_transform_paper(cfg.eval.test_resize, cfg.eval.test_crop)
+    if protocol == "standard":
+        return test_transform_standard(cfg.eval.test_crop)
+    raise ConfigError(f"protocol = {protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+
+
+def minmax(h: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max normalisation of (B, H, W) maps to [0, 1]; a constant map becomes 0."""
+    flat = h.flatten(1)
+    lo = flat.min(dim=1).values[:, None, None]
+    hi = flat.max(dim=1).values[:, None, None]
+    span = hi - lo
+    return torch.where(span > 0, (h - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(h))
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    cfg: RunConfig,
+    protocol: str,
+    device: torch.device,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    gallery_ids: Sequence[str] | None = None,
+) -> EvalResult:
+    """Classify and localize every sample under ``protocol``; returns metrics and per-image records.
+
+    Args:
+        model: the network (set to eval mode here; the context pool is frozen).
+        samples: the split to evaluate (validation or test).
+        cfg: the run's config (θ, test sizes, variant).
+        protocol: ``"paper"`` or ``"standard"``.
+        device: where to run the model.
+        batch_size: evaluation batch size.
+        gallery_ids: image ids whose crop, heatmap and boxes are returned for the report's gallery.
+    """
+    transform = protocol_transform(cfg, protocol)
+    loader = DataLoader(WSOLDataset(samples, transform), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate_wsol)
+    theta = cfg.eval.theta
+    side = cfg.eval.test_crop
+    policy = VARIANT_BOX_POLICY[cfg.variant] if protocol == "paper" else "standard"
+    maxbox = MaxBoxAccV2Meter(cam_thresholds=cfg.eval.maxbox_thresholds, iou_thresholds=tuple(cfg.eval.maxbox_ious))
+    wanted = set(gallery_ids or ())
+    gallery: dict[str, list] = {k: [] for k in ("image_ids", "images", "heatmaps", "pred_boxes", "gt_boxes",
+                                                "labels", "top1")}
+    records: list[dict[str, Any]] = []
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        images = batch["image"].to(device)
+        labels = batch["label"].to(device)
+        out = model(images, update_pool=False)
+        probs = out.logits_e.float().softmax(dim=1)  # (B, n)
+        k = min(5, probs.shape[1])
+        top_scores, top_idx = probs.topk(k, dim=1)  # (B, k)
+        heat = combinational_heatmap(out.cams_e.float(), out.logits_e.float(), cfg.variant)  # (B, h, w)
+        if protocol == "paper":
+            heat = normalize_heatmap(heat, cfg.variant)
+        heat = upsample_heatmap(heat, (side, side))  # (B, C, C)
+        if protocol == "standard":
+            heat = minmax(heat)
+            gt_map = minmax(upsample_heatmap(class_heatmap(out.cams_e.float(), labels), (side, side)))
+        else:
+            gt_map = minmax(heat)
+        heat_np, gt_np = heat.cpu().numpy(), gt_map.cpu().numpy()
+        top_idx_l, top_scores_l = top_idx.cpu().tolist(), top_scores.cpu().tolist()
+        for i in range(images.shape[0]):
+            label = int(batch["label"][i])
+            top5 = top_idx_l[i]
+            box = box_from_heatmap(heat_np[i], theta, policy)  # (4,) in the C x C frame
+            if protocol == "paper":
+                gt = batch["boxes"][i][:1].numpy()  # first GT box, in the crop frame, clipped
+                box_out = box
+                iou = float(iou_matrix(box, gt).max()) if len(gt) else 0.0
+                gt_known_iou = iou
+                sweep_gt = gt
+            else:
+                frame = transform.frame(tuple(batch["orig_size"][i]))
+                gt = batch["orig_boxes"][i].numpy()  # every GT box, original pixels
+                box_out = frame.to_original(torch.as_tensor(box, dtype=torch.float32)[None])[0].numpy()
+                iou = float(iou_matrix(box_out, gt).max()) if len(gt) else 0.0
+                gt_box = box_from_heatmap(gt_np[i], theta, "standard")
+                gt_box = frame.to_original(torch.as_tensor(gt_box, dtype=torch.float32)[None])[0].numpy()
+                gt_known_iou = float(iou_matrix(gt_box, gt).max()) if len(gt) else 0.0
+                sweep_gt = batch["boxes"][i].numpy()  # every GT box in the C x C frame (wsolevaluation)
+            if len(sweep_gt):
+                maxbox.update(gt_np[i], sweep_gt)
+            hit = iou >= cfg.eval.iou_threshold
+            records.append({
+                "image_id": batch["image_id"][i],
+                "label": label,
+                "top5": top5,
+                "top5_scores": [round(s, 6) for s in top_scores_l[i]],
+                "box": [round(float(v), 2) for v in box_out],
+                "iou": iou,
+                "correct_top1_cls": top5[0] == label,
+                "correct_top5_cls": label in top5,
+                "correct_top1_loc": top5[0] == label and hit,
+                "correct_top5_loc": label in top5 and hit,
+                "correct_gt_known": gt_known_iou >= cfg.eval.iou_threshold,
+            })
+            if batch["image_id"][i] in wanted:
+                _add_to_gallery(gallery, batch, i, heat_np[i], box, label, top5[0])
+    if was_training:
+        model.train()
+    metrics = {name: float(np.mean([r[flag] for r in records])) if records else float("nan")
+               for name, flag in FLAG_METRICS.items()}
+    curve: dict[str, list[float]] = {}
+    metrics["maxboxacc_v2"] = float("nan")
+    if maxbox.count:
+        box_stats = maxbox.compute()  # percentages
+        metrics["maxboxacc_v2"] = box_stats["maxboxacc_v2"] / 100.0
+        curve = {f"iou_{t:g}": [a / 100.0 for a in acc] for t, acc in zip(box_stats["iou_thresholds"], box_stats["curve"])}
+    metrics["theta"] = float(theta)
+    return EvalResult(protocol=protocol, metrics=metrics, records=records, curve=curve,
+                      gallery=_stack_gallery(gallery) if gallery["image_ids"] else None)
+
+
+def _add_to_gallery(gallery: dict[str, list], batch: dict, i: int, heat: np.ndarray, box: np.ndarray,
+                    label: int, top1: int) -> None:
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    image = ((batch["image"][i] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    h = heat - heat.min()
+    h = h / h.max() if h.max() > 0 else h
+    gt = batch["boxes"][i][:1].numpy()
+    gallery["image_ids"].append(batch["image_id"][i])
+    gallery["images"].append(image)  # (C, C, 3) uint8
+    gallery["heatmaps"].append((h * 255).round().astype(np.uint8))  # (C, C)
+    gallery["pred_boxes"].append(np.asarray(box, dtype=np.float32))
+    gallery["gt_boxes"].append(gt[0].astype(np.float32) if len(gt) else np.zeros(4, np.float32))
+    gallery["labels"].append(label)
+    gallery["top1"].append(top1)
+
+
+def _stack_gallery(gallery: dict[str, list]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) if k != "image_ids" else np.asarray(v, dtype=str) for k, v in gallery.items()}

@@ -1,0 +1,64 @@
+"""``kdcicam report``: the paper's tables, the C-L scatter and a gallery, from the run store only.
+
+Example::
+
+    with open_store(url) as store:
+        data = build_report(store, load_registry(), protocols=("paper", "standard"))
+    html = render(data, registry, "html").text
+
+Modules: :mod:`.tables` (numbers), :mod:`.stats` (statistics), :mod:`.scatter` and
+:mod:`.gallery` (figures), :mod:`.render` (templates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import pandas as pd
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from kdcicam.registry import Registry
+from kdcicam.report.render import FORMATS, Rendered, render
+from kdcicam.report.tables import PROTOCOL_NAMES, ReportData, collect, report_json
+from kdcicam.store import Store
+
+__all__ = ["FORMATS", "PROTOCOL_NAMES", "Rendered", "ReportData", "build_report", "render", "report_json"]
+
+
+def build_report(store: Store | None, reg: Registry, *, protocols: Sequence[str] = PROTOCOL_NAMES,
+                 table_keys: Sequence[str] | None = None, now: datetime | None = None,
+                 store_url: str | None = None) -> ReportData:
+    """Read the store and assemble every number the report shows.
+
+    Args:
+        store: the run store; None = no store yet (an empty report).
+        reg: the registry.
+        protocols: evaluation protocols to show ("paper", "standard").
+        table_keys: registry tables to show, in order; None = all of them (tables, then scatters).
+        now: the generation time (tests pass a fixed one).
+        store_url: shown in the header (default: the store's URL).
+
+    Returns:
+        The report's data.
+    """
+    if table_keys is None:  # the paper's tables first, then the scatter figures' tables
+        keys = sorted(reg.tables, key=lambda k: (reg.tables[k].kind != "table", k))
+    else:
+        keys = [reg.table(k).key for k in table_keys]
+    generated = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    url = _safe_url(store_url or (store.url if store is not None else "-"))
+    runs = store.list_runs() if store is not None else []
+    finished = [r.id for r in runs if r.status == "finished"]
+    finals = store.final_metrics(finished) if store is not None and finished else pd.DataFrame(
+        columns=["run_id", "protocol", "selection", "threshold_policy", "split", "name", "value"])
+    return collect(reg, runs, finals, store_url=url, protocols=protocols, table_keys=keys, generated=generated)
+
+
+def _safe_url(url: str) -> str:
+    """The store URL as the report shows it: a password, if any, masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url

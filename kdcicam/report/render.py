@@ -1,0 +1,201 @@
+"""Rendering: report data + figures -> one HTML file, a Markdown page or a LaTeX snippet.
+
+Templates (``templates/*.j2``) receive the dataclasses of :mod:`kdcicam.report.tables` and a few
+formatting filters; HTML is autoescaped, Markdown and LaTeX go through escaping filters
+(:func:`md_escape`, :func:`tex_escape`) for every text that comes from the registry or the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+
+import jinja2
+from markupsafe import Markup
+
+from kdcicam.registry import Registry
+from kdcicam.report.gallery import GALLERY_CELLS, GALLERY_TABLE, common_sample, gallery_columns, gallery_figure
+from kdcicam.report.scatter import cl_scatter
+from kdcicam.report.tables import METRIC_LABELS, MetricValue, ReportData, RowData, ScopeData, paper_points
+
+FORMATS = {"html": "report.html", "md": "report.md", "latex": "report.tex"}
+REDUCED_BANNER = "reduced setting — not a reproduction of the paper's numbers"
+MARKS = {True: "✓", False: "✗", None: "–"}
+FIRST_STEP = "kdcicam ablate table3 --backbone vgg16 --profile quick"
+
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+    "±": r"\ensuremath{\pm}", "✓": r"\ensuremath{\surd}", "✗": r"\ensuremath{\times}",
+    "Δ": r"\ensuremath{\Delta}", "–": "--", "—": "---", "→": r"\ensuremath{\rightarrow}",
+    "−": r"\ensuremath{-}",
+}
+_MD_SPECIAL = {"\\": "\\\\", "|": "\\|", "<": "&lt;", ">": "&gt;", "*": "\\*", "_": "\\_", "`": "\\`",
+               "[": "\\[", "]": "\\]"}
+
+
+# ----------------------------------------------------------------------------------- filters
+
+def tex_escape(text: object) -> str:
+    """Text safe inside LaTeX (special characters and the report's symbols replaced)."""
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def md_escape(text: object) -> str:
+    """Text safe inside a GitHub Markdown table cell (no pipes, no raw HTML, no emphasis)."""
+    return "".join(_MD_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def fmt_value(x: float | None) -> str:
+    """A percentage with one decimal; "—" for no value."""
+    return "—" if x is None or math.isnan(x) else f"{x:.1f}"
+
+
+def fmt_signed(x: float | None) -> str:
+    """A signed change with one decimal ("+0.4", "−1.2"); "—" for none."""
+    if x is None or math.isnan(x):
+        return "—"
+    size = f"{abs(x):.1f}"
+    if size == "0.0":
+        return size
+    return ("+" if x > 0 else "−") + size
+
+
+def ours_text(v: MetricValue, row: RowData) -> str:
+    """Our value as "mean ± std", with n when some of the row's seeds lack this metric."""
+    if v.mean is None:
+        return "—"
+    text = fmt_value(v.mean) + (f" ± {v.std:.1f}" if v.std is not None else "")
+    if v.n < len(row.seeds):
+        text += f" (n={v.n})"
+    return text
+
+
+def delta_text(v: MetricValue) -> str:
+    """Our change against the reference row, with the sign mark: "Δ +0.8 ✓"; "" when none."""
+    if v.delta is None:
+        return ""
+    return f"Δ {fmt_signed(v.delta)} {MARKS[v.agree]}"
+
+
+def paper_text(v: MetricValue) -> str:
+    """The paper's value and its change: "75.1 (Δ +0.4)"; "—" when the paper has none."""
+    if v.paper is None:
+        return "—"
+    return fmt_value(v.paper) + (f" (Δ {fmt_signed(v.paper_delta)})" if v.paper_delta is not None else "")
+
+
+def mark(agree: bool | None) -> str:
+    return MARKS[agree]
+
+
+# ----------------------------------------------------------------------------------- figures
+
+@dataclass(frozen=True)
+class FigureOut:
+    file: str  # file name beside an md/latex report
+    title: str
+    caption: str
+    png: bytes
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+@dataclass
+class ScopeView:
+    data: ScopeData
+    scatter: dict[str, FigureOut | None] = field(default_factory=dict)  # protocol -> figure
+    gallery: FigureOut | None = None
+    gallery_notes: list[str] = field(default_factory=list)
+
+
+def scope_views(data: ReportData, reg: Registry, *, figures: bool) -> list[ScopeView]:
+    """Each scope with its C-L scatter per protocol and its gallery (when ``figures``)."""
+    views = []
+    for scope in data.scopes:
+        view = ScopeView(data=scope)
+        if figures:
+            key = scope.key
+            paper = paper_points(reg, key.paper_scope, [k for k in reg.tables if reg.tables[k].kind == "table"])
+            subtitle = "REDUCED SETTING — not a reproduction of the paper's numbers" if key.reduced else ""
+            for protocol, points in scope.points.items():
+                title = f"C-L dilemma — {key.title} — {protocol} protocol"
+                png = cl_scatter(points, paper, title=title, paper_label=key.paper_label, subtitle=subtitle)
+                view.scatter[protocol] = None if png is None else FigureOut(
+                    file=f"cl-{key.slug}-{protocol}.png", title=title, caption=scope.provenance.line(), png=png)
+            if GALLERY_TABLE in reg.tables:
+                columns, notes = gallery_columns(reg.tables[GALLERY_TABLE], scope.runs, GALLERY_CELLS)
+                ids = common_sample(columns)
+                if columns and not ids:
+                    notes.append("the gallery files share no image id")
+                if ids:
+                    title = f"Gallery — {key.title}"
+                    view.gallery = FigureOut(file=f"gallery-{key.slug}.png", title=title,
+                                             caption=scope.provenance.line(),
+                                             png=gallery_figure(columns, ids, title=title))
+                view.gallery_notes = notes
+        views.append(view)
+    return views
+
+
+# ---------------------------------------------------------------------------------- rendering
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    files: dict[str, bytes]  # figure files to save beside the report (md/latex)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("kdcicam.report", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=True,
+                                            default=False),
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
+    )
+    env.filters.update(tex=tex_escape, md=md_escape, value=fmt_value, signed=fmt_signed, mark=mark,
+                       ours=ours_text, delta=delta_text, paper=paper_text,
+                       label=lambda m: METRIC_LABELS.get(m, m))
+    return env
+
+
+def _script() -> tuple[Markup, str]:
+    """The HTML report's inline script and its CSP hash (only this exact script may run)."""
+    text = resources.files("kdcicam.report").joinpath("templates", "report.js").read_text(encoding="utf-8")
+    digest = base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+    return Markup(text), f"sha256-{digest}"
+
+
+def render(data: ReportData, reg: Registry, fmt: str, *, figures: bool = True) -> Rendered:
+    """Render the report.
+
+    Args:
+        data: from :func:`kdcicam.report.tables.collect`.
+        reg: the registry (paper points, gallery cells).
+        fmt: "html" | "md" | "latex".
+        figures: draw the figures (HTML embeds them; md/latex link to files returned in ``files``).
+
+    Returns:
+        The document and the figure files to write beside it.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    views = scope_views(data, reg, figures=figures)
+    script, script_hash = _script() if fmt == "html" else (Markup(""), "")
+    template = _environment().get_template(f"report.{ 'tex' if fmt == 'latex' else fmt}.j2")
+    text = template.render(report=data, scopes=views, figures=figures, banner=REDUCED_BANNER,
+                           first_step=FIRST_STEP, metric_labels=METRIC_LABELS, script=script,
+                           script_hash=script_hash)
+    files: dict[str, bytes] = {}
+    if fmt != "html":
+        for view in views:
+            for fig in [*view.scatter.values(), view.gallery]:
+                if fig is not None:
+                    files[fig.file] = fig.png
+    return Rendered(text=text, files=files)

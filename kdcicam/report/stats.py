@@ -1,0 +1,139 @@
+"""The statistics behind ``report`` and ``compare``: pure functions on numpy arrays.
+
+- :func:`mean_std_ci`: a cell's mean over seeds, its sample std and a Student-t interval.
+- :func:`mcnemar_exact`: McNemar's exact test on two runs' paired per-image correctness.
+- :func:`paired_bootstrap_ci`: a percentile interval for the difference of two paired means.
+- :func:`pareto_front`: the non-dominated points of the C-L dilemma scatter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+_BOOTSTRAP_CHUNK = 4_000_000  # resampled draws held in memory at once (~32 MB of indices)
+
+
+def mean_std_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, int, float, float]:
+    """Mean, sample standard deviation and Student-t confidence interval of a few seeds' values.
+
+    NaN values are dropped first (a seed whose metric was not recorded).
+
+    Args:
+        values: one number per seed.
+        level: confidence level of the interval.
+
+    Returns:
+        (mean, std, n, ci_lo, ci_hi); std and the interval are NaN for n < 2, everything but n is
+        NaN for n = 0.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    n = int(x.size)
+    if n == 0:
+        return math.nan, math.nan, 0, math.nan, math.nan
+    mean = float(x.mean())
+    if n == 1:
+        return mean, math.nan, 1, math.nan, math.nan
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, df=n - 1)) * std / math.sqrt(n)
+    return mean, std, n, mean - half, mean + half
+
+
+def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple[int, int, float]:
+    """McNemar's exact (binomial) test on paired per-image correctness of runs A and B.
+
+    Only the discordant images carry information: under "A and B are equally accurate" each of
+    the ``b01 + b10`` discordant images is A's win with probability 1/2.
+
+    Args:
+        a_correct: (N,) bool, A's correctness per image.
+        b_correct: (N,) bool, B's correctness on the same images in the same order.
+
+    Returns:
+        (b01, b10, p): b01 = images A got wrong and B right, b10 = A right and B wrong, p the
+        two-sided exact p-value (1.0 when there is no discordant image).
+    """
+    a = np.asarray(a_correct, dtype=bool)
+    b = np.asarray(b_correct, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"expected two 1-D arrays of the same length, got {a.shape} and {b.shape}")
+    b01 = int(np.count_nonzero(~a & b))
+    b10 = int(np.count_nonzero(a & ~b))
+    if b01 + b10 == 0:
+        return b01, b10, 1.0
+    p = float(stats.binomtest(min(b01, b10), n=b01 + b10, p=0.5, alternative="two-sided").pvalue)
+    return b01, b10, min(1.0, p)
+
+
+def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], n_resamples: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float, float]:
+    """Percentile bootstrap interval of mean(a) - mean(b) over paired items (images).
+
+    Each resample draws N image indices with replacement and takes the mean of the per-image
+    differences, so the pairing (both runs on the same image) is kept.
+
+    Args:
+        a: (N,) per-image values of run A (e.g. 0/1 correctness).
+        b: (N,) values of run B on the same images in the same order.
+        n_resamples: number of bootstrap resamples.
+        seed: seed of the numpy Generator (the interval is reproducible).
+        level: coverage of the interval.
+
+    Returns:
+        (delta, lo, hi): the observed difference of means and the interval's bounds (NaN when N = 0).
+    """
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"expected two 1-D arrays of the same length, got {x.shape} and {y.shape}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    n = x.size
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    diff = x - y  # (N,)
+    rng = np.random.default_rng(seed)
+    rows_per_chunk = max(1, _BOOTSTRAP_CHUNK // n)
+    means = np.empty(n_resamples)  # (R,)
+    for start in range(0, n_resamples, rows_per_chunk):
+        stop = min(n_resamples, start + rows_per_chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))  # (r, N)
+        means[start:stop] = diff[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(diff.mean()), float(lo), float(hi)
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the non-dominated points when both coordinates are to be maximised.
+
+    A point is dominated when another is at least as good in x and y and strictly better in one.
+    Points with a NaN coordinate are never on the front.
+
+    Args:
+        points: (N, 2) array-like of (x, y).
+
+    Returns:
+        Indices of the front, ordered by increasing x (then decreasing y).
+    """
+    p = np.asarray(points, dtype=float).reshape(-1, 2)  # (N, 2)
+    ok = ~np.isnan(p).any(axis=1)
+    front = []
+    for i in np.flatnonzero(ok):
+        others = p[ok]
+        ge = (others >= p[i]).all(axis=1)
+        gt = (others > p[i]).any(axis=1)
+        if not (ge & gt).any():
+            front.append(int(i))
+    return sorted(front, key=lambda i: (p[i, 0], -p[i, 1]))
+
+
+def verdict(delta: float, p: float, alpha: float = 0.05) -> str:
+    """A plain-words reading of a paired test: "A better", "B better" or no significant difference."""
+    if not math.isnan(p) and p < alpha and delta != 0:
+        return "A better" if delta > 0 else "B better"
+    return f"no significant difference at {alpha:.0%}"

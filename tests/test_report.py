@@ -1,0 +1,460 @@
+"""``kdcicam report``: tables with our numbers beside the paper's, sign marks, "not run", the three
+formats, escaping, figures, an empty store, and the statistics behind them (hand-checked)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from kdcicam.cli.report import register
+from kdcicam.registry import DEFAULT_REGISTRY, load_registry
+from kdcicam.report import build_report, render
+from kdcicam.report.render import md_escape, tex_escape
+from kdcicam.report.stats import mean_std_ci, pareto_front
+from kdcicam.report.tables import ScopeKey, ablate_command
+from kdcicam.store import open_store
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+FINGERPRINT = "fp0123456789abcdef"
+BASE_CFG = {
+    "profile": "quick", "variant": "reference",
+    "data": {"dataset": "synthetic", "crop": 64},
+    "model": {"backbone": "vgg16", "width": 0.125, "context_pool": True},
+    "train": {"epochs": 20, "lr": 0.002, "seed": 0},
+    "eval": {"test_resize": 72, "test_crop": 64, "theta": 0.14},
+}
+# Our Table 3 numbers (fractions) at seeds 0, 1, 2: crafted so that +ConPool's Top-1 Cls change
+# agrees in sign with the paper (+0.4) and its Top-1 Loc change disagrees (paper +0.9).
+TABLE3 = {
+    "base": {"top1_cls": (0.70, 0.71, 0.72), "top1_loc": (0.50, 0.51, 0.52), "gt_known_loc": (0.60, 0.60, 0.60)},
+    "conpool": {"top1_cls": (0.72, 0.73, 0.74), "top1_loc": (0.48, 0.49, 0.50), "gt_known_loc": (0.62, 0.62, 0.62)},
+    "conpool+kd": {"top1_cls": (0.75, 0.76, 0.77), "top1_loc": (0.55, 0.56, 0.57), "gt_known_loc": (0.65, 0.66, 0.67)},
+}
+
+
+def _config(role: str, context_pool: bool, seed: int, **train) -> dict:
+    cfg = json.loads(json.dumps(BASE_CFG))
+    cfg["model"]["context_pool"] = context_pool
+    cfg["train"].update(seed=seed, **train)
+    cfg["loss"] = {"role": role}
+    return cfg
+
+
+def write_gallery(folder: Path, image_ids: list[str], size: int = 24, shift: int = 0) -> None:
+    """A fabricated evaluator gallery: flat images, a blob heatmap, boxes that differ per cell."""
+    n = len(image_ids)
+    number = np.array([int(i[3:]) for i in image_ids])  # "img007" -> 7: the label follows the image
+    rng = np.random.default_rng(shift)
+    images = rng.integers(0, 255, size=(n, size, size, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size]
+    heat = np.exp(-((yy - size / 2) ** 2 + (xx - size / 2 - shift) ** 2) / (2 * (size / 5) ** 2))
+    heatmaps = np.repeat((255 * heat).astype(np.uint8)[None], n, axis=0)  # (N, S, S)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "gallery_last.npz", image_ids=np.array(image_ids), images=images, heatmaps=heatmaps,
+             pred_boxes=np.tile(np.array([4 + shift, 5, 18, 20], np.float32), (n, 1)),
+             gt_boxes=np.tile(np.array([5, 5, 19, 19], np.float32), (n, 1)),
+             labels=number % 3, top1=(number + shift) % 3)
+
+
+def fill_store(url: str, root: Path, *, with_gallery: bool = True) -> dict[str, str]:
+    """A realistic quick-profile store: Table 3 at three seeds (with galleries), the teachers,
+    Table 4's and Table 5's cells that reuse those runs, a Figure 1(b) grid; Table 4's
+    single-teacher cells and Table 5's Top-1-Loc-teacher student are left "not run".
+
+    Returns:
+        cell name -> run id of seed 0's run, for the tests to name.
+    """
+    ids: dict[str, str] = {}
+    clock = [T0]
+
+    def tick() -> datetime:
+        clock[0] += timedelta(minutes=1)
+        return clock[0]
+
+    with open_store(url, clock=tick) as store:
+        def add(run_id: str, role: str, pool: bool, seed: int, labels: dict, finals: dict[str, dict],
+                gallery: int | None = None, **train) -> None:
+            art = root / "artifacts" / run_id
+            store.get_or_create_run(run_id, config_hash="h" + run_id, role=role, profile="quick",
+                                    variant="reference", dataset="synthetic", dataset_fingerprint=FINGERPRINT,
+                                    seed=seed, config=_config(role, pool, seed, **train), labels=labels,
+                                    git_commit="abc123def4567890", device="cpu", torch_version="2.14.1",
+                                    artifacts_dir=str(art))
+            store.claim_run(run_id, pid=1, host="box")
+            for (protocol, selection), metrics in finals.items():
+                store.set_final_metrics(run_id, protocol, selection, "fixed", "test", metrics)
+            if gallery is not None and with_gallery:
+                write_gallery(art, [f"img{i:03d}" for i in range(gallery, gallery + 5)], shift=gallery)
+            store.finish_run(run_id, train_seconds=60.0)
+
+        def both(metrics: dict[str, float], selection: str = "last") -> dict:
+            standard = {k: max(0.0, v - 0.02) for k, v in metrics.items()}
+            return {("paper", selection): metrics, ("standard", selection): standard}
+
+        for seed in (0, 1, 2):
+            def m(cell: str) -> dict[str, float]:
+                values = {k: v[seed] for k, v in TABLE3[cell].items()}
+                return {**values, "top5_cls": 0.9, "top5_loc": values["top1_loc"] + 0.1,
+                        "maxboxacc_v2": values["gt_known_loc"] - 0.05}
+
+            add(f"base{seed}", "student", False, seed, {"table3": ["base"]}, both(m("base")), gallery=seed)
+            add(f"conpool{seed}", "student", True, seed, {"table3": ["conpool"], "table4": ["student"]},
+                both(m("conpool")), gallery=seed + 1)
+            add(f"kd{seed}", "distilled", True, seed,
+                {"table3": ["conpool+kd"], "table4": ["student+both_teachers"],
+                 "table5": ["kd_with_teacher_by_gt_known"]}, both(m("conpool+kd")), gallery=seed + 2)
+            add(f"clst{seed}", "cls_teacher", True, seed, {},
+                both({"top1_cls": 0.74, "top1_loc": 0.45, "gt_known_loc": 0.55}))
+            add(f"loct{seed}", "loc_teacher", True, seed,
+                {"table5": ["loc_teacher_by_top1_loc", "loc_teacher_by_gt_known"]},
+                {**both({"top1_cls": 0.66, "top1_loc": 0.52, "gt_known_loc": 0.70}, "top1_loc"),
+                 **both({"top1_cls": 0.62, "top1_loc": 0.50, "gt_known_loc": 0.72}, "gt_known_loc")})
+        for i, (lr, epochs) in enumerate([(0.001, 10), (0.002, 10), (0.004, 10), (0.001, 20), (0.004, 20)]):
+            add(f"grid-ci{i}", "student", True, 0, {"figure1b": ["ci-cam"]},
+                both({"top1_cls": 0.60 + 0.03 * i, "top1_loc": 0.50 - 0.02 * i, "gt_known_loc": 0.62}),
+                lr=lr, epochs=epochs)
+            add(f"grid-kd{i}", "distilled", True, 0, {"figure1b": ["kd-ci-cam"]},
+                both({"top1_cls": 0.66 + 0.02 * i, "top1_loc": 0.55 + 0.005 * i, "gt_known_loc": 0.66}),
+                lr=lr, epochs=epochs)
+        store.get_or_create_run("pending0", config_hash="hp", role="student", profile="quick",
+                                variant="reference", dataset="synthetic", seed=9, config=_config("student", True, 9),
+                                labels={"table4": ["student+cls_teacher"]})
+    ids.update(base="base0", conpool="conpool0", kd="kd0")
+    return ids
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'r.db'}"
+
+
+@pytest.fixture(scope="module")
+def _template(tmp_path_factory) -> Path:
+    """The filled store, built once per module (its artifacts are only read)."""
+    root = tmp_path_factory.mktemp("filled")
+    fill_store(f"sqlite:///{root / 'r.db'}", root)
+    return root
+
+
+@pytest.fixture
+def filled(_template: Path, tmp_path: Path) -> str:
+    """A private copy of the filled store's database (tests may add runs to it)."""
+    for path in _template.glob("r.db*"):
+        shutil.copy(path, tmp_path / path.name)
+    return f"sqlite:///{tmp_path / 'r.db'}"
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def make_app() -> typer.Typer:
+    app = typer.Typer(pretty_exceptions_enable=False)
+
+    @app.callback()
+    def _root() -> None:
+        """Test root."""
+
+    register(app)
+    return app
+
+
+def _report(url: str, **kwargs):
+    reg = load_registry(kwargs.pop("registry", None))
+    with open_store(url) as store:
+        data = build_report(store, reg, now=T0, **kwargs)
+    return reg, data
+
+
+# ------------------------------------------------------------------------------------ numbers
+
+def _row(data, table: str, cell: str, protocol: str = "paper"):
+    (scope,) = data.scopes
+    t = next(t for t in scope.tables[protocol] if t.key == table)
+    return t, next(r for r in t.rows if r.cell == cell)
+
+
+def test_cell_means_deltas_and_sign_marks(filled):
+    _, data = _report(filled)
+    assert len(data.scopes) == 1 and data.n_unfinished == 1
+    assert data.scopes[0].key == ScopeKey("synthetic", "vgg16", "quick", "reference", FINGERPRINT)
+    t, base = _row(data, "table3", "base")
+    v = base.values["top1_cls"]
+    # seeds 0.70, 0.71, 0.72 -> 71.0 ± 1.0 (sample std), n = 3; the paper's Base: 74.7
+    assert (v.mean, v.std, v.n, v.paper) == (pytest.approx(71.0), pytest.approx(1.0), 3, 74.7)
+    assert base.reference and v.delta is None and v.agree is None
+    _, con = _row(data, "table3", "conpool")
+    cls, loc = con.values["top1_cls"], con.values["top1_loc"]
+    # Top-1 Cls: ours 73.0 - 71.0 = +2.0, paper 75.1 - 74.7 = +0.4 -> same sign
+    assert (cls.delta, cls.paper_delta, cls.agree) == (pytest.approx(2.0), pytest.approx(0.4), True)
+    # Top-1 Loc: ours 49.0 - 51.0 = -2.0, paper 66.5 - 65.6 = +0.9 -> opposite sign
+    assert (loc.delta, loc.paper_delta, loc.agree) == (pytest.approx(-2.0), pytest.approx(0.9), False)
+    # the standard protocol has its own numbers (fixture: 2 points lower)
+    _, con_std = _row(data, "table3", "conpool", "standard")
+    assert con_std.values["top1_cls"].mean == pytest.approx(71.0)
+    assert "maxboxacc_v2" in t.metrics and base.values["maxboxacc_v2"].paper is None
+
+
+def test_paper_delta_of_zero_has_no_sign_to_agree_with(filled):
+    _, data = _report(filled, table_keys=["table4"])
+    t, row = _row(data, "table4", "student+both_teachers")
+    assert row.values["top1_cls"].agree is True  # ours 76.0 - 73.0 > 0, paper 79.2 - 75.1 > 0
+    # Table 4 "Stu + ClsTea" is not run; its paper Top-1 Loc equals the Stu's (66.5 - 66.5 = 0).
+    _, cls_only = _row(data, "table4", "student+cls_teacher")
+    assert not cls_only.ran and cls_only.values["top1_loc"].paper_delta == 0.0
+    assert cls_only.values["top1_loc"].agree is None
+    assert t.not_run_command == "kdcicam ablate table4 --backbone vgg16 --profile quick --seeds 3"
+
+
+def test_teacher_cells_read_their_own_checkpoint_selection(filled):
+    _, data = _report(filled, table_keys=["table5"])
+    _, by_loc = _row(data, "table5", "loc_teacher_by_top1_loc")
+    _, by_gt = _row(data, "table5", "loc_teacher_by_gt_known")
+    assert by_loc.values["gt_known_loc"].mean == pytest.approx(70.0)  # the top1_loc checkpoint
+    assert by_gt.values["gt_known_loc"].mean == pytest.approx(72.0)  # the gt_known_loc checkpoint
+
+
+def test_scatter_table_shows_the_best_run_and_counts_points(filled):
+    _, data = _report(filled, table_keys=["figure1b"])
+    t, ci = _row(data, "figure1b", "ci-cam")
+    assert t.reference_cell is None and len(ci.run_ids) == 5
+    assert ci.values["top1_cls"].mean == pytest.approx(72.0)  # 0.60 + 0.03 * 4
+    points = data.scopes[0].points["paper"]
+    # 3 seeds x (base, conpool, kd, cls teacher, loc teacher at 2 selections) + 10 grid runs
+    assert len(points) == 3 * 6 + 10
+    assert set(points["method"]) == {"Base (NL-CCAM)", "CI-CAM", "KD-CI-CAM", "cls teacher", "loc teacher"}
+
+
+def test_a_rerun_of_a_seed_supersedes_the_older_run(filled):
+    with open_store(filled, clock=lambda: T0 + timedelta(days=1)) as store:
+        store.get_or_create_run("base0-rerun", config_hash="hx", role="student", profile="quick",
+                                variant="reference", dataset="synthetic", dataset_fingerprint=FINGERPRINT,
+                                seed=0, config=_config("student", False, 0), labels={"table3": ["base"]})
+        store.claim_run("base0-rerun", pid=1, host="box")
+        store.set_final_metrics("base0-rerun", "paper", "last", "fixed", "test", {"top1_cls": 0.80})
+        store.finish_run("base0-rerun")
+    _, data = _report(filled, table_keys=["table3"])
+    t, base = _row(data, "table3", "base")
+    # seeds: 0.80 (rerun), 0.71, 0.72 -> mean 74.33..., still n = 3
+    assert base.values["top1_cls"].n == 3 and base.values["top1_cls"].mean == pytest.approx(223 / 3)
+    assert any("finished last" in note for note in t.notes)
+
+
+def test_scopes_split_by_profile_and_name_the_ablate_command(filled):
+    with open_store(filled) as store:
+        cfg = _config("student", False, 0)
+        store.get_or_create_run("smoke0", config_hash="hs", role="student", profile="smoke", variant="paper",
+                                dataset="synthetic", dataset_fingerprint="other", seed=0, config=cfg,
+                                labels={"table3": ["base"]})
+        store.claim_run("smoke0", pid=1, host="box")
+        store.set_final_metrics("smoke0", "paper", "last", "fixed", "test", {"top1_cls": 0.25})
+        store.finish_run("smoke0")
+    _, data = _report(filled, table_keys=["table3"])
+    assert [s.key.profile for s in data.scopes] == ["quick", "smoke"]
+    smoke = data.scopes[1].tables["paper"][0]
+    assert smoke.not_run_command == "kdcicam ablate table3 --backbone vgg16 --profile smoke --variant paper"
+    assert ablate_command("table5", ScopeKey("cub", "inceptionv3", "paper", "reference"), n_seeds=1) == (
+        "kdcicam ablate table5 --dataset cub --data PATH --backbone inceptionv3 --profile paper")
+
+
+# ------------------------------------------------------------------------------------ formats
+
+def test_html_is_self_contained_with_both_protocols_and_figures(filled):
+    reg, data = _report(filled)
+    html = render(data, reg, "html").text
+    assert 'data-protocol="paper"' in html and 'data-protocol="standard" hidden' in html
+    assert html.count("<img") == 3  # C-L scatter x 2 protocols + gallery
+    assert html.count('src="data:image/png;base64,') == 3
+    assert not re.search(r'(src|href)="(https?:)?//', html) and "@import" not in html
+    assert "Reduced setting — not a reproduction of the paper&#39;s numbers" in html
+    # our mean and the paper's number side by side; a missing cell says "not run" with its command
+    assert "71.0 ± 1.0" in html and "paper 74.7" in html
+    assert "not run — <code>kdcicam ablate table4 --backbone vgg16 --profile quick --seeds 3</code>" in html
+    assert "fingerprint fp0123456789" in html and "2.14.1" in html and "abc123def456" in html
+    assert "crop 64 (test 72→64)" in html and "2025-03-01 12:00 UTC" in html
+    # provenance on every table: one line per table and figure
+    assert html.count("<b>Provenance:</b>") == 2 * 4 + 3
+
+
+def test_markdown_pipe_tables_and_marks(filled):
+    reg, data = _report(filled, protocols=["paper"])
+    text = render(data, reg, "md", figures=False).text
+    lines = text.splitlines()
+    header = lines.index("| Cell | n | Top-1 Cls | Top-5 Cls | Top-1 Loc | Top-5 Loc | GT-known Loc | MaxBoxAccV2 |")
+    assert "Table 3" in lines[header - 4]
+    assert set(lines[header + 1]) <= set("|:-")  # GitHub's delimiter row
+    columns = lines[header].count("|")
+    rows = lines[header + 2:header + 8]
+    assert all(r.count("|") - r.count("\\|") == columns for r in rows)
+    assert "| **+ConPool** | 3 | 73.0 ± 1.0 (Δ +2.0 ✓) |" in text
+    assert "| 49.0 ± 1.0 (Δ −2.0 ✗) |" in text
+    assert "| ↳ paper | | 75.1 (Δ +0.4) |" in text
+    assert "standard protocol" not in text
+    assert "not run" in text and "`kdcicam ablate table4 --backbone vgg16 --profile quick --seeds 3`" in text
+    assert "saved only with `--out DIR`" in text
+
+
+def test_latex_uses_booktabs_and_balances(filled):
+    reg, data = _report(filled, protocols=["standard"], table_keys=["table3", "table4"])
+    out = render(data, reg, "latex")
+    tex = out.text
+    assert tex.count("\\toprule") == tex.count("\\midrule") == tex.count("\\bottomrule") == 2
+    # the standard protocol's +ConPool (fixture: 2 points below the paper protocol's 73.0 and 49.0)
+    assert ("\\textbf{+ConPool} & 3 & 71.0 \\ensuremath{\\pm} 1.0 (\\ensuremath{\\Delta} +2.0 \\ensuremath{\\surd})"
+            in tex)
+    assert "47.0 \\ensuremath{\\pm} 1.0 (\\ensuremath{\\Delta} \\ensuremath{-}2.0 \\ensuremath{\\times})" in tex
+    assert "\\textit{not run}" in tex and "Values in \\%" in tex
+    body = re.sub(r"(?<!\\)%.*", "", tex)  # comments out
+    assert body.count("{") - body.count("\\{") == body.count("}") - body.count("\\}")
+    for env in ("table", "tabular", "figure", "minipage"):
+        assert body.count(f"\\begin{{{env}}}") == body.count(f"\\end{{{env}}}")
+    assert all(f"\\includegraphics[width=\\linewidth]{{{name}}}" in tex for name in out.files)
+    assert sorted(out.files) == ["cl-synthetic-vgg16-quick-reference-fp01234567-standard.png",
+                                 "gallery-synthetic-vgg16-quick-reference-fp01234567.png"]
+    assert all(png.startswith(b"\x89PNG") for png in out.files.values())
+
+
+def test_escaping_filters():
+    assert tex_escape("a_b & 50% {x} #1 $ ~ ^ \\") == (
+        "a\\_b \\& 50\\% \\{x\\} \\#1 \\$ \\textasciitilde{} \\textasciicircum{} \\textbackslash{}")
+    assert md_escape("a|b <script>*x*_y_") == "a\\|b &lt;script&gt;\\*x\\*\\_y\\_"
+
+
+def test_registry_names_are_escaped_everywhere(filled, tmp_path):
+    registry = tmp_path / "registry"
+    shutil.copytree(DEFAULT_REGISTRY, registry)
+    path = registry / "table3.toml"
+    path.write_text(path.read_text().replace('name = "+ConPool"', 'name = "<script>alert(1)</script> & 100%_x"'))
+    reg, data = _report(filled, registry=registry, table_keys=["table3"])
+    html = render(data, reg, "html", figures=False).text
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; 100%_x" in html
+    assert html.count("<script") == 1  # only the report's own script
+    md = render(data, reg, "md", figures=False).text
+    assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt; & 100%\\_x" in md
+    tex = render(data, reg, "latex", figures=False).text
+    assert "\\textless{}script\\textgreater{}alert(1)\\textless{}/script\\textgreater{} \\& 100\\%\\_x" in tex
+
+
+def test_html_script_is_pinned_by_its_csp_hash(filled):
+    import base64
+    import hashlib
+
+    reg, data = _report(filled, table_keys=["table3"])
+    html = render(data, reg, "html", figures=False).text
+    script = re.search(r"<script>(.*?)</script>", html, re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in html
+
+
+def test_empty_store_says_no_runs_yet(db_url, runner, tmp_path):
+    reg = load_registry()
+    data = build_report(None, reg, store_url="postgresql://kd:s3cret@db.example/runs")
+    assert "s3cret" not in render(data, reg, "md").text  # the password is masked
+    reg, data = _report(db_url)
+    for fmt in ("html", "md", "latex"):
+        assert "No runs yet" in render(data, reg, fmt).text
+    result = runner.invoke(make_app(), ["report", "--format", "md", "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 0, result.output
+    assert "No runs yet" in result.output and not (tmp_path / "none.db").exists()
+
+
+def test_missing_gallery_is_a_note(db_url, tmp_path):
+    fill_store(db_url, tmp_path, with_gallery=False)
+    reg, data = _report(db_url, table_keys=["table3"], protocols=["paper"])
+    html = render(data, reg, "html").text
+    assert html.count("<img") == 1  # the scatter, no gallery
+    assert "Gallery: +ConPool: no gallery_last.npz in run conpool0&#39;s artifacts." in html
+
+
+def test_gallery_uses_common_image_ids(filled, tmp_path):
+    from kdcicam.report.gallery import common_sample, gallery_columns
+
+    reg = load_registry()
+    with open_store(filled) as store:
+        runs = [r for r in store.list_runs(status="finished") if r.id in ("base0", "conpool0", "kd0")]
+    columns, notes = gallery_columns(reg.tables["table3"], runs)
+    assert [c.title for c in columns] == ["Base", "+ConPool", "+KD"] and notes == []
+    # base0 has img000-004, conpool0 img001-005, kd0 img002-006: common img002-004
+    assert common_sample(columns, n_images=10) == ["img002", "img003", "img004"]
+    np.savez(tmp_path / "gallery_last.npz", image_ids=np.array(["a"]))
+    broken = [dataclasses.replace(runs[0], artifacts_dir=str(tmp_path)), *runs[1:]]
+    columns, notes = gallery_columns(reg.tables["table3"], broken)
+    assert len(columns) == 2 and "unreadable (missing array 'images')" in notes[0]
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+def test_cli_writes_md_and_latex_beside_their_figures(filled, runner, tmp_path):
+    app = make_app()
+    out = tmp_path / "out"
+    for fmt, name in (("md", "report.md"), ("latex", "report.tex")):  # html: the next test
+        result = runner.invoke(app, ["report", "--format", fmt, "--db", filled, "--out", str(out),
+                                     "--table", "table3", "--protocol", "paper"])
+        assert result.exit_code == 0, result.output
+        assert (out / name).is_file() and str(out / name) in result.output
+    assert (out / "gallery-synthetic-vgg16-quick-reference-fp01234567.png").is_file()
+    assert "](cl-synthetic-vgg16-quick-reference-fp01234567-paper.png)" in (out / "report.md").read_text()
+
+
+def test_cli_prints_markdown_and_json(filled, runner):
+    app = make_app()
+    result = runner.invoke(app, ["report", "--format", "md", "--db", filled, "--table", "table5",
+                                 "--protocol", "standard"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("# kdcicam report") and "Table 5" in result.output
+    result = runner.invoke(app, ["report", "--json", "--db", filled, "--table", "table3", "--protocol", "paper"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    (scope,) = data["scopes"]
+    (table,) = scope["tables"]
+    base = table["rows"][0]
+    assert (scope["reduced"], table["protocol"], base["cell"], base["seeds"]) == (True, "paper", "base", [0, 1, 2])
+    assert base["values"]["top1_cls"]["mean"] == pytest.approx(71.0)
+    assert base["values"]["top1_cls"]["paper"] == 74.7
+
+
+def test_cli_default_html_goes_to_reports(filled, runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(make_app(), ["report", "--db", filled, "--table", "table3", "--protocol", "paper"])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "reports" / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 2 and not list((tmp_path / "reports").glob("*.png"))
+
+
+def test_cli_rejects_unknown_table_and_format(filled, runner):
+    from kdcicam.errors import ConfigError
+
+    result = runner.invoke(make_app(), ["report", "--db", filled, "--table", "table9"])
+    assert isinstance(result.exception, ConfigError) and "unknown table 'table9'" in str(result.exception)
+    result = runner.invoke(make_app(), ["report", "--db", filled, "--format", "pdf"])
+    assert result.exit_code == 2 and "pdf" in result.output
+
+
+# -------------------------------------------------------------------------------------- stats
+
+def test_mean_std_ci_by_hand():
+    mean, std, n, lo, hi = mean_std_ci([1.0, 2.0, 3.0])
+    # mean 2, sample std sqrt(((1)^2 + 0 + 1^2) / 2) = 1, half-width t(0.975, 2) / sqrt(3) = 4.3027 / 1.7321
+    assert (mean, std, n) == (2.0, 1.0, 3)
+    assert (lo, hi) == (pytest.approx(2 - 2.48414, abs=1e-4), pytest.approx(2 + 2.48414, abs=1e-4))
+    assert mean_std_ci([5.0])[:3] == (5.0, pytest.approx(math.nan, nan_ok=True), 1)
+    assert mean_std_ci([])[2] == 0 and mean_std_ci([1.0, math.nan])[2] == 1
+
+
+def test_pareto_front_by_hand():
+    points = [(1, 5), (2, 4), (2, 2), (3, 1), (0, 0), (3, 1), (1.5, 3)]
+    # (2, 2) is dominated by (2, 4); (0, 0) by everything; (1.5, 3) by (2, 4); (3, 1) twice: both kept
+    assert pareto_front(points) == [0, 1, 3, 5]
+    assert pareto_front([]) == [] and pareto_front([(math.nan, 1), (0, 0)]) == [1]
