@@ -175,6 +175,8 @@ class RunConfig:
                self.data.randaugment_magnitude, "must be in [0, 30]")
         _check(self.data.randaugment_ops >= 0, "data.randaugment_ops", self.data.randaugment_ops, "must be >= 0")
         _check(self.model.width > 0, "model.width", self.model.width, "must be > 0")
+        _check(self.model.weights is None or self.model.width == 1.0, "model.width", self.model.width,
+               "ImageNet weights (model.weights) need width 1.0")
         _check(self.model.output_stride in (4, 8, 16), "model.output_stride",
                self.model.output_stride, "must be 4, 8 or 16")
         _check(self.model.update_rate >= 0, "model.update_rate", self.model.update_rate,

@@ -1,19 +1,39 @@
 """The evaluator: one function for every model and both evaluation protocols.
 
-``paper`` — the protocol behind the published tables (reference-notes.md): the test image resized
-to a square S x S, centre crop C; the first GT box mapped into the crop and clipped to it; the box
-from the method's combinational heatmap (Eq. 3) with the variant's box rule; IoU in crop
-coordinates; Top-5 Loc uses the same class-independent box; "GT-known" is that same box counted
-without the class check.
+``paper`` — the protocol behind the published tables (reference-notes.md, "Evaluation protocol";
+the authors' ``test_center_crop.py``): the test image resized to a square S x S, centre crop C;
+the *first* GT box mapped into the crop and clipped to it; the box from the method's
+combinational heatmap (Eq. 3) normalised and thresholded as the variant says
+(:data:`VARIANT_BOX_POLICY`); IoU in crop coordinates with the authors' "+1" pixel convention
+(``IoU`` in their ``utils.py``: areas (x1 - x0 + 1)(y1 - y0 + 1) of the ``find_objects`` box
+(x0, y0, x1 + 1, y1 + 1) and of the clipped GT box, i.e. ``iou_matrix(..., pixel_inclusive=True)``
+on this harness's continuous boxes — it reproduces their numbers, and it rates every box one
+pixel larger than it is, which helps small boxes); Top-5 Loc uses the same class-independent box
+for all five classes; "GT-known" is that same box counted without the class check.
 
 ``standard`` — the CAM / wsolevaluation protocol: the whole image resized to C x C (no crop); the
 box mapped back to original image coordinates and matched against *every* GT box; boxes from a
-min-max normalised map with the standard rule (threshold, largest connected component); GT-known
-from the ground-truth class's own map. MaxBoxAccV2 (Choe et al., CVPR 2020) sweeps the CAM
-threshold on the GT class's map.
+min-max normalised map with the standard rule (threshold, largest 8-connected component); IoU of
+continuous boxes (pixel exact: equal to the "+1" IoU of inclusive pixel indices); GT-known from the
+ground-truth class's own map (the enhanced branch's CAM of the label).
+
+Degenerate cases, in both protocols:
+
+- a heatmap with nothing above the threshold (all-zero or constant map) gives the documented
+  fallback box (0, 0, 0, 0) (:data:`kdcicam.boxes.EMPTY_BOX`) with IoU 0, whatever the IoU
+  convention (under "+1" that box would read as the pixel (0, 0)): it never counts as localised;
+- a GT box with no area in the frame (an object the centre crop cuts away entirely) cannot be
+  matched: IoU 0 with it. The image still counts in every denominator.
+
+MaxBoxAccV2 (Choe et al., CVPR 2020) sweeps the CAM threshold on a min-max normalised map at the
+network's input size, with continuous IoU against the GT boxes in that frame: under ``standard``
+the GT class's map and every GT box (as wsolevaluation, which resizes boxes to 224 x 224); under
+``paper`` the combinational heatmap and the first GT box in the crop (MaxBoxAccV2 is not part of
+the authors' protocol; it is reported under both for comparison).
 
 Every image yields a record (true class, top-5 with scores, box, IoU with the best GT box, correct
-flags), and every metric is the mean of its flag, so later code can pair two runs image by image.
+flags; plain Python types, JSON-serialisable), and every metric is the mean of its flag, so later
+code can pair two runs image by image.
 """
 
 from __future__ import annotations
@@ -30,13 +50,16 @@ from kdcicam.boxes import box_from_heatmap, iou_matrix
 from kdcicam.config import PROTOCOLS, RunConfig
 from kdcicam.data.base import Sample
 from kdcicam.data.dataset import WSOLDataset, collate_wsol
-from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TestTransform, test_transform_paper, test_transform_standard
+from kdcicam.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, TestFrame, TestTransform, test_transform_paper,
+                                     test_transform_standard)
 from kdcicam.errors import ConfigError
 from kdcicam.metrics import MaxBoxAccV2Meter
 from kdcicam.model.heatmap import class_heatmap, combinational_heatmap, normalize_heatmap, upsample_heatmap
 
 # the box rule each variant uses under the paper protocol (the standard protocol always uses "standard")
 VARIANT_BOX_POLICY = {"paper": "standard", "reference": "reference"}
+# IoU convention of each protocol: the authors' "+1" pixel IoU (paper) or continuous boxes (standard)
+PROTOCOL_PIXEL_INCLUSIVE = {"paper": True, "standard": False}
 FLAG_METRICS = {
     "top1_cls": "correct_top1_cls",
     "top5_cls": "correct_top5_cls",
@@ -56,6 +79,7 @@ class EvalResult:
 
 
 def protocol_transform(cfg: RunConfig, protocol: str) -> TestTransform:
+    """The test transform of ``protocol``: square resize + centre crop (paper) or whole image (standard)."""
     if protocol == "paper":
         return test_transform_paper(cfg.eval.test_resize, cfg.eval.test_crop)
     if protocol == "standard":
@@ -70,6 +94,49 @@ def minmax(h: torch.Tensor) -> torch.Tensor:
     hi = flat.max(dim=1).values[:, None, None]
     span = hi - lo
     return torch.where(span > 0, (h - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(h))
+
+
+def best_iou(box: np.ndarray, gt_boxes: np.ndarray, pixel_inclusive: bool = False) -> float:
+    """IoU of one predicted box with the best-matching GT box, with the evaluator's degenerate rules.
+
+    Args:
+        box: (4,) xyxy predicted box; zero area = the empty-foreground fallback.
+        gt_boxes: (G, 4) xyxy GT boxes in the same frame (G may be 0).
+        pixel_inclusive: the "+1" pixel IoU of the authors' code (paper protocol), else continuous.
+
+    Returns:
+        The best IoU, 0.0 when the box has no area, no GT box has area, or there is no GT box.
+    """
+    box = np.asarray(box, dtype=np.float64).reshape(4)
+    gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    gt = gt[(gt[:, 2] > gt[:, 0]) & (gt[:, 3] > gt[:, 1])]  # (G', 4) boxes with area in the frame
+    if len(gt) == 0 or box[2] <= box[0] or box[3] <= box[1]:
+        return 0.0
+    return float(iou_matrix(box, gt, pixel_inclusive).max())
+
+
+def locate_standard(heat: np.ndarray, theta: float, frame: TestFrame,
+                    gt_boxes: np.ndarray) -> tuple[np.ndarray, float]:
+    """The standard protocol's box for one map and its IoU in original image coordinates.
+
+    Args:
+        heat: (C, C) map min-max normalised to [0, 1], in the frame's pixels.
+        theta: CAM threshold in [0, 1].
+        frame: the test geometry of the image (maps the box back to the original image).
+        gt_boxes: (G, 4) every GT box of the image, original pixels.
+
+    Returns:
+        The (4,) box in original pixels (the fallback (0, 0, 0, 0) when nothing exceeds θ) and
+        its best continuous IoU over the GT boxes.
+    """
+    box = to_original_box(box_from_heatmap(heat, theta, "standard"), frame)  # (4,) original pixels
+    return box, best_iou(box, gt_boxes, PROTOCOL_PIXEL_INCLUSIVE["standard"])
+
+
+def to_original_box(box: np.ndarray, frame: TestFrame) -> np.ndarray:
+    """A (4,) box of the frame's pixels mapped back to the original image (float64, clipped to it)."""
+    boxes = torch.as_tensor(np.asarray(box, dtype=np.float64), dtype=torch.float64).reshape(1, 4)  # (1, 4)
+    return frame.to_original(boxes)[0].numpy()  # (4,)
 
 
 @torch.no_grad()
@@ -93,7 +160,12 @@ def evaluate(
         protocol: ``"paper"`` or ``"standard"``.
         device: where to run the model.
         batch_size: evaluation batch size.
+        num_workers: data-loader worker processes.
         gallery_ids: image ids whose crop, heatmap and boxes are returned for the report's gallery.
+
+    Returns:
+        The :class:`EvalResult`: metrics (means of the record flags, MaxBoxAccV2, θ), one record
+        per sample in order, the MaxBoxAccV2 curve per IoU level, and the gallery arrays.
     """
     transform = protocol_transform(cfg, protocol)
     loader = DataLoader(WSOLDataset(samples, transform), batch_size=batch_size, shuffle=False,
@@ -114,47 +186,48 @@ def evaluate(
         out = model(images, update_pool=False)
         probs = out.logits_e.float().softmax(dim=1)  # (B, n)
         k = min(5, probs.shape[1])
-        top_scores, top_idx = probs.topk(k, dim=1)  # (B, k)
-        heat = combinational_heatmap(out.cams_e.float(), out.logits_e.float(), cfg.variant)  # (B, h, w)
+        top_scores, top_idx = probs.sort(dim=1, descending=True, stable=True)  # (B, n) ties: lower class first
+        top_scores, top_idx = top_scores[:, :k], top_idx[:, :k]  # (B, k) as Eq. 3 ranks the maps
+        heat = combinational_heatmap(out.cams_e.float(), out.logits_e.float(), cfg.variant)  # (B, h, w) Eq. 3
         if protocol == "paper":
-            heat = normalize_heatmap(heat, cfg.variant)
+            heat = normalize_heatmap(heat, cfg.variant)  # (B, h, w) min-max (paper) / min-subtracted (reference)
         heat = upsample_heatmap(heat, (side, side))  # (B, C, C)
         if protocol == "standard":
-            heat = minmax(heat)
-            gt_map = minmax(upsample_heatmap(class_heatmap(out.cams_e.float(), labels), (side, side)))
+            heat = minmax(heat)  # (B, C, C) in [0, 1]
+            gt_map = minmax(upsample_heatmap(class_heatmap(out.cams_e.float(), labels), (side, side)))  # (B, C, C)
         else:
-            gt_map = minmax(heat)
+            if cfg.variant == "paper":
+                heat = heat.clamp(0.0, 1.0)  # bilinear keeps [0, 1] up to float rounding
+            gt_map = minmax(heat)  # (B, C, C) the swept map: the combinational heatmap
         heat_np, gt_np = heat.cpu().numpy(), gt_map.cpu().numpy()
         top_idx_l, top_scores_l = top_idx.cpu().tolist(), top_scores.cpu().tolist()
         for i in range(images.shape[0]):
             label = int(batch["label"][i])
-            top5 = top_idx_l[i]
-            box = box_from_heatmap(heat_np[i], theta, policy)  # (4,) in the C x C frame
+            top5 = [int(c) for c in top_idx_l[i]]
+            crop_box = box_from_heatmap(heat_np[i], theta, policy)  # (4,) in the C x C frame
             if protocol == "paper":
-                gt = batch["boxes"][i][:1].numpy()  # first GT box, in the crop frame, clipped
-                box_out = box
-                iou = float(iou_matrix(box, gt).max()) if len(gt) else 0.0
-                gt_known_iou = iou
+                box_out = crop_box
+                gt = batch["boxes"][i][:1].numpy()  # (1, 4) first GT box, in the crop frame, clipped
+                iou = best_iou(box_out, gt, PROTOCOL_PIXEL_INCLUSIVE["paper"])
+                gt_known_iou = iou  # the same class-independent box, no class check
                 sweep_gt = gt
             else:
                 frame = transform.frame(tuple(batch["orig_size"][i]))
-                gt = batch["orig_boxes"][i].numpy()  # every GT box, original pixels
-                box_out = frame.to_original(torch.as_tensor(box, dtype=torch.float32)[None])[0].numpy()
-                iou = float(iou_matrix(box_out, gt).max()) if len(gt) else 0.0
-                gt_box = box_from_heatmap(gt_np[i], theta, "standard")
-                gt_box = frame.to_original(torch.as_tensor(gt_box, dtype=torch.float32)[None])[0].numpy()
-                gt_known_iou = float(iou_matrix(gt_box, gt).max()) if len(gt) else 0.0
-                sweep_gt = batch["boxes"][i].numpy()  # every GT box in the C x C frame (wsolevaluation)
+                gt = batch["orig_boxes"][i].numpy()  # (G, 4) every GT box, original pixels
+                box_out = to_original_box(crop_box, frame)  # (4,) original pixels
+                iou = best_iou(box_out, gt, PROTOCOL_PIXEL_INCLUSIVE["standard"])
+                _, gt_known_iou = locate_standard(gt_np[i], theta, frame, gt)  # the GT class's own map
+                sweep_gt = batch["boxes"][i].numpy()  # (G, 4) every GT box in the C x C frame (wsolevaluation)
             if len(sweep_gt):
                 maxbox.update(gt_np[i], sweep_gt)
             hit = iou >= cfg.eval.iou_threshold
             records.append({
-                "image_id": batch["image_id"][i],
+                "image_id": str(batch["image_id"][i]),
                 "label": label,
                 "top5": top5,
-                "top5_scores": [round(s, 6) for s in top_scores_l[i]],
+                "top5_scores": [round(float(s), 6) for s in top_scores_l[i]],
                 "box": [round(float(v), 2) for v in box_out],
-                "iou": iou,
+                "iou": float(iou),
                 "correct_top1_cls": top5[0] == label,
                 "correct_top5_cls": label in top5,
                 "correct_top1_loc": top5[0] == label and hit,
@@ -162,7 +235,7 @@ def evaluate(
                 "correct_gt_known": gt_known_iou >= cfg.eval.iou_threshold,
             })
             if batch["image_id"][i] in wanted:
-                _add_to_gallery(gallery, batch, i, heat_np[i], box, label, top5[0])
+                _add_to_gallery(gallery, batch, i, heat_np[i], crop_box, label, top5[0])
     if was_training:
         model.train()
     metrics = {name: float(np.mean([r[flag] for r in records])) if records else float("nan")
@@ -172,7 +245,8 @@ def evaluate(
     if maxbox.count:
         box_stats = maxbox.compute()  # percentages
         metrics["maxboxacc_v2"] = box_stats["maxboxacc_v2"] / 100.0
-        curve = {f"iou_{t:g}": [a / 100.0 for a in acc] for t, acc in zip(box_stats["iou_thresholds"], box_stats["curve"])}
+        curve = {f"iou_{t:g}": [a / 100.0 for a in acc]
+                 for t, acc in zip(box_stats["iou_thresholds"], box_stats["curve"])}
     metrics["theta"] = float(theta)
     return EvalResult(protocol=protocol, metrics=metrics, records=records, curve=curve,
                       gallery=_stack_gallery(gallery) if gallery["image_ids"] else None)
@@ -189,7 +263,7 @@ def _add_to_gallery(gallery: dict[str, list], batch: dict, i: int, heat: np.ndar
     gallery["image_ids"].append(batch["image_id"][i])
     gallery["images"].append(image)  # (C, C, 3) uint8
     gallery["heatmaps"].append((h * 255).round().astype(np.uint8))  # (C, C)
-    gallery["pred_boxes"].append(np.asarray(box, dtype=np.float32))
+    gallery["pred_boxes"].append(np.asarray(box, dtype=np.float32))  # (4,) in the C x C frame
     gallery["gt_boxes"].append(gt[0].astype(np.float32) if len(gt) else np.zeros(4, np.float32))
     gallery["labels"].append(label)
     gallery["top1"].append(top1)

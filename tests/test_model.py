@@ -453,14 +453,14 @@ def test_inception_model_small_width_trains_one_step():
 
 def test_param_groups_paper_single_group():
     model = build_model(small_cfg(nonlocal_blocks=2), "paper", 32)
-    groups = param_groups(model, 1e-3, "paper")
+    groups = param_groups(model, 1e-3, 1.0)
     assert len(groups) == 1 and groups[0]["lr"] == 1e-3
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.parameters()}
 
 
 def test_param_groups_reference_backbone_and_context_conv_at_a_tenth():
     model = build_model(small_cfg(nonlocal_blocks=2), "reference", 32)
-    backbone, head = param_groups(model, 1e-3, "reference")
+    backbone, head = param_groups(model, 1e-3, 0.1)
     assert backbone["lr"] == pytest.approx(1e-4) and head["lr"] == 1e-3
     assert {id(p) for p in head["params"]} == {id(model.classifier.weight), id(model.classifier.bias)}
     body_ids = {id(p) for p in backbone["params"]}
@@ -476,5 +476,5 @@ def test_param_groups_accepts_a_float_multiplier():
     assert len(param_groups(model, 1e-3, 1.0)) == 1
     backbone, head = param_groups(model, 1e-3, 0.25)
     assert backbone["lr"] == pytest.approx(2.5e-4) and backbone["lr_scale"] == 0.25 and head["lr"] == 1e-3
-    with pytest.raises(ConfigError, match="variant = 'exact'"):
-        param_groups(model, 1e-3, "exact")
+    with pytest.raises(ConfigError, match="must be > 0"):
+        param_groups(model, 1e-3, 0.0)

@@ -44,6 +44,9 @@ def _register_subcommands() -> None:
     from kdcicam.cli import report as report_cli
 
     report_cli.register(app)
+    from kdcicam.cli import evalcams as evalcams_cli
+
+    evalcams_cli.register(app)
     app.add_typer(data_cli.app, name="data")
     from kdcicam.cli import runs as runs_cli; app.add_typer(runs_cli.app, name="runs")  # noqa: E702
 
@@ -61,6 +64,12 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except OSError as exc:  # the environment, not a bug: disk full, file too large, permission denied
+        if debug:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        typer.echo(f"error: cannot read or write a file{where}: {exc.strerror or exc}", err=True)
         raise SystemExit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
         if debug:

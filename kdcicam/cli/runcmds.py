@@ -70,6 +70,19 @@ def _prepare(*, profile: str, dataset: str, data: Path | None, backbone: str, va
     return reg, scope, dev, store, open_data, sets
 
 
+def _preflight(cfgs) -> None:
+    """Catch bad weights before any run is recorded: build each distinct weighted model once."""
+    from kdcicam.model.factory import build_model
+
+    seen = set()
+    for cfg in cfgs:
+        key = (cfg.model.weights, cfg.model.backbone, cfg.model.width, cfg.variant)
+        if cfg.model.weights is None or key in seen:
+            continue
+        seen.add(key)
+        build_model(cfg.model, cfg.variant, input_size=cfg.data.crop)
+
+
 def _context(store, artifacts: Path, dev, progress):
     from kdcicam.runner import RunContext
 
@@ -171,6 +184,7 @@ def train(
     from kdcicam.runtime import set_seed
 
     set_seed(cfg.train.seed, cfg.train.deterministic)
+    _preflight([cfg])
     run = PlannedRun(run_id=run_id_for(cfg, index.fingerprint), cfg=cfg, dataset=index)
     outcomes = _run_plan([run], (store, artifacts, dev), quiet=quiet or as_json)
     rows = _outcome_rows(store, [run], outcomes)
@@ -272,6 +286,7 @@ def ablate(
     if dry_run:
         _print_plan(plan, store, as_json)
         return
+    _preflight(r.cfg for r in plan.runs)
     from kdcicam.runtime import set_seed
 
     set_seed(0)

@@ -14,7 +14,6 @@ from kdcicam.model.context_pool import POOL_RULES, CausalContextPool
 from kdcicam.model.weights import load_pretrained
 
 HUB_WEIGHTS = "imagenet"  # model.weights = "imagenet": torchvision's file from the local torch hub cache
-REFERENCE_BACKBONE_LR_MULT = 0.1  # reference: backbone (incl. non-local blocks) + context conv at 0.1x the lr
 
 
 def _check_variant(variant: str) -> None:
@@ -55,27 +54,21 @@ def build_model(cfg: ModelConfig, variant: str, input_size: int) -> CICAM:
     return model
 
 
-def backbone_lr_mult(variant: str) -> float:
-    """The backbone's lr relative to the classifier's: 1.0 ("paper", none stated) or 0.1 ("reference")."""
-    _check_variant(variant)
-    return REFERENCE_BACKBONE_LR_MULT if variant == "reference" else 1.0
-
-
-def param_groups(model: CICAM, lr: float, variant: str | float) -> list[dict[str, Any]]:
+def param_groups(model: CICAM, lr: float, backbone_lr_mult: float = 1.0) -> list[dict[str, Any]]:
     """Optimizer parameter groups.
 
     Args:
         model: the network.
         lr: the classifier's (base) learning rate.
-        variant: "paper" (one group at ``lr``) or "reference" (the backbone incl. non-local blocks and the
-            context conv at 0.1 x ``lr``, the classifier at ``lr``: the authors' code); or directly the
-            backbone's multiplier as a float (e.g. ``TrainConfig.backbone_lr_mult``; 1.0 gives one group).
+        backbone_lr_mult: lr of the backbone (incl. non-local blocks) and the context conv relative to
+            ``lr`` (``TrainConfig.backbone_lr_mult``): 1.0 gives one group; the authors' code uses 0.1
+            (set by the paper profile for the reference variant, ``ablations/profiles.toml``).
 
     Returns:
         Groups for ``torch.optim``; each carries ``name`` and ``lr_scale`` (its lr / ``lr``) so a scheduler
         can rescale every group from the base lr.
     """
-    mult = backbone_lr_mult(variant) if isinstance(variant, str) else float(variant)
+    mult = float(backbone_lr_mult)
     if not mult > 0:
         raise ConfigError(f"backbone lr multiplier = {mult}: must be > 0")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
