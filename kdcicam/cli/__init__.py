@@ -41,6 +41,9 @@ def _register_subcommands() -> None:
     app.command("train")(runcmds.train)
     app.command("evaluate")(runcmds.evaluate_cmd)
     app.command("ablate")(runcmds.ablate)
+    from kdcicam.cli.claims import claims_cmd
+
+    app.command("claims")(claims_cmd)
     from kdcicam.cli import report as report_cli
 
     report_cli.register(app)

@@ -1,0 +1,170 @@
+"""The claims ledger: each claim of the paper that the registry encodes, checked against the store.
+
+A claim (``[[claims]]`` in ``ablations/*.toml``) says that one cell beats another on some metrics
+("+ConPool improves Top-1 Loc over Base"). For every scope with runs of both cells it gives the
+paper's difference, ours (mean over seeds), a 95% interval, what the interval rests on, and a
+status:
+
+- ``holds``: the interval lies entirely on the claimed side of zero;
+- ``does not hold``: the interval lies entirely on the other side;
+- ``inconclusive``: the interval contains zero (or cannot be formed).
+
+With two or more paired seeds the interval is a Student-t interval over the per-seed differences;
+with one seed it is a paired bootstrap over the test images (the randomness of training is then
+not covered, and the ledger says so). A ``pareto`` claim (Figure 1(b)) holds when one run of the
+claimed cell is at least as good as every run of the other cell on both metrics at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from kdcicam.registry import Claim, Registry
+from kdcicam.report.stats import mean_std_ci, paired_bootstrap_ci
+from kdcicam.report.tables import ScopeKey, cell_frame, latest_per_seed
+from kdcicam.store import RunInfo
+
+FLAG_OF = {"top1_cls": "correct_top1_cls", "top5_cls": "correct_top5_cls", "top1_loc": "correct_top1_loc",
+           "top5_loc": "correct_top5_loc", "gt_known_loc": "correct_gt_known"}
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    table: str
+    claim: str
+    text: str
+    scope: str
+    protocol: str
+    variant: str
+    selection: str  # how the checkpoints were chosen (the cells' ``select``; "validation" for best_*)
+    threshold_policy: str
+    metric: str
+    paper_delta: float | None  # percentage points, the paper's (its own scope), None when not printed
+    ours_delta: float | None  # percentage points, mean over seeds
+    ci_lo: float | None
+    ci_hi: float | None
+    n_seeds: int
+    interval: str  # "seeds (t)", "images (bootstrap, 1 seed)", "best-of-runs" or "none"
+    status: str  # holds | does not hold | inconclusive | not run
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _status(direction: str, lo: float | None, hi: float | None) -> str:
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return "inconclusive"
+    sign = 1.0 if direction == "increase" else -1.0
+    lo, hi = sorted((sign * lo, sign * hi))
+    if lo > 0:
+        return "holds"
+    if hi < 0:
+        return "does not hold"
+    return "inconclusive"
+
+
+def _paper_delta(reg: Registry, claim: Claim, scope: ScopeKey, metric: str) -> float | None:
+    table = reg.tables[claim.table]
+    a = table.cell(claim.cell).paper.get(scope.paper_scope, {}).get(metric)
+    b = table.cell(claim.versus).paper.get(scope.paper_scope, {}).get(metric)
+    return None if a is None or b is None else round(a - b, 4)
+
+
+def evaluate_claims(
+    reg: Registry,
+    runs: Sequence[RunInfo],
+    finals: pd.DataFrame,
+    records: Callable[[str, str, str], pd.DataFrame],
+    *,
+    protocol: str = "paper",
+    n_resamples: int = 2000,
+) -> list[ClaimResult]:
+    """Check every registry claim in every scope of the store.
+
+    Args:
+        reg: the registry (claims and cells).
+        runs: the store's runs (only finished ones count).
+        finals: :meth:`Store.final_metrics` of those runs.
+        records: ``records(run_id, protocol, selection)`` -> per-image records (for one-seed intervals).
+        protocol: evaluation protocol whose numbers are compared.
+        n_resamples: bootstrap resamples for one-seed intervals.
+    """
+    finished = [r for r in runs if r.status == "finished"]
+    frame = cell_frame(reg, finished, finals)
+    if not frame.empty:
+        frame = frame[frame["protocol"] == protocol]
+    scopes = sorted({r_scope for r_scope in frame["scope"]}, key=ScopeKey.sort_key) if not frame.empty else []
+    out: list[ClaimResult] = []
+    for table in reg.tables.values():
+        for claim in table.claims:
+            selection = f"{table.cell(claim.cell).select} / {table.cell(claim.versus).select}"
+            for scope in scopes:
+                sub = frame[(frame["scope"] == scope) & (frame["table"] == table.key)]
+                for metric in claim.metrics[:1] if claim.kind == "pareto" else claim.metrics:
+                    out.append(_one(reg, claim, scope, sub, metric, protocol, selection, records, n_resamples))
+    return out
+
+
+def _one(reg, claim, scope, sub, metric, protocol, selection, records, n_resamples) -> ClaimResult:
+    base = dict(table=claim.table, claim=claim.key, text=claim.text, scope=scope.title, protocol=protocol,
+                variant=scope.variant, selection=selection, threshold_policy="fixed", metric=metric,
+                paper_delta=_paper_delta(reg, claim, scope, metric))
+    vals = sub[sub["metric"] == metric]
+    a = vals[vals["cell"] == claim.cell]
+    b = vals[vals["cell"] == claim.versus]
+    if a.empty or b.empty:
+        return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
+                           status="not run")
+    if claim.kind == "pareto":
+        return _pareto(base, claim, sub)
+    a = latest_per_seed(a).set_index("seed")
+    b = latest_per_seed(b).set_index("seed")
+    seeds = sorted(set(a.index) & set(b.index))
+    diffs = [float(a.loc[s, "value"]) - float(b.loc[s, "value"]) for s in seeds]
+    mean, _std, n, lo, hi = mean_std_ci(diffs)
+    interval = "seeds (t)"
+    if n == 1 and metric in FLAG_OF:
+        ra = records(str(a.loc[seeds[0], "run_id"]), protocol, reg.tables[claim.table].cell(claim.cell).select)
+        rb = records(str(b.loc[seeds[0], "run_id"]), protocol, reg.tables[claim.table].cell(claim.versus).select)
+        if len(ra) and len(rb):
+            joined = ra.merge(rb, on="image_id", suffixes=("_a", "_b"))
+            if len(joined):
+                flag = FLAG_OF[metric]
+                _d, lo, hi = paired_bootstrap_ci(joined[f"{flag}_a"].astype(float).to_numpy(),
+                                                 joined[f"{flag}_b"].astype(float).to_numpy(),
+                                                 n_resamples=n_resamples, seed=0)
+                lo, hi = 100.0 * lo, 100.0 * hi
+                interval = "images (bootstrap, 1 seed)"
+    if n == 0:
+        return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
+                           status="not run")
+    lo = None if lo is None or math.isnan(lo) else round(lo, 4)
+    hi = None if hi is None or math.isnan(hi) else round(hi, 4)
+    return ClaimResult(**base, ours_delta=round(mean, 4), ci_lo=lo, ci_hi=hi, n_seeds=n,
+                       interval=interval if lo is not None else "none", status=_status(claim.direction, lo, hi))
+
+
+def _pareto(base: dict, claim: Claim, sub: pd.DataFrame) -> ClaimResult:
+    """Does one run of ``claim.cell`` reach, on both metrics at once, every run of ``claim.versus``?"""
+    x, y = claim.metrics[0], claim.metrics[1]
+    wide = sub[sub["metric"].isin([x, y])].pivot_table(index=["cell", "run_id"], columns="metric", values="value")
+    if x not in wide or y not in wide:
+        return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
+                           status="not run")
+    ours = wide.loc[claim.cell] if claim.cell in wide.index.get_level_values(0) else None
+    theirs = wide.loc[claim.versus] if claim.versus in wide.index.get_level_values(0) else None
+    if ours is None or theirs is None:
+        return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
+                           status="not run")
+    best_x, best_y = float(theirs[x].max()), float(theirs[y].max())
+    # margin of the best claimed-cell run over the other cell's best on its weaker axis
+    margins = np.minimum(ours[x].to_numpy() - best_x, ours[y].to_numpy() - best_y)
+    margin = float(margins.max())
+    status = "holds" if margin > 0 else "does not hold" if margin < 0 else "inconclusive"
+    return ClaimResult(**{**base, "metric": f"{x} & {y}"}, ours_delta=round(margin, 4), ci_lo=None, ci_hi=None,
+                       n_seeds=len(ours), interval="best-of-runs", status=status)

@@ -1,0 +1,59 @@
+"""``kdcicam claims``: the paper's claims (from the registry) against what the store measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kdcicam.cli._common import DB_HELP, db_url
+from kdcicam.config import PROTOCOLS
+from kdcicam.errors import ConfigError
+
+_STYLE = {"holds": "green", "does not hold": "red", "inconclusive": "yellow", "not run": "dim"}
+
+
+def claims_cmd(
+    protocol: str = typer.Option("paper", help="Evaluation protocol whose numbers are compared (paper | standard)."),
+    db: str | None = typer.Option(None, help=DB_HELP),
+    registry: Path | None = typer.Option(None, help="Registry folder [default: the repository's ablations/]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the ledger as JSON."),
+) -> None:
+    """List each claim of the paper the registry encodes, with ours, its interval and a status."""
+    from kdcicam.claims import evaluate_claims
+    from kdcicam.registry import load_registry
+    from kdcicam.store import open_store, sqlite_file
+
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol {protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+    reg = load_registry(registry)
+    url = db_url(db)
+    path = sqlite_file(url)
+    results = []
+    if path is None or path.exists():
+        with open_store(url, create=False) as store:
+            runs = store.list_runs()
+            finals = store.final_metrics([r.id for r in runs if r.status == "finished"])
+            results = evaluate_claims(
+                reg, runs, finals,
+                lambda run_id, proto, sel: store.get_image_records(run_id, proto, sel, "test"),
+                protocol=protocol)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    if not results:
+        claims = [c for t in reg.tables.values() for c in t.claims]
+        typer.echo(f"no runs yet: {len(claims)} claims are waiting (e.g. kdcicam ablate table3, then kdcicam claims)")
+        return
+    t = Table(title=f"claims ledger ({protocol} protocol; Δ in percentage points, ours = mean over seeds, 95% interval)")
+    for col in ("claim", "scope", "metric", "paper Δ", "ours Δ", "95% interval", "n", "status"):
+        t.add_column(col)
+    for r in results:
+        interval = f"[{r.ci_lo:+.1f}, {r.ci_hi:+.1f}] {r.interval}" if r.ci_lo is not None else r.interval
+        t.add_row(r.text, r.scope, r.metric, "-" if r.paper_delta is None else f"{r.paper_delta:+.1f}",
+                  "-" if r.ours_delta is None else f"{r.ours_delta:+.1f}", interval, str(r.n_seeds),
+                  f"[{_STYLE[r.status]}]{r.status}[/]")
+    Console(width=200).print(t)

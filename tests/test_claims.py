@@ -1,0 +1,86 @@
+"""The claims ledger on constructed stores whose answers are known."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdcicam.claims import evaluate_claims
+from kdcicam.registry import load_registry
+from kdcicam.store import open_store
+
+CFG = {"model": {"backbone": "vgg16"}, "variant": "reference"}
+
+
+def _run(store, run_id, table, cell, seed, metrics, correct=None):
+    store.get_or_create_run(run_id, config_hash=run_id, role="student", profile="quick", variant="reference",
+                            dataset="synthetic", seed=seed, config=CFG, dataset_fingerprint="fp")
+    store.add_labels(run_id, table, cell)
+    store.claim_run(run_id, pid=1, host="h")
+    store.set_final_metrics(run_id, "paper", "last", "fixed", "test", metrics)
+    if correct is not None:
+        store.add_image_records(run_id, "paper", "last", "test", [
+            {"image_id": f"im{i}", "label": 0, "top5": [0], "top5_scores": [1.0], "box": [0, 0, 1, 1], "iou": 0.0,
+             "correct_top1_cls": c, "correct_top5_cls": c, "correct_top1_loc": c, "correct_top5_loc": c,
+             "correct_gt_known": c} for i, c in enumerate(correct)])
+    store.finish_run(run_id, train_seconds=1.0, eval_seconds=1.0)
+
+
+def _ledger(store):
+    runs = store.list_runs()
+    return evaluate_claims(load_registry(), runs, store.final_metrics([r.id for r in runs]),
+                           lambda rid, p, s: store.get_image_records(rid, p, s, "test"), n_resamples=500)
+
+
+def _pick(results, claim, metric):
+    return next(r for r in results if r.claim == claim and r.metric == metric)
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    yield s
+    s.close()
+
+
+def test_three_seeds_clear_gain_holds_and_clear_loss_does_not(store):
+    # +ConPool beats Base by 10 points of Top-1 Loc on every seed (differences 10, 11, 9: mean 10,
+    # t interval 10 ± 4.30 * 1/sqrt(3) = [7.52, 12.48]); GT-known is 5 points worse on every seed.
+    for seed, (base_loc, pool_loc) in enumerate([(0.40, 0.50), (0.41, 0.52), (0.42, 0.51)]):
+        _run(store, f"base{seed}000", "table3", "base", seed, {"top1_loc": base_loc, "gt_known_loc": 0.60})
+        _run(store, f"pool{seed}000", "table3", "conpool", seed, {"top1_loc": pool_loc, "gt_known_loc": 0.55})
+    results = _ledger(store)
+    loc = _pick(results, "conpool-improves-loc", "top1_loc")
+    assert loc.status == "holds" and loc.n_seeds == 3 and loc.interval == "seeds (t)"
+    assert loc.ours_delta == pytest.approx(10.0) and loc.paper_delta == pytest.approx(0.9)
+    assert loc.ci_lo == pytest.approx(10 - 4.302653 / 3 ** 0.5, abs=1e-3)
+    gt = _pick(results, "conpool-improves-loc", "gt_known_loc")
+    assert gt.status == "does not hold" and gt.ours_delta == pytest.approx(-5.0)
+    # claims whose cells were never run say so
+    assert _pick(results, "kd-improves-cls-and-loc", "top1_cls").status == "not run"
+
+
+def test_noisy_seeds_are_inconclusive(store):
+    # differences +5, -5, +1: the interval straddles zero
+    for seed, (a, b) in enumerate([(0.40, 0.45), (0.45, 0.40), (0.40, 0.41)]):
+        _run(store, f"base{seed}000", "table3", "base", seed, {"top1_loc": a})
+        _run(store, f"pool{seed}000", "table3", "conpool", seed, {"top1_loc": b})
+    assert _pick(_ledger(store), "conpool-improves-loc", "top1_loc").status == "inconclusive"
+
+
+def test_one_seed_uses_a_paired_bootstrap_over_images(store):
+    # 100 images: Base right on 20, +ConPool right on the same 20 and 40 more -> +40 points, clearly > 0
+    base = [i < 20 for i in range(100)]
+    pool = [i < 60 for i in range(100)]
+    _run(store, "base0000", "table3", "base", 0, {"top1_loc": 0.20}, base)
+    _run(store, "pool0000", "table3", "conpool", 0, {"top1_loc": 0.60}, pool)
+    r = _pick(_ledger(store), "conpool-improves-loc", "top1_loc")
+    assert r.interval.startswith("images") and r.status == "holds" and r.ci_lo > 25
+
+
+def test_pareto_claim(store):
+    # CI-CAM runs trade cls against loc; one KD-CI-CAM run beats both bests at once -> holds
+    for i, (cls, loc) in enumerate([(0.80, 0.30), (0.60, 0.50)]):
+        _run(store, f"cicam{i}00", "figure1b", "ci-cam", 0, {"top1_cls": cls, "top1_loc": loc})
+    _run(store, "kdcicam000", "figure1b", "kd-ci-cam", 0, {"top1_cls": 0.82, "top1_loc": 0.52})
+    r = _pick(_ledger(store), "kd-escapes-cl-dilemma", "top1_cls & top1_loc")
+    assert r.status == "holds" and r.ours_delta == pytest.approx(2.0)
