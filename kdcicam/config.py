@@ -121,6 +121,7 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    checkpoint_every: int = 0  # also save the position every this many steps (0 = at epoch ends only)
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,8 @@ class RunConfig:
         _check(self.train.lr > 0, "train.lr", self.train.lr, "must be > 0")
         _check(self.train.batch_size >= 1, "train.batch_size", self.train.batch_size, "must be >= 1")
         _check(self.train.epochs >= 1, "train.epochs", self.train.epochs, "must be >= 1")
+        _check(self.train.checkpoint_every >= 0, "train.checkpoint_every", self.train.checkpoint_every, "must be >= 0")
+        _check(0 <= self.train.seed < 2**31, "train.seed", self.train.seed, "must be in [0, 2^31)")
         if self.loss.role == "distilled":
             _check(self.teachers.cls_run is not None or self.teachers.loc_run is not None,
                    "teachers", None, "a distilled student needs at least one teacher run")
@@ -301,9 +304,26 @@ def with_overrides(cfg: Any, overrides: dict[str, Any], where: str = "override")
         raise ConfigError(f"{where}: {exc}") from None
 
 
+# Settings that change how a run is executed, not what it computes: left out of its identity, so
+# resuming on another device, with more loader workers or finer checkpoints is the same run.
+NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "train.checkpoint_every")
+
+
+def identity_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as a dict without :data:`NON_IDENTITY_KEYS`."""
+    data = to_dict(cfg)
+    for dotted in NON_IDENTITY_KEYS:
+        section, key = dotted.split(".")
+        data.get(section, {}).pop(key, None)
+    return data
+
+
 def config_hash(cfg: Any, *extra: str) -> str:
-    """Stable short hash of a config (and extra identity strings such as a dataset fingerprint)."""
-    payload = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    """Stable short hash of a config (and extra identity strings such as a dataset fingerprint).
+
+    A :class:`RunConfig` is hashed without :data:`NON_IDENTITY_KEYS`."""
+    data = identity_dict(cfg) if isinstance(cfg, RunConfig) else to_dict(cfg)
+    payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
     h = hashlib.sha256(payload.encode())
     for item in extra:
         h.update(b"\0" + item.encode())

@@ -3,6 +3,12 @@
 Used by ``kdcicam train`` (one run) and ``kdcicam ablate`` (every run of a plan). A finished run
 is never trained twice; an interrupted one resumes from its last complete checkpoint; a failed
 one is recorded with its reason and can be retried by rerunning the command.
+
+Several processes may work on one store at once (two ``ablate`` commands, a cluster of jobs):
+exactly one claims a run (:meth:`Store.claim_run`); the others wait for it (:func:`acquire`). While
+a process holds a run a background thread beats its heartbeat. A run left ``running`` by a process
+that is gone (its pid is dead on this host, or its heartbeat is older than ``stale_after_s``) is
+taken over and resumed; a holder that finds its run taken stops (:class:`RunTakenOver`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,18 +31,19 @@ from kdcicam.config import PROTOCOLS, RunConfig, config_hash, from_dict, to_dict
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.dataset import WSOLDataset
 from kdcicam.data.transforms import train_transform
-from kdcicam.errors import KdcicamError, RunError
+from kdcicam.errors import KdcicamError, RunError, StoreError
 from kdcicam.evaluate import evaluate
 from kdcicam.model.factory import build_model
 from kdcicam.plan import PlannedRun
 from kdcicam.recipes import TeacherSet, recipe_for
-from kdcicam.runtime import provenance
-from kdcicam.store import Store
-from kdcicam.train import CRITERIA, EpochLog, fit
+from kdcicam.runtime import crash_point, process_alive, provenance, set_seed
+from kdcicam.store import RunInfo, Store, sqlite_file, utc_now
+from kdcicam.train import CRITERIA, EpochLog, Position, fit
 
 SELECTIONS_EVALUATED = ("last", *CRITERIA)  # every run is evaluated at each kept checkpoint
 VAL_PROTOCOL = "paper"  # checkpoint selection reads validation metrics under this protocol
 GALLERY_SIZE = 8
+TAKEOVER_MARGIN_S = 2.0  # a dead holder's last heartbeat must be this old before its run is taken (acquire)
 
 
 @dataclass
@@ -48,6 +56,9 @@ class RunContext:
     eval_batch_size: int = 64
     wait_poll_s: float = 5.0  # how often to look at a run another process is training
     on_event: Callable[[str, dict[str, Any]], None] | None = None  # progress / messages for the CLI
+    heartbeat_s: float = 15.0  # heartbeat period while a run is held (0 = none; in-memory stores: none)
+    stale_after_s: float = 120.0  # a running run whose heartbeat is older than this is taken over
+    checkpoint_every: int = 0  # also checkpoint every this many training steps (0 = at epoch ends)
 
 
 @dataclass
@@ -105,50 +116,181 @@ def load_teachers(cfg: RunConfig, store: Store, device: torch.device) -> Teacher
         loc_model=load_run_model(store, t.loc_run, t.loc_select, device) if t.loc_run else None)
 
 
-def _wait_for_other(run_id: str, ctx: RunContext) -> str:
-    """Another live process holds the run: wait until it finishes, fails, or goes stale."""
-    host, pid = socket.gethostname(), os.getpid()
-    _emit(ctx, "waiting", run_id=run_id)
+class RunTakenOver(RunError):
+    """Another process took this run over (it judged this one dead): stop, leaving the run to it."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the run is recorded as interrupted, and the message says how to resume."""
+
+
+def _store_is_shared(store: Store) -> bool:
+    """Whether other processes can see the store (anything but an in-memory SQLite database)."""
+    return not store.url.startswith("sqlite") or sqlite_file(store.url) is not None
+
+
+class _Heartbeat:
+    """Beats a held run's heartbeat from a daemon thread every ``period_s``, through training and
+    evaluation alike, and notices when another process has taken the run (:meth:`check`)."""
+
+    def __init__(self, store: Store, run_id: str, period_s: float) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._period = period_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def __enter__(self) -> _Heartbeat:
+        if self._period > 0:
+            self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self._run_id[:8]}", daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        pid = os.getpid()
+        while not self._stop.wait(self._period):
+            try:
+                if not self._store.heartbeat(self._run_id, pid=pid):
+                    self.lost = True
+                    return
+            except Exception:  # noqa: BLE001 - a busy or unreachable store: beat again next period
+                continue
+
+    def check(self) -> None:
+        """Raise :class:`RunTakenOver` if the store no longer lists this process as the run's holder."""
+        if self.lost:
+            raise RunTakenOver(f"run {self._run_id[:12]} was taken over by another process, which found this "
+                               "one's heartbeat stale; leaving it to that process")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)  # a beat stuck on a lock ends on its own: it only touches a running run
+
+
+def _holder_gone(info: RunInfo, ctx: RunContext) -> str | None:
+    """Why the process holding a ``running`` run is dead (its pid is gone on this host, or its
+    heartbeat is stale), or None while it may be alive."""
+    if info.heartbeat_at is None:
+        return f"process {info.pid} on {info.host}, which never beat its heartbeat"
+    age = (utc_now() - info.heartbeat_at).total_seconds()
+    if age > ctx.stale_after_s:
+        return f"process {info.pid} on {info.host}, silent for {age:.0f} s"
+    if info.host == socket.gethostname() and info.pid is not None:
+        if info.pid == os.getpid():
+            return f"an earlier attempt of this process ({info.pid})"
+        if not process_alive(info.pid):
+            return f"process {info.pid} on this host, which is gone"
+    return None
+
+
+def _take_over(info: RunInfo, ctx: RunContext, attempt: dict[str, str | None]) -> bool:
+    """Claim a run whose holder is gone, only if nobody has claimed it or beaten its heartbeat since.
+
+    :meth:`Store.claim_run` takes a running run whose heartbeat is older than ``stale_after_s``;
+    asking for an age just under that of the heartbeat read in ``info`` makes it a compare-and-set
+    on that heartbeat: a process that claimed the run after ``info`` was read (at least
+    :data:`TAKEOVER_MARGIN_S` after that heartbeat) has a younger one, and keeps the run.
+    """
+    pid, host = os.getpid(), socket.gethostname()
+    if info.heartbeat_at is None:
+        return ctx.store.claim_run(info.id, pid, host, stale_after_s=ctx.stale_after_s, **attempt)
+    age = (utc_now() - info.heartbeat_at).total_seconds()
+    if age < TAKEOVER_MARGIN_S:
+        time.sleep(TAKEOVER_MARGIN_S - age)
+        now = ctx.store.get_run(info.id)
+        if (now.status, now.pid, now.host, now.heartbeat_at) != (info.status, info.pid, info.host, info.heartbeat_at):
+            return False
+        age = (utc_now() - info.heartbeat_at).total_seconds()
+    return ctx.store.claim_run(info.id, pid, host, stale_after_s=age - TAKEOVER_MARGIN_S / 2, **attempt)
+
+
+def acquire(run_id: str, ctx: RunContext, **attempt: str | None) -> bool:
+    """Claim a run for this process, waiting while another live process trains it.
+
+    A pending or failed run is claimed (a failed one resumes from its checkpoint); a running one
+    whose holder is gone is taken over; a running one whose holder is alive is waited for, polling
+    every ``ctx.wait_poll_s``: if that process fails or dies, this one claims the run and resumes it.
+
+    Args:
+        run_id: the run.
+        ctx: the invocation's context (store, timings, progress events).
+        **attempt: git_commit, device, torch_version of this attempt (recorded when claiming).
+
+    Returns:
+        True once this process holds the run; False when another process finished it.
+    """
+    pid, host = os.getpid(), socket.gethostname()
+    waited = False
     while True:
         info = ctx.store.get_run(run_id)
-        if info.status in ("finished",):
-            return info.status
-        if ctx.store.claim_run(run_id, pid, host):
-            return "claimed"
-        time.sleep(ctx.wait_poll_s)
+        if info.status == "finished":
+            return False
+        if info.status != "running":
+            if ctx.store.claim_run(run_id, pid, host, stale_after_s=ctx.stale_after_s, **attempt):
+                if waited:
+                    _emit(ctx, "warning", run_id=run_id, message=f"run {run_id[:12]}: the process training it "
+                          f"stopped ({info.message or info.status}); this process resumes it")
+                return True
+            continue  # another process claimed it first: look again
+        gone = _holder_gone(info, ctx)
+        if gone is None:
+            if not waited:
+                _emit(ctx, "waiting", run_id=run_id, holder=f"process {info.pid} on {info.host}")
+                waited = True
+            time.sleep(ctx.wait_poll_s)
+        elif _take_over(info, ctx, attempt):
+            _emit(ctx, "warning", run_id=run_id,
+                  message=f"run {run_id[:12]} was left running by {gone}: resuming it from its last checkpoint")
+            return True
 
 
 def execute(run: PlannedRun, index: DatasetIndex, ctx: RunContext) -> RunOutcome:
-    """Run one planned run to the end (or reuse it): train/resume, evaluate, store."""
+    """Run one planned run to the end (or reuse it): claim, train/resume, evaluate, store.
+
+    Raises:
+        RunInterrupted: Ctrl-C; the run is recorded as failed with how to resume it.
+    """
     start = time.perf_counter()
     info = register_run(run, index, ctx)
     if info.status == "finished":
         return RunOutcome(run.run_id, "finished", reused=True)
-    host, pid = socket.gethostname(), os.getpid()
     prov = provenance(ctx.device)
-    if not ctx.store.claim_run(run.run_id, pid, host, git_commit=prov["git_commit"], device=prov["device"],
-                               torch_version=prov["torch_version"]):
-        if _wait_for_other(run.run_id, ctx) == "finished":
+    attempt = {k: prov[k] for k in ("git_commit", "device", "torch_version")}
+    period = ctx.heartbeat_s if _store_is_shared(ctx.store) else 0.0
+    while True:
+        if not acquire(run.run_id, ctx, **attempt):
             return RunOutcome(run.run_id, "finished", reused=True)
-    try:
-        metrics, train_s, eval_s = _train_and_evaluate(run, index, ctx)
-    except KdcicamError as exc:
-        ctx.store.fail_run(run.run_id, str(exc))
-        return RunOutcome(run.run_id, "failed", message=str(exc), seconds=time.perf_counter() - start)
-    except KeyboardInterrupt:
-        ctx.store.fail_run(run.run_id, "interrupted (Ctrl-C); rerun the same command to resume from the last checkpoint")
-        raise
-    except Exception as exc:  # a bug: record it so the run is not left 'running', then re-raise
-        ctx.store.fail_run(run.run_id, f"internal error: {type(exc).__name__}: {exc}")
-        raise
-    ctx.store.finish_run(run.run_id, train_seconds=train_s, eval_seconds=eval_s)
-    return RunOutcome(run.run_id, "finished", seconds=time.perf_counter() - start, metrics=metrics)
+        try:
+            with _Heartbeat(ctx.store, run.run_id, period) as beat:
+                metrics, train_s, eval_s = _train_and_evaluate(run, index, ctx, beat)
+                beat.check()
+        except RunTakenOver as exc:
+            _emit(ctx, "warning", run_id=run.run_id, message=str(exc))
+            continue  # the other process has it now: wait for it like any holder
+        except KdcicamError as exc:
+            ctx.store.fail_run(run.run_id, str(exc))
+            return RunOutcome(run.run_id, "failed", message=str(exc), seconds=time.perf_counter() - start)
+        except KeyboardInterrupt as exc:
+            where = f" {exc}" if str(exc) else ""
+            resume = "rerun the same command to resume from the last checkpoint"
+            ctx.store.fail_run(run.run_id, f"interrupted (Ctrl-C){where}; {resume}")
+            raise RunInterrupted(f"run {run.run_id[:12]}{where}; {resume}") from None
+        except Exception as exc:  # a bug: record it so the run is not left 'running', then re-raise
+            ctx.store.fail_run(run.run_id, f"internal error: {type(exc).__name__}: {exc}")
+            raise
+        ctx.store.finish_run(run.run_id, train_seconds=train_s, eval_seconds=eval_s)
+        return RunOutcome(run.run_id, "finished", seconds=time.perf_counter() - start, metrics=metrics)
 
 
-def _train_and_evaluate(run: PlannedRun, index: DatasetIndex, ctx: RunContext) -> tuple[dict, float, float]:
+def _train_and_evaluate(run: PlannedRun, index: DatasetIndex, ctx: RunContext,
+                        beat: _Heartbeat) -> tuple[dict, float, float]:
     cfg = run.cfg
     device = ctx.device
     run_dir = ctx.artifacts_root / run.run_id
+    # the run's initial weights (and kernels) depend on its own seed, not on the runs before it
+    set_seed(cfg.train.seed, cfg.train.deterministic)
     model = build_model(cfg.model, cfg.variant, input_size=cfg.data.crop).to(device)
     teachers = load_teachers(cfg, ctx.store, device)
     present = tuple(name for name, m in (("cls", teachers and teachers.cls_model),
@@ -166,31 +308,45 @@ def _train_and_evaluate(run: PlannedRun, index: DatasetIndex, ctx: RunContext) -
         return result.metrics
 
     def on_epoch(log: EpochLog, val: dict[str, float]) -> None:
+        beat.check()
         ctx.store.add_epoch_metrics(run.run_id, log.epoch, "train", {**log.terms, "images_per_s": log.images_per_s})
+        crash_point("between-metric-writes")
         if val:
             ctx.store.add_epoch_metrics(run.run_id, log.epoch, "val", val)
-        ctx.store.heartbeat(run.run_id)
+        if not ctx.store.heartbeat(run.run_id, pid=os.getpid()):
+            beat.lost = True
+            beat.check()
         _emit(ctx, "epoch", run_id=run.run_id, epoch=log.epoch + 1, epochs=cfg.train.epochs, terms=log.terms,
               val=val, images_per_s=log.images_per_s)
 
     def on_step(step: int, steps: int, terms: dict[str, float]) -> None:
-        ctx.store.heartbeat(run.run_id)
+        beat.check()
         _emit(ctx, "step", run_id=run.run_id, step=step, steps=steps, terms=terms)
+
+    def on_resume(position: Position | None, warnings: list[str]) -> None:
+        for warning in warnings:
+            _emit(ctx, "warning", run_id=run.run_id, message=warning)
+        if position is not None:
+            _emit(ctx, "resumed", run_id=run.run_id, message=f"run {run.run_id[:12]}: resuming "
+                  f"{position.describe(cfg.train.epochs)}", epoch=position.epoch, step=position.step)
 
     t0 = time.perf_counter()
     result = fit(model, recipe, cfg, train_set, run_dir, device, validate=validate, teachers=teachers,
-                 on_epoch=on_epoch, on_step=on_step)
-    for warning in result.warnings:
-        _emit(ctx, "warning", run_id=run.run_id, message=warning)
+                 on_epoch=on_epoch, on_step=on_step, on_resume=on_resume,
+                 checkpoint_every=cfg.train.checkpoint_every or ctx.checkpoint_every)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    metrics = evaluate_checkpoints(model, run.run_id, cfg, index, ctx, result.best)
+    metrics = evaluate_checkpoints(model, run.run_id, cfg, index, ctx, result.best, beat=beat)
     return metrics, train_s, time.perf_counter() - t1
 
 
 def evaluate_checkpoints(model: torch.nn.Module, run_id: str, cfg: RunConfig, index: DatasetIndex,
-                         ctx: RunContext, best: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Evaluate the test split at every kept checkpoint (each distinct epoch once), both protocols."""
+                         ctx: RunContext, best: dict[str, dict[str, float]],
+                         beat: _Heartbeat | None = None) -> dict[str, float]:
+    """Evaluate the test split at every kept checkpoint (each distinct epoch once), both protocols.
+
+    Every write replaces what an interrupted evaluation may have stored before.
+    """
     run_dir = ctx.artifacts_root / run_id
     last_state = load_checkpoint(run_dir / "last.pt", map_location=ctx.device)
     by_epoch: dict[int, list[str]] = {int(last_state["epoch"]): ["last"]}
@@ -211,6 +367,9 @@ def evaluate_checkpoints(model: torch.nn.Module, run_id: str, cfg: RunConfig, in
                 ctx.store.add_image_records(run_id, protocol, selection, "test", res.records)
                 if res.gallery is not None:
                     np.savez_compressed(run_dir / f"gallery_{selection}.npz", **res.gallery)
+            crash_point("after-eval-write")
+            if beat is not None:
+                beat.check()
             if protocol == "paper" and "last" in selections:
                 headline = dict(res.metrics)
             _emit(ctx, "evaluated", run_id=run_id, protocol=protocol, selections=selections, metrics=res.metrics)
@@ -225,21 +384,49 @@ def _gallery_ids(index: DatasetIndex) -> list[str]:
     return sorted(by_class.values())[:GALLERY_SIZE]
 
 
+def _held_elsewhere(run_id: str, ctx: RunContext) -> bool:
+    """Whether another live process is training the run right now."""
+    try:
+        info = ctx.store.get_run(run_id)
+    except StoreError:  # not registered yet
+        return False
+    return info.status == "running" and _holder_gone(info, ctx) is None
+
+
 def execute_plan(runs: list[PlannedRun], ctx: RunContext,
                  on_run_start: Callable[[PlannedRun], None] | None = None,
                  on_run_end: Callable[[PlannedRun, RunOutcome], None] | None = None) -> list[RunOutcome]:
-    """Run every planned run in order; a failed run's dependants are skipped, the rest go on."""
+    """Run every planned run; a failed run's dependants are skipped, the rest go on.
+
+    Runs go in plan order (teachers first), except that a run another live process is training is
+    put off while other runs are ready, so processes working on the same plan share it out; when
+    only such runs (or their dependants) are left, this process waits for the first of them.
+
+    Returns:
+        One outcome per run, in plan order.
+    """
     outcomes: dict[str, RunOutcome] = {}
-    for run in runs:
-        failed_deps = [d for d in run.deps if outcomes.get(d) is not None and outcomes[d].status != "finished"]
-        if failed_deps:
-            outcome = RunOutcome(run.run_id, "skipped",
-                                 message=f"teacher run {failed_deps[0][:12]} did not finish")
-        else:
-            if on_run_start is not None:
-                on_run_start(run)
-            outcome = execute(run, run.dataset, ctx)
-        outcomes[run.run_id] = outcome
-        if on_run_end is not None:
-            on_run_end(run, outcome)
+    remaining = list(runs)
+    wait = False  # nothing could start in the last pass: take the first startable run, waiting if need be
+    while remaining:
+        started = False
+        for run in list(remaining):
+            failed = [d for d in run.deps if d in outcomes and outcomes[d].status != "finished"]
+            if failed:
+                outcome = RunOutcome(run.run_id, "skipped", message=f"teacher run {failed[0][:12]} did not finish")
+            elif any(r.run_id in run.deps for r in remaining):
+                continue  # a teacher is still to come
+            elif not wait and _held_elsewhere(run.run_id, ctx):
+                continue
+            else:
+                if on_run_start is not None:
+                    on_run_start(run)
+                outcome = execute(run, run.dataset, ctx)
+                wait = False
+            outcomes[run.run_id] = outcome
+            remaining.remove(run)
+            started = True
+            if on_run_end is not None:
+                on_run_end(run, outcome)
+        wait = not started
     return [outcomes[r.run_id] for r in runs]

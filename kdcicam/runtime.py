@@ -1,11 +1,17 @@
 """Process-level settings made explicitly, once, by the command that runs: seeds, determinism,
-device choice, CPU threads, and the provenance facts recorded with every run."""
+device choice, CPU threads, and the provenance facts recorded with every run.
+
+Also the one crash-test hook of the project, :func:`crash_point` (inert unless the
+``KDCICAM_CRASH_AT`` environment variable names a point; see its docstring).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import random
+import signal
 import subprocess
 from pathlib import Path
 
@@ -14,18 +20,49 @@ import torch
 
 from kdcicam.errors import ConfigError
 
+CRASH_ENV = "KDCICAM_CRASH_AT"  # test hook: "<point>[@<n>]" (see crash_point)
+CRASH_SIGNAL_ENV = "KDCICAM_CRASH_SIGNAL"  # the signal it sends: KILL (default) or INT
+_crash_counts: dict[str, int] = {}  # how often each crash point was reached in this process
+
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch; in deterministic mode also force deterministic kernels."""
+    """Seed Python, NumPy and torch, and switch deterministic kernels on or off.
+
+    Called by the CLI and again by the runner before each run, so a run's initial weights depend on
+    its own seed alone, never on the runs trained before it in the same process. Deterministic mode
+    is set both ways, so a non-deterministic run after a deterministic one gets the fast kernels back.
+
+    Args:
+        seed: The run seed.
+        deterministic: Force deterministic algorithms (an op without one raises instead of running).
+    """
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        if torch.backends.cudnn.is_available():
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.deterministic = deterministic
+        if deterministic:
             torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
+    if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """An independent 63-bit seed for one random stream of a run, a pure function of its keys.
+
+    ``derive_seed(seed, "order", epoch)`` and ``derive_seed(seed, "augment", epoch, index)`` never
+    collide the way ``seed * K + epoch`` can, and need no state: a resumed run recomputes them.
+
+    Args:
+        seed: The run seed.
+        *keys: The stream's name and coordinates (epoch, step, sample index...).
+
+    Returns:
+        An integer in [0, 2**63).
+    """
+    text = "/".join(str(k) for k in (seed, *keys))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 def pick_device(spec: str = "auto") -> torch.device:
@@ -67,3 +104,49 @@ def provenance(device: torch.device) -> dict[str, str]:
         "torch_version": torch.__version__,
         "host": platform.node(),
     }
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine and has not exited (a zombie counts as gone).
+
+    A pid reused by an unrelated process reads as alive; the run store's heartbeat then decides.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    try:  # Linux: an exited child its parent has not reaped yet is still listed, as state Z
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def crash_point(name: str) -> None:
+    """Test hook: kill this process at a named point, to test crash recovery with real signals.
+
+    Inert unless the environment variable ``KDCICAM_CRASH_AT`` is ``<name>`` or ``<name>@<n>``: the
+    n-th time (default: the first) the process reaches the point it sends itself SIGKILL (no
+    cleanup of any kind), or SIGINT when ``KDCICAM_CRASH_SIGNAL=INT`` (a Ctrl-C at that instant).
+    Never set it outside tests. Points:
+
+    - ``before-rename:<file>``: the temp copy of ``<file>`` is written and synced, not yet renamed;
+    - ``after-rotate``: ``last.pt`` is moved to ``prev.pt``, the new one is not yet written;
+    - ``after-step``: an optimizer step is done;
+    - ``between-metric-writes``: an epoch's train metrics are stored, its validation metrics not yet;
+    - ``after-eval-write``: one checkpoint's test metrics under one protocol are stored.
+    """
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    point, _, nth = wanted.partition("@")
+    if point != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] == int(nth or 1):
+        interrupt = os.environ.get(CRASH_SIGNAL_ENV, "KILL").upper() in ("INT", "SIGINT")
+        os.kill(os.getpid(), signal.SIGINT if interrupt else signal.SIGKILL)

@@ -4,26 +4,42 @@ The role only changes the loss recipe (:mod:`kdcicam.recipes`); the loop, the op
 checkpoints and the per-epoch validation are the same for all. Shaped like torchvision's
 classification reference: :func:`train_one_epoch` receives everything it uses, :func:`fit` owns the
 epoch loop, resume and checkpoint selection.
+
+Every random draw of a run is a pure function of its seed and a position, never of what ran
+before in the process, so a run resumed from any checkpoint continues exactly as an uninterrupted
+one would (bit for bit in deterministic CPU mode):
+
+- the data order of epoch e: :func:`epoch_order` (seed, e);
+- the augmentation of sample i in epoch e: drawn from (seed, e, i) (:class:`EpochView`);
+- ε of Eq. 16 and any global-RNG draw at step s of epoch e: from (seed, e, s) (:func:`seed_step`).
+
+Crash safety (:func:`fit`): each epoch is trained, validated, stored through ``on_epoch``, then
+committed as ``last.pt`` (the previous one kept as ``prev.pt``); the best checkpoints are written
+after the commit and repaired from it on resume. ``checkpoint_every`` N also commits the position
+inside an epoch every N steps, and Ctrl-C stops at the next step boundary with such a checkpoint.
 """
 
 from __future__ import annotations
 
 import math
-import random
+import signal
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from kdcicam.checkpoint import load_resume_state, rotate_last, save_checkpoint
+from kdcicam.checkpoint import (LAST, load_checkpoint, load_resume_state, remove_stale_temps, rotate_last,
+                                save_checkpoint)
 from kdcicam.config import RunConfig, to_dict
 from kdcicam.errors import RunError
 from kdcicam.model.factory import param_groups
 from kdcicam.recipes import Recipe, TeacherSet, compute_loss
+from kdcicam.runtime import crash_point, derive_seed
 
 # Selection criteria: which validation metric picks each kept checkpoint (Table 5 selects the
 # loc teacher by GT-known vs Top-1 Loc; "last" is the final epoch).
@@ -36,6 +52,10 @@ CRITERIA: dict[str, str] = {
 
 class DivergedError(RunError):
     """A loss term became NaN or infinite: the run stops as failed, naming the step and term."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training at a step boundary, after saving that position as ``last.pt``."""
 
 
 @dataclass
@@ -51,11 +71,38 @@ class EpochLog:
 
 
 @dataclass
+class EpochProgress:
+    """Running totals of one epoch; saved in a mid-epoch checkpoint so a resumed epoch's means are exact."""
+
+    sums: dict[str, float] = field(default_factory=dict)  # per loss term, summed over steps in order
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+    def means(self) -> dict[str, float]:
+        return {name: total / max(self.steps, 1) for name, total in self.sums.items()}
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a training checkpoint stands."""
+
+    epoch: int  # 0-based epoch the checkpoint belongs to
+    step: int  # batches of that epoch trained
+    epoch_done: bool  # the epoch is trained, validated and stored: the next one starts from here
+
+    def describe(self, epochs: int) -> str:
+        if self.epoch_done:
+            return f"after epoch {self.epoch + 1}/{epochs}"
+        return f"at epoch {self.epoch + 1}/{epochs}, step {self.step}"
+
+
+@dataclass
 class FitResult:
-    epochs: list[EpochLog] = field(default_factory=list)
-    val: list[dict[str, float]] = field(default_factory=list)  # per-epoch validation metrics
+    epochs: list[EpochLog] = field(default_factory=list)  # epochs trained by this call
+    val: list[dict[str, float]] = field(default_factory=list)  # per-epoch validation metrics, all epochs
     best: dict[str, dict[str, float]] = field(default_factory=dict)  # criterion -> {epoch, value}
-    resumed_from: int | None = None  # epoch the run resumed after, None for a fresh run
+    resumed_from: Position | None = None  # the checkpoint the run resumed from, None for a fresh run
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -99,6 +146,56 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, enabled=False)
 
 
+# ------------------------------------------------------------------------- random streams
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
+    """The data order of an epoch: a permutation drawn from (seed, epoch) alone, so a resumed run
+    visits the same images in the same order as an uninterrupted one."""
+    g = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
+    return torch.randperm(num_samples, generator=g).tolist()
+
+
+def steps_per_epoch(num_samples: int, batch_size: int) -> int:
+    """Batches in an epoch: a last, smaller batch is dropped, unless it is the only one."""
+    if num_samples <= batch_size:
+        return 1 if num_samples > 0 else 0
+    return num_samples // batch_size
+
+
+def seed_step(seed: int, epoch: int, step: int, generator: torch.Generator, device: torch.device) -> None:
+    """Reseed the run's ε generator and torch's global RNG from (seed, epoch, step) before a step."""
+    generator.manual_seed(derive_seed(seed, "epsilon", epoch, step))
+    step_seed = derive_seed(seed, "step", epoch, step)
+    torch.default_generator.manual_seed(step_seed)  # any global draw inside the step (no dropout today)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(step_seed)
+
+
+class EpochView(Dataset):
+    """A slice of one epoch's order; item k is ``dataset[order[k]]`` augmented from (seed, epoch, index).
+
+    Each item is drawn under its own seed (torch's CPU RNG forked around it), so the augmentation of
+    an image depends on neither the DataLoader workers nor where a resumed epoch starts.
+    """
+
+    def __init__(self, dataset: Dataset, order: Sequence[int], *, seed: int, epoch: int) -> None:
+        self.dataset = dataset
+        self.order = list(order)
+        self.seed = seed
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> Any:
+        index = self.order[k]
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(derive_seed(self.seed, "augment", self.epoch, index))
+            return self.dataset[index]
+
+
+# ------------------------------------------------------------------------------ one epoch
+
 def train_one_epoch(
     model: torch.nn.Module,
     recipe: Recipe,
@@ -112,37 +209,46 @@ def train_one_epoch(
     generator: torch.Generator,
     read_every: int = 20,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+    start_step: int = 0,
+    total_steps: int | None = None,
+    progress: EpochProgress | None = None,
+    after_step: Callable[[int, Callable[[], EpochProgress]], None] | None = None,
 ) -> EpochLog:
-    """Train for one epoch; returns the mean of every loss term.
+    """Train for one epoch (or its remainder); returns the mean of every loss term.
 
     Losses are read back to the host every ``read_every`` steps (and at the end), so the GPU is
     not synchronised at every step; a non-finite term raises :class:`DivergedError` naming it.
+
+    Args:
+        loader: the epoch's batches from ``start_step`` on.
+        start_step: batches of this epoch trained before (a resumed epoch).
+        total_steps: batches in the whole epoch (default ``start_step + len(loader)``).
+        progress: the totals of the steps before ``start_step``; updated in place.
+        after_step: called after every step with (steps done, ``flush``); ``flush()`` reads the
+            pending terms back, checks them, and returns the epoch's totals so far (for a checkpoint).
     """
     model.train()
-    sums: dict[str, torch.Tensor] = {}
-    pending: list[dict[str, torch.Tensor]] = []
-    count = 0
-    images_seen = 0
-    start = time.perf_counter()
-    total_steps = len(loader)
+    progress = progress if progress is not None else EpochProgress()
+    total = total_steps if total_steps is not None else start_step + len(loader)
+    pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+    start, seconds_before = time.perf_counter(), progress.seconds
 
-    def flush(step: int) -> dict[str, float]:
-        nonlocal pending
-        means: dict[str, float] = {}
-        for terms in pending:
+    def flush() -> EpochProgress:
+        for step, terms in pending:
             for name, value in terms.items():
                 v = float(value)
                 if not math.isfinite(v):
                     raise DivergedError(
                         f"loss term '{name}' is {v} at epoch {epoch + 1}, step {step + 1}: the run diverged "
                         f"(try a lower train.lr)")
-                sums[name] = sums.get(name, 0.0) + v
-        pending = []
-        for name, total in sums.items():
-            means[name] = float(total) / max(count, 1)
-        return means
+                progress.sums[name] = progress.sums.get(name, 0.0) + v
+        pending.clear()
+        progress.seconds = seconds_before + time.perf_counter() - start
+        return progress
 
-    for step, batch in enumerate(loader):
+    for i, batch in enumerate(loader):
+        step = start_step + i
+        seed_step(cfg.train.seed, epoch, step, generator, device)
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         if cfg.train.channels_last and device.type == "cuda":
@@ -153,50 +259,122 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         result.total.backward()
         optimizer.step()
-        pending.append({k: v.detach() for k, v in result.terms.items()})
-        count += 1
-        images_seen += images.shape[0]
-        if (step + 1) % read_every == 0 or step + 1 == total_steps:
-            means = flush(step)
+        pending.append((step, {k: v.detach() for k, v in result.terms.items()}))
+        progress.steps += 1
+        progress.images += images.shape[0]
+        crash_point("after-step")
+        if (step + 1) % read_every == 0 or step + 1 == total:
+            flush()
             if on_step is not None:
-                on_step(step + 1, total_steps, means)
-    means = flush(total_steps - 1) if pending else {k: float(v) / max(count, 1) for k, v in sums.items()}
-    return EpochLog(epoch=epoch, terms=means, images=images_seen, seconds=time.perf_counter() - start)
+                on_step(step + 1, total, progress.means())
+        if after_step is not None:
+            after_step(step + 1, flush)
+    flush()
+    return EpochLog(epoch=epoch, terms=progress.means(), images=progress.images, seconds=progress.seconds)
 
 
-def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "generator": generator.get_state(),
-        "python": list(random.getstate()[1]),
-        "python_pos": random.getstate()[2] if random.getstate()[2] is not None else -1,
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+class _InterruptGuard:
+    """While training steps run, Ctrl-C (SIGINT) is noted and acted on at the next step boundary.
+
+    Installed only over Python's default handler in the main thread; a second Ctrl-C stops at once.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _InterruptGuard:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
-def set_rng_state(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    gauss = None if state["python_pos"] == -1 else state["python_pos"]
-    random.setstate((3, tuple(state["python"]), gauss))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+# ------------------------------------------------------------------------------ checkpoints
+
+def _position(state: dict[str, Any]) -> Position:
+    """A checkpoint's position (files without ``step`` are end-of-epoch checkpoints)."""
+    return Position(int(state["epoch"]), int(state.get("step", 0)), bool(state.get("epoch_done", True)))
 
 
-def epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
-    """The data order of an epoch: a permutation drawn from (seed, epoch) alone, so a resumed run
-    visits the same images in the same order as an uninterrupted one."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_samples, generator=g).tolist()
+def update_best(best: dict[str, dict[str, float]], epoch: int, metrics: dict[str, float]) -> list[str]:
+    """Record ``epoch`` as the best of every criterion its validation metrics improve (ties keep the earlier).
 
+    Returns:
+        The criteria ``epoch`` is now the best of (their ``best_<criterion>.pt`` must be written).
+    """
+    improved = []
+    for criterion, metric in CRITERIA.items():
+        value = metrics.get(metric)
+        if value is None or not math.isfinite(float(value)):
+            continue
+        if criterion not in best or float(value) > best[criterion]["value"]:
+            best[criterion] = {"epoch": epoch, "value": float(value)}
+            improved.append(criterion)
+    return improved
+
+
+def _best_state(model_state: dict[str, Any], epoch: int, cfg: RunConfig) -> dict[str, Any]:
+    return {"model": model_state, "epoch": epoch, "config": to_dict(cfg)}
+
+
+def _commit(state: dict[str, Any], run_dir: Path) -> None:
+    """Make ``state`` the run's ``last.pt``, keeping the one before as ``prev.pt``."""
+    rotate_last(run_dir)
+    crash_point("after-rotate")
+    save_checkpoint(state, run_dir, LAST)
+
+
+def _reconcile_best(run_dir: Path, best: dict[str, dict[str, float]], state: dict[str, Any],
+                    cfg: RunConfig) -> list[str]:
+    """Make every ``best_<criterion>.pt`` hold the epoch ``best`` (from the resumed checkpoint) names.
+
+    Best files are written after the commit of their epoch, so a crash may leave the newest one
+    unwritten: it is rewritten from the checkpoint, which holds that epoch's weights. A file whose
+    epoch's weights are gone (the run fell back to ``prev.pt``) drops its criterion, with a warning:
+    the next epochs compete for it afresh.
+    """
+    warnings = []
+    pos = _position(state)
+    for criterion, record in list(best.items()):
+        path = run_dir / f"best_{criterion}.pt"
+        try:
+            held = int(load_checkpoint(path)["epoch"]) if path.exists() else None
+        except RunError:
+            held = None
+        if held == record["epoch"]:
+            continue
+        if pos.epoch_done and record["epoch"] == pos.epoch:
+            save_checkpoint(_best_state(state["model"], pos.epoch, cfg), run_dir, path.name)
+            continue
+        del best[criterion]
+        warnings.append(f"{path} holds epoch {'none' if held is None else held + 1}, not the best epoch "
+                        f"{record['epoch'] + 1} by {criterion}, whose weights are gone: later epochs compete afresh")
+    return warnings
+
+
+def _collate():
+    from kdcicam.data.dataset import collate_wsol
+
+    return collate_wsol
+
+
+# ------------------------------------------------------------------------------ the run
 
 def fit(
     model: torch.nn.Module,
     recipe: Recipe,
     cfg: RunConfig,
-    train_set: torch.utils.data.Dataset,
+    train_set: Dataset,
     run_dir: Path,
     device: torch.device,
     *,
@@ -204,70 +382,98 @@ def fit(
     teachers: TeacherSet | None = None,
     on_epoch: Callable[[EpochLog, dict[str, float]], None] | None = None,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+    on_resume: Callable[[Position | None, list[str]], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> FitResult:
     """Train ``model`` for ``cfg.train.epochs`` epochs, resuming from ``run_dir`` if it holds a checkpoint.
 
-    Every epoch: train, validate (``validate(model)`` on the held-out validation split), save
-    ``last.pt`` (with optimizer, context pool, RNG states, epoch) atomically, and keep the best
-    checkpoint for each selection criterion in :data:`CRITERIA`.
+    Every epoch: train, validate (``validate(model)`` on the held-out validation split), report
+    through ``on_epoch`` (a crash after it trains the epoch again and reports the same), commit
+    ``last.pt`` (model, optimizer, position, validation history, best epochs) atomically, then write
+    ``best_<criterion>.pt`` for each criterion of :data:`CRITERIA` the epoch improved.
+
+    Args:
+        on_resume: called once before training with the checkpoint resumed from (None: a fresh
+            run) and the warnings about checkpoints that were skipped or repaired.
+        checkpoint_every: also commit the position every this many steps inside an epoch (0 = at
+            epoch ends only); a resumed epoch continues at the next batch.
+
+    Raises:
+        DivergedError: a loss term is not finite.
+        TrainingInterrupted: Ctrl-C; the position at the last finished step is saved first.
     """
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(run_dir)  # this process owns the run: a temp file is a killed writer's
     optimizer = build_optimizer(model, cfg, device)
-    generator = torch.Generator().manual_seed(cfg.train.seed)  # ε draws, data order is separate
+    generator = torch.Generator()  # ε draws; reseeded at every step (seed_step)
     result = FitResult()
-    start_epoch = 0
     best: dict[str, dict[str, float]] = {}
+    start_epoch, start_step, progress = 0, 0, None
     state, warnings = load_resume_state(run_dir, map_location=device)
     result.warnings.extend(warnings)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"], generator, device)
-        start_epoch = int(state["epoch"]) + 1
-        best = state.get("best", {})
+        best = {c: dict(b) for c, b in state.get("best", {}).items()}
         result.val = list(state.get("val_history", []))
-        result.resumed_from = int(state["epoch"])
+        pos = result.resumed_from = _position(state)
+        result.warnings.extend(_reconcile_best(run_dir, best, state, cfg))
+        if pos.epoch_done:
+            start_epoch = pos.epoch + 1
+        else:
+            start_epoch, start_step = pos.epoch, pos.step
+            progress = EpochProgress(**state["progress"])
+        del state
+    if on_resume is not None:
+        on_resume(result.resumed_from, list(result.warnings))
+    epochs, bs, seed = cfg.train.epochs, cfg.train.batch_size, cfg.train.seed
     t0 = time.perf_counter()
-    for epoch in range(start_epoch, cfg.train.epochs):
+
+    def training_state(epoch: int, step: int, done: bool, prog: EpochProgress | None) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                "epoch_done": done, "progress": asdict(prog) if prog is not None else None,
+                "best": best, "val_history": result.val, "config": to_dict(cfg)}
+
+    for epoch in range(start_epoch, epochs):
         set_epoch_lr(optimizer, lr_factor(epoch, cfg))
-        order = epoch_order(len(train_set), cfg.train.seed, epoch)
+        order = epoch_order(len(train_set), seed, epoch)
+        total = steps_per_epoch(len(order), bs)
+        used = len(order) if len(order) <= bs else total * bs
+        first = start_step if epoch == start_epoch else 0
         loader = DataLoader(
-            torch.utils.data.Subset(train_set, order), batch_size=cfg.train.batch_size, shuffle=False,
-            num_workers=cfg.train.num_workers, collate_fn=_collate(), drop_last=len(order) > cfg.train.batch_size,
+            EpochView(train_set, order[first * bs:used], seed=seed, epoch=epoch), batch_size=bs, shuffle=False,
+            num_workers=cfg.train.num_workers, collate_fn=_collate(), drop_last=False,
             pin_memory=device.type == "cuda")
-        log = train_one_epoch(model, recipe, optimizer, loader, device, epoch, cfg=cfg, teachers=teachers,
-                              generator=generator, on_step=on_step)
+        prog = progress if progress is not None else EpochProgress()
+        progress = None
+        guard = _InterruptGuard()
+
+        def after_step(done: int, flush: Callable[[], EpochProgress], epoch: int = epoch, total: int = total,
+                       guard: _InterruptGuard = guard) -> None:
+            due = checkpoint_every > 0 and done % checkpoint_every == 0 and done < total
+            if guard.pending or due:
+                _commit(training_state(epoch, done, False, flush()), run_dir)
+            if guard.pending:
+                raise TrainingInterrupted(f"at epoch {epoch + 1}/{epochs}, step {done}/{total} (position saved)")
+
+        with guard:
+            log = train_one_epoch(model, recipe, optimizer, loader, device, epoch, cfg=cfg, teachers=teachers,
+                                  generator=generator, on_step=on_step, start_step=first, total_steps=total,
+                                  progress=prog, after_step=after_step)
+        if guard.pending:  # Ctrl-C after the last step's check: save the trained, unvalidated epoch
+            after_step(total, lambda prog=prog: prog)
         result.epochs.append(log)
         val_metrics = validate(model) if validate is not None else {}
         result.val.append({"epoch": epoch, **val_metrics})
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(generator, device),
-            "epoch": epoch,
-            "config": to_dict(cfg),
-            "val_history": result.val,
-        }
-        for criterion, metric in CRITERIA.items():
-            value = val_metrics.get(metric)
-            if value is None:
-                continue
-            if criterion not in best or value > best[criterion]["value"]:
-                best[criterion] = {"epoch": epoch, "value": float(value)}
-                save_checkpoint({"model": model.state_dict(), "epoch": epoch, "config": to_dict(cfg)},
-                                run_dir, f"best_{criterion}.pt")
-        state["best"] = best
-        rotate_last(run_dir)
-        save_checkpoint(state, run_dir, "last.pt")
+        improved = update_best(best, epoch, val_metrics)
         if on_epoch is not None:
             on_epoch(log, val_metrics)
+        _commit(training_state(epoch, total, True, None), run_dir)
+        for criterion in improved:
+            save_checkpoint(_best_state(model.state_dict(), epoch, cfg), run_dir, f"best_{criterion}.pt")
     result.best = best
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def _collate():
-    from kdcicam.data.dataset import collate_wsol
-
-    return collate_wsol

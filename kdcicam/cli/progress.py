@@ -50,6 +50,9 @@ class RunProgress:
             self.progress.console.print(message)
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind in ("warning", "resumed", "waiting"):
+            self._message(kind, data)
+            return
         if self.epoch_task is None:
             return
         if kind == "step":
@@ -61,7 +64,12 @@ class RunProgress:
             self.progress.update(self.epoch_task, completed=data["epoch"],
                                  info=f"loss={data['terms'].get('total', float('nan')):.3f} "
                                       f"{data['images_per_s']:.0f} img/s {val_txt}")
-        elif kind == "warning":
+
+    def _message(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "warning":
             self.log(f"[yellow]warning[/]: {data['message']}")
+        elif kind == "resumed":
+            self.log(data["message"])
         elif kind == "waiting":
-            self.log(f"run {data['run_id'][:12]} is being trained by another process; waiting for it")
+            holder = data.get("holder") or "another process"
+            self.log(f"run {data['run_id'][:12]} is being trained by {holder}; waiting for it")

@@ -12,10 +12,6 @@ from pathlib import Path
 
 import typer
 
-from kdcicam.compare import compare_runs, format_comparison
-from kdcicam.registry import load_registry
-from kdcicam.report import FORMATS, build_report, render, report_json
-from kdcicam.store import open_store, resolve_db_url, sqlite_file
 
 _DB_HELP = "Run store: a SQLAlchemy URL or a SQLite file path [default: $KDCICAM_DB, else ./runs.db]."
 DEFAULT_HTML_DIR = Path("reports")
@@ -46,6 +42,8 @@ class Selection(str, Enum):
 
 
 def _db_url(db: str | None) -> str:
+    from kdcicam.store import resolve_db_url  # imported when a command runs, not at start-up
+
     return resolve_db_url(db, os.environ.get("KDCICAM_DB"))
 
 
@@ -63,6 +61,10 @@ def report_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the tables' data as JSON (nothing rendered)."),
 ) -> None:
     """Render the paper's tables, the C-L scatter and a gallery from the run store."""
+    from kdcicam.registry import load_registry
+    from kdcicam.report import FORMATS, build_report, render, report_json
+    from kdcicam.store import open_store, sqlite_file
+
     reg = load_registry(registry)
     protocols = ("paper", "standard") if protocol is ProtocolChoice.both else (protocol.value,)
     url = _db_url(db)
@@ -102,6 +104,9 @@ def compare_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
 ) -> None:
     """Compare two runs: config difference, metric deltas, and paired per-image tests."""
+    from kdcicam.compare import compare_runs, format_comparison
+    from kdcicam.store import open_store
+
     with open_store(_db_url(db), create=False) as store:
         result = compare_runs(store, run_a, run_b, protocol=protocol.value, selection=selection.value,
                               n_resamples=resamples, seed=seed)

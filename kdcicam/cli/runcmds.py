@@ -113,7 +113,15 @@ def _run_plan(runs, ctx_args, quiet: bool):
             else:
                 progress.log(f"  [red]{run.run_id[:12]} {run.role}: {outcome.status}[/]: {outcome.message}")
 
-        return execute_plan(runs, ctx, on_run_start=start, on_run_end=end)
+        try:
+            return execute_plan(runs, ctx, on_run_start=start, on_run_end=end)
+        except KeyboardInterrupt as exc:  # Typer would exit 130 silently: say what happened, in one line
+            interrupted = exc
+    from kdcicam.errors import EXIT_INTERRUPTED
+    from kdcicam.runner import RunInterrupted
+
+    typer.echo(f"interrupted: {interrupted}" if isinstance(interrupted, RunInterrupted) else "interrupted", err=True)
+    raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _outcome_rows(store, runs, outcomes) -> list[dict[str, Any]]:
