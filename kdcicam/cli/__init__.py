@@ -44,6 +44,9 @@ def _register_subcommands() -> None:
     from kdcicam.cli.claims import claims_cmd
 
     app.command("claims")(claims_cmd)
+    from kdcicam.cli.baselines import baselines_cmd
+
+    app.command("baselines")(baselines_cmd)
     from kdcicam.cli import report as report_cli
 
     report_cli.register(app)
