@@ -13,6 +13,11 @@ With two or more paired seeds the interval is a Student-t interval over the per-
 with one seed it is a paired bootstrap over the test images (the randomness of training is then
 not covered, and the ledger says so). A ``pareto`` claim (Figure 1(b)) holds when one run of the
 claimed cell is at least as good as every run of the other cell on both metrics at once.
+
+Every result names what it was measured under: the protocol, the threshold policy (``fixed`` θ,
+θ chosen on ``val``idation, or the test-chosen ``oracle`` θ: an upper bound, never a verdict a
+paper may print) and the selection policy (the cells' checkpoint criteria and whether the runs
+picked their checkpoints on the validation or the test split, ``eval.select_on``).
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ class ClaimResult:
     protocol: str
     variant: str
     selection: str  # how the checkpoints were chosen (the cells' ``select``; "validation" for best_*)
-    threshold_policy: str
+    select_on: str  # the split the runs picked those checkpoints on: "val" or "test" (part of the scope)
+    threshold_policy: str  # fixed | val | oracle
     metric: str
     paper_delta: float | None  # percentage points, the paper's (its own scope), None when not printed
     ours_delta: float | None  # percentage points, mean over seeds
@@ -79,10 +85,11 @@ def evaluate_claims(
     reg: Registry,
     runs: Sequence[RunInfo],
     finals: pd.DataFrame,
-    records: Callable[[str, str, str], pd.DataFrame],
+    records: Callable[..., pd.DataFrame],
     *,
     protocol: str = "paper",
     n_resamples: int = 2000,
+    threshold_policy: str = "fixed",
 ) -> list[ClaimResult]:
     """Check every registry claim in every scope of the store.
 
@@ -90,12 +97,16 @@ def evaluate_claims(
         reg: the registry (claims and cells).
         runs: the store's runs (only finished ones count).
         finals: :meth:`Store.final_metrics` of those runs.
-        records: ``records(run_id, protocol, selection)`` -> per-image records (for one-seed intervals).
+        records: ``records(run_id, protocol, selection)`` -> per-image records at the fixed θ (for
+            one-seed intervals); for another threshold policy it is called with the policy as a
+            fourth argument.
         protocol: evaluation protocol whose numbers are compared.
         n_resamples: bootstrap resamples for one-seed intervals.
+        threshold_policy: whose numbers: "fixed" (the run's θ), "val" (θ chosen on validation)
+            or "oracle" (θ chosen on the test split: an upper bound).
     """
     finished = [r for r in runs if r.status == "finished"]
-    frame = cell_frame(reg, finished, finals)
+    frame = cell_frame(reg, finished, finals, threshold_policy)  # scopes split runs by eval.select_on
     if not frame.empty:
         frame = frame[frame["protocol"] == protocol]
     scopes = sorted({r_scope for r_scope in frame["scope"]}, key=ScopeKey.sort_key) if not frame.empty else []
@@ -106,14 +117,24 @@ def evaluate_claims(
             for scope in scopes:
                 sub = frame[(frame["scope"] == scope) & (frame["table"] == table.key)]
                 for metric in claim.metrics[:1] if claim.kind == "pareto" else claim.metrics:
-                    out.append(_one(reg, claim, scope, sub, metric, protocol, selection, records, n_resamples))
+                    out.append(_one(reg, claim, scope, sub, metric, protocol,
+                                    (selection, scope.select_on, threshold_policy), records, n_resamples))
     return out
 
 
-def _one(reg, claim, scope, sub, metric, protocol, selection, records, n_resamples) -> ClaimResult:
+def _records_of(records: Callable[..., pd.DataFrame], threshold_policy: str) -> Callable[[str, str, str], pd.DataFrame]:
+    """The records callback bound to a threshold policy (called with three arguments for "fixed")."""
+    if threshold_policy == "fixed":
+        return records
+    return lambda run_id, protocol, selection: records(run_id, protocol, selection, threshold_policy)
+
+
+def _one(reg, claim, scope, sub, metric, protocol, policies, records, n_resamples) -> ClaimResult:
+    selection, select_on, threshold_policy = policies
+    records = _records_of(records, threshold_policy)
     base = dict(table=claim.table, claim=claim.key, text=claim.text, scope=scope.title, protocol=protocol,
-                variant=scope.variant, selection=selection, threshold_policy="fixed", metric=metric,
-                paper_delta=_paper_delta(reg, claim, scope, metric))
+                variant=scope.variant, selection=selection, select_on=select_on,
+                threshold_policy=threshold_policy, metric=metric, paper_delta=_paper_delta(reg, claim, scope, metric))
     vals = sub[sub["metric"] == metric]
     a = vals[vals["cell"] == claim.cell]
     b = vals[vals["cell"] == claim.versus]

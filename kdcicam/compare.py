@@ -1,22 +1,31 @@
 """``kdcicam compare A B``: is the difference between two runs more than noise?
 
-Both runs are read from the store at one (protocol, checkpoint selection, fixed θ, test split):
-the config keys that differ, every final metric side by side, and for each per-image correctness
-flag a paired test on the images both runs were scored on (McNemar's exact test and a paired
-bootstrap interval of the accuracy difference). Runs evaluated on different test sets are refused.
+Both runs are read from the store at one (protocol, checkpoint selection, threshold policy, test
+split) each: the config keys that differ, every final metric side by side, and for each per-image
+correctness flag a paired test on the images both runs were scored on (McNemar's exact test and a
+paired bootstrap interval of the accuracy difference). Runs evaluated on different test sets are
+refused.
+
+A verdict ("A better", ...) is given only when the two numbers were produced the same way: the
+same evaluation protocol, variant, threshold policy (fixed / val / oracle θ) and selection policy
+(``eval.select_on``). Otherwise the numbers are printed with "no verdict: the runs differ in ...",
+naming each differing field and its two values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from kdcicam.config import RunConfig, to_dict
 from kdcicam.errors import DataError, RunError, StoreError
 from kdcicam.registry import METRICS
 from kdcicam.report.stats import mcnemar_exact, paired_bootstrap_ci, verdict
+from kdcicam.selection import select_on_of
 from kdcicam.store import RunInfo, Store
 
 # per-image record column -> the metric it is the per-image form of
@@ -30,6 +39,7 @@ _PROTOCOL_PREFIX = "eval."
 _THRESHOLD_POLICY = "fixed"
 _SPLIT = "test"
 ALPHA = 0.05
+NO_VERDICT = "no verdict"
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,15 @@ class Comparison:
     other: list[tuple[str, float | None, float | None]] = field(default_factory=list)  # e.g. θ, as stored
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    threshold_policy: str = _THRESHOLD_POLICY  # A's (and, unless threshold_policy_b differs, B's)
+    protocol_b: str | None = None  # B's protocol when it differs from A's
+    threshold_policy_b: str | None = None  # B's threshold policy when it differs from A's
+    mismatch: list[str] = field(default_factory=list)  # "variant (reference vs paper)": why no verdict
+
+    @property
+    def verdict_withheld(self) -> str | None:
+        """"no verdict: the runs differ in ..." when the numbers were produced differently, else None."""
+        return f"{NO_VERDICT}: the runs differ in {', '.join(self.mismatch)}" if self.mismatch else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (percent; NaN as null)."""
@@ -75,8 +94,11 @@ class Comparison:
 
         return {
             "a": run(self.a, self.name_a), "b": run(self.b, self.name_b), "protocol": self.protocol,
-            "selection": self.selection, "threshold_policy": _THRESHOLD_POLICY, "split": _SPLIT,
-            "unit": "percent",
+            "selection": self.selection, "threshold_policy": self.threshold_policy, "split": _SPLIT,
+            "protocol_b": self.protocol_b or self.protocol,
+            "threshold_policy_b": self.threshold_policy_b or self.threshold_policy,
+            "select_on": {"a": select_on_of(self.a.config), "b": select_on_of(self.b.config)},
+            "verdict_withheld": self.verdict_withheld, "unit": "percent",
             "config_diff": [{"key": k, "a": va, "b": vb} for k, va, vb in self.config_diff],
             "metrics": [{"name": n, "a": clean(va), "b": clean(vb), "delta": clean(d)}
                         for n, va, vb, d in self.metrics],
@@ -148,15 +170,37 @@ def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, An
             if fa.get(k, _MISSING) != fb.get(k, _MISSING)]
 
 
-def _finals(store: Store, run: RunInfo, protocol: str, selection: str) -> dict[str, float]:
+def _finals(store: Store, run: RunInfo, protocol: str, selection: str,
+            threshold_policy: str = _THRESHOLD_POLICY) -> dict[str, float]:
     frame = store.final_metrics([run.id])
     here = frame[(frame["protocol"] == protocol) & (frame["selection"] == selection)
-                 & (frame["threshold_policy"] == _THRESHOLD_POLICY) & (frame["split"] == _SPLIT)]
+                 & (frame["threshold_policy"] == threshold_policy) & (frame["split"] == _SPLIT)]
     if here.empty:
         have = sorted({f"{p}/{s}" for p, s in zip(frame["protocol"], frame["selection"])})
+        policy = "" if threshold_policy == _THRESHOLD_POLICY else f", threshold policy {threshold_policy}"
         raise RunError(f"run {run.short_id} has no final metrics for protocol {protocol}, selection "
-                       f"{selection} (evaluated: {', '.join(have) or 'nothing yet'})")
+                       f"{selection}{policy} (evaluated: {', '.join(have) or 'nothing yet'})")
     return {n: float(v) for n, v in zip(here["name"], here["value"])}
+
+
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with every key it lacks at its default (runs stored before a key existed
+    used its default), so only real differences are listed."""
+    def merge(defaults: Any, given: Any) -> Any:
+        if isinstance(defaults, dict) and isinstance(given, dict):
+            return {**defaults, **{k: merge(defaults.get(k), v) for k, v in given.items()}}
+        return given
+
+    return merge(to_dict(RunConfig()), config)
+
+
+def mismatches(a: RunInfo, b: RunInfo, protocol: str, protocol_b: str, threshold_policy: str,
+               threshold_policy_b: str) -> list[str]:
+    """Which of protocol, variant, threshold policy and selection policy differ, with both values."""
+    pairs = [("protocol", protocol, protocol_b), ("variant", a.variant, b.variant),
+             ("threshold policy", threshold_policy, threshold_policy_b),
+             ("eval.select_on", select_on_of(a.config), select_on_of(b.config))]
+    return [f"{name} ({va} vs {vb})" for name, va, vb in pairs if va != vb]
 
 
 def _check_same_test_set(a: RunInfo, b: RunInfo, ra: pd.DataFrame, rb: pd.DataFrame) -> None:
@@ -189,7 +233,8 @@ def paired_tests(ra: pd.DataFrame, rb: pd.DataFrame, n_resamples: int, seed: int
 
 
 def compare_runs(store: Store, name_a: str, name_b: str, *, protocol: str = "paper", selection: str = "last",
-                 n_resamples: int = 2000, seed: int = 0) -> Comparison:
+                 n_resamples: int = 2000, seed: int = 0, threshold_policy: str = _THRESHOLD_POLICY,
+                 protocol_b: str | None = None, threshold_policy_b: str | None = None) -> Comparison:
     """Compare two runs of the store.
 
     Args:
@@ -199,6 +244,8 @@ def compare_runs(store: Store, name_a: str, name_b: str, *, protocol: str = "pap
         selection: checkpoint selection of both runs' numbers.
         n_resamples: paired bootstrap resamples.
         seed: bootstrap seed.
+        threshold_policy: θ policy of both runs' numbers ("fixed", "val", "oracle").
+        protocol_b, threshold_policy_b: B's, when they differ from A's (then there is no verdict).
 
     Returns:
         The comparison (percent units).
@@ -209,33 +256,45 @@ def compare_runs(store: Store, name_a: str, name_b: str, *, protocol: str = "pap
         DataError: the runs were evaluated on different test sets.
     """
     a, b = resolve_name(store, name_a), resolve_name(store, name_b)
-    ra = store.get_image_records(a.id, protocol, selection, _SPLIT)
-    rb = store.get_image_records(b.id, protocol, selection, _SPLIT)
+    proto_b, policy_b = protocol_b or protocol, threshold_policy_b or threshold_policy
+    ra = store.get_image_records(a.id, protocol, selection, _SPLIT, threshold_policy)
+    rb = store.get_image_records(b.id, proto_b, selection, _SPLIT, policy_b)
     _check_same_test_set(a, b, ra, rb)
-    fa, fb = _finals(store, a, protocol, selection), _finals(store, b, protocol, selection)
+    fa = _finals(store, a, protocol, selection, threshold_policy)
+    fb = _finals(store, b, proto_b, selection, policy_b)
     metrics, other = [], []
     for name in [m for m in METRICS if m in fa or m in fb]:  # accuracies: percent
         va, vb = (None if v is None else 100.0 * v for v in (fa.get(name), fb.get(name)))
         metrics.append((name, va, vb, None if va is None or vb is None else va - vb))
     for name in sorted((fa.keys() | fb.keys()) - set(METRICS)):  # anything else (θ): as stored
         other.append((name, fa.get(name), fb.get(name)))
-    diff = config_diff(a.config, b.config)
+    diff = config_diff(_with_defaults(a.config), _with_defaults(b.config))
     warnings = []
-    differing = [f for f in _PROTOCOL_FIELDS if getattr(a, f) != getattr(b, f)]
+    differing = ["protocol"] if proto_b != protocol else []
+    differing += [f for f in _PROTOCOL_FIELDS if getattr(a, f) != getattr(b, f)]
+    differing += ["threshold policy"] if policy_b != threshold_policy else []
     differing += [k for k, _, _ in diff if k.startswith(_PROTOCOL_PREFIX)]
     if differing:
         warnings.append(f"the runs differ in {', '.join(differing)}: their numbers were not produced the same "
                         "way")
+    mismatch = mismatches(a, b, protocol, proto_b, threshold_policy, policy_b)
     notes = []
+    if threshold_policy == "oracle" or policy_b == "oracle":
+        notes.append("oracle θ: chosen on the test split itself, an upper bound, not a result to report")
     if ra.empty or rb.empty:
         lacking = ", ".join(r.short_id for r, rec in ((a, ra), (b, rb)) if rec.empty)
-        notes.append(f"no per-image records for {lacking} at {protocol}/{selection}: paired tests skipped")
+        notes.append(f"no per-image records for {lacking} at {protocol}/{selection} (θ {threshold_policy}): "
+                     "paired tests skipped")
         tests = []
     else:
         tests = paired_tests(ra, rb, n_resamples, seed)
+        if mismatch:
+            tests = [dataclasses.replace(t, verdict=NO_VERDICT) for t in tests]
     return Comparison(a=a, b=b, name_a=name_a, name_b=name_b, protocol=protocol, selection=selection,
                       config_diff=diff, metrics=metrics, tests=tests, n_resamples=n_resamples, other=other,
-                      warnings=warnings, notes=notes)
+                      warnings=warnings, notes=notes, threshold_policy=threshold_policy,
+                      protocol_b=proto_b if proto_b != protocol else None,
+                      threshold_policy_b=policy_b if policy_b != threshold_policy else None, mismatch=mismatch)
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -262,9 +321,14 @@ def format_comparison(c: Comparison) -> str:
                 f"{info.config.get('model', {}).get('backbone', '?')}, profile {info.profile}, "
                 f"variant {info.variant}, seed {info.seed}")
 
-    lines = [who("A", c.a, c.name_a), who("B", c.b, c.name_b),
-             f"evaluation: protocol {c.protocol}, selection {c.selection}, θ {_THRESHOLD_POLICY}, {_SPLIT} split",
-             ""]
+    def how(protocol: str, policy: str, run: RunInfo) -> str:
+        return f"protocol {protocol}, selection {c.selection} (selected on {select_on_of(run.config)}), θ {policy}"
+
+    evaluation = how(c.protocol, c.threshold_policy, c.a)
+    of_b = how(c.protocol_b or c.protocol, c.threshold_policy_b or c.threshold_policy, c.b)
+    if of_b != evaluation:
+        evaluation = f"A: {evaluation}; B: {of_b}"
+    lines = [who("A", c.a, c.name_a), who("B", c.b, c.name_b), f"evaluation: {evaluation}, {_SPLIT} split", ""]
     if c.config_diff:
         width = max(len(k) for k, _, _ in c.config_diff)
         lines.append(f"config differences ({len(c.config_diff)}):")
@@ -290,4 +354,6 @@ def format_comparison(c: Comparison) -> str:
         lines.append("  (b01: A wrong and B right; b10: A right and B wrong)")
     for note in c.notes:
         lines.append(f"note: {note}")
+    if c.verdict_withheld:
+        lines += ["", c.verdict_withheld]
     return "\n".join(lines) + "\n"

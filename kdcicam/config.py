@@ -28,11 +28,16 @@ Backbone = Literal["vgg16", "inceptionv3"]
 DatasetName = Literal["synthetic", "cub", "ilsvrc", "wsol"]
 Protocol = Literal["paper", "standard"]
 Selection = Literal["top1_loc", "gt_known_loc", "top1_cls", "last"]
+SelectOn = Literal["val", "test"]
+ThetaMetric = Literal["gt_known_loc", "top1_loc"]
 
 VARIANTS: tuple[str, ...] = get_args(Variant)
 ROLES: tuple[str, ...] = get_args(Role)
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 SELECTIONS: tuple[str, ...] = get_args(Selection)
+SELECT_ON: tuple[str, ...] = get_args(SelectOn)
+# θ candidates of the "val" and "oracle" threshold policies: 0.00, 0.05, ..., 0.95
+DEFAULT_THETA_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class ModelConfig:
     width: float = 1.0  # channel multiplier; 1.0 is the paper's network exactly
     output_stride: int = 16  # 16 = paper (VGG16 pool5 removed); 8 or 4 keep fewer pools (reduced)
     nonlocal_blocks: int = 4  # 4 for VGG16 on CUB, 3 otherwise (§4.2)
+    batch_norm: bool = False  # VGG16 only: BN after every conv (vgg16_bn); the paper's VGG16 has none
     context_pool: bool = True  # False = Base (NL-CCAM): X^e = X, no pool
     update_rate: float = 0.01  # λ of Eq. 7
     weights: str | None = None  # torchvision ImageNet checkpoint file; None = random init
@@ -132,6 +138,10 @@ class EvalConfig:
     iou_threshold: float = 0.5
     maxbox_thresholds: int = 100  # MaxBoxAccV2: number of CAM thresholds in [0, 1)
     maxbox_ious: tuple[float, ...] = (0.3, 0.5, 0.7)  # MaxBoxAccV2 IoU levels
+    theta_grid: tuple[float, ...] = DEFAULT_THETA_GRID  # θ candidates of the val / oracle θ policies (+ θ)
+    theta_metric: ThetaMetric = "gt_known_loc"  # what the val / oracle θ policies maximise
+    select_on: SelectOn = "val"  # split whose per-epoch metrics pick best_* checkpoints ("test": the authors')
+    audit_epochs: bool = False  # also score the test split every epoch, for the report's audit only
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,8 @@ class RunConfig:
         _check(0.0 <= self.eval.theta <= 1.0, "eval.theta", self.eval.theta, "must be in [0, 1]")
         _check(0.0 < self.eval.iou_threshold <= 1.0, "eval.iou_threshold", self.eval.iou_threshold,
                "must be in (0, 1]")
+        for i, t in enumerate(self.eval.theta_grid):
+            _check(0.0 <= t <= 1.0, f"eval.theta_grid[{i}]", t, "must be in [0, 1]")
         _check(self.eval.test_crop <= self.eval.test_resize, "eval.test_crop", self.eval.test_crop,
                "must not exceed eval.test_resize")
         _check(self.data.crop <= self.data.train_resize, "data.crop", self.data.crop,
@@ -306,15 +318,26 @@ def with_overrides(cfg: Any, overrides: dict[str, Any], where: str = "override")
 
 # Settings that change how a run is executed, not what it computes: left out of its identity, so
 # resuming on another device, with more loader workers or finer checkpoints is the same run.
-NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "train.checkpoint_every")
+# The test-split audit (eval.audit_epochs) only adds rows no decision reads: not identity either.
+NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "train.checkpoint_every",
+                                      "eval.audit_epochs")
+# Keys added after runs were stored: part of a run's identity only when they differ from their
+# default, so every run stored before they existed keeps its id (and is reused, not retrained).
+IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric", "eval.select_on",
+                                         "model.batch_norm")
 
 
 def identity_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The config as a dict without :data:`NON_IDENTITY_KEYS`."""
+    """The config as a dict without :data:`NON_IDENTITY_KEYS`, nor :data:`IDENTITY_IF_SET_KEYS` at their defaults."""
     data = to_dict(cfg)
+    defaults = to_dict(RunConfig())
     for dotted in NON_IDENTITY_KEYS:
         section, key = dotted.split(".")
         data.get(section, {}).pop(key, None)
+    for dotted in IDENTITY_IF_SET_KEYS:
+        section, key = dotted.split(".")
+        if data.get(section, {}).get(key) == defaults[section][key]:
+            data[section].pop(key)
     return data
 
 

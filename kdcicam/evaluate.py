@@ -34,10 +34,17 @@ the authors' protocol; it is reported under both for comparison).
 Every image yields a record (true class, top-5 with scores, box, IoU with the best GT box, correct
 flags; plain Python types, JSON-serialisable), and every metric is the mean of its flag, so later
 code can pair two runs image by image.
+
+Threshold sweep (``evaluate(..., thetas=grid)``): each image's heatmap is computed once and its box
+taken at every θ of the grid (:func:`boxes_at_thresholds`, the map's components labelled once for
+all θ); :func:`sweep_metrics` gives the metrics per θ and :func:`at_theta` the metrics and records
+at any θ of the grid, without running the model again. The threshold *policies* (fixed / chosen on
+validation / oracle) that pick a θ from these live in :mod:`kdcicam.selection`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from kdcicam.boxes import box_from_heatmap, iou_matrix
+from kdcicam.boxes import box_from_heatmap, check_heatmap, get_policy, iou_matrix, sweep_components
 from kdcicam.config import PROTOCOLS, RunConfig
 from kdcicam.data.base import Sample
 from kdcicam.data.dataset import WSOLDataset, collate_wsol
@@ -69,6 +76,23 @@ FLAG_METRICS = {
 }
 
 
+LOC_FLAGS = ("correct_top1_loc", "correct_top5_loc", "correct_gt_known")  # the flags θ changes
+
+
+@dataclass
+class ThresholdSweep:
+    """Every image's box at every θ of a grid, from the heatmaps of one forward pass.
+
+    Rows follow the result's records; the IoUs obey the protocol's conventions and degenerate
+    rules (an empty box scores 0), exactly as the record at that θ would.
+    """
+
+    thetas: np.ndarray  # (T,) ascending
+    boxes: np.ndarray  # (N, T, 4) the predicted box, in the frame of the records' "box"
+    ious: np.ndarray  # (N, T) its best IoU with the GT boxes (Top-1 / Top-5 Loc)
+    gt_known_ious: np.ndarray  # (N, T) the IoU GT-known Loc counts (standard: the GT class's own map)
+
+
 @dataclass
 class EvalResult:
     protocol: str
@@ -76,6 +100,7 @@ class EvalResult:
     records: list[dict[str, Any]]  # one per image
     curve: dict[str, list[float]] = field(default_factory=dict)  # MaxBoxAccV2 accuracy per threshold
     gallery: dict[str, np.ndarray] | None = None  # arrays for the report's CAM gallery
+    sweep: ThresholdSweep | None = None  # the box at every θ of a grid (``evaluate(..., thetas=...)``)
 
 
 def protocol_transform(cfg: RunConfig, protocol: str) -> TestTransform:
@@ -139,6 +164,138 @@ def to_original_box(box: np.ndarray, frame: TestFrame) -> np.ndarray:
     return frame.to_original(boxes)[0].numpy()  # (4,)
 
 
+def best_ious(boxes: np.ndarray, gt_boxes: np.ndarray, pixel_inclusive: bool = False) -> np.ndarray:
+    """:func:`best_iou` of each of several boxes (same degenerate rules, same floating-point result).
+
+    Args:
+        boxes: (T, 4) xyxy predicted boxes.
+        gt_boxes: (G, 4) xyxy GT boxes in the same frame (G may be 0).
+        pixel_inclusive: the "+1" pixel IoU (paper protocol), else continuous.
+
+    Returns:
+        (T,) float64 best IoU per box; 0 for a box without area or when no GT box has area.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # (T, 4)
+    gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    gt = gt[(gt[:, 2] > gt[:, 0]) & (gt[:, 3] > gt[:, 1])]  # (G', 4) boxes with area in the frame
+    out = np.zeros(len(b))  # (T,)
+    if len(gt) == 0 or len(b) == 0:
+        return out
+    has_area = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])  # (T,)
+    if has_area.any():
+        out[has_area] = iou_matrix(b[has_area], gt, pixel_inclusive).max(axis=1)
+    return out
+
+
+def boxes_at_thresholds(h: Any, thetas: Sequence[float], policy: str = "standard") -> np.ndarray:
+    """``box_from_heatmap(h, θ, policy)`` for every θ, with the map's components labelled once.
+
+    Each θ's foreground is ``h > c(θ)`` for one cutoff c: θ itself (``"standard"``), or under the
+    authors' rule (``"reference"``: keep h > θ·max, then > the kept map's mean m) max(θ·max, m)
+    whenever m >= 0 (a θ where m < 0 is labelled on its own). Cutoffs are computed in the map's
+    dtype exactly as :func:`kdcicam.boxes.foreground_mask` compares, so every box is identical to
+    ``box_from_heatmap``'s; the nested foregrounds are then labelled in one pass
+    (:func:`kdcicam.boxes.sweep_components`) and each θ's box picked by the policy's rule
+    (most pixels / largest bounding box, ties to the raster-first component).
+
+    Args:
+        h: (H, W) heatmap (in [0, 1] for ``"standard"``).
+        thetas: (T,) thresholds θ, any order (Python floats, as ``EvalConfig.theta``).
+        policy: ``"standard"`` or ``"reference"``.
+
+    Returns:
+        (T, 4) float64 boxes, row t for ``thetas[t]``; the fallback (0, 0, 0, 0) where nothing is foreground.
+    """
+    pol = get_policy(policy)
+    a = check_heatmap(h, unit_range=pol.mask == "absolute")  # (H, W), its own float dtype
+    like = a.dtype.type  # a Python-float θ is compared in the map's dtype (NumPy's weak scalars)
+    out = np.zeros((len(thetas), 4))  # (T, 4)
+    cuts: list[float] = []
+    rows: list[int] = []
+    for t, theta in enumerate(thetas):
+        theta = float(theta)
+        if pol.mask == "absolute":
+            cut = like(theta)
+        else:
+            keep = like(theta) * a.max()  # θ·max, as foreground_mask computes it
+            m = np.where(a > keep, a, 0.0).mean()  # the kept map's mean, zeros included
+            if m < 0:  # pixels below θ·max would be foreground too: no single cutoff
+                out[t] = box_from_heatmap(a, theta, pol)
+                continue
+            cut = max(keep, m)  # kept > m  <=>  h > θ·max and h > m
+        cuts.append(float(cut))  # exact: a value of the map's dtype
+        rows.append(t)
+    if not rows:
+        return out
+    order = np.argsort(np.asarray(cuts), kind="stable")  # (T',) sweep levels ascend
+    sweep = sweep_components(a.astype(np.float64), np.asarray(cuts)[order], pol.connectivity)
+    if len(sweep.levels):
+        b = sweep.boxes  # (K, 4)
+        key = sweep.pixels if pol.select == "pixels" else (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # (K,)
+        pick = np.lexsort((np.arange(len(key)), -key, sweep.levels))  # level, largest, raster-first
+        first = np.ones(len(pick), dtype=bool)
+        first[1:] = sweep.levels[pick][1:] != sweep.levels[pick][:-1]
+        chosen = pick[first]  # (L,) one component per level that has any
+        rows_arr = np.asarray(rows)[order]  # (T',) sweep level -> row of ``thetas``
+        out[rows_arr[sweep.levels[chosen]]] = b[chosen]
+    return out
+
+
+def sweep_metrics(result: EvalResult, iou_threshold: float) -> dict[str, np.ndarray]:
+    """Top-1 Loc, Top-5 Loc and GT-known Loc at every θ of ``result.sweep``.
+
+    Args:
+        result: an :func:`evaluate` result made with ``thetas``.
+        iou_threshold: the IoU a box must reach (``EvalConfig.iou_threshold``).
+
+    Returns:
+        metric name -> (T,) fractions, in the order of ``result.sweep.thetas``.
+    """
+    sweep = _need_sweep(result)
+    if not result.records:
+        return {m: np.full(len(sweep.thetas), np.nan) for m in ("top1_loc", "top5_loc", "gt_known_loc")}
+    top1 = np.array([r["correct_top1_cls"] for r in result.records], dtype=bool)[:, None]  # (N, 1)
+    top5 = np.array([r["correct_top5_cls"] for r in result.records], dtype=bool)[:, None]  # (N, 1)
+    hit = sweep.ious >= iou_threshold  # (N, T)
+    return {"top1_loc": (top1 & hit).mean(axis=0), "top5_loc": (top5 & hit).mean(axis=0),
+            "gt_known_loc": (sweep.gt_known_ious >= iou_threshold).mean(axis=0)}
+
+
+def at_theta(result: EvalResult, theta: float, iou_threshold: float) -> EvalResult:
+    """The result as it would read had ``evaluate`` run at ``theta`` (a θ of ``result.sweep``).
+
+    Classification, MaxBoxAccV2 and its curve do not depend on θ and are kept; each record's box,
+    IoU and localization flags are those of θ; ``metrics["theta"]`` is θ. No gallery.
+
+    Raises:
+        ValueError: the result has no sweep, or θ is not one of its thresholds.
+    """
+    sweep = _need_sweep(result)
+    at = np.flatnonzero(np.isclose(sweep.thetas, theta, rtol=0.0, atol=1e-12))
+    if not len(at):
+        raise ValueError(f"θ = {theta} is not in the sweep's grid {sweep.thetas.tolist()}")
+    t = int(at[0])
+    records = []
+    for i, r in enumerate(result.records):
+        hit = bool(sweep.ious[i, t] >= iou_threshold)
+        records.append({**r, "box": [round(float(v), 2) for v in sweep.boxes[i, t]], "iou": float(sweep.ious[i, t]),
+                        "correct_top1_loc": r["correct_top1_cls"] and hit,
+                        "correct_top5_loc": r["correct_top5_cls"] and hit,
+                        "correct_gt_known": bool(sweep.gt_known_ious[i, t] >= iou_threshold)})
+    metrics = dict(result.metrics)
+    for name, flag in FLAG_METRICS.items():
+        if flag in LOC_FLAGS:
+            metrics[name] = float(np.mean([r[flag] for r in records])) if records else float("nan")
+    metrics["theta"] = float(sweep.thetas[t])
+    return dataclasses.replace(result, metrics=metrics, records=records, gallery=None)
+
+
+def _need_sweep(result: EvalResult) -> ThresholdSweep:
+    if result.sweep is None:
+        raise ValueError("this result has no threshold sweep: evaluate it with thetas=...")
+    return result.sweep
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -150,6 +307,7 @@ def evaluate(
     batch_size: int = 64,
     num_workers: int = 0,
     gallery_ids: Sequence[str] | None = None,
+    thetas: Sequence[float] | None = None,
 ) -> EvalResult:
     """Classify and localize every sample under ``protocol``; returns metrics and per-image records.
 
@@ -162,10 +320,12 @@ def evaluate(
         batch_size: evaluation batch size.
         num_workers: data-loader worker processes.
         gallery_ids: image ids whose crop, heatmap and boxes are returned for the report's gallery.
+        thetas: also take every image's box at each of these θ (sorted, deduplicated) from the same
+            heatmap: the result's ``sweep`` (see :func:`sweep_metrics`, :func:`at_theta`).
 
     Returns:
         The :class:`EvalResult`: metrics (means of the record flags, MaxBoxAccV2, θ), one record
-        per sample in order, the MaxBoxAccV2 curve per IoU level, and the gallery arrays.
+        per sample in order, the MaxBoxAccV2 curve per IoU level, the gallery arrays and the sweep.
     """
     transform = protocol_transform(cfg, protocol)
     loader = DataLoader(WSOLDataset(samples, transform), batch_size=batch_size, shuffle=False,
@@ -178,6 +338,8 @@ def evaluate(
     gallery: dict[str, list] = {k: [] for k in ("image_ids", "images", "heatmaps", "pred_boxes", "gt_boxes",
                                                 "labels", "top1")}
     records: list[dict[str, Any]] = []
+    grid = sorted({float(t) for t in thetas}) if thetas is not None else None
+    swept: dict[str, list[np.ndarray]] = {"boxes": [], "ious": [], "gt_known_ious": []}
     was_training = model.training
     model.eval()
     for batch in loader:
@@ -218,6 +380,8 @@ def evaluate(
                 iou = best_iou(box_out, gt, PROTOCOL_PIXEL_INCLUSIVE["standard"])
                 _, gt_known_iou = locate_standard(gt_np[i], theta, frame, gt)  # the GT class's own map
                 sweep_gt = batch["boxes"][i].numpy()  # (G, 4) every GT box in the C x C frame (wsolevaluation)
+            if grid is not None:
+                _sweep_image(swept, heat_np[i], gt_np[i], grid, policy, gt, None if protocol == "paper" else frame)
             if len(sweep_gt):
                 maxbox.update(gt_np[i], sweep_gt)
             hit = iou >= cfg.eval.iou_threshold
@@ -248,8 +412,41 @@ def evaluate(
         curve = {f"iou_{t:g}": [a / 100.0 for a in acc]
                  for t, acc in zip(box_stats["iou_thresholds"], box_stats["curve"])}
     metrics["theta"] = float(theta)
+    sweep = None
+    if grid is not None:
+        n, t = len(records), len(grid)
+        sweep = ThresholdSweep(thetas=np.asarray(grid),
+                               boxes=np.asarray(swept["boxes"]).reshape(n, t, 4),
+                               ious=np.asarray(swept["ious"]).reshape(n, t),
+                               gt_known_ious=np.asarray(swept["gt_known_ious"]).reshape(n, t))
     return EvalResult(protocol=protocol, metrics=metrics, records=records, curve=curve,
-                      gallery=_stack_gallery(gallery) if gallery["image_ids"] else None)
+                      gallery=_stack_gallery(gallery) if gallery["image_ids"] else None, sweep=sweep)
+
+
+def _sweep_image(swept: dict[str, list[np.ndarray]], heat: np.ndarray, gt_map: np.ndarray, grid: list[float],
+                 policy: str, gt: np.ndarray, frame: TestFrame | None) -> None:
+    """Append one image's boxes and IoUs at every θ of ``grid`` (the record's rules, vectorised over θ).
+
+    ``frame`` None: the paper protocol (crop frame, first GT box, "+1" IoU); else the standard one.
+    """
+    crop_boxes = boxes_at_thresholds(heat, grid, policy)  # (T, 4) in the C x C frame
+    if frame is None:  # paper: crop frame, first GT box, "+1" IoU, GT-known = the same box
+        ious = best_ious(crop_boxes, gt, PROTOCOL_PIXEL_INCLUSIVE["paper"])  # (T,)
+        swept["boxes"].append(crop_boxes)
+        swept["ious"].append(ious)
+        swept["gt_known_ious"].append(ious)
+        return
+    pixel_inclusive = PROTOCOL_PIXEL_INCLUSIVE["standard"]
+    boxes = _to_original_boxes(crop_boxes, frame)  # (T, 4) original pixels
+    known = _to_original_boxes(boxes_at_thresholds(gt_map, grid, "standard"), frame)  # (T, 4) GT class's map
+    swept["boxes"].append(boxes)
+    swept["ious"].append(best_ious(boxes, gt, pixel_inclusive))
+    swept["gt_known_ious"].append(best_ious(known, gt, pixel_inclusive))
+
+
+def _to_original_boxes(boxes: np.ndarray, frame: TestFrame) -> np.ndarray:
+    """(T, 4) frame boxes mapped back to the original image, as :func:`to_original_box` maps one."""
+    return frame.to_original(torch.as_tensor(boxes, dtype=torch.float64)).numpy()  # (T, 4)
 
 
 def _add_to_gallery(gallery: dict[str, list], batch: dict, i: int, heat: np.ndarray, box: np.ndarray,

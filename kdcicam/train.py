@@ -17,6 +17,12 @@ Crash safety (:func:`fit`): each epoch is trained, validated, stored through ``o
 committed as ``last.pt`` (the previous one kept as ``prev.pt``); the best checkpoints are written
 after the commit and repaired from it on resume. ``checkpoint_every`` N also commits the position
 inside an epoch every N steps, and Ctrl-C stops at the next step boundary with such a checkpoint.
+
+One run on many processes (``fit(..., dist=...)``, :mod:`kdcicam.distributed`): rank r trains on the
+r-th slice of every global batch of the same epoch order, in DistributedDataParallel with synchronised
+BatchNorm, and the context pool all-reduces its contributions, so the N ranks take the steps one process
+with the global batch would take. Only rank 0 validates, calls back and writes checkpoints; a resumed
+run's state is read by rank 0 and sent to the others.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from torch.utils.data import DataLoader, Dataset
 from kdcicam.checkpoint import (LAST, load_checkpoint, load_resume_state, remove_stale_temps, rotate_last,
                                 save_checkpoint)
 from kdcicam.config import RunConfig, to_dict
-from kdcicam.errors import RunError
+from kdcicam.distributed import (DistContext, any_rank, barrier, broadcast_object, convert_sync_batchnorm,
+                                 gather_objects, local_batch_size, shard_order, wrap_ddp)
+from kdcicam.errors import ConfigError, RunError
 from kdcicam.model.factory import param_groups
 from kdcicam.recipes import Recipe, TeacherSet, compute_loss
 from kdcicam.runtime import crash_point, derive_seed
@@ -162,6 +170,18 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
     return num_samples // batch_size
 
 
+def skip_draws(generator: torch.Generator, count: int) -> None:
+    """Advance ``generator`` past ``count`` per-sample draws of ε (:func:`kdcicam.recipes.draw_epsilon`).
+
+    Rank r of N draws the ε of its slice of the global batch: the ``r * B / N`` draws of the slices
+    before it are skipped, so its values are those one process draws for the same samples. Each
+    element of a ``randint`` over fewer than 2^32 values takes one 32-bit draw from the CPU generator,
+    whatever the range (tests/test_ddp.py checks this against the whole batch's draw).
+    """
+    if count > 0:
+        torch.randint(2, (count,), generator=generator, device=generator.device)
+
+
 def seed_step(seed: int, epoch: int, step: int, generator: torch.Generator, device: torch.device) -> None:
     """Reseed the run's ε generator and torch's global RNG from (seed, epoch, step) before a step."""
     generator.manual_seed(derive_seed(seed, "epsilon", epoch, step))
@@ -213,6 +233,8 @@ def train_one_epoch(
     total_steps: int | None = None,
     progress: EpochProgress | None = None,
     after_step: Callable[[int, Callable[[], EpochProgress]], None] | None = None,
+    dist: DistContext | None = None,
+    draw_offset: int = 0,
 ) -> EpochLog:
     """Train for one epoch (or its remainder); returns the mean of every loss term.
 
@@ -226,22 +248,27 @@ def train_one_epoch(
         progress: the totals of the steps before ``start_step``; updated in place.
         after_step: called after every step with (steps done, ``flush``); ``flush()`` reads the
             pending terms back, checks them, and returns the epoch's totals so far (for a checkpoint).
+        dist: this process's place in a multi-process run (None: one process). ``flush`` then combines
+            every rank's terms (weighted by batch size: the global batch's means), on every rank.
+        draw_offset: per-sample ε draws of the ranks before this one in each global batch (skipped).
     """
     model.train()
     progress = progress if progress is not None else EpochProgress()
     total = total_steps if total_steps is not None else start_step + len(loader)
-    pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+    pending: list[tuple[int, dict[str, torch.Tensor], int]] = []  # (step, terms, images)
     start, seconds_before = time.perf_counter(), progress.seconds
+    skip = draw_offset if recipe.epsilon == "sample" else 0  # per-step ε: every rank draws the same value
 
     def flush() -> EpochProgress:
-        for step, terms in pending:
-            for name, value in terms.items():
-                v = float(value)
+        local = [(step, {name: float(value) for name, value in terms.items()}, n) for step, terms, n in pending]
+        for step, terms, n in _combine_ranks(gather_objects(local, dist)):
+            for name, v in terms.items():
                 if not math.isfinite(v):
                     raise DivergedError(
                         f"loss term '{name}' is {v} at epoch {epoch + 1}, step {step + 1}: the run diverged "
                         f"(try a lower train.lr)")
                 progress.sums[name] = progress.sums.get(name, 0.0) + v
+            progress.images += n
         pending.clear()
         progress.seconds = seconds_before + time.perf_counter() - start
         return progress
@@ -249,6 +276,7 @@ def train_one_epoch(
     for i, batch in enumerate(loader):
         step = start_step + i
         seed_step(cfg.train.seed, epoch, step, generator, device)
+        skip_draws(generator, skip)
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         if cfg.train.channels_last and device.type == "cuda":
@@ -259,9 +287,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         result.total.backward()
         optimizer.step()
-        pending.append((step, {k: v.detach() for k, v in result.terms.items()}))
+        pending.append((step, {k: v.detach() for k, v in result.terms.items()}, int(images.shape[0])))
         progress.steps += 1
-        progress.images += images.shape[0]
         crash_point("after-step")
         if (step + 1) % read_every == 0 or step + 1 == total:
             flush()
@@ -271,6 +298,23 @@ def train_one_epoch(
             after_step(step + 1, flush)
     flush()
     return EpochLog(epoch=epoch, terms=progress.means(), images=progress.images, seconds=progress.seconds)
+
+
+def _combine_ranks(per_rank: list[list[tuple[int, dict[str, float], int]]]) -> list[tuple[int, dict[str, float], int]]:
+    """Each step's loss terms over every rank: the mean weighted by each rank's batch size (the global
+    batch's mean, for a term that is a batch mean), and the images of all ranks. One rank: unchanged."""
+    if len(per_rank) == 1:
+        return per_rank[0]
+    out = []
+    for entries in zip(*per_rank):
+        step = entries[0][0]
+        names = sorted({name for _, terms, _ in entries for name in terms})  # a KD term may be drawn on some ranks only
+        combined = {}
+        for name in names:
+            held = [(terms[name], n) for _, terms, n in entries if name in terms]
+            combined[name] = sum(v * n for v, n in held) / max(sum(n for _, n in held), 1)
+        out.append((step, combined, sum(n for _, _, n in entries)))
+    return out
 
 
 class _InterruptGuard:
@@ -370,6 +414,22 @@ def _collate():
 
 # ------------------------------------------------------------------------------ the run
 
+def _rank_share(order: list[int], batch_size: int, dist: DistContext | None) -> tuple[list[int], int, int]:
+    """This rank's images of an epoch slice, its batch size, and its per-sample ε draws to skip.
+
+    One process: everything, in batches of B. Rank r of N: its slice of every global batch
+    (:func:`kdcicam.distributed.shard_order`) in batches of B / N, skipping the draws of slices 0..r-1.
+    """
+    if dist is None:
+        return order, batch_size, 0
+    n = dist.world_size
+    if len(order) < n:
+        raise ConfigError(f"the training split's {len(order)} image(s) of this epoch are fewer than the {n} "
+                          "processes: train on fewer processes")
+    c = min(len(order), batch_size)  # the global batch (a lone batch smaller than B when the split is)
+    return shard_order(order, batch_size, dist.rank, n), local_batch_size(batch_size, n), dist.rank * c // n
+
+
 def fit(
     model: torch.nn.Module,
     recipe: Recipe,
@@ -384,6 +444,7 @@ def fit(
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
     on_resume: Callable[[Position | None, list[str]], None] | None = None,
     checkpoint_every: int = 0,
+    dist: DistContext | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.train.epochs`` epochs, resuming from ``run_dir`` if it holds a checkpoint.
 
@@ -397,22 +458,36 @@ def fit(
             run) and the warnings about checkpoints that were skipped or repaired.
         checkpoint_every: also commit the position every this many steps inside an epoch (0 = at
             epoch ends only); a resumed epoch continues at the next batch.
+        dist: this process's place in a multi-process run (None: one process). Every rank calls
+            ``fit``; only rank 0 reads the checkpoint (and sends it), validates, calls ``on_*`` and writes
+            files. ``model`` stays unwrapped: its BatchNorms are made synchronised in place and a
+            DistributedDataParallel wrapper of it trains.
 
     Raises:
         DivergedError: a loss term is not finite.
-        TrainingInterrupted: Ctrl-C; the position at the last finished step is saved first.
+        TrainingInterrupted: Ctrl-C; the position at the last finished step is saved first (under
+            ``dist``: at most one step later, on every rank, once any rank got it).
     """
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    main = dist is None or dist.is_main
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(run_dir)  # this process owns the run: a temp file is a killed writer's
+    bs = cfg.train.batch_size
+    if dist is not None:
+        local_batch_size(bs, dist.world_size)  # fails early, on every rank alike
+        convert_sync_batchnorm(model, device)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)  # this process owns the run: a temp file is a killed writer's
     optimizer = build_optimizer(model, cfg, device)
     generator = torch.Generator()  # ε draws; reseeded at every step (seed_step)
     result = FitResult()
     best: dict[str, dict[str, float]] = {}
     start_epoch, start_step, progress = 0, 0, None
-    state, warnings = load_resume_state(run_dir, map_location=device)
+    state, warnings = (load_resume_state(run_dir, map_location=device if dist is None else "cpu")
+                       if main else (None, []))
+    if dist is not None:
+        state = broadcast_object(state, dist)  # rank 0's checkpoint, on every rank
     result.warnings.extend(warnings)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -420,16 +495,18 @@ def fit(
         best = {c: dict(b) for c, b in state.get("best", {}).items()}
         result.val = list(state.get("val_history", []))
         pos = result.resumed_from = _position(state)
-        result.warnings.extend(_reconcile_best(run_dir, best, state, cfg))
+        if main:
+            result.warnings.extend(_reconcile_best(run_dir, best, state, cfg))
         if pos.epoch_done:
             start_epoch = pos.epoch + 1
         else:
             start_epoch, start_step = pos.epoch, pos.step
             progress = EpochProgress(**state["progress"])
         del state
-    if on_resume is not None:
+    if on_resume is not None and main:
         on_resume(result.resumed_from, list(result.warnings))
-    epochs, bs, seed = cfg.train.epochs, cfg.train.batch_size, cfg.train.seed
+    epochs, seed = cfg.train.epochs, cfg.train.seed
+    train_model = wrap_ddp(model, device) if dist is not None else model
     t0 = time.perf_counter()
 
     def training_state(epoch: int, step: int, done: bool, prog: EpochProgress | None) -> dict[str, Any]:
@@ -443,8 +520,9 @@ def fit(
         total = steps_per_epoch(len(order), bs)
         used = len(order) if len(order) <= bs else total * bs
         first = start_step if epoch == start_epoch else 0
+        mine, batch, offset = _rank_share(order[first * bs:used], bs, dist)
         loader = DataLoader(
-            EpochView(train_set, order[first * bs:used], seed=seed, epoch=epoch), batch_size=bs, shuffle=False,
+            EpochView(train_set, mine, seed=seed, epoch=epoch), batch_size=batch, shuffle=False,
             num_workers=cfg.train.num_workers, collate_fn=_collate(), drop_last=False,
             pin_memory=device.type == "cuda")
         prog = progress if progress is not None else EpochProgress()
@@ -453,27 +531,33 @@ def fit(
 
         def after_step(done: int, flush: Callable[[], EpochProgress], epoch: int = epoch, total: int = total,
                        guard: _InterruptGuard = guard) -> None:
+            stop = any_rank(guard.pending, dist)  # every rank stops at the same step
             due = checkpoint_every > 0 and done % checkpoint_every == 0 and done < total
-            if guard.pending or due:
-                _commit(training_state(epoch, done, False, flush()), run_dir)
-            if guard.pending:
+            if stop or due:
+                state = training_state(epoch, done, False, flush())
+                if main:
+                    _commit(state, run_dir)
+            if stop:
                 raise TrainingInterrupted(f"at epoch {epoch + 1}/{epochs}, step {done}/{total} (position saved)")
 
         with guard:
-            log = train_one_epoch(model, recipe, optimizer, loader, device, epoch, cfg=cfg, teachers=teachers,
-                                  generator=generator, on_step=on_step, start_step=first, total_steps=total,
-                                  progress=prog, after_step=after_step)
-        if guard.pending:  # Ctrl-C after the last step's check: save the trained, unvalidated epoch
+            log = train_one_epoch(train_model, recipe, optimizer, loader, device, epoch, cfg=cfg, teachers=teachers,
+                                  generator=generator, on_step=on_step if main else None, start_step=first,
+                                  total_steps=total, progress=prog, after_step=after_step, dist=dist,
+                                  draw_offset=offset)
+        if any_rank(guard.pending, dist):  # Ctrl-C after the last step's check: save the trained, unvalidated epoch
             after_step(total, lambda prog=prog: prog)
         result.epochs.append(log)
-        val_metrics = validate(model) if validate is not None else {}
-        result.val.append({"epoch": epoch, **val_metrics})
-        improved = update_best(best, epoch, val_metrics)
-        if on_epoch is not None:
-            on_epoch(log, val_metrics)
-        _commit(training_state(epoch, total, True, None), run_dir)
-        for criterion in improved:
-            save_checkpoint(_best_state(model.state_dict(), epoch, cfg), run_dir, f"best_{criterion}.pt")
+        if main:
+            val_metrics = validate(model) if validate is not None else {}
+            result.val.append({"epoch": epoch, **val_metrics})
+            improved = update_best(best, epoch, val_metrics)
+            if on_epoch is not None:
+                on_epoch(log, val_metrics)
+            _commit(training_state(epoch, total, True, None), run_dir)
+            for criterion in improved:
+                save_checkpoint(_best_state(model.state_dict(), epoch, cfg), run_dir, f"best_{criterion}.pt")
+        barrier(dist)  # the other ranks wait here (long timeout) while rank 0 validates and writes
     result.best = best
     result.seconds = time.perf_counter() - t0
     return result

@@ -201,8 +201,8 @@ def _newer_schema(w: dict) -> None:
 
 
 def _weights_train(w: dict) -> list[str]:
-    return ["train", "--profile", "smoke", "--set", "model.width=1.0", "--weights", str(w["root"] / "weights.pth"),
-            "--db", w["url"]]
+    return ["train", "--profile", "smoke", "--set", "model.width=1.0", "--set", "model.batch_norm=false",
+            "--weights", str(w["root"] / "weights.pth"), "--db", w["url"]]
 
 
 def _registry_edit(file: str, old: str, new: str) -> Callable[[dict], None]:

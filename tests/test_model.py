@@ -478,3 +478,17 @@ def test_param_groups_accepts_a_float_multiplier():
     assert backbone["lr"] == pytest.approx(2.5e-4) and backbone["lr_scale"] == 0.25 and head["lr"] == 1e-3
     with pytest.raises(ConfigError, match="must be > 0"):
         param_groups(model, 1e-3, 0.0)
+
+
+def test_vgg16_batch_norm_matches_torchvision_vgg16_bn_keys_and_shapes():
+    """model.batch_norm builds torchvision's vgg16_bn layout, so its ImageNet file maps onto ours."""
+    import torchvision
+
+    theirs = torchvision.models.vgg16_bn(weights=None).features.state_dict()
+    model = build_model(ModelConfig(num_classes=3, batch_norm=True), "paper", 64)
+    ours = {k[len("backbone."):]: v.shape for k, v in model.state_dict().items() if k.startswith("backbone.features.")}
+    assert model.backbone.name == "vgg16_bn"
+    assert {f"features.{k}": v.shape for k, v in theirs.items()} == ours
+    plain = build_model(ModelConfig(num_classes=3), "paper", 64)
+    assert plain.backbone.name == "vgg16"
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.backbone.features)

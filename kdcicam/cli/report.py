@@ -34,6 +34,12 @@ class Protocol(str, Enum):
     standard = "standard"
 
 
+class ThresholdPolicy(str, Enum):
+    fixed = "fixed"
+    val = "val"
+    oracle = "oracle"
+
+
 class Selection(str, Enum):
     last = "last"
     top1_loc = "top1_loc"
@@ -98,18 +104,31 @@ def compare_cmd(
     run_b: str = typer.Argument(..., help="Run B, named the same ways."),
     protocol: Protocol = typer.Option(Protocol.paper, "--protocol", help="Evaluation protocol to compare."),
     selection: Selection = typer.Option(Selection.last, "--selection", help="Checkpoint selection to compare."),
+    threshold_policy: ThresholdPolicy = typer.Option(
+        ThresholdPolicy.fixed, "--threshold-policy",
+        help="θ of the numbers: fixed (the run's), val (chosen on validation) or oracle (chosen on test: an "
+             "upper bound)."),
+    protocol_b: Protocol | None = typer.Option(None, "--protocol-b", help="B's protocol, if not A's (no verdict)."),
+    threshold_policy_b: ThresholdPolicy | None = typer.Option(
+        None, "--threshold-policy-b", help="B's θ policy, if not A's (no verdict)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
     db: str | None = typer.Option(None, "--db", help=_DB_HELP),
     resamples: int = typer.Option(2000, "--resamples", min=100, help="Paired bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
 ) -> None:
-    """Compare two runs: config difference, metric deltas, and paired per-image tests."""
+    """Compare two runs: config difference, metric deltas, and paired per-image tests.
+
+    A verdict is given only when both numbers were produced the same way (protocol, variant,
+    threshold policy, eval.select_on); otherwise: "no verdict: the runs differ in ...".
+    """
     from kdcicam.compare import compare_runs, format_comparison
     from kdcicam.store import open_store
 
     with open_store(_db_url(db), create=False) as store:
         result = compare_runs(store, run_a, run_b, protocol=protocol.value, selection=selection.value,
-                              n_resamples=resamples, seed=seed)
+                              n_resamples=resamples, seed=seed, threshold_policy=threshold_policy.value,
+                              protocol_b=protocol_b.value if protocol_b else None,
+                              threshold_policy_b=threshold_policy_b.value if threshold_policy_b else None)
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
     if as_json:

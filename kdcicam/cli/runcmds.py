@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from kdcicam.errors import ConfigError
 ablate_app = typer.Typer()
 DATASETS = ("synthetic", "cub", "ilsvrc", "wsol")
 BACKBONES = ("vgg16", "inceptionv3")
+LAUNCHERS = ("local", "slurm", "submitit-local")
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
@@ -29,8 +32,12 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
 
 def _prepare(*, profile: str, dataset: str, data: Path | None, backbone: str, variant: str,
              registry_dir: Path | None, db: str | None, artifacts: Path, device: str, weights: str | None,
-             force: bool, sets: dict[str, Any]):
-    """Shared set-up: registry, scope, device, store, a cached dataset opener, the checks of the paper profile."""
+             force: bool, sets: dict[str, Any], join: bool = False):
+    """Shared set-up: registry, scope, device, store, a cached dataset opener, the checks of the paper profile.
+
+    ``join``: under torchrun, join the process group (its rank's device); only rank 0 opens the store
+    and generates data (the others open the data once rank 0 has it).
+    """
     from kdcicam.registry import Scope, load_registry
     from kdcicam.runtime import pick_device
     from kdcicam.store import open_store
@@ -57,17 +64,36 @@ def _prepare(*, profile: str, dataset: str, data: Path | None, backbone: str, va
     if missing and not force:
         raise ConfigError(f"profile {profile!r} needs {'; '.join(missing)} (or pass --force to run anyway)")
     configure_threads()
+    dctx, dev = _join_group(dev) if join else (None, dev)
     scope = Scope(dataset=dataset, backbone=backbone, root=str(data) if data else None)
-    store = open_store(db_url(db))
-    cache = cache_dir()
+    store = open_store(db_url(db)) if dctx is None or dctx.is_main else None
+    open_data = _ranked_opener(cache_dir(), dctx)
+    return reg, scope, dev, store, open_data, sets, dctx
+
+
+def _join_group(dev):
+    """Under torchrun: join its process group (device ``cuda:LOCAL_RANK`` on GPUs); else (None, dev)."""
+    from kdcicam.distributed import init_distributed
+
+    joined = init_distributed(os.environ, dev)
+    return joined if joined is not None else (None, dev)
+
+
+def _ranked_opener(cache: Path, dctx):
+    """A cached dataset opener; in a process group rank 0 opens (and may generate) first, the others after."""
+    from kdcicam.distributed import barrier
 
     @functools.lru_cache(maxsize=None)
     def open_data(data_cfg: DataConfig):
         from kdcicam.data.source import open_dataset
 
-        return open_dataset(data_cfg, cache)
+        if dctx is None:
+            return open_dataset(data_cfg, cache)
+        index = open_dataset(data_cfg, cache) if dctx.is_main else None
+        barrier(dctx)
+        return index if index is not None else open_dataset(data_cfg, cache)
 
-    return reg, scope, dev, store, open_data, sets
+    return open_data
 
 
 def _preflight(cfgs) -> None:
@@ -83,19 +109,20 @@ def _preflight(cfgs) -> None:
         build_model(cfg.model, cfg.variant, input_size=cfg.data.crop)
 
 
-def _context(store, artifacts: Path, dev, progress):
+def _context(store, artifacts: Path, dev, progress, dist=None):
     from kdcicam.runner import RunContext
 
-    return RunContext(store=store, artifacts_root=Path(artifacts), device=dev, on_event=progress.event)
+    return RunContext(store=store, artifacts_root=Path(artifacts), device=dev, on_event=progress.event, dist=dist)
 
 
-def _run_plan(runs, ctx_args, quiet: bool):
+def _run_plan(runs, ctx_args, quiet: bool, dist=None, execute_one=None):
     from kdcicam.cli.progress import RunProgress
     from kdcicam.runner import execute_plan
 
     store, artifacts, dev = ctx_args
+    quiet = quiet or (dist is not None and not dist.is_main)  # one progress display: rank 0's
     with RunProgress(total_runs=len(runs), quiet=quiet) as progress:
-        ctx = _context(store, artifacts, dev, progress)
+        ctx = _context(store, artifacts, dev, progress, dist)
 
         def start(run):
             label = ", ".join(f"{t}/{c}" for t, c, *_ in run.labels[:2]) or run.role
@@ -114,7 +141,7 @@ def _run_plan(runs, ctx_args, quiet: bool):
                 progress.log(f"  [red]{run.run_id[:12]} {run.role}: {outcome.status}[/]: {outcome.message}")
 
         try:
-            return execute_plan(runs, ctx, on_run_start=start, on_run_end=end)
+            return execute_plan(runs, ctx, on_run_start=start, on_run_end=end, execute_one=execute_one)
         except KeyboardInterrupt as exc:  # Typer would exit 130 silently: say what happened, in one line
             interrupted = exc
     from kdcicam.errors import EXIT_INTERRUPTED
@@ -163,26 +190,40 @@ def train(
     force: bool = typer.Option(False, "--force", help="Run a profile even when its requirements are missing."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    run_spec: Path | None = typer.Option(None, "--run-spec", help="Run exactly the run this file describes "
+                                         "(written by ablate --gpus / --launcher slurm); config options are ignored."),
 ) -> None:
-    """Train (or resume, or reuse) one run, evaluate it under both protocols, store it."""
+    """Train (or resume, or reuse) one run, evaluate it under both protocols, store it.
+
+    Under ``torchrun --nproc_per_node N -m kdcicam train ...`` the run trains on N processes
+    (DistributedDataParallel; train.batch_size is the global batch); rank 0 alone writes.
+    """
     from kdcicam.plan import PlannedRun, run_id_for
     from kdcicam.registry import resolve_config
 
+    if run_spec is not None:
+        _train_spec(run_spec, db=db, artifacts=artifacts, device=device, quiet=quiet, as_json=as_json)
+        return
     _choice(role, ROLES, "--role")
     sets = {**read_config_file(config), **parse_sets(set_)}
     if deterministic:
         sets["train.deterministic"] = True
-    reg, scope, dev, store, open_data, sets = _prepare(
+    reg, scope, dev, store, open_data, sets, dctx = _prepare(
         profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
-        db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets)
+        db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets, join=True)
     refs = None
     if role == "distilled":
         if not teacher_cls and not teacher_loc:
             raise ConfigError("--role distilled needs --teacher-cls RUN and/or --teacher-loc RUN")
         _choice(cls_select, SELECTIONS, "--cls-select")
         _choice(loc_select, SELECTIONS, "--loc-select")
-        refs = TeacherRefs(cls_run=store.resolve_run(teacher_cls).id if teacher_cls else None, cls_select=cls_select,
-                           loc_run=store.resolve_run(teacher_loc).id if teacher_loc else None, loc_select=loc_select)
+        from kdcicam.distributed import broadcast_object
+
+        if store is not None:  # rank 0 (or the only process) resolves; the others get its answer
+            refs = TeacherRefs(cls_run=store.resolve_run(teacher_cls).id if teacher_cls else None,
+                               cls_select=cls_select, loc_select=loc_select,
+                               loc_run=store.resolve_run(teacher_loc).id if teacher_loc else None)
+        refs = broadcast_object(refs, dctx)
     elif teacher_cls or teacher_loc:
         raise ConfigError("--teacher-cls/--teacher-loc are only for --role distilled")
     cfg = resolve_config(reg, scope=scope, profile=profile, variant=variant, role=role, context_pool=context_pool,
@@ -194,7 +235,18 @@ def train(
     set_seed(cfg.train.seed, cfg.train.deterministic)
     _preflight([cfg])
     run = PlannedRun(run_id=run_id_for(cfg, index.fingerprint), cfg=cfg, dataset=index)
-    outcomes = _run_plan([run], (store, artifacts, dev), quiet=quiet or as_json)
+    _finish_train(run, store, artifacts, dev, dctx, quiet=quiet, as_json=as_json)
+
+
+def _finish_train(run, store, artifacts: Path, dev, dctx, *, quiet: bool, as_json: bool) -> None:
+    """Run one planned run (on every rank of a process group), then report it (rank 0)."""
+    from kdcicam.distributed import shutdown
+
+    outcomes = _run_plan([run], (store, artifacts, dev), quiet=quiet or as_json, dist=dctx)
+    shutdown(dctx)  # reached by every rank only when none failed mid-run
+    if store is None:  # a rank other than 0: rank 0 reports
+        return
+    role, profile, variant = run.role, run.cfg.profile, run.cfg.variant
     rows = _outcome_rows(store, [run], outcomes)
     if as_json:
         echo_json(rows[0])
@@ -203,6 +255,22 @@ def train(
                    + (f" — {outcomes[0].message}" if outcomes[0].message else ""))
     if outcomes[0].status != "finished":
         raise typer.Exit(1)
+
+
+def _train_spec(path: Path, *, db: str | None, artifacts: Path, device: str, quiet: bool, as_json: bool) -> None:
+    """``train --run-spec``: the run a spec file describes, exactly (nothing re-resolved)."""
+    from kdcicam.launch import planned_run, read_spec
+    from kdcicam.runtime import pick_device, set_seed
+    from kdcicam.store import open_store
+
+    spec = read_spec(path)
+    configure_threads()
+    dctx, dev = _join_group(pick_device(device))
+    store = open_store(db_url(db)) if dctx is None or dctx.is_main else None
+    run = planned_run(spec, _ranked_opener(Path(spec.data_cache), dctx), where=str(path))
+    set_seed(run.cfg.train.seed, run.cfg.train.deterministic)
+    _preflight([run.cfg])
+    _finish_train(run, store, artifacts, dev, dctx, quiet=quiet, as_json=as_json)
 
 
 # ---------------------------------------------------------------------------------- evaluate
@@ -274,6 +342,17 @@ def ablate(
     force: bool = typer.Option(False, "--force", help="Run a profile even when its requirements are missing."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan / results as JSON."),
+    gpus: int = typer.Option(1, min=1, help="Local launcher: train each run on this many processes of this "
+                             "machine (torchrun, one GPU each; train.batch_size stays the global batch)."),
+    launcher: str = typer.Option("local", help="local (runs here, one after another) | slurm (one SLURM job per "
+                                 "run, through submitit) | submitit-local (the slurm path as local processes)."),
+    partition: str | None = typer.Option(None, help="SLURM partition of every job."),
+    time_min: int = typer.Option(24 * 60, "--time", min=1, help="SLURM time limit per job, in minutes "
+                                 "(a job that reaches it is requeued and resumes)."),
+    gpus_per_job: int = typer.Option(1, min=0, help="SLURM: GPUs per job (= training processes, torchrun)."),
+    cpus_per_job: int | None = typer.Option(None, min=1, help="SLURM: --cpus-per-task of every job."),
+    slurm_log_dir: Path | None = typer.Option(None, help="submitit's folder (job scripts, logs) "
+                                              "(default: ARTIFACTS/slurm)."),
 ) -> None:
     """Plan, train (or reuse) and evaluate every run an ablation table needs, and store the results."""
     from kdcicam.plan import make_plan
@@ -284,8 +363,11 @@ def ablate(
         return
     if table is None:
         raise ConfigError("name a table (table3, table4, table5, figure1b or all), or use --list")
+    _choice(launcher, LAUNCHERS, "--launcher")
+    if launcher != "local" and gpus != 1:
+        raise ConfigError("--gpus is for --launcher local; with SLURM give --gpus-per-job")
     sets = parse_sets(set_)
-    reg, scope, dev, store, open_data, sets = _prepare(
+    reg, scope, dev, store, open_data, sets, _ = _prepare(
         profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
         db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets)
     tables = sorted(reg.tables) if table == "all" else [reg.table(table).key]
@@ -295,10 +377,19 @@ def ablate(
         _print_plan(plan, store, as_json)
         return
     _preflight(r.cfg for r in plan.runs)
+    if launcher != "local":
+        _submit(plan, store, artifacts, dev, launcher=launcher, device=device, as_json=as_json,
+                options=_slurm_options(partition, time_min, gpus_per_job, cpus_per_job, slurm_log_dir, artifacts))
+        return
     from kdcicam.runtime import set_seed
 
     set_seed(0)
-    outcomes = _run_plan(plan.runs, (store, artifacts, dev), quiet=quiet or as_json)
+    execute_one = None
+    if gpus > 1:
+        from kdcicam.launch import execute_in_child
+
+        execute_one = execute_in_child(gpus, cache_dir(), device)
+    outcomes = _run_plan(plan.runs, (store, artifacts, dev), quiet=quiet or as_json, execute_one=execute_one)
     rows = _outcome_rows(store, plan.runs, outcomes)
     failed = [r for r in rows if r["status"] != "finished"]
     if as_json:
@@ -310,6 +401,56 @@ def ablate(
                    f"{trained} trained, {reused} reused, {len(failed)} failed or skipped. "
                    f"Next: kdcicam report --format html")
     if failed:
+        raise typer.Exit(1)
+
+
+def _slurm_options(partition, time_min, gpus_per_job, cpus_per_job, log_dir, artifacts: Path):
+    from kdcicam.launch import SLURM_LOG_DIR, SlurmOptions
+
+    return SlurmOptions(partition=partition, time_min=time_min, gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_job,
+                        log_dir=Path(log_dir or Path(artifacts) / SLURM_LOG_DIR).resolve())
+
+
+def _submit(plan, store, artifacts: Path, dev, *, launcher: str, device: str, options, as_json: bool) -> None:
+    """``ablate --launcher slurm|submitit-local``: record every run, submit one job per unfinished run.
+
+    SLURM: returns once submitted (follow with ``kdcicam runs list``). submitit-local: waits for the jobs.
+    """
+    from kdcicam.distributed import launch_command
+    from kdcicam.launch import make_executor, spec_for, submit_plan, train_args, write_spec
+    from kdcicam.runner import RunContext, register_run
+
+    ctx = RunContext(store=store, artifacts_root=Path(artifacts).resolve(), device=dev)
+    finished = {r.run_id for r in plan.runs if register_run(r, r.dataset, ctx).status == "finished"}
+    cluster = "slurm" if launcher == "slurm" else "local"
+    make_executor(cluster, options.log_dir, options)  # fails here, before any job, when SLURM is not there
+
+    def command_for(run) -> list[str]:
+        spec_file = write_spec(spec_for(run, cache_dir()), ctx.artifacts_root)
+        return launch_command(max(options.gpus_per_job, 1), train_args(spec_file, store.url, ctx.artifacts_root,
+                                                                       device), sys.executable)
+
+    def said(item) -> None:
+        if not as_json:
+            job = f"job {item.job.job_id}" if item.job is not None else "no job"
+            typer.echo(f"  {item.run.run_id[:12]} {item.run.role:<12} {job}" + (f" ({item.note})" if item.note else ""))
+
+    executor_for = lambda name, dep: make_executor(cluster, options.log_dir, options, name, dep)  # noqa: E731
+    items = submit_plan(plan.runs, cluster, executor_for, command_for, on_submit=said,
+                        skip=lambda run: "finished earlier, reused" if run.run_id in finished else "")
+    if launcher == "submitit-local":
+        for item in items:
+            if item.job is not None:
+                item.job.wait()
+    rows = [{"run_id": i.run.run_id, "role": i.run.role, "job_id": i.job.job_id if i.job is not None else None,
+             "note": i.note, "status": store.get_run(i.run.run_id).status} for i in items]
+    if as_json:
+        echo_json({"launcher": launcher, "log_dir": str(options.log_dir), "runs": rows})
+    else:
+        submitted = sum(1 for i in items if i.job is not None)
+        typer.echo(f"{submitted} job(s) submitted ({launcher}), logs in {options.log_dir}. "
+                   "Follow with: kdcicam runs list; then kdcicam report")
+    if launcher == "submitit-local" and any(r["status"] != "finished" for r in rows):
         raise typer.Exit(1)
 
 

@@ -37,6 +37,7 @@ NONLOCAL_SITES: dict[str, tuple[str, ...]] = {
 # torchvision's ImageNet checkpoint file for each backbone (the name torch.hub caches it under).
 CHECKPOINT_FILES: dict[str, str] = {
     "vgg16": "vgg16-397923af.pth",
+    "vgg16_bn": "vgg16_bn-6c64b313.pth",
     "inceptionv3": "inception_v3_google-0cc3c7bd.pth",
 }
 
@@ -73,13 +74,15 @@ class VGG16Backbone(nn.Module):
         output_stride: 16 (pool1-pool4, the paper), 8 (no pool4) or 4 (no pool3, pool4).
         nonlocal_blocks: number of non-local blocks, 0-4 (sites: NONLOCAL_SITES["vgg16"]).
         activation: "relu" (torchvision, variant "paper") or "leaky_relu" (LeakyReLU(0.2), variant "reference").
+        batch_norm: a BatchNorm after every conv (torchvision's vgg16_bn layout and weights file). The paper's
+            network has none; the reduced profiles, which train from scratch, use it because plain VGG16
+            trained from scratch is unstable (docs/fidelity.md, S5).
     """
 
-    name = "vgg16"
-
     def __init__(self, width: float = 1.0, output_stride: int = 16, nonlocal_blocks: int = 4,
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", batch_norm: bool = False) -> None:
         super().__init__()
+        self.name = "vgg16_bn" if batch_norm else "vgg16"
         if output_stride not in (4, 8, 16):
             raise ConfigError(f"model.output_stride = {output_stride}: vgg16 takes 16, 8 or 4")
         if activation not in ACTIVATIONS:
@@ -99,12 +102,14 @@ class VGG16Backbone(nn.Module):
             else:
                 out_channels = scale_channels(int(v), width)
                 layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(out_channels))
                 layers.append(nn.ReLU(inplace=True) if activation == "relu" else nn.LeakyReLU(0.2, inplace=True))
                 in_channels = out_channels
         site_at[len(layers) - 1] = "conv5_3"
         self.features = nn.Sequential(*layers)
         channels_at = {site: self._channels_before(layers, i) for i, site in site_at.items()}
-        sites = select_sites(self.name, nonlocal_blocks)
+        sites = select_sites("vgg16", nonlocal_blocks)
         self.nonlocal_blocks = nn.ModuleDict({s: NonLocalBlock(channels_at[s]) for s in sites})
         self._site_at = {i: s for i, s in site_at.items() if s in sites}
         self.width = width
@@ -303,7 +308,7 @@ class InceptionV3Backbone(nn.Module):
 
 
 def build_backbone(name: str, width: float, output_stride: int, nonlocal_blocks: int,
-                   variant: str) -> VGG16Backbone | InceptionV3Backbone:
+                   variant: str, batch_norm: bool = False) -> VGG16Backbone | InceptionV3Backbone:
     """Build a backbone by name.
 
     Args:
@@ -312,6 +317,7 @@ def build_backbone(name: str, width: float, output_stride: int, nonlocal_blocks:
         output_stride: 16, 8 or 4 (vgg16); 16 (inceptionv3).
         nonlocal_blocks: how many non-local blocks (see NONLOCAL_SITES).
         variant: "reference" uses LeakyReLU(0.2) in VGG16 (the authors' code), "paper" ReLU.
+        batch_norm: VGG16 only: a BatchNorm after every conv (vgg16_bn); InceptionV3 always has them.
 
     Raises:
         ConfigError: unknown name, width <= 0, or an unsupported stride / block count.
@@ -320,7 +326,7 @@ def build_backbone(name: str, width: float, output_stride: int, nonlocal_blocks:
         raise ConfigError(f"model.width = {width!r}: must be > 0")
     if name == "vgg16":
         activation = "leaky_relu" if variant == "reference" else "relu"
-        return VGG16Backbone(width, output_stride, nonlocal_blocks, activation)
+        return VGG16Backbone(width, output_stride, nonlocal_blocks, activation, batch_norm)
     if name == "inceptionv3":
         return InceptionV3Backbone(width, output_stride, nonlocal_blocks)
     raise ConfigError(f"model.backbone = {name!r}: must be one of {', '.join(map(repr, NONLOCAL_SITES))}")

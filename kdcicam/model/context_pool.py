@@ -26,6 +26,10 @@ The two fidelity variants differ in three rules (:data:`POOL_RULES`):
 Several samples of one class in a batch are summed (raw CAMs) before the inner bn, in both variants, as the
 reference does: the update is one vectorised ``index_add_`` per step, no loop over samples.
 
+One run on many processes (DistributedDataParallel): before each update the per-class contributions of
+every process are summed (:func:`reduce_contributions`, the pool's ``reduce`` hook), so every process applies
+the update one process would apply to the combined batch, and Q stays the same on every process.
+
 The pool is a registered buffer (saved in the state dict, no gradient, moved by ``.to(device)``) of a fixed
 (h, w) chosen at construction. At another input size the entry read for enhancement is resized bilinearly
 to the feature map, and a contribution is resized bilinearly to the pool before it is added.
@@ -33,9 +37,11 @@ to the feature map, and a contribution is resized bilinearly to the pool before 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -100,6 +106,28 @@ def pool_contributions(cams: torch.Tensor, top1: torch.Tensor, labels: torch.Ten
     return total, touched
 
 
+def reduce_contributions(total: torch.Tensor, touched: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum one step's contributions over every process of the run (one all-reduce); a no-op for one process.
+
+    The sum of the processes' summed CAMs is the sum over the combined batch, and a class is touched
+    when any process touched it, exactly as :func:`pool_contributions` on the combined batch would give.
+
+    Args:
+        total: (n, h, w) float32 summed CAMs of this process's contributing samples.
+        touched: (n,) bool, classes this process's samples contributed to.
+
+    Returns:
+        (n, h, w) summed over processes, (n,) bool touched on any process (the inputs themselves
+        without an initialised process group of more than one process).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return total, touched
+    n = total.shape[0]
+    packed = torch.cat([total.reshape(-1), touched.to(total.dtype)])  # (n*h*w + n,) one collective
+    dist.all_reduce(packed)  # sum over processes
+    return packed[:-n].view_as(total), packed[-n:] > 0
+
+
 def updated_pool(q: torch.Tensor, total: torch.Tensor, touched: torch.Tensor, rate: float,
                  restandardize_all: bool) -> torch.Tensor:
     """Eq. 7 for every class at once: ``bn(Q + λ · bn(total))``.
@@ -128,6 +156,10 @@ class CausalContextPool(nn.Module):
         size: (h, w) of the pool = the feature-map size at the training input size.
         update_rate: λ of Eq. 7.
         rule: the variant's :class:`PoolRule`.
+
+    Attributes:
+        reduce: hook combining one step's (total, touched) across processes before the update
+            (:func:`reduce_contributions`: a sum over an initialised process group, else unchanged).
     """
 
     def __init__(self, num_classes: int, size: tuple[int, int], update_rate: float, rule: PoolRule) -> None:
@@ -135,6 +167,7 @@ class CausalContextPool(nn.Module):
         self.num_classes = num_classes
         self.update_rate = update_rate
         self.rule = rule
+        self.reduce: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = reduce_contributions
         self.register_buffer("q", torch.zeros(num_classes, *size))  # (n, h, w), starts empty (all zeros)
 
     @property
@@ -155,6 +188,7 @@ class CausalContextPool(nn.Module):
         total, touched = pool_contributions(cams, top1, labels, self.rule.correct_only)  # (n, h', w'), (n,)
         if total.shape[-2:] != self.q.shape[-2:]:
             total = F.interpolate(total[None], size=self.size, mode="bilinear", align_corners=False)[0]
+        total, touched = self.reduce(total, touched)  # (n, h, w), (n,): the combined batch's, on every process
         self.q.copy_(updated_pool(self.q, total, touched, self.update_rate, self.rule.restandardize_all))
         return True
 

@@ -40,7 +40,8 @@ def build_model(cfg: ModelConfig, variant: str, input_size: int) -> CICAM:
     _check_variant(variant)
     if cfg.num_classes < 1:
         raise ConfigError(f"model.num_classes = {cfg.num_classes}: must be >= 1")
-    backbone = build_backbone(cfg.backbone, cfg.width, cfg.output_stride, cfg.nonlocal_blocks, variant)
+    backbone = build_backbone(cfg.backbone, cfg.width, cfg.output_stride, cfg.nonlocal_blocks, variant,
+                              cfg.batch_norm)
     side = backbone.feature_size(input_size)
     if side < 1:
         raise ConfigError(f"input size {input_size}: too small for {cfg.backbone} at output_stride "

@@ -21,8 +21,9 @@ from sqlalchemy.exc import ArgumentError
 
 from kdcicam.registry import Registry
 from kdcicam.report.render import FORMATS, Rendered, render
-from kdcicam.report.tables import PROTOCOL_NAMES, ReportData, collect, report_json
-from kdcicam.store import Store
+from kdcicam.report.tables import AUDIT_METRICS, PROTOCOL_NAMES, ReportData, collect, report_json
+from kdcicam.selection import EpochAudit, epoch_audit
+from kdcicam.store import RunInfo, Store
 
 __all__ = ["FORMATS", "PROTOCOL_NAMES", "Rendered", "ReportData", "build_report", "render", "report_json"]
 
@@ -53,7 +54,21 @@ def build_report(store: Store | None, reg: Registry, *, protocols: Sequence[str]
     finished = [r.id for r in runs if r.status == "finished"]
     finals = store.final_metrics(finished) if store is not None and finished else pd.DataFrame(
         columns=["run_id", "protocol", "selection", "threshold_policy", "split", "name", "value"])
-    return collect(reg, runs, finals, store_url=url, protocols=protocols, table_keys=keys, generated=generated)
+    audits = _epoch_audits(store, reg, runs, keys) if store is not None else {}
+    return collect(reg, runs, finals, store_url=url, protocols=protocols, table_keys=keys, generated=generated,
+                   epoch_audits=audits)
+
+
+def _epoch_audits(store: Store, reg: Registry, runs: Sequence[RunInfo], keys: Sequence[str]) -> dict[str, EpochAudit]:
+    """The per-epoch test audit of every finished run a shown (non-scatter) table labels."""
+    tables = {k for k in keys if reg.tables[k].kind == "table"}
+    out = {}
+    for run in runs:
+        if run.status == "finished" and tables & set(run.labels):
+            audit = epoch_audit(run.id, store.epoch_metrics(run.id), AUDIT_METRICS)
+            if audit is not None:
+                out[run.id] = audit
+    return out
 
 
 def _safe_url(url: str) -> str:

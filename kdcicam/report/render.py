@@ -25,6 +25,8 @@ FORMATS = {"html": "report.html", "md": "report.md", "latex": "report.tex"}
 REDUCED_BANNER = "reduced setting — not a reproduction of the paper's numbers"
 MARKS = {True: "✓", False: "✗", None: "–"}
 FIRST_STEP = "kdcicam ablate table3 --backbone vgg16 --profile quick"
+NO_AUDIT = ("Selection audit: no run of this scope stored per-epoch test numbers or θ-policy numbers "
+            "(evaluated before the audit existed).")
 
 _TEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -32,7 +34,7 @@ _TEX_SPECIAL = {
     "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
     "±": r"\ensuremath{\pm}", "✓": r"\ensuremath{\surd}", "✗": r"\ensuremath{\times}",
     "Δ": r"\ensuremath{\Delta}", "–": "--", "—": "---", "→": r"\ensuremath{\rightarrow}",
-    "−": r"\ensuremath{-}",
+    "−": r"\ensuremath{-}", "≈": r"\ensuremath{\approx}", "θ": r"\ensuremath{\theta}",
 }
 _MD_SPECIAL = {"\\": "\\\\", "|": "\\|", "<": "&lt;", ">": "&gt;", "*": "\\*", "_": "\\_", "`": "\\`",
                "[": "\\[", "]": "\\]"}
@@ -76,10 +78,35 @@ def ours_text(v: MetricValue, row: RowData) -> str:
 
 
 def delta_text(v: MetricValue) -> str:
-    """Our change against the reference row, with the sign mark: "Δ +0.8 ✓"; "" when none."""
+    """Our change against the reference row, with the sign mark: "Δ +0.8 ✓" ("Δ +0.3 ✓ ≈" when the
+    change is within the seed spread); "" when none."""
     if v.delta is None:
         return ""
-    return f"Δ {fmt_signed(v.delta)} {MARKS[v.agree]}"
+    return f"Δ {fmt_signed(v.delta)} {MARKS[v.agree]}" + (" ≈" if v.within_noise else "")
+
+
+def best_text(v: MetricValue) -> str:
+    """What the best of the seeds would have printed; "—" with fewer than two seeds."""
+    return fmt_value(v.best)
+
+
+def audit_text(value: float | None, delta: float | None) -> str:
+    """An audit number with its change against the reported one: "67.0 (Δ +2.0)"; "—" when none."""
+    if value is None:
+        return "—"
+    return fmt_value(value) + (f" (Δ {fmt_signed(delta)})" if delta is not None else "")
+
+
+def thetas_text(thetas: tuple[float | None, ...]) -> str:
+    """Mean θ per policy, "0.14 / 0.20 / 0.25" (fixed / val / oracle); "—" where unknown."""
+    return " / ".join("—" if t is None else f"{t:.2f}" for t in thetas)
+
+
+def count_text(x: float | None) -> str:
+    """A count (mean over seeds; integral when it is one); "—" when unknown."""
+    if x is None:
+        return "—"
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
 
 
 def paper_text(v: MetricValue) -> str:
@@ -160,8 +187,8 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
     )
     env.filters.update(tex=tex_escape, md=md_escape, value=fmt_value, signed=fmt_signed, mark=mark,
-                       ours=ours_text, delta=delta_text, paper=paper_text,
-                       label=lambda m: METRIC_LABELS.get(m, m))
+                       ours=ours_text, delta=delta_text, paper=paper_text, best=best_text, audit=audit_text,
+                       thetas=thetas_text, count=count_text, label=lambda m: METRIC_LABELS.get(m, m))
     return env
 
 
@@ -191,7 +218,7 @@ def render(data: ReportData, reg: Registry, fmt: str, *, figures: bool = True) -
     template = _environment().get_template(f"report.{ 'tex' if fmt == 'latex' else fmt}.j2")
     text = template.render(report=data, scopes=views, figures=figures, banner=REDUCED_BANNER,
                            first_step=FIRST_STEP, metric_labels=METRIC_LABELS, script=script,
-                           script_hash=script_hash)
+                           script_hash=script_hash, no_audit=NO_AUDIT)
     files: dict[str, bytes] = {}
     if fmt != "html":
         for view in views:

@@ -5,6 +5,12 @@ variant. A cell's number is the mean over its seeds of the run labelled ``{table
 that scope, read at the cell's checkpoint selection (``select``), the fixed θ and the test split.
 Our values are fractions in the store and percent here, the unit of the paper's numbers that
 stand beside them. Nothing is rendered in this module: templates get these dataclasses.
+
+Beside each mean: what the best of the N seeds would have printed, and "≈" on a change against
+the reference row smaller than the two rows' seed spread. The *selection audit*
+(:func:`build_audit`) puts each cell's number next to what test-split choices would have printed:
+the checkpoint picked on the test split (max over the per-epoch test numbers) and θ chosen on the
+validation split or on the test split itself (oracle) (:mod:`kdcicam.selection`).
 """
 
 from __future__ import annotations
@@ -12,13 +18,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from kdcicam.registry import METRICS, Registry, Scope, Table
+from kdcicam.registry import METRICS, Cell, Registry, Scope, Table
 from kdcicam.report.stats import mean_std_ci
+from kdcicam.selection import DECISION_METRIC, TEACHER_DECISION_METRIC, EpochAudit, select_on_of
 from kdcicam.store import RunInfo
 
 PROTOCOL_NAMES: tuple[str, ...] = ("paper", "standard")
@@ -29,6 +37,8 @@ METRIC_LABELS = {
 EXTRA_METRIC = "maxboxacc_v2"  # shown in every table although the paper's tables lack it
 METHODS: tuple[str, ...] = ("Base (NL-CCAM)", "CI-CAM", "KD-CI-CAM", "cls teacher", "loc teacher")
 POINT_METRICS: tuple[str, ...] = ("top1_cls", "top1_loc", "gt_known_loc")
+AUDIT_METRICS: tuple[str, ...] = POINT_METRICS  # the selection audit's metrics
+AUDIT_PROTOCOL = "paper"  # per-epoch numbers (checkpoint choice) are measured under this protocol
 _DATASET_LABELS = {"cub": "CUB", "ilsvrc": "ILSVRC", "synthetic": "synthetic", "wsol": "WSOL"}
 _BACKBONE_LABELS = {"vgg16": "VGG16", "inceptionv3": "InceptionV3"}
 _DEFAULT_VARIANT = "reference"  # RunConfig's default: the ablate command need not name it
@@ -40,13 +50,14 @@ _SPLIT = "test"
 
 @dataclass(frozen=True)
 class ScopeKey:
-    """Where runs are comparable: same data, backbone, profile and variant."""
+    """Where runs are comparable: same data, backbone, profile, variant and checkpoint-selection split."""
 
     dataset: str
     backbone: str
     profile: str
     variant: str
     fingerprint: str | None = None
+    select_on: str = "val"  # eval.select_on: "test" runs picked checkpoints on the test split
 
     @property
     def paper_scope(self) -> str:
@@ -67,8 +78,9 @@ class ScopeKey:
     @property
     def title(self) -> str:
         fp = f" (data {self.fingerprint[:10]})" if self.fingerprint else ""
+        selected = "" if self.select_on == "val" else f" / checkpoints selected on {self.select_on.upper()}"
         return (f"{self.dataset}{fp} / {self.backbone} / profile {self.profile} / "
-                f"variant {self.variant}")
+                f"variant {self.variant}{selected}")
 
     @property
     def slug(self) -> str:
@@ -76,17 +88,19 @@ class ScopeKey:
         parts = [self.dataset, self.backbone, self.profile, self.variant]
         if self.fingerprint:
             parts.append(self.fingerprint[:10])
+        if self.select_on != "val":
+            parts.append(f"selected-on-{self.select_on}")
         return re.sub(r"[^A-Za-z0-9]+", "-", "-".join(parts)).strip("-").lower()
 
     def sort_key(self) -> tuple[str, ...]:
-        return (self.dataset, self.backbone, self.profile, self.variant, self.fingerprint or "")
+        return (self.dataset, self.backbone, self.profile, self.variant, self.fingerprint or "", self.select_on)
 
 
 def scope_of(run: RunInfo) -> ScopeKey:
     """The scope a run belongs to (backbone from its resolved config)."""
     backbone = str(run.config.get("model", {}).get("backbone", "?"))
     return ScopeKey(dataset=run.dataset, backbone=backbone, profile=run.profile, variant=run.variant,
-                    fingerprint=run.dataset_fingerprint)
+                    fingerprint=run.dataset_fingerprint, select_on=select_on_of(run.config))
 
 
 def ablate_command(table: str, scope: ScopeKey, n_seeds: int = 1) -> str:
@@ -103,6 +117,8 @@ def ablate_command(table: str, scope: ScopeKey, n_seeds: int = 1) -> str:
     cmd += f" --backbone {scope.backbone} --profile {scope.profile}"
     if scope.variant != _DEFAULT_VARIANT:
         cmd += f" --variant {scope.variant}"
+    if scope.select_on != "val":
+        cmd += f" --set eval.select_on={scope.select_on}"
     if n_seeds > 1:
         cmd += f" --seeds {n_seeds}"
     return cmd
@@ -225,6 +241,8 @@ class MetricValue:
     delta: float | None  # ours minus the reference row's ours
     paper_delta: float | None  # the paper's number minus the paper's reference row
     agree: bool | None  # do the two deltas have the same sign; None = not applicable
+    best: float | None = None  # what the best of the n seeds would have printed; None for n < 2
+    within_noise: bool = False  # |delta| < the seed spread (larger std over seeds of the two rows)
 
 
 @dataclass(frozen=True)
@@ -266,6 +284,54 @@ class TableData:
     def n_not_run(self) -> int:
         return sum(not row.ran for row in self.rows)
 
+    @property
+    def max_seeds(self) -> int:
+        """The most seeds any row has (a "best of N" line is shown when it is 2 or more)."""
+        return max((len(row.seeds) for row in self.rows), default=0)
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One (cell, metric) of the selection audit: the cell's number beside what test-split choices give.
+
+    Values in percent, means over the cell's seeds; each Δ is the mean over the seeds that have
+    both numbers of (that number − the reported one).
+    """
+
+    table: str
+    cell: str
+    name: str
+    select: str  # the cell's checkpoint criterion
+    metric: str
+    n: int  # seeds with a reported number
+    reported: float | None  # as the table shows it: the cell's checkpoint, fixed θ
+    best_of_n: float | None  # the best seed's reported number (None for n < 2)
+    test_selected: float | None  # the best epoch on the test split (max over per-epoch test numbers)
+    d_test_selected: float | None
+    n_audited: int  # seeds with per-epoch test numbers
+    val_theta: float | None  # at the θ chosen on the validation split
+    d_val_theta: float | None
+    oracle_theta: float | None  # at the θ chosen on the test split (upper bound)
+    d_oracle_theta: float | None
+    thetas: tuple[float | None, float | None, float | None]  # mean θ: fixed, val-chosen, oracle
+    select_on: str  # the runs' eval.select_on: "val", "test" or "val+test"
+    test_decisions: float | None  # mean over seeds: epochs whose test numbers picked a checkpoint (+ teachers')
+
+
+@dataclass(frozen=True)
+class AuditTable:
+    """The selection audit of one scope under one protocol (the registry's tables, not scatters)."""
+
+    protocol: str
+    rows: tuple[AuditRow, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def has_data(self) -> bool:
+        """Whether any row has a number beyond the reported one (else only a note is shown)."""
+        return any(r.test_selected is not None or r.val_theta is not None or r.oracle_theta is not None
+                   for r in self.rows)
+
 
 @dataclass(frozen=True)
 class ScopeData:
@@ -274,6 +340,7 @@ class ScopeData:
     tables: dict[str, tuple[TableData, ...]]  # protocol -> tables
     points: dict[str, pd.DataFrame]  # protocol -> C-L scatter points
     runs: tuple[RunInfo, ...]
+    audit: dict[str, AuditTable] = field(default_factory=dict)  # protocol -> selection audit
 
 
 @dataclass(frozen=True)
@@ -286,12 +353,13 @@ class ReportData:
     n_unfinished: int = 0  # runs in the store not finished (not shown)
 
 
-def _finals_index(finals: pd.DataFrame) -> dict[tuple[str, str, str], dict[str, float]]:
-    """(run_id, protocol, selection) -> {metric: value in percent} at the fixed θ on the test split."""
+def _finals_index(finals: pd.DataFrame,
+                  threshold_policy: str = _THRESHOLD_POLICY) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(run_id, protocol, selection) -> {metric: value in percent} under a θ policy on the test split."""
     out: dict[tuple[str, str, str], dict[str, float]] = {}
     if finals.empty:
         return out
-    rows = finals[(finals["threshold_policy"] == _THRESHOLD_POLICY) & (finals["split"] == _SPLIT)]
+    rows = finals[(finals["threshold_policy"] == threshold_policy) & (finals["split"] == _SPLIT)]
     for run_id, protocol, selection, name, value in rows[
             ["run_id", "protocol", "selection", "name", "value"]].itertuples(index=False):
         if name in METRICS and not math.isnan(value):
@@ -299,19 +367,21 @@ def _finals_index(finals: pd.DataFrame) -> dict[tuple[str, str, str], dict[str, 
     return out
 
 
-def cell_frame(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame) -> pd.DataFrame:
+def cell_frame(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
+               threshold_policy: str = _THRESHOLD_POLICY) -> pd.DataFrame:
     """Every labelled cell value of every finished run, in long format.
 
     Args:
         reg: the registry (cells give the checkpoint selection to read).
         runs: finished runs.
         finals: :meth:`Store.final_metrics` of those runs.
+        threshold_policy: which θ policy's numbers ("fixed", "val", "oracle").
 
     Returns:
         Columns scope (ScopeKey), table, cell, seed, run_id, finished (ISO time), protocol, metric,
         value (percent). Labels naming a table or cell the registry lacks are skipped.
     """
-    index = _finals_index(finals)
+    index = _finals_index(finals, threshold_policy)
     rows = []
     for run in runs:
         scope = scope_of(run)
@@ -346,6 +416,20 @@ def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
 
 
+NOISE_NOTE = ("≈: the change is smaller than the seed spread (the larger std over seeds of the two rows): "
+              "seeds alone move the numbers this much.")
+
+
+def within_seed_spread(delta: float, std_a: float | None, std_b: float | None) -> bool:
+    """Whether a change between two rows is smaller than their seed spread.
+
+    The spread is the larger of the two rows' sample std over seeds (a row with one seed has
+    none); with no spread on either side nothing can be said (False).
+    """
+    spreads = [s for s in (std_a, std_b) if s is not None and not math.isnan(s)]
+    return bool(spreads) and abs(delta) < max(spreads)
+
+
 def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFrame,
                 scope_runs: Sequence[RunInfo], generated: str, superseded: bool = False) -> TableData:
     """One registry table in one scope under one protocol.
@@ -368,6 +452,7 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
     here = values[values["protocol"] == protocol]
     scatter = table.kind == "scatter"
     stats: dict[str, dict[str, tuple[float | None, float | None, int, tuple[float, float] | None]]] = {}
+    bests: dict[tuple[str, str], float | None] = {}
     for cell in table.cells:
         rows = here[here["cell"] == cell.key]
         per_metric = {}
@@ -379,6 +464,7 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
             mean, std, n, lo, hi = mean_std_ci(vals)
             per_metric[metric] = (None if n == 0 else mean, None if n < 2 else std, n,
                                   None if n < 2 else (lo, hi))
+            bests[(cell.key, metric)] = float(vals.max()) if n >= 2 else None  # "best of N seeds"
         stats[cell.key] = per_metric
     ref = None if scatter else table.reference_cell
     ref_cell = table.cell(ref) if ref else None
@@ -390,16 +476,19 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
         for metric in metrics:
             mean, std, n, ci = stats[cell.key][metric]
             delta = paper_delta = agree = None
+            noise = False
             if ref_cell is not None and cell.key != ref:
-                ref_mean = stats[ref][metric][0]
+                ref_mean, ref_std = stats[ref][metric][0], stats[ref][metric][1]
                 if mean is not None and ref_mean is not None:
                     delta = mean - ref_mean
+                    noise = within_seed_spread(delta, std, ref_std)
                 if metric in paper and metric in ref_paper:
                     paper_delta = paper[metric] - ref_paper[metric]
                 if delta is not None and paper_delta is not None and _sign(paper_delta) != 0:
                     agree = _sign(delta) == _sign(paper_delta)
             metric_values[metric] = MetricValue(mean=mean, std=std, n=n, ci=ci, paper=paper.get(metric),
-                                                delta=delta, paper_delta=paper_delta, agree=agree)
+                                                delta=delta, paper_delta=paper_delta, agree=agree,
+                                                best=bests.get((cell.key, metric)), within_noise=noise)
         cell_rows = values[values["cell"] == cell.key]  # any protocol: a run is a run
         out_rows.append(RowData(
             cell=cell.key, name=cell.name, select=cell.select, reference=cell.key == ref,
@@ -415,6 +504,8 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
         notes.append("The paper's numbers were measured with the paper's protocol.")
     if superseded:
         notes.append("Some seeds have several runs; the one finished last is shown.")
+    if any(v.within_noise for row in out_rows for v in row.values.values()):
+        notes.append(NOISE_NOTE)
     return TableData(
         key=table.key, title=table.title, caption=table.caption, kind=table.kind, protocol=protocol,
         reference_cell=ref, reference_name=ref_cell.name if ref_cell else None, metrics=metrics,
@@ -474,10 +565,127 @@ def paper_points(reg: Registry, paper_scope: str, table_keys: Sequence[str]) -> 
     return frame.drop_duplicates(subset=list(POINT_METRICS)).reset_index(drop=True)
 
 
+# --------------------------------------------------------------------------- selection audit
+
+PolicyLookup = Mapping[tuple[str, str, str, str], Mapping[str, float]]
+
+
+def policy_lookup(finals: pd.DataFrame) -> dict[tuple[str, str, str, str], dict[str, float]]:
+    """(run_id, protocol, selection, threshold policy) -> {name: value as stored} on the test split."""
+    out: dict[tuple[str, str, str, str], dict[str, float]] = {}
+    if finals.empty:
+        return out
+    rows = finals[finals["split"] == _SPLIT]
+    for run_id, protocol, selection, policy, name, value in rows[
+            ["run_id", "protocol", "selection", "threshold_policy", "name", "value"]].itertuples(index=False):
+        if not math.isnan(value):
+            out.setdefault((run_id, protocol, selection, policy), {})[name] = float(value)
+    return out
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(sum(values) / len(values)) if values else None
+
+
+def _mean_delta(pairs: Sequence[tuple[float | None, float | None]]) -> float | None:
+    """Mean of (b - a) over the pairs where both are known."""
+    return _mean([b - a for a, b in pairs if a is not None and b is not None])
+
+
+def _audit_row(table: Table, cell: Cell, metric: str, protocol: str, runs: dict[int, str],
+               reported: dict[int, float], runs_by_id: Mapping[str, RunInfo], lookup: PolicyLookup,
+               audits: Mapping[str, EpochAudit]) -> AuditRow:
+    """One (cell, metric) of the audit from the cell's runs (one per seed)."""
+    def policy(run_id: str, name: str, which: str, scale: float = 100.0) -> float | None:
+        value = lookup.get((run_id, protocol, cell.select, which), {}).get(name)
+        return None if value is None else scale * value
+
+    seeds = sorted(runs)
+    rep = {s: reported.get(s) for s in seeds}
+    test_sel: dict[int, float | None] = {}
+    for s in seeds:
+        audit = audits.get(runs[s]) if protocol == AUDIT_PROTOCOL else None
+        test_sel[s] = 100.0 * audit.best[metric] if audit is not None and metric in audit.best else None
+    val = {s: policy(runs[s], metric, "val") for s in seeds}
+    oracle = {s: policy(runs[s], metric, "oracle") for s in seeds}
+    thetas = tuple(_mean([t for t in (policy(runs[s], "theta", which, 1.0) for s in seeds) if t is not None])
+                   for which in ("fixed", "val", "oracle"))
+    decisions = []
+    for s in seeds:
+        got = [policy(runs[s], name, "fixed", 1.0) for name in (DECISION_METRIC, TEACHER_DECISION_METRIC)]
+        if got[0] is not None:
+            decisions.append(sum(v for v in got if v is not None))
+    known = [v for v in rep.values() if v is not None]
+    select_on = "+".join(sorted({select_on_of(runs_by_id[r].config) for r in runs.values() if r in runs_by_id}))
+    return AuditRow(
+        table=table.key, cell=cell.key, name=cell.name, select=cell.select, metric=metric, n=len(known),
+        reported=_mean(known), best_of_n=max(known) if len(known) >= 2 else None,
+        test_selected=_mean([v for v in test_sel.values() if v is not None]),
+        d_test_selected=_mean_delta([(rep[s], test_sel[s]) for s in seeds]),
+        n_audited=sum(v is not None for v in test_sel.values()),
+        val_theta=_mean([v for v in val.values() if v is not None]),
+        d_val_theta=_mean_delta([(rep[s], val[s]) for s in seeds]),
+        oracle_theta=_mean([v for v in oracle.values() if v is not None]),
+        d_oracle_theta=_mean_delta([(rep[s], oracle[s]) for s in seeds]),
+        thetas=thetas, select_on=select_on or "val", test_decisions=_mean(decisions))  # type: ignore[arg-type]
+
+
+AUDIT_NOTES = (
+    "Reported: the number the table shows (the cell's checkpoint, fixed θ). Test-selected: the best "
+    "per-epoch test number (each metric at its own best epoch; paper protocol, fixed θ): what picking the "
+    "checkpoint on the test set would have printed. θ val: θ chosen on the validation split (eval.theta_metric, "
+    "GT-known Loc by default), applied to test. θ oracle: θ chosen on the test split itself: an upper bound, "
+    "never a headline. Δ: against the reported number, over the seeds that have both.",
+)
+
+
+def build_audit(tables: Sequence[Table], protocol: str, values: pd.DataFrame, runs_by_id: Mapping[str, RunInfo],
+                lookup: PolicyLookup, audits: Mapping[str, EpochAudit]) -> AuditTable:
+    """The selection audit of one scope under one protocol: every run cell of the given tables.
+
+    Args:
+        tables: the registry tables to audit (scatter tables are skipped).
+        protocol: "paper" | "standard".
+        values: the scope's :func:`cell_frame` rows at the fixed θ, one run per seed.
+        runs_by_id: the scope's finished runs.
+        lookup: :func:`policy_lookup` of the final metrics.
+        audits: run id -> its per-epoch test audit (:func:`kdcicam.selection.epoch_audit`).
+
+    Returns:
+        One row per (cell that ran, metric of :data:`AUDIT_METRICS`).
+    """
+    rows = []
+    here = values[values["protocol"] == protocol] if not values.empty else values
+    for table in tables:
+        if table.kind != "table":
+            continue
+        for cell in table.cells:
+            cell_rows = here[(here["table"] == table.key) & (here["cell"] == cell.key)]
+            if cell_rows.empty:
+                continue
+            runs = {int(seed): str(run_id) for seed, run_id in zip(cell_rows["seed"], cell_rows["run_id"])}
+            for metric in AUDIT_METRICS:
+                m = cell_rows[cell_rows["metric"] == metric]
+                reported = {int(seed): float(v) for seed, v in zip(m["seed"], m["value"])}
+                rows.append(_audit_row(table, cell, metric, protocol, runs, reported, runs_by_id, lookup, audits))
+    notes = list(AUDIT_NOTES)
+    if protocol != AUDIT_PROTOCOL:
+        notes.append(f"Per-epoch test numbers are measured under the {AUDIT_PROTOCOL} protocol only: no "
+                     "test-selected column here.")
+    elif rows and any(r.n_audited < r.n for r in rows):
+        notes.append("Cells without a test-selected number ran with eval.audit_epochs = false (the paper "
+                     "profile's default) or before the audit existed.")
+    if any("test" in r.select_on.split("+") for r in rows):
+        notes.append("select_on test: the run picked its checkpoints on the TEST split (the authors' behaviour); "
+                     "its reported number is already test-selected.")
+    return AuditTable(protocol=protocol, rows=tuple(rows), notes=tuple(notes))
+
+
 # -------------------------------------------------------------------------------- collection
 
 def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, store_url: str,
-            protocols: Sequence[str], table_keys: Sequence[str], generated: str) -> ReportData:
+            protocols: Sequence[str], table_keys: Sequence[str], generated: str,
+            epoch_audits: Mapping[str, EpochAudit] | None = None) -> ReportData:
     """Everything the report shows, from the store's runs and final metrics.
 
     Args:
@@ -488,6 +696,7 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
         protocols: which protocols to build tables for.
         table_keys: which registry tables (in order).
         generated: timestamp text.
+        epoch_audits: run id -> the run's per-epoch test audit, for the selection audit.
 
     Returns:
         The report's data, one :class:`ScopeData` per scope with a finished run.
@@ -502,6 +711,8 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
     by_scope: dict[ScopeKey, list[RunInfo]] = {}
     for run in finished:
         by_scope.setdefault(scope_of(run), []).append(run)
+    lookup = policy_lookup(finals)
+    audit_tables = [reg.tables[k] for k in table_keys if reg.tables[k].kind == "table"]
     scopes = []
     for scope in sorted(by_scope, key=ScopeKey.sort_key):
         scope_runs = by_scope[scope]
@@ -515,8 +726,11 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
             for protocol in protocols
         }
         points = {protocol: scatter_points(scope_runs, finals, reg, protocol) for protocol in protocols}
+        runs_by_id = {r.id: r for r in scope_runs}
+        audit = {protocol: build_audit(audit_tables, protocol, scope_values, runs_by_id, lookup,
+                                       epoch_audits or {}) for protocol in protocols}
         scopes.append(ScopeData(key=scope, provenance=provenance(scope, scope_runs, generated),
-                                tables=tables, points=points, runs=tuple(scope_runs)))
+                                tables=tables, points=points, runs=tuple(scope_runs), audit=audit))
     return ReportData(generated=generated, store_url=store_url, protocols=tuple(protocols),
                       table_keys=tuple(table_keys), scopes=tuple(scopes),
                       n_unfinished=len(runs) - len(finished))
@@ -526,7 +740,17 @@ def report_json(data: ReportData) -> dict[str, Any]:
     """The report's table data as a JSON-ready dict (values in percent)."""
     def value(v: MetricValue) -> dict[str, Any]:
         return {"mean": v.mean, "std": v.std, "n": v.n, "ci95": list(v.ci) if v.ci else None,
-                "paper": v.paper, "delta": v.delta, "paper_delta": v.paper_delta, "sign_agrees": v.agree}
+                "paper": v.paper, "delta": v.delta, "paper_delta": v.paper_delta, "sign_agrees": v.agree,
+                "best_of_n": v.best, "within_seed_spread": v.within_noise}
+
+    def audit_row(r: AuditRow) -> dict[str, Any]:
+        return {"table": r.table, "cell": r.cell, "select": r.select, "metric": r.metric, "n": r.n,
+                "reported": r.reported, "best_of_n": r.best_of_n, "test_selected": r.test_selected,
+                "test_selected_delta": r.d_test_selected, "n_audited": r.n_audited,
+                "val_theta": r.val_theta, "val_theta_delta": r.d_val_theta,
+                "oracle_theta": r.oracle_theta, "oracle_theta_delta": r.d_oracle_theta,
+                "theta": dict(zip(("fixed", "val", "oracle"), r.thetas)), "select_on": r.select_on,
+                "test_decisions": r.test_decisions}
 
     scopes = []
     for scope in data.scopes:
@@ -542,8 +766,10 @@ def report_json(data: ReportData) -> dict[str, Any]:
                               "ran": r.ran, "seeds": list(r.seeds), "run_ids": list(r.run_ids),
                               "values": {m: value(v) for m, v in r.values.items()}} for r in t.rows],
                 })
+        audit = [{"protocol": p, "rows": [audit_row(r) for r in a.rows]} for p, a in scope.audit.items()]
         scopes.append({"dataset": k.dataset, "dataset_fingerprint": k.fingerprint, "backbone": k.backbone,
                        "profile": k.profile, "variant": k.variant, "paper_scope": k.paper_scope,
-                       "reduced": k.reduced, "provenance": dict(scope.provenance.items()), "tables": tables})
+                       "reduced": k.reduced, "provenance": dict(scope.provenance.items()), "tables": tables,
+                       "selection_audit": audit})
     return {"generated": data.generated, "store": data.store_url, "unit": "percent",
             "protocols": list(data.protocols), "n_unfinished_runs": data.n_unfinished, "scopes": scopes}

@@ -686,8 +686,8 @@ class Store:
     # -- per-image records ----------------------------------------------------------------------
 
     def add_image_records(self, run_id: str, protocol: str, selection: str, split: str,
-                          records: Iterable[Mapping[str, Any]]) -> int:
-        """Replace the per-image records of one (run, protocol, selection, split) in one bulk insert.
+                          records: Iterable[Mapping[str, Any]], threshold_policy: str = "fixed") -> int:
+        """Replace the per-image records of one (run, protocol, selection, split, θ policy) in one bulk insert.
 
         Args:
             run_id: the run evaluated.
@@ -696,6 +696,7 @@ class Store:
             split: "test" | "val".
             records: dicts with exactly the keys of :data:`IMAGE_RECORD_FIELDS`; top5 and
                 top5_scores are length-5 lists, box is [x0, y0, x1, y1] or None, iou a float or None.
+            threshold_policy: how θ was chosen: "fixed" | "val" | "oracle".
 
         Returns:
             The number of records stored.
@@ -703,7 +704,9 @@ class Store:
         _check_choice(protocol, PROTOCOLS, "protocol")
         _check_choice(selection, SELECTIONS, "selection")
         _check_choice(split, EVAL_SPLITS, "split")
-        group = {"run_id": run_id, "protocol": protocol, "selection": selection, "split": split}
+        _check_choice(threshold_policy, THRESHOLD_POLICIES, "threshold_policy")
+        group = {"run_id": run_id, "protocol": protocol, "selection": selection, "split": split,
+                 "threshold_policy": threshold_policy}
         rows = [_image_row(record, group) for record in records]  # encode before taking the lock
         table = ImageRecord.__table__
 
@@ -716,7 +719,8 @@ class Store:
 
         return self._tx(op, write=True)
 
-    def get_image_records(self, run_id: str, protocol: str, selection: str, split: str) -> pd.DataFrame:
+    def get_image_records(self, run_id: str, protocol: str, selection: str, split: str,
+                          threshold_policy: str = "fixed") -> pd.DataFrame:
         """The per-image records of one group, in insertion order.
 
         Returns:
@@ -728,7 +732,8 @@ class Store:
         def op(session: Session) -> list[tuple]:
             query = (select(*(table.c[col] for col in IMAGE_RECORD_FIELDS))
                      .where(table.c.run_id == run_id, table.c.protocol == protocol,
-                            table.c.selection == selection, table.c.split == split)
+                            table.c.selection == selection, table.c.split == split,
+                            table.c.threshold_policy == threshold_policy)
                      .order_by(table.c.id))
             return [_decode_image_row(row) for row in session.execute(query)]
 

@@ -33,7 +33,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 RUN_STATUSES: tuple[str, ...] = ("pending", "running", "finished", "failed")
 THRESHOLD_POLICIES: tuple[str, ...] = ("fixed", "val", "oracle")
-METRIC_SPLITS: tuple[str, ...] = ("train", "val")  # epoch metrics
+# epoch metrics: "val" / "test_decision" = the split whose numbers picked checkpoints (eval.select_on;
+# a select_on="test" run also records "val", unused); "test_audit" = test numbers no decision read
+METRIC_SPLITS: tuple[str, ...] = ("train", "val", "test_decision", "test_audit")
 EVAL_SPLITS: tuple[str, ...] = ("test", "val")  # final metrics and image records
 
 
@@ -127,11 +129,11 @@ class FinalMetric(Base):
 
 
 class ImageRecord(Base):
-    """One evaluated image of one (run, protocol, selection, split); written in bulk."""
+    """One evaluated image of one (run, protocol, selection, threshold policy, split); written in bulk."""
 
     __tablename__ = "image_records"
     __table_args__ = (
-        Index("ix_image_records_group", "run_id", "protocol", "selection", "split"),
+        Index("ix_image_records_group", "run_id", "protocol", "selection", "split", "threshold_policy"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -139,6 +141,8 @@ class ImageRecord(Base):
     protocol: Mapped[str] = mapped_column(String(16))
     selection: Mapped[str] = mapped_column(String(16))
     split: Mapped[str] = mapped_column(String(16))
+    # fixed | val | oracle (revision 0002; records stored before it are the fixed θ's)
+    threshold_policy: Mapped[str] = mapped_column(String(16), server_default="fixed")
     image_id: Mapped[str] = mapped_column(String(255))
     label: Mapped[int] = mapped_column(Integer)
     top5: Mapped[str] = mapped_column(Text)  # JSON list of 5 class indices, best first
