@@ -6,7 +6,12 @@ user can cause are :class:`kdcicam.errors.KdcicamError`: printed as one line, ex
 
 from __future__ import annotations
 
+import os
 import sys
+
+# OpenMP threads that spin while waiting for a core slow CPU training 3-5x on a machine shared with
+# other busy processes (benchmarks/README.md); set before torch is imported. The user's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 
