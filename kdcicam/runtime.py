@@ -42,8 +42,8 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.deterministic = deterministic
-        if deterministic:
-            torch.backends.cudnn.benchmark = False
+        # autotune convolution algorithms for the fixed input size, unless results must be reproducible
+        torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 

@@ -1,0 +1,50 @@
+"""``kdcicam ablate`` end to end: every table and Figure 1(b) at the smoke profile, then again.
+
+The first invocation trains every planned run (teachers once, shared by Tables 3, 4 and 5); the
+second finds everything finished and trains nothing; --dry-run shows each run's status.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from _runs import REPO, kdcicam_env, smoke_cache  # noqa: F401
+
+
+def _ablate(args, cache, tmp_path, timeout=900):
+    env = {**kdcicam_env(cache), "KDCICAM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "kdcicam", "ablate", *args, "--db", f"sqlite:///{tmp_path / 'runs.db'}",
+                           "--artifacts", str(tmp_path / "runs")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=timeout)
+    return proc
+
+
+@pytest.mark.slow
+def test_ablate_all_smoke_then_again_trains_nothing(smoke_cache, tmp_path):  # noqa: F811
+    first = _ablate(["all", "--profile", "smoke", "--json"], smoke_cache, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = json.loads(first.stdout)["runs"]
+    assert runs and all(r["status"] == "finished" for r in runs)
+    roles = [r["role"] for r in runs]
+    assert roles.count("cls_teacher") == 1 and roles.count("loc_teacher") == 1  # shared by every table
+    assert not any(r["reused"] for r in runs)
+    labels = {label for r in runs for label in r["labels"]}
+    for needed in ("table3/base@0", "table4/student@0", "table5/loc_teacher_by_gt_known@0", "figure1b/ci-cam@0"):
+        assert needed in labels
+    # Table 3's +ConPool and Table 4's Stu are one run
+    assert any({"table3/conpool@0", "table4/student@0"} <= set(r["labels"]) for r in runs)
+
+    second = _ablate(["all", "--profile", "smoke", "--json"], smoke_cache, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads(second.stdout)["runs"]
+    assert [r["run_id"] for r in again] == [r["run_id"] for r in runs]
+    assert all(r["reused"] for r in again), "a finished run was trained again"
+
+    plan = _ablate(["table3", "--profile", "smoke", "--dry-run", "--json"], smoke_cache, tmp_path)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    statuses = {r["status"] for r in json.loads(plan.stdout)["runs"]}
+    assert statuses == {"finished (reuse)"}
