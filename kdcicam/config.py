@@ -142,6 +142,7 @@ class EvalConfig:
     theta_metric: ThetaMetric = "gt_known_loc"  # what the val / oracle θ policies maximise
     select_on: SelectOn = "val"  # split whose per-epoch metrics pick best_* checkpoints ("test": the authors')
     audit_epochs: bool = False  # also score the test split every epoch, for the report's audit only
+    resize_grid: tuple[int, ...] = ()  # paper protocol: test resizes S to audit (S chosen on val vs on test)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,8 @@ class RunConfig:
         _check(0.0 <= self.eval.theta <= 1.0, "eval.theta", self.eval.theta, "must be in [0, 1]")
         _check(0.0 < self.eval.iou_threshold <= 1.0, "eval.iou_threshold", self.eval.iou_threshold,
                "must be in (0, 1]")
+        for i, size in enumerate(self.eval.resize_grid):
+            _check(size >= self.eval.test_crop, f"eval.resize_grid[{i}]", size, "must be >= eval.test_crop")
         for i, t in enumerate(self.eval.theta_grid):
             _check(0.0 <= t <= 1.0, f"eval.theta_grid[{i}]", t, "must be in [0, 1]")
         _check(self.eval.test_crop <= self.eval.test_resize, "eval.test_crop", self.eval.test_crop,
@@ -320,7 +323,7 @@ def with_overrides(cfg: Any, overrides: dict[str, Any], where: str = "override")
 # resuming on another device, with more loader workers or finer checkpoints is the same run.
 # The test-split audit (eval.audit_epochs) only adds rows no decision reads: not identity either.
 NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "train.checkpoint_every",
-                                      "eval.audit_epochs")
+                                      "eval.audit_epochs", "eval.resize_grid")
 # Keys added after runs were stored: part of a run's identity only when they differ from their
 # default, so every run stored before they existed keeps its id (and is reused, not retrained).
 IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric", "eval.select_on",

@@ -46,7 +46,8 @@ from kdcicam.plan import PlannedRun
 from kdcicam.recipes import TeacherSet, recipe_for
 from kdcicam.runtime import crash_point, process_alive, provenance, set_seed
 from kdcicam.selection import (AUDIT_SPLIT, DECISION_METRIC, DECISION_SPLIT, TEACHER_DECISION_METRIC,
-                               candidate_thetas, count_test_decisions, select_on_of, threshold_policies)
+                               candidate_resizes, candidate_thetas, count_test_decisions, resize_policies,
+                               select_on_of, threshold_policies)
 from kdcicam.store import RunInfo, Store, sqlite_file, utc_now
 from kdcicam.train import CRITERIA, EpochLog, Position, fit
 
@@ -479,8 +480,23 @@ def evaluate_checkpoints(model: torch.nn.Module, run_id: str, cfg: RunConfig, in
                 beat.check()
             if protocol == "paper" and "last" in selections:
                 headline = dict(res.metrics)
+                if cfg.eval.resize_grid:
+                    audit = _resize_audit(model, cfg, index, ctx)
+                    ctx.store.set_final_metrics(run_id, protocol, "last", "fixed", "test", audit)
             _emit(ctx, "evaluated", run_id=run_id, protocol=protocol, selections=selections, metrics=res.metrics)
     return headline
+
+
+def _resize_audit(model: torch.nn.Module, cfg: RunConfig, index: DatasetIndex, ctx: RunContext) -> dict[str, float]:
+    """The paper protocol at every candidate test resize S, on val and test (audit numbers only)."""
+    val: dict[int, EvalResult] = {}
+    test: dict[int, EvalResult] = {}
+    for size in candidate_resizes(cfg):
+        at = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, test_resize=size))
+        test[size] = evaluate(model, index.test, at, "paper", ctx.device, batch_size=ctx.eval_batch_size)
+        if index.val:
+            val[size] = evaluate(model, index.val, at, "paper", ctx.device, batch_size=ctx.eval_batch_size)
+    return resize_policies(val, test, cfg)
 
 
 def _store_policies(ctx: RunContext, run_id: str, protocol: str, selection: str,

@@ -15,6 +15,12 @@ Threshold policies (``final_metrics.threshold_policy``), all from one forward pa
 Ties go to the smallest θ. The candidates always include the fixed θ, so the oracle is never
 below ``fixed`` on the metric it maximises.
 
+Test-resize policies (paper protocol only, audit only, ``eval.resize_grid``): the last
+checkpoint is also evaluated at every resize S of the grid (+ the run's S); the S that maximises
+``eval.theta_metric`` at the fixed θ on the validation split, and the one that maximises it on the
+test split itself (an upper bound), are stored as final metrics ``resize_val_S`` /
+``resize_oracle_S`` with the test metrics they give (``<metric>@resize_val``, ``<metric>@resize_oracle``).
+
 Checkpoint policy (``eval.select_on``): the per-epoch metrics that pick the ``best_*`` checkpoints
 come from the validation split (``"val"``, default) or from the test split (``"test"``, the
 authors' behaviour; each epoch is then one look at the test set for a decision, counted in the
@@ -134,3 +140,34 @@ def epoch_audit(run_id: str, epochs: pd.DataFrame, metrics: tuple[str, ...]) -> 
         best[str(name)] = float(group["value"].iloc[at])
         best_epoch[str(name)] = int(group["epoch"].iloc[at])
     return EpochAudit(run_id=run_id, epochs=int(rows["epoch"].nunique()), best=best, best_epoch=best_epoch)
+
+
+def candidate_resizes(cfg: RunConfig) -> tuple[int, ...]:
+    """The test resizes S the resize audit chooses from: ``eval.resize_grid`` plus the run's S."""
+    return tuple(sorted({int(r) for r in cfg.eval.resize_grid} | {int(cfg.eval.test_resize)}))
+
+
+def resize_policies(val: Mapping[int, EvalResult], test: Mapping[int, EvalResult], cfg: RunConfig,
+                    metrics: tuple[str, ...] = ("top1_loc", "gt_known_loc")) -> dict[str, float]:
+    """Final metrics of the resize audit: S chosen on validation and on test, and what each gives on test.
+
+    Args:
+        val: S -> the validation split at the fixed θ (may be empty: then no ``resize_val`` numbers).
+        test: S -> the test split at the fixed θ.
+        cfg: the run's config (``eval.theta_metric`` is maximised).
+        metrics: the test metrics reported at each chosen S.
+
+    Returns:
+        ``resize_val_S``, ``<metric>@resize_val``, ``resize_oracle_S``, ``<metric>@resize_oracle``
+        (ties go to the smallest S).
+    """
+    key = cfg.eval.theta_metric
+    out: dict[str, float] = {}
+    for name, source in (("resize_val", val), ("resize_oracle", test)):
+        if not source:
+            continue
+        best = min(source, key=lambda s: (-source[s].metrics[key], s))
+        out[f"{name}_S"] = float(best)
+        for m in metrics:
+            out[f"{m}@{name}"] = float(test[best].metrics[m])
+    return out

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from _runs import REPO, kdcicam_env, smoke_cache  # noqa: F401
+from _runs import REPO, kdcicam_env, query, smoke_cache  # noqa: F401
 
 
 def _ablate(args, cache, tmp_path, timeout=900):
@@ -37,6 +37,12 @@ def test_ablate_all_smoke_then_again_trains_nothing(smoke_cache, tmp_path):  # n
         assert needed in labels
     # Table 3's +ConPool and Table 4's Stu are one run
     assert any({"table3/conpool@0", "table4/student@0"} <= set(r["labels"]) for r in runs)
+    # the smoke profile sets eval.resize_grid: every run stores its test-resize audit (S in the grid)
+    rows = query(tmp_path / "runs.db", "select run_id, name, value from final_metrics where name like 'resize_%'")
+    chosen = {(rid, name): value for rid, name, value in rows}
+    for r in runs:
+        for name in ("resize_val_S", "resize_oracle_S"):
+            assert chosen.get((r["run_id"], name)) in (32.0, 36.0, 49.0), (r["run_id"], name)
 
     second = _ablate(["all", "--profile", "smoke", "--json"], smoke_cache, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]

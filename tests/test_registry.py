@@ -126,7 +126,7 @@ def _edit(path: Path, old: str, new: str) -> None:
         ("table4.toml", 'versus = "student"', 'versus = "stu"', "claim 'cls-teacher-helps-cls': versus = 'stu'"),
         ("teachers.toml", 'role = "loc_teacher"', 'role = "student"', "teachers.toml: teacher 'loc_teacher': role = 'student'"),
         ("profiles.toml", '"model.width" = 0.125', '"model.width" = "wide"', "profile 'quick'"),
-        ("profiles.toml", '"train.epochs" = 20', '"train.epoch" = 20', "unknown key 'train.epoch'"),
+        ("profiles.toml", '"train.lr_schedule" = "cosine"', '"train.lr_schedul" = "cosine"', "unknown key 'train.lr_schedul'"),
     ],
 )
 def test_bad_registry_files_name_file_cell_and_key(reg_dir, file, old, new, expected):

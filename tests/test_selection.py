@@ -25,7 +25,8 @@ from kdcicam.config import DEFAULT_THETA_GRID, EvalConfig, RunConfig, config_has
 from kdcicam.evaluate import EvalResult, ThresholdSweep, at_theta, boxes_at_thresholds, evaluate, sweep_metrics
 from kdcicam.registry import load_registry
 from kdcicam.report import build_report, render
-from kdcicam.selection import candidate_thetas, choose_theta, epoch_audit, threshold_policies
+from kdcicam.selection import (candidate_resizes, candidate_thetas, choose_theta, epoch_audit, resize_policies,
+                               threshold_policies)
 from kdcicam.store import open_store
 from kdcicam.store import _open as store_open
 
@@ -172,6 +173,42 @@ def test_ties_choose_the_smallest_theta():
     assert choose_theta(result, "top1_loc", 0.5) == 0.5
 
 
+def _at(gt_known: float, top1: float) -> EvalResult:
+    return EvalResult("paper", {"gt_known_loc": gt_known, "top1_loc": top1}, [])
+
+
+def test_resize_candidates_are_the_grid_plus_the_run_s_ascending():
+    cfg = dataclasses.replace(RunConfig(), eval=dataclasses.replace(RunConfig().eval, test_resize=344,
+                                                                    test_crop=224, resize_grid=(384, 256)))
+    assert candidate_resizes(cfg) == (256, 344, 384)
+    assert candidate_resizes(RunConfig()) == (RunConfig().eval.test_resize,)  # no grid: nothing to choose
+
+
+def test_resize_policies_choose_s_on_val_and_on_test():
+    cfg = RunConfig()  # eval.theta_metric = gt_known_loc
+    # val prefers S = 256 (0.7); test prefers S = 384 (0.6): the oracle beats the honest val choice
+    val = {256: _at(0.7, 0.5), 344: _at(0.6, 0.4), 384: _at(0.5, 0.3)}
+    test = {256: _at(0.40, 0.30), 344: _at(0.50, 0.35), 384: _at(0.60, 0.45)}
+    got = resize_policies(val, test, cfg)
+    assert got == {"resize_val_S": 256.0, "top1_loc@resize_val": 0.30, "gt_known_loc@resize_val": 0.40,
+                   "resize_oracle_S": 384.0, "top1_loc@resize_oracle": 0.45, "gt_known_loc@resize_oracle": 0.60}
+    # ties go to the smallest S; no validation split -> only the oracle
+    tied = {256: _at(0.5, 0.1), 344: _at(0.5, 0.2)}
+    assert resize_policies({}, tied, cfg) == {"resize_oracle_S": 256.0, "top1_loc@resize_oracle": 0.1,
+                                              "gt_known_loc@resize_oracle": 0.5}
+    # the metric maximised is eval.theta_metric: Top-1 Loc picks S = 384 on val
+    by_top1 = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, theta_metric="top1_loc"))
+    assert resize_policies({256: _at(0.9, 0.1), 384: _at(0.1, 0.2)}, test, by_top1)["resize_val_S"] == 384.0
+
+
+def test_resize_grid_below_the_crop_is_refused():
+    from kdcicam.config import ConfigError
+
+    bad = dataclasses.replace(RunConfig(), eval=dataclasses.replace(RunConfig().eval, resize_grid=(100,)))
+    with pytest.raises(ConfigError, match=r"eval.resize_grid\[0\]"):
+        bad.validate()
+
+
 # ------------------------------------------------------------------- identity of a run
 
 def test_new_eval_keys_keep_old_run_ids_unless_set():
@@ -208,7 +245,9 @@ def _scripted_run(select_on: str, index, tmp_path: Path, monkeypatch) -> tuple[s
                           [])
 
     monkeypatch.setattr(runner_mod, "evaluate", scripted)
-    cfg = with_classes(smoke_config("student", **{"train.epochs": 3, "eval.select_on": select_on}), index)
+    # no resize audit here: its evaluations (after training) would run past the script
+    cfg = with_classes(smoke_config("student", **{"train.epochs": 3, "eval.select_on": select_on,
+                                                  "eval.resize_grid": []}), index)
     planned = PlannedRun(run_id=run_id_for(cfg, index.fingerprint), cfg=cfg, dataset=index)
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     with open_store(url) as store:
@@ -253,8 +292,10 @@ def test_select_on_picks_the_epoch_its_split_likes_and_counts_test_decisions(
 # --------------------------------------------------------------------------------- report
 # Table 3's Base at two seeds, +ConPool at two seeds (fractions):
 #   Base     fixed Top-1 Loc 0.50, 0.54 | val θ 0.52, 0.56 | oracle 0.58, 0.60 | audit best 0.55, 0.57
+#            S val 0.49, 0.55 | S oracle 0.51, 0.57 (Base only: the resize audit of the last checkpoint)
 #   +ConPool fixed Top-1 Loc 0.53, 0.53 (Δ vs Base: 53 - 52 = +1.0 < Base's seed std 2.83 -> "≈")
-BASE = {"fixed": (0.50, 0.54), "val": (0.52, 0.56), "oracle": (0.58, 0.60), "audit": (0.55, 0.57)}
+BASE = {"fixed": (0.50, 0.54), "val": (0.52, 0.56), "oracle": (0.58, 0.60), "audit": (0.55, 0.57),
+        "resize_val": (0.49, 0.55), "resize_oracle": (0.51, 0.57)}
 
 
 def _report_store(url: str) -> None:
@@ -276,6 +317,8 @@ def _report_store(url: str) -> None:
                                             {"top1_cls": 0.7, "top1_loc": loc, "gt_known_loc": loc + 0.1,
                                              "theta": theta, "test_decisions": 0.0})
                 if cell == "base":
+                    store.set_final_metrics(rid, "paper", "last", "fixed", "test",
+                                            {f"top1_loc@{w}": BASE[w][seed] for w in ("resize_val", "resize_oracle")})
                     for epoch, value in enumerate((0.40, BASE["audit"][seed])):
                         store.add_epoch_metrics(rid, epoch, "test_audit", {"top1_loc": value})
                 store.finish_run(rid)
@@ -303,6 +346,9 @@ def test_report_shows_the_selection_audit_best_of_n_and_noise_marks(tmp_path):
     assert (row.val_theta, row.d_val_theta) == (pytest.approx(54.0), pytest.approx(2.0))
     assert (row.oracle_theta, row.d_oracle_theta) == (pytest.approx(59.0), pytest.approx(7.0))
     assert row.thetas == pytest.approx((0.14, 0.3, 0.45)) and row.select_on == "val" and row.test_decisions == 0
+    # S val: 49, 55 -> 52 (Δ mean(-1, +1) = 0.0); S oracle: 51, 57 -> 54 (Δ +2.0)
+    assert (row.val_resize, row.d_val_resize) == (pytest.approx(52.0), pytest.approx(0.0))
+    assert (row.oracle_resize, row.d_oracle_resize) == (pytest.approx(54.0), pytest.approx(2.0))
     con_row = next(r for r in audit.rows if r.cell == "conpool" and r.metric == "top1_loc")
     assert con_row.test_selected is None and con_row.n_audited == 0  # no per-epoch test numbers
     md = render(data, reg, "md", figures=False).text
@@ -311,7 +357,7 @@ def test_report_shows_the_selection_audit_best_of_n_and_noise_marks(tmp_path):
     assert "(Δ +1.0 ✓ ≈)" in md and "≈: the change is smaller than the seed spread" in md
     assert "### Selection audit (paper protocol)" in md
     assert "| table3 | Base | Top-1 Loc | 2 | 52.0 | 54.0 | 56.0 (Δ +4.0) | 54.0 (Δ +2.0) | 59.0 (Δ +7.0) | " \
-           "0.14 / 0.30 / 0.45 | val | 0 |" in md
+           "52.0 (Δ 0.0) | 54.0 (Δ +2.0) | 0.14 / 0.30 / 0.45 | val | 0 |" in md
     html = render(data, reg, "html", figures=False).text
     assert "Selection audit" in html and "best of 2: 54.0" in html
     tex = render(data, reg, "latex", figures=False).text

@@ -314,6 +314,10 @@ class AuditRow:
     oracle_theta: float | None  # at the θ chosen on the test split (upper bound)
     d_oracle_theta: float | None
     thetas: tuple[float | None, float | None, float | None]  # mean θ: fixed, val-chosen, oracle
+    val_resize: float | None  # at the test resize S chosen on the validation split (eval.resize_grid)
+    d_val_resize: float | None
+    oracle_resize: float | None  # at the S chosen on the test split (upper bound)
+    d_oracle_resize: float | None
     select_on: str  # the runs' eval.select_on: "val", "test" or "val+test"
     test_decisions: float | None  # mean over seeds: epochs whose test numbers picked a checkpoint (+ teachers')
 
@@ -608,6 +612,14 @@ def _audit_row(table: Table, cell: Cell, metric: str, protocol: str, runs: dict[
         test_sel[s] = 100.0 * audit.best[metric] if audit is not None and metric in audit.best else None
     val = {s: policy(runs[s], metric, "val") for s in seeds}
     oracle = {s: policy(runs[s], metric, "oracle") for s in seeds}
+    def resize(run_id: str, which: str) -> float | None:  # the resize audit is stored for the last checkpoint
+        if protocol != "paper" or cell.select != "last":
+            return None
+        value = lookup.get((run_id, protocol, "last", "fixed"), {}).get(f"{metric}@{which}")
+        return None if value is None else 100.0 * value
+
+    val_s = {s: resize(runs[s], "resize_val") for s in seeds}
+    oracle_s = {s: resize(runs[s], "resize_oracle") for s in seeds}
     thetas = tuple(_mean([t for t in (policy(runs[s], "theta", which, 1.0) for s in seeds) if t is not None])
                    for which in ("fixed", "val", "oracle"))
     decisions = []
@@ -627,7 +639,12 @@ def _audit_row(table: Table, cell: Cell, metric: str, protocol: str, runs: dict[
         d_val_theta=_mean_delta([(rep[s], val[s]) for s in seeds]),
         oracle_theta=_mean([v for v in oracle.values() if v is not None]),
         d_oracle_theta=_mean_delta([(rep[s], oracle[s]) for s in seeds]),
-        thetas=thetas, select_on=select_on or "val", test_decisions=_mean(decisions))  # type: ignore[arg-type]
+        thetas=thetas,  # type: ignore[arg-type]
+        val_resize=_mean([v for v in val_s.values() if v is not None]),
+        d_val_resize=_mean_delta([(rep[s], val_s[s]) for s in seeds]),
+        oracle_resize=_mean([v for v in oracle_s.values() if v is not None]),
+        d_oracle_resize=_mean_delta([(rep[s], oracle_s[s]) for s in seeds]),
+        select_on=select_on or "val", test_decisions=_mean(decisions))
 
 
 AUDIT_NOTES = (
@@ -635,7 +652,9 @@ AUDIT_NOTES = (
     "per-epoch test number (each metric at its own best epoch; paper protocol, fixed θ): what picking the "
     "checkpoint on the test set would have printed. θ val: θ chosen on the validation split (eval.theta_metric, "
     "GT-known Loc by default), applied to test. θ oracle: θ chosen on the test split itself: an upper bound, "
-    "never a headline. Δ: against the reported number, over the seeds that have both.",
+    "never a headline. S val / S oracle (paper protocol, last checkpoint, when eval.resize_grid is set): the "
+    "test resize chosen on the validation split / on the test split. Δ: against the reported number, over the "
+    "seeds that have both.",
 )
 
 
