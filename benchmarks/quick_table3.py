@@ -4,6 +4,7 @@
     python benchmarks/quick_table3.py                          # quick profile (CPU: long; see README)
     python benchmarks/quick_table3.py --epochs 2            # quick, 2 epochs per run, projected to 20
     python benchmarks/quick_table3.py --seeds 2 --json out.json
+    python benchmarks/quick_table3.py --epochs 2 --jobs 2   # two runs at a time, one core each
 
 Runs the CLI in a subprocess with ``--db``, ``--artifacts`` and ``KDCICAM_CACHE`` pointing into a new
 temporary folder, so the synthetic benchmark is generated, every run trained and evaluated, and
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=None, help="train each run this many epochs and project")
+    parser.add_argument("--jobs", type=int, default=1, help="kdcicam ablate --jobs N (N runs at once)")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (kept) instead of a temporary folder")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
@@ -49,7 +51,7 @@ def main() -> None:
         db = work / "runs.db"
         cmd = [sys.executable, "-m", "kdcicam", "ablate", "table3", "--backbone", "vgg16", "--profile", args.profile,
                "--seeds", str(args.seeds), "--device", args.device, "--db", str(db), "--artifacts",
-               str(work / "runs"), "--quiet"]
+               str(work / "runs"), "--quiet", "--jobs", str(args.jobs)]
         if args.epochs:
             cmd += ["--set", f"train.epochs={args.epochs}"]
         print(f"{machine['device']}, load {machine['loadavg_start']}: {' '.join(cmd[2:])}", flush=True)
@@ -67,9 +69,10 @@ def main() -> None:
     train_total = sum(r["train_s"] or 0.0 for r in runs)
     eval_total = sum(r["eval_s"] or 0.0 for r in runs)
     result = {"benchmark": "quick_table3", "machine": machine, "profile": args.profile, "seeds": args.seeds,
+              "jobs": args.jobs,
               "wall_s": wall, "train_s": train_total, "eval_s": eval_total,
               "other_s": wall - train_total - eval_total, "runs": runs, "loadavg_end": common.loadavg()}
-    print(f"table3 / vgg16 / {args.profile}, {args.seeds} seed(s): {wall:.1f} s wall "
+    print(f"table3 / vgg16 / {args.profile}, {args.seeds} seed(s), --jobs {args.jobs}: {wall:.1f} s wall "
           f"({train_total:.1f} s training, {eval_total:.1f} s evaluation, {result['other_s']:.1f} s data generation, "
           f"start-up and storing), {len(runs)} runs; load at end {result['loadavg_end']}")
     for r in runs:
@@ -77,8 +80,12 @@ def main() -> None:
               f"train {r['train_s'] or 0:7.1f} s  eval {r['eval_s'] or 0:6.1f} s")
     if args.epochs:
         full = {r["role"]: common.run_config(args.profile, r["role"]).train.epochs for r in runs}
-        projected = result["other_s"] + eval_total + sum((r["train_s"] or 0.0) * full[r["role"]] / r["epochs"]
-                                                        for r in runs)
+        work_s = train_total + eval_total  # summed over runs; with --jobs N some of it ran side by side
+        full_s = eval_total + sum((r["train_s"] or 0.0) * full[r["role"]] / r["epochs"] for r in runs)
+        # the wall time spent in runs, scaled by how much more run time the full epochs take
+        # (with --jobs: assumes the runs overlap as much as they did here)
+        in_runs = wall - max(result["other_s"], 0.0) if args.jobs == 1 else wall
+        projected = (wall - in_runs) + in_runs * full_s / max(work_s, 1e-9)
         result["projected_full_s"] = projected
         print(f"projected with the profile's epochs ({sorted(set(full.values()))}): {projected:.0f} s "
               f"({projected / 60:.1f} min)")

@@ -125,7 +125,8 @@ class TrainConfig:
     deterministic: bool = False  # bit-identical CPU runs for the same seed
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
-    num_workers: int = 0
+    num_workers: int = 0  # data-loader processes of the per-image (PIL) path
+    data_cache: bool = True  # decode each split once, augment whole batches on the device (same images)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_every: int = 0  # also save the position every this many steps (0 = at epoch ends only)
 
@@ -320,10 +321,11 @@ def with_overrides(cfg: Any, overrides: dict[str, Any], where: str = "override")
 
 
 # Settings that change how a run is executed, not what it computes: left out of its identity, so
-# resuming on another device, with more loader workers or finer checkpoints is the same run.
-# The test-split audit (eval.audit_epochs) only adds rows no decision reads: not identity either.
-NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "train.checkpoint_every",
-                                      "eval.audit_epochs", "eval.resize_grid")
+# resuming on another device, with more loader workers, the decoded-frame cache (the same images,
+# tests/test_data_cache.py) or finer checkpoints is the same run. The test-split and test-resize
+# audits (eval.audit_epochs, eval.resize_grid) only add numbers no decision reads: not identity either.
+NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "train.data_cache",
+                                      "train.checkpoint_every", "eval.audit_epochs", "eval.resize_grid")
 # Keys added after runs were stored: part of a run's identity only when they differ from their
 # default, so every run stored before they existed keeps its id (and is reused, not retrained).
 IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric", "eval.select_on",

@@ -45,7 +45,7 @@ validation / oracle) that pick a θ from these live in :mod:`kdcicam.selection`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader
 from kdcicam.boxes import box_from_heatmap, check_heatmap, get_policy, iou_matrix, sweep_components
 from kdcicam.config import PROTOCOLS, RunConfig
 from kdcicam.data.base import Sample
+from kdcicam.data.cache import FrameStore, test_batches
 from kdcicam.data.dataset import WSOLDataset, collate_wsol
 from kdcicam.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, TestFrame, TestTransform, test_transform_paper,
                                      test_transform_standard)
@@ -308,6 +309,7 @@ def evaluate(
     num_workers: int = 0,
     gallery_ids: Sequence[str] | None = None,
     thetas: Sequence[float] | None = None,
+    frames: FrameStore | None = None,
 ) -> EvalResult:
     """Classify and localize every sample under ``protocol``; returns metrics and per-image records.
 
@@ -322,14 +324,19 @@ def evaluate(
         gallery_ids: image ids whose crop, heatmap and boxes are returned for the report's gallery.
         thetas: also take every image's box at each of these θ (sorted, deduplicated) from the same
             heatmap: the result's ``sweep`` (see :func:`sweep_metrics`, :func:`at_theta`).
+        frames: read the split's decoded frames from this store (built on first use) instead of
+            decoding every image with PIL: the same pixels (``tests/test_data_cache.py``), the same result.
 
     Returns:
         The :class:`EvalResult`: metrics (means of the record flags, MaxBoxAccV2, θ), one record
         per sample in order, the MaxBoxAccV2 curve per IoU level, the gallery arrays and the sweep.
     """
     transform = protocol_transform(cfg, protocol)
-    loader = DataLoader(WSOLDataset(samples, transform), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate_wsol)
+    if frames is not None:
+        loader: Iterable[dict] = test_batches(frames.get(samples, transform), batch_size, device)
+    else:
+        loader = DataLoader(WSOLDataset(samples, transform), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=collate_wsol)
     theta = cfg.eval.theta
     side = cfg.eval.test_crop
     policy = VARIANT_BOX_POLICY[cfg.variant] if protocol == "paper" else "standard"
@@ -453,7 +460,7 @@ def _add_to_gallery(gallery: dict[str, list], batch: dict, i: int, heat: np.ndar
                     label: int, top1: int) -> None:
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
-    image = ((batch["image"][i] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    image = ((batch["image"][i].float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     h = heat - heat.min()
     h = h / h.max() if h.max() > 0 else h
     gt = batch["boxes"][i][:1].numpy()

@@ -36,6 +36,7 @@ import torch
 from kdcicam.checkpoint import load_checkpoint
 from kdcicam.config import PROTOCOLS, RunConfig, config_hash, from_dict, to_dict
 from kdcicam.data.base import DatasetIndex
+from kdcicam.data.cache import FrameStore, train_view
 from kdcicam.data.dataset import WSOLDataset
 from kdcicam.data.transforms import train_transform
 from kdcicam.distributed import DistContext, broadcast_object
@@ -71,6 +72,15 @@ class RunContext:
     stale_after_s: float = 120.0  # a running run whose heartbeat is older than this is taken over
     checkpoint_every: int = 0  # also checkpoint every this many training steps (0 = at epoch ends)
     dist: DistContext | None = None  # this process's place in a multi-process run (None: one process)
+    _frames: FrameStore | None = field(default=None, repr=False)
+
+    def frames_for(self, cfg: RunConfig) -> FrameStore | None:
+        """The decoded frames every run of this invocation shares (None: ``train.data_cache`` is off)."""
+        if not cfg.train.data_cache:
+            return None
+        if self._frames is None:
+            self._frames = FrameStore(self.device, workers=max(1, torch.get_num_threads()))
+        return self._frames
 
     @property
     def is_main(self) -> bool:
@@ -367,8 +377,10 @@ def _training_inputs(run: PlannedRun, index: DatasetIndex, ctx: RunContext,
                                          ("loc", teachers and teachers.loc_model)) if m is not None)
     recipe = recipe_for(cfg.loss, cfg.variant, teachers=present or ("cls", "loc"))
     d = cfg.data
-    train_set = WSOLDataset(index.train, train_transform(
-        d.train_resize, d.crop, d.randaugment, d.randaugment_ops, d.randaugment_magnitude))
+    transform = train_transform(d.train_resize, d.crop, d.randaugment, d.randaugment_ops, d.randaugment_magnitude)
+    frames = ctx.frames_for(cfg)
+    cached = train_view(index.train, transform, frames) if frames is not None else None
+    train_set = cached if cached is not None else WSOLDataset(index.train, transform)
     return model, teachers, recipe, train_set
 
 
@@ -397,7 +409,7 @@ def _train_and_evaluate(run: PlannedRun, index: DatasetIndex, ctx: RunContext,
             told[0] = True
     model, teachers, recipe, train_set = _training_inputs(run, index, ctx, sources)
 
-    epoch_evals = _EpochEvals(cfg, index, device, ctx.eval_batch_size)
+    epoch_evals = _EpochEvals(cfg, index, device, ctx.eval_batch_size, ctx.frames_for(cfg))
 
     def validate(m: torch.nn.Module) -> dict[str, float]:
         metrics = epoch_evals(m)  # the split eval.select_on names picks checkpoints (+ audit numbers)
@@ -467,9 +479,9 @@ def evaluate_checkpoints(model: torch.nn.Module, run_id: str, cfg: RunConfig, in
         for protocol in PROTOCOLS:
             gallery_ids = _gallery_ids(index) if protocol == "paper" else None
             res = evaluate(model, index.test, cfg, protocol, ctx.device, batch_size=ctx.eval_batch_size,
-                           gallery_ids=gallery_ids, thetas=thetas)
+                           gallery_ids=gallery_ids, thetas=thetas, frames=ctx.frames_for(cfg))
             val = (evaluate(model, index.val, cfg, protocol, ctx.device, batch_size=ctx.eval_batch_size,
-                            thetas=thetas) if index.val else None)
+                            thetas=thetas, frames=ctx.frames_for(cfg)) if index.val else None)
             policies = threshold_policies(res, val, cfg)
             for selection in selections:
                 _store_policies(ctx, run_id, protocol, selection, policies, decisions)
@@ -491,11 +503,13 @@ def _resize_audit(model: torch.nn.Module, cfg: RunConfig, index: DatasetIndex, c
     """The paper protocol at every candidate test resize S, on val and test (audit numbers only)."""
     val: dict[int, EvalResult] = {}
     test: dict[int, EvalResult] = {}
+    frames = ctx.frames_for(cfg)
     for size in candidate_resizes(cfg):
         at = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, test_resize=size))
-        test[size] = evaluate(model, index.test, at, "paper", ctx.device, batch_size=ctx.eval_batch_size)
+        test[size] = evaluate(model, index.test, at, "paper", ctx.device, batch_size=ctx.eval_batch_size, frames=frames)
         if index.val:
-            val[size] = evaluate(model, index.val, at, "paper", ctx.device, batch_size=ctx.eval_batch_size)
+            val[size] = evaluate(model, index.val, at, "paper", ctx.device, batch_size=ctx.eval_batch_size,
+                                 frames=frames)
     return resize_policies(val, test, cfg)
 
 
@@ -542,17 +556,20 @@ class _EpochEvals:
     scored and stored as "val", unused. All under the paper protocol at the fixed θ.
     """
 
-    def __init__(self, cfg: RunConfig, index: DatasetIndex, device: torch.device, batch_size: int) -> None:
+    def __init__(self, cfg: RunConfig, index: DatasetIndex, device: torch.device, batch_size: int,
+                 frames: FrameStore | None = None) -> None:
         self.cfg = cfg
         self.index = index
         self.device = device
         self.batch_size = batch_size
+        self.frames = frames
         self.extra: dict[str, dict[str, float]] = {}  # split -> metrics of the epoch just scored
 
     def _score(self, model: torch.nn.Module, samples: list) -> dict[str, float]:
         if not samples:
             return {}
-        return evaluate(model, samples, self.cfg, VAL_PROTOCOL, self.device, batch_size=self.batch_size).metrics
+        return evaluate(model, samples, self.cfg, VAL_PROTOCOL, self.device, batch_size=self.batch_size,
+                        frames=self.frames).metrics
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         """Score the epoch's model; returns the numbers that pick checkpoints (fit's ``validate``)."""

@@ -10,7 +10,8 @@ before in the process, so a run resumed from any checkpoint continues exactly as
 one would (bit for bit in deterministic CPU mode):
 
 - the data order of epoch e: :func:`epoch_order` (seed, e);
-- the augmentation of sample i in epoch e: drawn from (seed, e, i) (:class:`EpochView`);
+- the augmentation of sample i in epoch e: drawn from (seed, e, i) (:class:`EpochView`, or the same
+  draws applied per batch to decoded frames: :class:`kdcicam.data.cache.CachedBatches`, the same images);
 - ε of Eq. 16 and any global-RNG draw at step s of epoch e: from (seed, e, s) (:func:`seed_step`).
 
 Crash safety (:func:`fit`): each epoch is trained, validated, stored through ``on_epoch``, then
@@ -31,7 +32,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdcicam.checkpoint import (LAST, load_checkpoint, load_resume_state, remove_stale_temps, rotate_last,
                                 save_checkpoint)
 from kdcicam.config import RunConfig, to_dict
+from kdcicam.data.cache import CachedBatches, CachedTrainSet
 from kdcicam.distributed import (DistContext, any_rank, barrier, broadcast_object, convert_sync_batchnorm,
                                  gather_objects, local_batch_size, shard_order, wrap_ddp)
 from kdcicam.errors import ConfigError, RunError
@@ -220,7 +222,7 @@ def train_one_epoch(
     model: torch.nn.Module,
     recipe: Recipe,
     optimizer: torch.optim.Optimizer,
-    loader: DataLoader,
+    loader: Iterable[dict],
     device: torch.device,
     epoch: int,
     *,
@@ -406,6 +408,18 @@ def _reconcile_best(run_dir: Path, best: dict[str, dict[str, float]], state: dic
     return warnings
 
 
+def _epoch_batches(train_set: Dataset | CachedTrainSet, order: list[int], batch_size: int, seed: int, epoch: int,
+                   cfg: RunConfig, device: torch.device) -> Iterable[dict]:
+    """One epoch's batches of ``order``: from the decoded-frame cache (augmented per batch on the
+    device), or per image through a DataLoader. Both make the same images (tests/test_data_cache.py)."""
+    if isinstance(train_set, CachedTrainSet):
+        return CachedBatches(train_set.cache, order, batch_size, device, augment=train_set.augment, seed=seed,
+                             epoch=epoch, channels_last=cfg.train.channels_last and device.type == "cuda")
+    return DataLoader(EpochView(train_set, order, seed=seed, epoch=epoch), batch_size=batch_size, shuffle=False,
+                      num_workers=cfg.train.num_workers, collate_fn=_collate(), drop_last=False,
+                      pin_memory=device.type == "cuda")
+
+
 def _collate():
     from kdcicam.data.dataset import collate_wsol
 
@@ -434,7 +448,7 @@ def fit(
     model: torch.nn.Module,
     recipe: Recipe,
     cfg: RunConfig,
-    train_set: Dataset,
+    train_set: Dataset | CachedTrainSet,
     run_dir: Path,
     device: torch.device,
     *,
@@ -521,10 +535,7 @@ def fit(
         used = len(order) if len(order) <= bs else total * bs
         first = start_step if epoch == start_epoch else 0
         mine, batch, offset = _rank_share(order[first * bs:used], bs, dist)
-        loader = DataLoader(
-            EpochView(train_set, mine, seed=seed, epoch=epoch), batch_size=batch, shuffle=False,
-            num_workers=cfg.train.num_workers, collate_fn=_collate(), drop_last=False,
-            pin_memory=device.type == "cuda")
+        loader: Iterable[dict] = _epoch_batches(train_set, mine, batch, seed, epoch, cfg, device)
         prog = progress if progress is not None else EpochProgress()
         progress = None
         guard = _InterruptGuard()

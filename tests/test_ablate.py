@@ -54,3 +54,25 @@ def test_ablate_all_smoke_then_again_trains_nothing(smoke_cache, tmp_path):  # n
     assert plan.returncode == 0, plan.stderr[-3000:]
     statuses = {r["status"] for r in json.loads(plan.stdout)["runs"]}
     assert statuses == {"finished (reuse)"}
+
+
+def test_worker_args_drop_jobs_and_output_flags():
+    from kdcicam.cli.workers import worker_args
+
+    argv = ["/x/kdcicam", "ablate", "table3", "--jobs", "3", "--json", "--db", "sqlite:///r.db", "--jobs=2",
+            "--set", "train.epochs=1"]
+    assert worker_args(argv) == ["ablate", "table3", "--db", "sqlite:///r.db", "--set", "train.epochs=1", "--quiet"]
+    assert worker_args(["python", "-m", "kdcicam", "ablate", "all", "--quiet"]) == ["ablate", "all", "--quiet"]
+
+
+@pytest.mark.slow
+def test_ablate_jobs_2_shares_the_plan_between_two_processes(smoke_cache, tmp_path):  # noqa: F811
+    proc = _ablate(["table3", "--profile", "smoke", "--jobs", "2", "--json", "--set", "train.epochs=3"], smoke_cache,
+                   tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout)["runs"]
+    assert runs and all(r["status"] == "finished" and not r["reused"] for r in runs)
+    # both processes trained: the runs were claimed by two different pids, each at most once
+    pids = {pid for (pid,) in query(tmp_path / "runs.db", "select pid from runs")}
+    assert len(pids) == 2, pids
+    assert "Traceback" not in (tmp_path / "runs" / "workers" / "worker-1.log").read_text()

@@ -282,3 +282,25 @@ def test_empty_split():
     cache = C.build_cache([], TestTransform(resize=8), torch.device("cpu"))
     assert len(cache) == 0 and cache.boxes.shape == (0, 0, 4)
     assert list(C.test_batches(cache, 4, torch.device("cpu"))) == []
+
+
+def test_frame_store_decodes_once_per_split_and_geometry_and_drops_the_oldest(samples):
+    per_frame = 3 * 16 * 16  # bytes of one 16 x 16 uint8 frame
+    small = 3 * 8 * 8  # one 8 x 8 frame
+    store = C.FrameStore(torch.device("cpu"), host_budget=2 * len(samples) * per_frame + small)  # two + a small one
+    a = store.get(samples, TestTransform(16))
+    assert store.get(list(samples), TestTransform(16)) is a  # same paths, same geometry: the same frames
+    b = store.get(samples, TestTransform(20, 16))
+    assert b is not a and len(store) == 2
+    store.get(samples[:1], TestTransform(16, 8))  # fits beside the two
+    assert len(store) == 3
+    store.get(samples, TestTransform(24, 16))  # a third full cache: the least recently used (a) goes
+    assert len(store) == 3 and store.get(samples, TestTransform(20, 16)) is b
+    assert store.get(samples, TestTransform(16)) is not a  # decoded again
+
+
+def test_train_view_only_for_the_pipelines_the_cache_reproduces(samples):
+    store = C.FrameStore(torch.device("cpu"))
+    view = C.train_view(samples, train_transform(20, 16, randaugment=False), store)
+    assert view is not None and view.cache.side == 20 and view.augment.crop == 16 and len(view) == len(samples)
+    assert C.train_view(samples, train_transform(20, 16, False, random_resized_crop_scale=(0.2, 1.0)), store) is None

@@ -381,3 +381,26 @@ def test_protocol_transform_and_unknown_protocol():
     assert protocol_transform(cfg(), "standard").frame((64, 32)).resize_size == (16, 16)
     with pytest.raises(ConfigError, match="protocol = 'both'"):
         protocol_transform(cfg(), "both")
+
+
+@pytest.mark.parametrize("protocol", ["paper", "standard"])
+def test_decoded_frames_evaluate_exactly_as_the_per_image_path(bench, protocol):
+    # train.data_cache: the evaluator reads frames decoded once; records, metrics, sweep and gallery
+    # must equal the PIL path's, on non-square images with several GT boxes and a crop that cuts one.
+    from kdcicam.data.cache import FrameStore
+
+    b = block(3, 1, 9, 13)
+    bench.add(0, [(12.0, 2.0, 36.0, 26.0)], RANKED, {0: b, **heat_is(b)}, size=(64, 32))
+    bench.add(1, [(0.0, 0.0, 8.0, 8.0), (32.0, 0.0, 64.0, 32.0)], RANKED, {1: block(8, 0, 16, 16),
+                                                                         **heat_is(block(8, 0, 16, 16))}, size=(64, 32))
+    bench.add(2, [(0.0, 0.0, 47.0, 20.0)], RANKED, heat_is(block(0, 0, 10, 5)), size=(48, 48))
+    frames = FrameStore(CPU)
+    kwargs = {"thetas": (0.1, 0.5, 0.9), "gallery_ids": [s.image_id for s in bench.samples]}
+    plain = bench.run(protocol, **kwargs)
+    cached = bench.run(protocol, frames=frames, **kwargs)
+    again = bench.run(protocol, frames=frames, **kwargs)  # the store's frames, reused
+    assert len(frames) == 1
+    for got in (cached, again):
+        assert got.records == plain.records and got.metrics == plain.metrics and got.curve == plain.curve
+        assert np.array_equal(got.sweep.ious, plain.sweep.ious) and np.array_equal(got.sweep.boxes, plain.sweep.boxes)
+        assert all(np.array_equal(np.asarray(got.gallery[k]), np.asarray(plain.gallery[k])) for k in plain.gallery)

@@ -355,6 +355,36 @@ def test_a_crash_anywhere_resumes_to_the_uninterrupted_result(tiny_data, uninter
     _assert_same_run(model, result, {**epochs, **more}, tmp_path, uninterrupted)
 
 
+def _cached(data: WSOLDataset):
+    from kdcicam.data.cache import FrameStore, train_view
+
+    view = train_view(data.samples, data.transform, FrameStore(CPU))
+    assert view is not None  # resize -> random crop -> flip: the cache reproduces it
+    return view
+
+
+def test_the_decoded_frame_cache_trains_exactly_as_the_per_image_path(tiny_data, uninterrupted, tmp_path):
+    # train.data_cache: the same images (tests/test_data_cache.py), so the same losses and weights
+    cfg, data = tiny_data
+    model, result, epochs, _ = _run_record(cfg, _cached(data), tmp_path)
+    _assert_same_run(model, result, epochs, tmp_path, uninterrupted)
+
+
+def test_a_cached_run_resumed_mid_epoch_ends_as_the_uninterrupted_one(tiny_data, uninterrupted, tmp_path,
+                                                                     monkeypatch):
+    cfg, data = tiny_data
+    cached = _cached(data)
+    _inject(monkeypatch, "after-step", 6)  # epoch 2, step 2 of 4, with a checkpoint every step
+    epochs: dict = {}
+    with pytest.raises(_Crash):
+        _fit(cfg, cached, tmp_path, validate=_weights_validate, checkpoint_every=1,
+             on_epoch=lambda log, val: epochs.__setitem__(log.epoch, (log.terms, log.images, val)))
+    monkeypatch.undo()
+    model, result, more, resumed = _run_record(cfg, cached, tmp_path, checkpoint_every=1)
+    assert resumed == [(Position(1, 1, False), [])]
+    _assert_same_run(model, result, {**epochs, **more}, tmp_path, uninterrupted)
+
+
 def test_a_distilled_run_resumed_mid_epoch_draws_the_same_epsilons(tiny_data, tmp_path, monkeypatch):
     # ε (Eq. 16) is drawn per sample from the step's seed: a resumed epoch must draw what the
     # uninterrupted one drew at the same steps, or the KD terms and the weights differ.

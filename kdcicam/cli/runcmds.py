@@ -15,6 +15,7 @@ from rich.table import Table
 
 from kdcicam.cli._common import (DB_HELP, SET_HELP, cache_dir, configure_threads, db_url, echo_json, parse_sets,
                                  read_config_file)
+from kdcicam.cli.workers import split_threads, start_workers, worker_args
 from kdcicam.config import PROTOCOLS, ROLES, SELECTIONS, VARIANTS, DataConfig, TeacherRefs
 from kdcicam.errors import ConfigError
 
@@ -344,6 +345,9 @@ def ablate(
     as_json: bool = typer.Option(False, "--json", help="Print the plan / results as JSON."),
     gpus: int = typer.Option(1, min=1, help="Local launcher: train each run on this many processes of this "
                              "machine (torchrun, one GPU each; train.batch_size stays the global batch)."),
+    jobs: int = typer.Option(1, min=1, help="Local launcher: train up to N independent runs of the plan at once "
+                             "(N processes sharing the store and one device; on CPU the cores are split "
+                             "between them unless KDCICAM_THREADS is set)."),
     launcher: str = typer.Option("local", help="local (runs here, one after another) | slurm (one SLURM job per "
                                  "run, through submitit) | submitit-local (the slurm path as local processes)."),
     partition: str | None = typer.Option(None, help="SLURM partition of every job."),
@@ -366,6 +370,10 @@ def ablate(
     _choice(launcher, LAUNCHERS, "--launcher")
     if launcher != "local" and gpus != 1:
         raise ConfigError("--gpus is for --launcher local; with SLURM give --gpus-per-job")
+    if jobs > 1 and (gpus > 1 or launcher != "local"):
+        raise ConfigError("--jobs N is for --launcher local with one process per run (not with --gpus)")
+    if jobs > 1:
+        split_threads(jobs)
     sets = parse_sets(set_)
     reg, scope, dev, store, open_data, sets, _ = _prepare(
         profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
@@ -389,8 +397,20 @@ def ablate(
         from kdcicam.launch import execute_in_child
 
         execute_one = execute_in_child(gpus, cache_dir(), device)
-    outcomes = _run_plan(plan.runs, (store, artifacts, dev), quiet=quiet or as_json, execute_one=execute_one)
+    from kdcicam.store import utc_now
+
+    began = utc_now()
+    workers = start_workers(jobs - 1, worker_args(sys.argv), Path(artifacts))
+    try:
+        outcomes = _run_plan(plan.runs, (store, artifacts, dev), quiet=quiet or as_json, execute_one=execute_one)
+    finally:
+        worker_errors = workers.wait() if workers is not None else []
+    if workers is not None:  # a run a worker trained is new work, not a reuse
+        outcomes = [dataclasses.replace(o, reused=False) if o.reused and _finished_since(store, o.run_id, began) else o
+                    for o in outcomes]
     rows = _outcome_rows(store, plan.runs, outcomes)
+    for message in worker_errors:
+        typer.echo(message, err=True)
     failed = [r for r in rows if r["status"] != "finished"]
     if as_json:
         echo_json({"tables": tables, "scope": scope.__dict__, "profile": profile, "variant": variant, "runs": rows})
@@ -402,6 +422,11 @@ def ablate(
                    f"Next: kdcicam report --format html")
     if failed:
         raise typer.Exit(1)
+
+
+def _finished_since(store, run_id: str, since) -> bool:
+    info = store.get_run(run_id)
+    return info.finished_at is not None and info.finished_at >= since
 
 
 def _slurm_options(partition, time_min, gpus_per_job, cpus_per_job, log_dir, artifacts: Path):
