@@ -493,18 +493,24 @@ def evaluate_checkpoints(model: torch.nn.Module, run_id: str, cfg: RunConfig, in
             if protocol == "paper" and "last" in selections:
                 headline = dict(res.metrics)
                 if cfg.eval.resize_grid:
-                    audit = _resize_audit(model, cfg, index, ctx)
+                    audit = _resize_audit(model, cfg, index, ctx, own=(val, res))
                     ctx.store.set_final_metrics(run_id, protocol, "last", "fixed", "test", audit)
             _emit(ctx, "evaluated", run_id=run_id, protocol=protocol, selections=selections, metrics=res.metrics)
     return headline
 
 
-def _resize_audit(model: torch.nn.Module, cfg: RunConfig, index: DatasetIndex, ctx: RunContext) -> dict[str, float]:
-    """The paper protocol at every candidate test resize S, on val and test (audit numbers only)."""
-    val: dict[int, EvalResult] = {}
-    test: dict[int, EvalResult] = {}
+def _resize_audit(model: torch.nn.Module, cfg: RunConfig, index: DatasetIndex, ctx: RunContext,
+                  own: tuple[EvalResult | None, EvalResult]) -> dict[str, float]:
+    """The paper protocol at every candidate test resize S, on val and test (audit numbers only).
+
+    ``own``: the (val, test) results at the run's own S, already computed (their metrics are at the fixed θ).
+    """
+    val: dict[int, EvalResult] = {cfg.eval.test_resize: own[0]} if own[0] is not None else {}
+    test: dict[int, EvalResult] = {cfg.eval.test_resize: own[1]}
     frames = ctx.frames_for(cfg)
     for size in candidate_resizes(cfg):
+        if size == cfg.eval.test_resize:
+            continue
         at = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, test_resize=size))
         test[size] = evaluate(model, index.test, at, "paper", ctx.device, batch_size=ctx.eval_batch_size, frames=frames)
         if index.val:
