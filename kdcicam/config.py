@@ -127,6 +127,8 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA
     num_workers: int = 0  # data-loader processes of the per-image (PIL) path
     data_cache: bool = True  # decode each split once, augment whole batches on the device (same images)
+    compile: Literal["off", "default", "reduce-overhead"] = "off"  # torch.compile the training step's model
+    # ("reduce-overhead" adds CUDA graphs: for the paper's batch of 6 on a GPU); same math, other kernels
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_every: int = 0  # also save the position every this many steps (0 = at epoch ends only)
 
@@ -324,7 +326,7 @@ def with_overrides(cfg: Any, overrides: dict[str, Any], where: str = "override")
 # resuming on another device, with more loader workers, the decoded-frame cache (the same images,
 # tests/test_data_cache.py) or finer checkpoints is the same run. The test-split and test-resize
 # audits (eval.audit_epochs, eval.resize_grid) only add numbers no decision reads: not identity either.
-NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "train.data_cache",
+NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "train.data_cache", "train.compile",
                                       "train.checkpoint_every", "eval.audit_epochs", "eval.resize_grid")
 # Keys added after runs were stored: part of a run's identity only when they differ from their
 # default, so every run stored before they existed keeps its id (and is reused, not retrained).

@@ -521,6 +521,8 @@ def fit(
         on_resume(result.resumed_from, list(result.warnings))
     epochs, seed = cfg.train.epochs, cfg.train.seed
     train_model = wrap_ddp(model, device) if dist is not None else model
+    if cfg.train.compile != "off":  # shares model's parameters; checkpoints keep saving model's own state_dict
+        train_model = torch.compile(train_model, mode=cfg.train.compile)
     t0 = time.perf_counter()
 
     def training_state(epoch: int, step: int, done: bool, prog: EpochProgress | None) -> dict[str, Any]:
