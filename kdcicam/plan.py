@@ -98,26 +98,31 @@ def make_plan(
                               context_pool=context_pool, seed=seed, num_classes=2,
                               overrides=overrides, teachers=teachers, cli_overrides=cli_overrides)
 
-    def teacher_run(name: str, seed: int) -> PlannedRun:
-        t = reg.teachers[name]
-        return add(resolve(t.role, t.context_pool, seed, t.overrides))
-
     for key in table_keys:
         table = reg.table(key)
+        # a sweep sets its key to each value in every cell and in the teachers they learn from
+        settings = [{table.sweep_key: v} for v in table.sweep_values] if table.sweep_key else [{}]
         for seed in seeds:
-            for cell in table.cells:
-                for point in grid_points(cell):
-                    run = _cell_run(cell, seed, point, resolve, teacher_run, add)
-                    label = (table.key, cell.key, seed, _point_label(point))
-                    if label not in run.labels:
-                        run.labels.append(label)
-                    cells.append(PlannedCell(table=table.key, cell=cell.key, name=cell.name, seed=seed,
-                                             run_id=run.run_id, select=cell.select, point=_point_label(point)))
+            for setting in settings:
+                def teacher_run(name: str, seed: int, setting: dict = setting) -> PlannedRun:
+                    t = reg.teachers[name]
+                    return add(resolve(t.role, t.context_pool, seed, {**t.overrides, **setting}))
+
+                for cell in table.cells:
+                    for point in grid_points(cell):
+                        run = _cell_run(cell, seed, point, resolve, teacher_run, add, setting)
+                        label_text = ", ".join([*(f"{k}={v:g}" for k, v in setting.items()),
+                                                *([_point_label(point)] if point else [])])
+                        label = (table.key, cell.key, seed, label_text)
+                        if label not in run.labels:
+                            run.labels.append(label)
+                        cells.append(PlannedCell(table=table.key, cell=cell.key, name=cell.name, seed=seed,
+                                                 run_id=run.run_id, select=cell.select, point=label_text))
     ordered = sorted(runs.values(), key=lambda r: (len(r.deps) > 0,))  # stable: teachers/plain runs first
     return Plan(scope=scope, profile=profile, variant=variant, runs=ordered, cells=cells)
 
 
-def _cell_run(cell: Cell, seed: int, point: dict, resolve, teacher_run, add) -> PlannedRun:
+def _cell_run(cell: Cell, seed: int, point: dict, resolve, teacher_run, add, setting: dict) -> PlannedRun:
     if cell.teacher is not None:  # the cell reports a teacher run itself
         return teacher_run(cell.teacher, seed)
     refs = None
@@ -128,5 +133,5 @@ def _cell_run(cell: Cell, seed: int, point: dict, resolve, teacher_run, add) -> 
         refs = TeacherRefs(cls_run=cls_run, cls_select=cell.teachers.cls_select,
                            loc_run=loc_run, loc_select=cell.teachers.loc_select)
         deps = tuple(r for r in (cls_run, loc_run) if r)
-    cfg = apply_multipliers(resolve(cell.role, cell.context_pool, seed, cell.overrides, refs), point)
+    cfg = apply_multipliers(resolve(cell.role, cell.context_pool, seed, {**cell.overrides, **setting}, refs), point)
     return add(cfg, deps)

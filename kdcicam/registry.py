@@ -36,6 +36,7 @@ else:  # pragma: no cover - Python 3.10
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "ablations"
 METRICS = ("top1_cls", "top5_cls", "top1_loc", "top5_loc", "gt_known_loc", "maxboxacc_v2")
 NON_TABLE_FILES = {"teachers.toml", "profiles.toml"}
+TABLE_KINDS = ("table", "scatter", "sweep")
 # Which of the paper's dataset settings a dataset borrows (the synthetic benchmark stands in for CUB).
 SETTINGS_FROM = {"synthetic": "cub", "cub": "cub", "wsol": "cub", "ilsvrc": "ilsvrc"}
 
@@ -112,11 +113,13 @@ class Table:
     path: Path
     title: str
     caption: str
-    kind: str  # "table" | "scatter"
+    kind: str  # "table" | "scatter" | "sweep"
     reference_cell: str | None
     metrics: tuple[str, ...]
     cells: tuple[Cell, ...]
     claims: tuple[Claim, ...] = ()
+    sweep_key: str | None = None  # kind "sweep": the config key set to each of sweep_values (every cell, its teachers)
+    sweep_values: tuple[float, ...] = ()
 
     def cell(self, key: str) -> Cell:
         for c in self.cells:
@@ -274,10 +277,11 @@ def _default_of(dotted: str) -> Any:
 def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
     raw = _read_toml(path)
     key = path.stem
-    _keys(path.name, raw, {"title", "cells"}, {"caption", "kind", "reference_cell", "metrics", "claims"})
+    _keys(path.name, raw, {"title", "cells"}, {"caption", "kind", "reference_cell", "metrics", "claims", "sweep"})
     kind = raw.get("kind", "table")
-    if kind not in ("table", "scatter"):
-        raise ConfigError(f"{path.name}: kind = {kind!r}: must be 'table' or 'scatter'")
+    if kind not in TABLE_KINDS:
+        raise ConfigError(f"{path.name}: kind = {kind!r}: must be one of {', '.join(map(repr, TABLE_KINDS))}")
+    sweep_key, sweep_values = _read_sweep(path.name, kind, raw)
     metrics = tuple(raw.get("metrics", METRICS[:5]))
     for m in metrics:
         if m not in METRICS:
@@ -307,8 +311,42 @@ def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
             raise ConfigError(f"{where}: direction = {direction!r}: must be 'increase' or 'decrease'")
         claims.append(Claim(table=key, key=c["key"], text=c["text"], cell=c["cell"], versus=c["versus"],
                             metrics=tuple(c["metrics"]), direction=direction, kind=c.get("kind", "difference")))
+    if kind == "sweep":
+        if ref is None:
+            raise ConfigError(f"{path.name}: a sweep needs reference_cell (the gap of every other cell is taken to it)")
+        gridded = [c.key for c in cells if c.grid]
+        if gridded:
+            raise ConfigError(f"{path.name}: cell {gridded[0]!r}: a sweep's cells take no grid")
     return Table(key=key, path=path, title=raw["title"], caption=raw.get("caption", ""), kind=kind,
-                 reference_cell=ref, metrics=metrics, cells=cells, claims=tuple(claims))
+                 reference_cell=ref, metrics=metrics, cells=cells, claims=tuple(claims),
+                 sweep_key=sweep_key, sweep_values=sweep_values)
+
+
+def _read_sweep(name: str, kind: str, raw: dict) -> tuple[str | None, tuple[float, ...]]:
+    """``sweep = { key = "data.synth.context_correlation", values = [0.5, 0.9] }`` of a kind = "sweep" file."""
+    if kind != "sweep":
+        if "sweep" in raw:
+            raise ConfigError(f"{name}: 'sweep' is only for kind = \"sweep\"")
+        return None, ()
+    sweep = _typed(f"{name}: sweep", raw.get("sweep"), dict, 'a table: sweep = { key = "...", values = [...] }')
+    _keys(f"{name}: sweep", sweep, {"key", "values"}, set())
+    key = sweep["key"]
+    try:
+        default = _default_of(key)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: sweep.key: {exc}") from None
+    values = sweep["values"]
+    if (isinstance(default, bool) or not isinstance(default, (int, float)) or not isinstance(values, list) or not values
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+        raise ConfigError(f"{name}: sweep: {key} takes numbers: expected a non-empty list of numbers, got {values!r}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{name}: sweep.values: {values!r} repeats a value")
+    for v in values:
+        try:
+            with_overrides(RunConfig(), {key: v}, where=f"{name}: sweep").validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: sweep.values: {exc}") from None
+    return key, tuple(sorted(float(v) for v in values))
 
 
 def _read_teachers(path: Path) -> dict[str, TeacherDef]:

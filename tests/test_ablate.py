@@ -67,8 +67,9 @@ def test_worker_args_drop_jobs_and_output_flags():
 
 @pytest.mark.slow
 def test_ablate_jobs_2_shares_the_plan_between_two_processes(smoke_cache, tmp_path):  # noqa: F811
-    proc = _ablate(["table3", "--profile", "smoke", "--jobs", "2", "--json", "--set", "train.epochs=3"], smoke_cache,
-                   tmp_path)
+    # 15 runs of a few seconds each: the worker (started ~1 s later, then Python start-up) surely finds work
+    proc = _ablate(["table3", "--profile", "smoke", "--jobs", "2", "--seeds", "3", "--json", "--set",
+                    "train.epochs=2"], smoke_cache, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout)["runs"]
     assert runs and all(r["status"] == "finished" and not r["reused"] for r in runs)

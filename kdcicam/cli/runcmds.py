@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kdcicam.cli._common import (DB_HELP, SET_HELP, cache_dir, configure_threads, db_url, echo_json, parse_sets,
@@ -378,7 +379,8 @@ def ablate(
     reg, scope, dev, store, open_data, sets, _ = _prepare(
         profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
         db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets)
-    tables = sorted(reg.tables) if table == "all" else [reg.table(table).key]
+    # "all": the paper's artefacts (tables and figure); a sweep (a study of the benchmark) is run by name
+    tables = sorted(k for k, t in reg.tables.items() if t.kind != "sweep") if table == "all" else [reg.table(table).key]
     plan = make_plan(reg, tables, scope=scope, profile=profile, variant=variant, seeds=list(range(seeds)),
                      open_data=open_data, cli_overrides=sets)
     if dry_run:
@@ -502,10 +504,10 @@ def _print_plan(plan, store, as_json: bool) -> None:
         return
     t = Table(title=f"plan: {plan.scope.dataset}/{plan.scope.backbone}, profile {plan.profile}, variant {plan.variant}")
     for col in ("#", "run", "role", "pool", "seed", "epochs", "status", "needs", "cells"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for r in rows:
         t.add_row(str(r["order"]), r["run_id"][:12], r["role"], "on" if r["pool"] else "off", str(r["seed"]),
-                  str(r["epochs"]), r["status"], " ".join(r["needs"]), "\n".join(r["cells"]) or "(teacher)")
+                  str(r["epochs"]), r["status"], " ".join(r["needs"]), escape("\n".join(r["cells"])) or "(teacher)")
     Console(width=160).print(t)
 
 

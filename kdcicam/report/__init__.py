@@ -44,8 +44,9 @@ def build_report(store: Store | None, reg: Registry, *, protocols: Sequence[str]
     Returns:
         The report's data.
     """
-    if table_keys is None:  # the paper's tables first, then the scatter figures' tables
-        keys = sorted(reg.tables, key=lambda k: (reg.tables[k].kind != "table", k))
+    if table_keys is None:  # the paper's tables first, then the scatter figures' tables, then the sweeps
+        order = {"table": 0, "scatter": 1, "sweep": 2}
+        keys = sorted(reg.tables, key=lambda k: (order.get(reg.tables[k].kind, 3), k))
     else:
         keys = [reg.table(k).key for k in table_keys]
     generated = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -19,6 +20,7 @@ from markupsafe import Markup
 from kdcicam.registry import Registry
 from kdcicam.report.gallery import GALLERY_CELLS, GALLERY_TABLE, common_sample, gallery_columns, gallery_figure
 from kdcicam.report.scatter import cl_scatter
+from kdcicam.report.sweep import SweepData, sweep_figure
 from kdcicam.report.tables import METRIC_LABELS, MetricValue, ReportData, RowData, ScopeData, paper_points
 
 FORMATS = {"html": "report.html", "md": "report.md", "latex": "report.tex"}
@@ -171,6 +173,54 @@ def scope_views(data: ReportData, reg: Registry, *, figures: bool) -> list[Scope
     return views
 
 
+@dataclass
+class SweepRow:
+    x: str
+    name: str
+    n: int
+    cells: dict[str, str]  # metric -> text
+
+
+@dataclass
+class SweepView:
+    """A sweep as the templates show it: the values table, the gap table and the figure."""
+
+    data: SweepData
+    rows: list[SweepRow]
+    gap_rows: list[SweepRow]
+    figure: FigureOut | None = None
+
+
+def _sweep_rows(points, gap: bool) -> list[SweepRow]:
+    rows: dict[tuple[float, str], SweepRow] = {}
+    for p in points:
+        row = rows.setdefault((p.x, p.name), SweepRow(x=f"{p.x:g}", name=p.name, n=0, cells={}))
+        row.n = max(row.n, p.n)
+        if gap:
+            text = fmt_signed(p.mean)
+            if p.ci is not None:
+                text += f" [{fmt_signed(p.ci[0])}, {fmt_signed(p.ci[1])}]"
+        else:
+            text = fmt_value(p.mean) + (f" ± {p.std:.1f}" if p.std is not None else "")
+        row.cells[p.metric] = text
+    return list(rows.values())
+
+
+def sweep_views(data: ReportData, *, figures: bool) -> list[SweepView]:
+    """Each sweep with its tables (and its figure when ``figures``)."""
+    views = []
+    for w in data.sweeps:
+        view = SweepView(data=w, rows=_sweep_rows(w.values, gap=False), gap_rows=_sweep_rows(w.gaps, gap=True))
+        if figures:
+            png = sweep_figure(w, [m for m in w.metrics if m != "top1_cls"] or list(w.metrics), METRIC_LABELS)
+            if png is not None:
+                slug = re.sub(r"[^a-z0-9]+", "-", f"{w.key}-{w.group}-{w.protocol}".lower()).strip("-")
+                view.figure = FigureOut(file=f"sweep-{slug}.png", title=f"{w.title} ({w.protocol} protocol)",
+                                        caption=w.group, png=png)
+        views.append(view)
+    return views
+
+
 # ---------------------------------------------------------------------------------- rendering
 
 @dataclass(frozen=True)
@@ -214,15 +264,19 @@ def render(data: ReportData, reg: Registry, fmt: str, *, figures: bool = True) -
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     views = scope_views(data, reg, figures=figures)
+    sweeps = sweep_views(data, figures=figures)
     script, script_hash = _script() if fmt == "html" else (Markup(""), "")
     template = _environment().get_template(f"report.{ 'tex' if fmt == 'latex' else fmt}.j2")
     text = template.render(report=data, scopes=views, figures=figures, banner=REDUCED_BANNER,
                            first_step=FIRST_STEP, metric_labels=METRIC_LABELS, script=script,
-                           script_hash=script_hash, no_audit=NO_AUDIT)
+                           script_hash=script_hash, no_audit=NO_AUDIT, sweeps=sweeps)
     files: dict[str, bytes] = {}
     if fmt != "html":
         for view in views:
             for fig in [*view.scatter.values(), view.gallery]:
                 if fig is not None:
                     files[fig.file] = fig.png
+        for sweep in sweeps:
+            if sweep.figure is not None:
+                files[sweep.figure.file] = sweep.figure.png
     return Rendered(text=text, files=files)

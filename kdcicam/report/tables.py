@@ -15,6 +15,8 @@ validation split or on the test split itself (oracle) (:mod:`kdcicam.selection`)
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -26,6 +28,7 @@ import pandas as pd
 
 from kdcicam.registry import METRICS, Cell, Registry, Scope, Table
 from kdcicam.report.stats import mean_std_ci
+from kdcicam.report.sweep import SweepData, build_sweeps
 from kdcicam.selection import DECISION_METRIC, TEACHER_DECISION_METRIC, EpochAudit, select_on_of
 from kdcicam.store import RunInfo
 
@@ -355,6 +358,7 @@ class ReportData:
     table_keys: tuple[str, ...]
     scopes: tuple[ScopeData, ...]
     n_unfinished: int = 0  # runs in the store not finished (not shown)
+    sweeps: tuple[SweepData, ...] = ()  # the registry's sweep tables (kind = "sweep"), across scopes
 
 
 def _finals_index(finals: pd.DataFrame,
@@ -720,8 +724,14 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
     Returns:
         The report's data, one :class:`ScopeData` per scope with a finished run.
     """
-    finished = [r for r in runs if r.status == "finished"]
+    sweep_tables = {k for k, t in reg.tables.items() if t.kind == "sweep"}
+    sweep_keys = [k for k in table_keys if k in sweep_tables]
+    table_keys = [k for k in table_keys if k not in sweep_tables]
+    all_finished = [r for r in runs if r.status == "finished"]
+    # a run only a sweep asked for (another correlation, another dataset) belongs to no scope's tables
+    finished = [r for r in all_finished if not r.labels or set(r.labels) - sweep_tables]
     frame = cell_frame(reg, finished, finals)
+    frame = frame[~frame["table"].isin(sweep_tables)]
     scatter_keys = {k for k in reg.tables if reg.tables[k].kind == "scatter"}
     is_scatter = frame["table"].isin(scatter_keys)
     runs_per_seed = frame[~is_scatter].groupby(["scope", "table", "cell", "seed"], sort=False)["run_id"].nunique()
@@ -752,7 +762,8 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
                                 tables=tables, points=points, runs=tuple(scope_runs), audit=audit))
     return ReportData(generated=generated, store_url=store_url, protocols=tuple(protocols),
                       table_keys=tuple(table_keys), scopes=tuple(scopes),
-                      n_unfinished=len(runs) - len(finished))
+                      n_unfinished=len(runs) - len(all_finished),
+                      sweeps=build_sweeps(reg, sweep_keys, all_finished, finals, protocols))
 
 
 def report_json(data: ReportData) -> dict[str, Any]:
@@ -790,5 +801,10 @@ def report_json(data: ReportData) -> dict[str, Any]:
                        "profile": k.profile, "variant": k.variant, "paper_scope": k.paper_scope,
                        "reduced": k.reduced, "provenance": dict(scope.provenance.items()), "tables": tables,
                        "selection_audit": audit})
+    sweeps = [{"table": w.key, "title": w.title, "protocol": w.protocol, "group": w.group, "x": w.x_key,
+               "reference": w.reference, "reduced": w.reduced, "missing": list(w.missing),
+               "values": [dataclasses.asdict(p) for p in w.values], "gaps": [dataclasses.asdict(p) for p in w.gaps]}
+              for w in data.sweeps]
     return {"generated": data.generated, "store": data.store_url, "unit": "percent",
-            "protocols": list(data.protocols), "n_unfinished_runs": data.n_unfinished, "scopes": scopes}
+            "protocols": list(data.protocols), "n_unfinished_runs": data.n_unfinished, "scopes": scopes,
+            "sweeps": sweeps}

@@ -1,0 +1,122 @@
+"""Sweep tables (registry kind = "sweep"): reading, planning, and the report's values, gaps and figure."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from test_registry import _plan
+
+from kdcicam.errors import ConfigError
+from kdcicam.registry import DEFAULT_REGISTRY, load_registry
+from kdcicam.report import build_report, render, report_json
+from kdcicam.store import open_store
+
+SWEEP = "context-sweep"
+KEY = "data.synth.context_correlation"
+
+
+def test_the_shipped_sweep_plans_every_value_and_shares_table3s_runs_at_the_default():
+    reg = load_registry()
+    table = reg.table(SWEEP)
+    assert table.kind == "sweep" and table.sweep_key == KEY and table.sweep_values == (0.5, 0.7, 0.9, 0.98)
+    plan = _plan(reg, [SWEEP], seeds=(0, 1))
+    assert len(plan.runs) == 4 * 2 * 2  # values x cells x seeds
+    assert sorted({r.cfg.data.synth.context_correlation for r in plan.runs}) == [0.5, 0.7, 0.9, 0.98]
+    points = {c.point for c in plan.cells}
+    assert points == {f"{KEY}={v:g}" for v in (0.5, 0.7, 0.9, 0.98)}
+    # at the benchmark's default correlation (0.9) the sweep's cells are Table 3's Base and +ConPool runs
+    t3 = {c.cell: c.run_id for c in _plan(reg, ["table3"]).cells}
+    at_default = {c.cell: c.run_id for c in plan.cells if c.point == f"{KEY}=0.9" and c.seed == 0}
+    assert at_default == {"base": t3["base"], "conpool": t3["conpool"]}
+
+
+def _registry_with(tmp_path: Path, text: str) -> Path:
+    root = tmp_path / "ablations"
+    shutil.copytree(DEFAULT_REGISTRY, root)
+    (root / "mine.toml").write_text(text)
+    return root
+
+
+CELLS = '''
+[[cells]]
+key = "base"
+name = "Base"
+role = "student"
+context_pool = false
+'''
+
+
+@pytest.mark.parametrize("head, expected", [
+    ('kind = "sweep"\nreference_cell = "base"\n', "mine.toml: sweep: expected a table"),
+    ('kind = "sweep"\nreference_cell = "base"\nsweep = { key = "data.synth.corr", values = [0.5] }\n',
+     "mine.toml: sweep.key: "),
+    ('kind = "sweep"\nreference_cell = "base"\nsweep = { key = "data.synth.context_correlation", values = [0.5, 1.5] }\n',
+     "mine.toml: sweep.values: "),
+    ('kind = "sweep"\nreference_cell = "base"\nsweep = { key = "data.synth.context_correlation", values = [] }\n',
+     "expected a non-empty list of numbers"),
+    ('kind = "sweep"\nsweep = { key = "data.synth.context_correlation", values = [0.5] }\n',
+     "a sweep needs reference_cell"),
+    ('sweep = { key = "data.synth.context_correlation", values = [0.5] }\n', "'sweep' is only for kind"),
+    ('kind = "curve"\n', "kind = 'curve': must be one of 'table', 'scatter', 'sweep'"),
+])
+def test_bad_sweep_files_say_what_is_wrong(tmp_path, head, expected):
+    root = _registry_with(tmp_path, 'title = "t"\n' + head + CELLS)
+    with pytest.raises(ConfigError, match=None) as err:
+        load_registry(root)
+    assert expected in str(err.value)
+
+
+# ------------------------------------------------------------------------------------ report
+# Top-1 Loc (fractions) per (correlation, cell, seed):
+#   0.5: Base 0.40, 0.44 | +ConPool 0.45, 0.47  -> gaps +5, +3: mean +4.0, std 1.41,
+#        95 % t-interval 4 ± 12.706 * 1.414 / sqrt(2) = 4 ± 12.7 -> [-8.7, +16.7]
+#   0.9: Base 0.50 (seed 0 only), no +ConPool   -> "0.9: +ConPool" not run
+VALUES = {(0.5, "base"): (0.40, 0.44), (0.5, "conpool"): (0.45, 0.47), (0.9, "base"): (0.50,)}
+
+
+def _sweep_store(url: str) -> None:
+    with open_store(url) as store:
+        for (corr, cell), per_seed in VALUES.items():
+            for seed, loc in enumerate(per_seed):
+                rid = f"{cell}-{corr}-{seed}"
+                cfg = {"profile": "quick", "variant": "reference", "model": {"backbone": "vgg16",
+                                                                             "context_pool": cell != "base"},
+                       "data": {"dataset": "synthetic", "synth": {"context_correlation": corr}}}
+                store.get_or_create_run(rid, config_hash="h" + rid, role="student", profile="quick",
+                                        variant="reference", dataset="synthetic",
+                                        dataset_fingerprint=f"fp{corr}", seed=seed, config=cfg,
+                                        labels={SWEEP: [cell]})
+                store.claim_run(rid, pid=1, host="box")
+                store.set_final_metrics(rid, "paper", "last", "fixed", "test",
+                                        {"top1_cls": 0.7, "top1_loc": loc, "gt_known_loc": loc + 0.1})
+                store.finish_run(rid)
+
+
+def test_report_sweep_values_gaps_missing_and_figure(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    _sweep_store(url)
+    reg = load_registry()
+    with open_store(url) as store:
+        data = build_report(store, reg, protocols=("paper",))
+    assert data.scopes == ()  # sweep-only runs make no scope of the paper's tables
+    (sweep,) = data.sweeps
+    assert sweep.group == "synthetic / vgg16 / quick / reference" and sweep.reduced
+    value = {(p.x, p.cell): p for p in sweep.values if p.metric == "top1_loc"}
+    assert value[(0.5, "base")].mean == pytest.approx(42.0) and value[(0.5, "base")].n == 2
+    assert value[(0.9, "conpool")].n == 0 and value[(0.9, "conpool")].mean is None
+    gap = next(p for p in sweep.gaps if p.x == 0.5 and p.metric == "top1_loc")
+    assert (gap.mean, gap.std, gap.n) == (pytest.approx(4.0), pytest.approx(math.sqrt(2)), 2)
+    assert gap.ci == (pytest.approx(4 - 12.7062, abs=1e-3), pytest.approx(4 + 12.7062, abs=1e-3))
+    assert "0.9: +ConPool" in sweep.missing and "0.7: Base" in sweep.missing
+    md = render(data, reg, "md", figures=True)
+    assert "| 0.5 | +ConPool − Base | 2 | 0.0 \\[0.0, 0.0\\] | +4.0 \\[−8.7, +16.7\\] |" in md.text
+    assert "| 0.5 | Base | 2 | 70.0 ± 0.0 | 42.0 ± 2.8 |" in md.text
+    assert "No runs yet" not in md.text and "## Sweeps" in md.text
+    assert any(name.startswith("sweep-context-sweep-") for name in md.files)
+    assert json.loads(json.dumps(report_json(data)))["sweeps"][0]["x"] == KEY
+    for fmt in ("html", "latex"):
+        assert "Confounding sweep" in render(data, reg, fmt, figures=False).text
