@@ -177,7 +177,9 @@ class RunConfig:
         _check(0.0 < self.eval.iou_threshold <= 1.0, "eval.iou_threshold", self.eval.iou_threshold,
                "must be in (0, 1]")
         for i, size in enumerate(self.eval.resize_grid):
-            _check(size >= self.eval.test_crop, f"eval.resize_grid[{i}]", size, "must be >= eval.test_crop")
+            _check(size >= self.eval.test_crop, f"eval.resize_grid[{i}]", size,
+                   f"must be >= eval.test_crop ({self.eval.test_crop}): give larger sizes, or "
+                   "--set eval.resize_grid=[] for no resize audit")
         for i, t in enumerate(self.eval.theta_grid):
             _check(0.0 <= t <= 1.0, f"eval.theta_grid[{i}]", t, "must be in [0, 1]")
         _check(self.eval.test_crop <= self.eval.test_resize, "eval.test_crop", self.eval.test_crop,
