@@ -273,6 +273,9 @@ CASES = [
                                                              "--db", w["url"]], "profile 'paper' needs"),
     Case("C13-weights-with-reduced-width", lambda w: ["train", "--profile", "smoke", "--weights", "/nonexistent.pth",
                                                       "--db", w["url"]], "model.width"),
+    Case("C14-resize-audit-below-the-crop", lambda w: ["train", "--profile", "smoke", "--set", "eval.test_crop=36",
+                                                       "--db", w["url"]],
+         "eval.resize_grid[0] = 32: must be >= eval.test_crop (36): give larger sizes, or --set eval.resize_grid=[]"),
     # ---- runs (R)
     Case("R01-unknown-run", lambda w: ["runs", "show", "zzzz9999", "--db", w["url"]], "no run matches 'zzzz9999'"),
     Case("R02-ambiguous-prefix", lambda w: ["runs", "show", "abcd", "--db", w["url"]], "abcd"),
