@@ -76,6 +76,19 @@ class _Crash(BaseException):
     """Stands for SIGKILL: nothing after it runs (not even ``except Exception`` handlers)."""
 
 
+def _crashing_replace(real, crash_at: int):
+    """An ``os.replace`` that crashes (before renaming) on its call number ``crash_at`` (0-based)."""
+    calls = []
+
+    def replace(a, b):
+        if len(calls) == crash_at:
+            raise _Crash
+        calls.append(b)
+        return real(a, b)
+
+    return replace
+
+
 def _count_replaces(monkeypatch, folder, state) -> int:
     calls = []
     real = os.replace
@@ -98,15 +111,7 @@ def test_a_crash_at_any_rename_of_a_commit_leaves_the_old_or_the_new_state(tmp_p
         folder = tmp_path / f"crash{crash_at}"
         _commit(folder, _state(1))
         _commit(folder, _state(2))
-        calls = []
-
-        def replace(a, b, calls=calls, crash_at=crash_at):
-            if len(calls) == crash_at:
-                raise _Crash
-            calls.append(b)
-            return real(a, b)
-
-        monkeypatch.setattr(ckpt.os, "replace", replace)
+        monkeypatch.setattr(ckpt.os, "replace", _crashing_replace(real, crash_at))
         with pytest.raises(_Crash) if crash_at < n else _nothing():
             _commit(folder, _state(3))
         monkeypatch.setattr(ckpt.os, "replace", real)
@@ -127,15 +132,7 @@ def test_a_crash_while_overwriting_a_file_in_place_leaves_the_old_or_the_new_one
     for crash_at in range(4):
         folder = tmp_path / f"crash{crash_at}"
         save_checkpoint(_state(1), folder, "best_top1_loc.pt")
-        calls = []
-
-        def replace(a, b, calls=calls, crash_at=crash_at):
-            if len(calls) == crash_at:
-                raise _Crash
-            calls.append(b)
-            return real(a, b)
-
-        monkeypatch.setattr(ckpt.os, "replace", replace)
+        monkeypatch.setattr(ckpt.os, "replace", _crashing_replace(real, crash_at))
         with pytest.raises(_Crash) if crash_at < 3 else _nothing():
             save_checkpoint(_state(2), folder, "best_top1_loc.pt")
         monkeypatch.setattr(ckpt.os, "replace", real)

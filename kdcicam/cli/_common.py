@@ -86,11 +86,16 @@ def configure_threads() -> None:
         except ValueError:
             raise ConfigError(f"KDCICAM_THREADS / OMP_NUM_THREADS = {wanted!r}: expected a whole number") from None
     else:
-        try:
-            n = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            n = os.cpu_count() or 1
+        n = available_cores()
     torch.set_num_threads(max(1, n))
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def echo_json(data: Any) -> None:

@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdcicam.cli._common import available_cores
+
 WORKER_STAGGER_S = 1.0
 _DROP_FLAGS = {"--json", "--quiet", "--dry-run"}  # the parent prints; workers only train
 
@@ -32,11 +34,7 @@ def split_threads(jobs: int) -> None:
     """Give each of ``jobs`` processes an equal share of this process's cores (unless KDCICAM_THREADS is set)."""
     if os.environ.get("KDCICAM_THREADS"):
         return
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    os.environ["KDCICAM_THREADS"] = str(max(1, cores // jobs))
+    os.environ["KDCICAM_THREADS"] = str(max(1, available_cores() // jobs))
 
 
 def worker_args(argv: list[str]) -> list[str]:

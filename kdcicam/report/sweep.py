@@ -19,6 +19,7 @@ import pandas as pd
 
 from kdcicam.registry import Registry, Table
 from kdcicam.report.stats import mean_std_ci
+from kdcicam.report.tables import config_value
 from kdcicam.selection import select_on_of
 from kdcicam.store import RunInfo
 
@@ -55,17 +56,8 @@ class SweepData:
     reduced: bool
 
 
-def _get(config: dict, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _group(run: RunInfo) -> tuple[str, str, str, str, str]:
-    backbone = str(_get(run.config, "model.backbone") or "?")
+    backbone = str(config_value(run.config, "model.backbone") or "?")
     return run.dataset, backbone, run.profile, run.variant, select_on_of(run.config)
 
 
@@ -82,7 +74,7 @@ def sweep_frame(table: Table, runs: Sequence[RunInfo], finals: pd.DataFrame) -> 
     for run in runs:
         if run.status != "finished" or table.key not in run.labels or table.sweep_key is None:
             continue
-        x = _get(run.config, table.sweep_key)
+        x = config_value(run.config, table.sweep_key)
         if x is None:
             continue
         group = by_run.get(run.id)

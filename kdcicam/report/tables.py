@@ -22,15 +22,17 @@ import re
 from collections.abc import Iterable, Sequence
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from kdcicam.registry import METRICS, Cell, Registry, Scope, Table
 from kdcicam.report.stats import mean_std_ci
-from kdcicam.report.sweep import SweepData, build_sweeps
 from kdcicam.selection import DECISION_METRIC, TEACHER_DECISION_METRIC, EpochAudit, select_on_of
 from kdcicam.store import RunInfo
+
+if TYPE_CHECKING:
+    from kdcicam.report.sweep import SweepData
 
 PROTOCOL_NAMES: tuple[str, ...] = ("paper", "standard")
 METRIC_LABELS = {
@@ -153,7 +155,8 @@ def _distinct(values: Iterable[Any]) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def _get(config: dict[str, Any], dotted: str) -> Any:
+def config_value(config: dict[str, Any], dotted: str) -> Any:
+    """A stored run config's value at a dotted key (None where it has none)."""
     node: Any = config
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -208,17 +211,17 @@ class Provenance:
 def provenance(scope: ScopeKey, runs: Sequence[RunInfo], generated: str) -> Provenance:
     """The provenance of the runs behind one table or figure of ``scope``."""
     def size(run: RunInfo) -> str:
-        crop = _get(run.config, "data.crop")
-        resize, test_crop = _get(run.config, "eval.test_resize"), _get(run.config, "eval.test_crop")
+        crop = config_value(run.config, "data.crop")
+        resize, test_crop = config_value(run.config, "eval.test_resize"), config_value(run.config, "eval.test_crop")
         return f"crop {crop} (test {resize}→{test_crop})"
 
     return Provenance(
         dataset=scope.dataset,
         fingerprints=tuple(fp[:12] for fp in _distinct(r.dataset_fingerprint for r in runs)),
         backbone=scope.backbone,
-        widths=_distinct(_get(r.config, "model.width") for r in runs),
+        widths=_distinct(config_value(r.config, "model.width") for r in runs),
         image_sizes=_distinct(size(r) for r in runs),
-        epochs=_distinct(_get(r.config, "train.epochs") for r in runs),
+        epochs=_distinct(config_value(r.config, "train.epochs") for r in runs),
         profile=scope.profile,
         variant=scope.variant,
         seeds=tuple(str(s) for s in sorted({r.seed for r in runs})),
@@ -724,6 +727,8 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
     Returns:
         The report's data, one :class:`ScopeData` per scope with a finished run.
     """
+    from kdcicam.report.sweep import build_sweeps  # sweep.py reads run configs with this module's helpers
+
     sweep_tables = {k for k, t in reg.tables.items() if t.kind == "sweep"}
     sweep_keys = [k for k in table_keys if k in sweep_tables]
     table_keys = [k for k in table_keys if k not in sweep_tables]
