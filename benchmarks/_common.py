@@ -58,8 +58,13 @@ def make_models(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Module, 
 
 def step_fn(model: torch.nn.Module, recipe: Recipe, cfg: RunConfig, device: torch.device,
             teachers: TeacherSet | None, *, amp_cpu_bf16: bool = False) -> Callable[[torch.Tensor, torch.Tensor], dict]:
-    """One training step exactly as ``train_one_epoch`` runs it (loss, zero_grad, backward, Adam step)."""
+    """One training step exactly as ``train_one_epoch`` runs it (loss, zero_grad, backward, Adam step).
+
+    With ``cfg.train.compile`` other than "off" the model goes through ``torch.compile`` in that mode, as
+    the trainer does (the optimizer holds the model's own parameters)."""
     optimizer = build_optimizer(model, cfg, device)
+    if cfg.train.compile != "off":
+        model = torch.compile(model, mode=cfg.train.compile)
     generator = torch.Generator().manual_seed(0)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -15,7 +15,10 @@ of the splits from JPEGs of CUB-like sizes. Then, per run,
 
 with CUB-200-2011's N = 5,994 train images (of which ``data.val_fraction`` is held out for
 validation, ~600) and N_test = 5,794, and ``--checkpoints`` distinct checkpoint epochs evaluated at
-the end (last + up to 3 best-by-criterion; default 4, the most).
+the end (last + up to 3 best-by-criterion; default 4, the most). The sum is the table one run after
+another; "side by side" is its critical path when every run has its own worker (``ablate --jobs N``)
+and none slows another (an upper bound on the gain: at batch 6 the GPU idles most of each step).
+``--compile reduce-overhead`` times the step as ``train.compile`` would run it (CUDA graphs).
 """
 
 from __future__ import annotations
@@ -72,13 +75,14 @@ def step_seconds(cfg, device: torch.device, steps: int) -> float:
     _geometry, augment = split_train_transform(train_transform(d.train_resize, d.crop, d.randaugment,
                                                                d.randaugment_ops, d.randaugment_magnitude))
     batch = cfg.train.batch_size
-    cache = random_cache(batch * (steps + 1), d.train_resize, cfg.model.num_classes, device)
+    warm = 3 if cfg.train.compile != "off" else 1  # compiling, then recording CUDA graphs, is not timed
+    cache = random_cache(batch * (steps + warm), d.train_resize, cfg.model.num_classes, device)
     loader = CachedBatches(cache, range(len(cache)), batch, device, augment=augment, drop_last=True,
                            channels_last=device.type == "cuda" and cfg.train.channels_last)
     times = []
     for i, b in enumerate(loader):
         t = common.timed(lambda: step(b["image"], b["label"].to(device)), device)
-        if i > 0:
+        if i >= warm:
             times.append(t)
     return sorted(times)[len(times) // 2]
 
@@ -115,6 +119,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="timed steps per run (after one warm-up step)")
     parser.add_argument("--checkpoints", type=int, default=4, help="distinct checkpoint epochs evaluated at the end")
     parser.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()))
+    parser.add_argument("--compile", choices=["off", "default", "reduce-overhead"], default=None,
+                        help="train.compile of every run [the profile's]")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,9 +134,13 @@ def main() -> None:
     decode_s = decode_seconds_per_image(first, device)
     eval_s = eval_seconds_per_image(replace(first, model=replace(first.model, weights=None)), device)
     measured: dict[tuple, float] = {}
+    own_s: dict[str, float] = {}
+    finish_s: dict[str, float] = {}  # runs are planned teachers first
     total = 0.0
     for run in runs:
         cfg = replace(run.cfg, model=replace(run.cfg.model, weights=None))
+        if args.compile is not None:
+            cfg = replace(cfg, train=replace(cfg.train, compile=args.compile))
         key = (cfg.loss.role, cfg.model.context_pool)  # seeds and teacher ids do not change the cost
         if key not in measured:
             measured[key] = step_seconds(cfg, device, args.steps)
@@ -144,6 +154,9 @@ def main() -> None:
         build_s = (CUB_TRAIN + 2 * CUB_TEST) * decode_s
         run_s = build_s + train_s + val_s + test_s
         total += run_s
+        own_s[run.run_id] = run_s
+        # side by side (ablate --jobs N, N >= runs): a run ends after its teachers' ends plus its own time
+        finish_s[run.run_id] = max((finish_s[d] for d in run.deps), default=0.0) + run_s
         row = {"run_id": run.run_id[:12], "role": cfg.loss.role, "context_pool": cfg.model.context_pool,
                "epochs": cfg.train.epochs, "batch": cfg.train.batch_size, "n_train": n_train, "n_val": n_val,
                "step_s": measured[key], "train_s": train_s, "val_s": val_s, "test_s": test_s, "decode_s": build_s,
@@ -152,11 +165,14 @@ def main() -> None:
         print(f"  {row['run_id']} {row['role']:<12} pool={str(row['context_pool']):<5} {row['step_s']:7.2f} s/step "
               f"x {steps_per_epoch} steps x {row['epochs']} epochs = {human(train_s)} training, "
               f"{human(val_s + test_s)} evaluation -> {human(run_s)}", flush=True)
-    result.update(total_s=total, eval_s_per_image=eval_s, decode_s_per_image=decode_s,
-                  loadavg_end=common.loadavg())
+    critical = max(finish_s.values())
+    result.update(total_s=total, critical_path_s=critical, eval_s_per_image=eval_s, decode_s_per_image=decode_s,
+                  compile=args.compile or first.train.compile, loadavg_end=common.loadavg())
     print(f"projected table3 / vgg16 / paper on {result['machine']['device']} ({args.threads} threads): "
           f"{human(total)} ({total / 3600:.1f} h); eval {1e3 * eval_s:.1f} ms/image, decode {1e3 * decode_s:.1f} "
           f"ms/image; load at end {result['loadavg_end']}")
+    print(f"side by side (ablate --jobs {len(runs)}, if the runs do not slow each other): {human(critical)} "
+          f"(the longest teacher + the distilled student)")
     common.dump(result, args.json)
 
 

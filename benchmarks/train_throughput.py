@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,6 +47,7 @@ from kdcicam.train import epoch_order
 
 NAIVE_BATCH = 6  # the authors' batch size
 READ_EVERY = 20  # the trainer reads losses back every 20 steps
+WARMUP_COMPILED = 3  # untimed steps of a compiled step (compiling, then recording its CUDA graphs)
 CUB_SIZES = ((500, 375), (375, 500), (500, 333), (500, 356), (448, 500))  # typical CUB-200-2011 image sizes
 SYNTH_SIZES = ((64, 51), (57, 70), (72, 60), (80, 64), (52, 52))  # the synthetic benchmark's jittered ~64 px
 
@@ -110,8 +112,9 @@ def ours_images_per_s(cfg: RunConfig, cache, device: torch.device, steps: int) -
     batches = iter(loader)
     pending = []
     start = None
-    for i in range(steps + 1):
-        if i == 1:
+    warm = WARMUP_COMPILED if cfg.train.compile != "off" else 1  # CUDA graphs are recorded after warm-up calls
+    for i in range(steps + warm):
+        if i == warm:
             common.sync(device)
             start = time.perf_counter()
         batch = next(batches)
@@ -124,6 +127,10 @@ def ours_images_per_s(cfg: RunConfig, cache, device: torch.device, steps: int) -
     common.sync(device)
     rate = steps * cfg.train.batch_size / (time.perf_counter() - start)
     batch = loader.batch(0)
+    if cfg.train.compile != "off":  # FLOPs of the same maths, counted on the eager step
+        eager_cfg = replace(cfg, train=replace(cfg.train, compile="off"))
+        model, recipe, teachers = common.make_models(eager_cfg, device)
+        step = common.step_fn(model, recipe, eager_cfg, device, teachers)
     with FlopCounterMode(display=False) as counter:
         step(batch["image"].to(device), batch["label"].to(device))
     return rate, counter.get_total_flops() / cfg.train.batch_size
@@ -137,8 +144,9 @@ def data_only_images_per_s(cfg: RunConfig, cache, samples: list[Sample], device:
                                                                d.randaugment_ops, d.randaugment_magnitude))
     loader = CachedBatches(cache, epoch_order(len(cache), 0, 0), cfg.train.batch_size, device, augment=augment,
                            drop_last=True)
-    steps = max(1, min(len(loader), images // cfg.train.batch_size))
-    ours = common.timed(lambda: [loader.batch(i)["image"] for i in range(steps)], device)
+    steps = max(1, min(len(loader) - 1, images // cfg.train.batch_size))
+    loader.batch(0)  # warm-up (first kernels, cuDNN / allocator set-up), not timed
+    ours = common.timed(lambda: [loader.batch(i)["image"] for i in range(1, steps + 1)], device)
     naive_set = NaiveDataset(samples, cfg)
     count = min(len(samples), images)
     naive = common.timed(lambda: [naive_set[i] for i in range(count)], device)
@@ -156,6 +164,8 @@ def main() -> None:
     parser.add_argument("--naive-workers", type=int, default=0, help="DataLoader workers of the naive loop")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for the utilisation figure")
     parser.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()))
+    parser.add_argument("--compile", choices=["off", "default", "reduce-overhead"], default=None,
+                        help="train.compile of our path [the profile's]; each repeat compiles anew")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -166,13 +176,15 @@ def main() -> None:
     base_cfg = common.run_config(profile, "student", dataset=dataset)
     peak = common.peak_tflops(device, args.peak_tflops)
     result = {"benchmark": "train_throughput", "machine": common.machine(device), "profile": profile,
-              "batch_ours": base_cfg.train.batch_size, "batch_naive": NAIVE_BATCH, "steps": steps, "roles": {}}
+              "batch_ours": base_cfg.train.batch_size, "batch_naive": NAIVE_BATCH, "steps": steps,
+              "compile": args.compile or base_cfg.train.compile, "roles": {}}
     m = result["machine"]
     print(f"{m['device']}, {m['threads']} threads, load {m['loadavg_start']}, profile {profile}: "
           f"width {base_cfg.model.width}, {base_cfg.data.crop} px, batch {base_cfg.train.batch_size} (ours) / "
           f"{NAIVE_BATCH} (naive)")
     with tempfile.TemporaryDirectory() as tmp:
-        count = max((steps + 1) * base_cfg.train.batch_size, (steps + 1) * NAIVE_BATCH) + base_cfg.train.batch_size
+        count = (max((steps + WARMUP_COMPILED) * base_cfg.train.batch_size, (steps + 1) * NAIVE_BATCH)
+                 + base_cfg.train.batch_size)
         samples = common.write_images(Path(tmp), count, CUB_SIZES if profile == "paper" else SYNTH_SIZES,
                                       base_cfg.model.num_classes)
         geometry, _augment = split_train_transform(train_transform(base_cfg.data.train_resize, base_cfg.data.crop,
@@ -190,6 +202,8 @@ def main() -> None:
               f"PIL + v1 transforms {data_naive:.0f} images/s")
         for role in args.roles:
             cfg = common.run_config(profile, role, dataset=dataset)
+            if args.compile is not None:
+                cfg = replace(cfg, train=replace(cfg.train, compile=args.compile))
             ours, naive, flops = [], [], 0.0
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)

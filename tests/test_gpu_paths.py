@@ -89,3 +89,19 @@ def test_device_batches_equal_the_cpu_batches(smoke_cache):  # noqa: F811
     test_gpu = C.build_cache(samples, TestTransform(resize=36, crop=32), CUDA)
     for a, b in zip(C.test_batches(test_cpu, 4, CPU), C.test_batches(test_gpu, 4, CUDA)):
         torch.testing.assert_close(a["image"], b["image"].cpu(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("role", ["student", "distilled"])
+def test_cuda_graph_training_gives_the_eager_losses(smoke_cache, tmp_path, role):  # noqa: F811
+    # train.compile = "reduce-overhead": Inductor's kernels replayed as CUDA graphs; the same maths
+    index = smoke_index(smoke_cache)
+    eager = _cfg(index, role, amp=True, channels_last=True)
+    graphs = dataclasses.replace(eager, train=dataclasses.replace(eager.train, compile="reduce-overhead"))
+    want = _epoch_losses(eager, index, CUDA, tmp_path / "eager")
+    got = _epoch_losses(graphs, index, CUDA, tmp_path / "graphs")
+    assert got.keys() == want.keys()
+    for name, value in want[0].items():
+        assert got[0][name] == pytest.approx(value, rel=2e-2, abs=5e-3), name
+    for epoch in want:
+        for name, value in want[epoch].items():
+            assert got[epoch][name] == pytest.approx(value, rel=0.3, abs=0.05), (epoch, name)
