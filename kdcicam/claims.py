@@ -11,7 +11,10 @@ status:
 
 With two or more paired seeds the interval is a Student-t interval over the per-seed differences;
 with one seed it is a paired bootstrap over the test images (the randomness of training is then
-not covered, and the ledger says so). A ``pareto`` claim (Figure 1(b)) holds when one run of the
+not covered, and the ledger says so). Beside it, for every per-image metric, the paired per-image
+test: each test image's difference (claimed cell minus the other, 0/1 correctness) averaged over the
+paired seeds, bootstrapped over images (``image_ci_lo`` / ``image_ci_hi``): it asks whether the same
+images are won and lost consistently, which the seed interval cannot see with three seeds. A ``pareto`` claim (Figure 1(b)) holds when one run of the
 claimed cell is at least as good as every run of the other cell on both metrics at once.
 
 Every result names what it was measured under: the protocol, the threshold policy (``fixed`` θ,
@@ -57,6 +60,8 @@ class ClaimResult:
     n_seeds: int
     interval: str  # "seeds (t)", "images (bootstrap, 1 seed)", "best-of-runs" or "none"
     status: str  # holds | does not hold | inconclusive | not run
+    image_ci_lo: float | None = None  # paired per-image bootstrap over the seeds' mean differences, points
+    image_ci_hi: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,25 +154,43 @@ def _one(reg, claim, scope, sub, metric, protocol, policies, records, n_resample
     diffs = [float(a.loc[s, "value"]) - float(b.loc[s, "value"]) for s in seeds]
     mean, _std, n, lo, hi = mean_std_ci(diffs)
     interval = "seeds (t)"
-    if n == 1 and metric in FLAG_OF:
-        ra = records(str(a.loc[seeds[0], "run_id"]), protocol, reg.tables[claim.table].cell(claim.cell).select)
-        rb = records(str(b.loc[seeds[0], "run_id"]), protocol, reg.tables[claim.table].cell(claim.versus).select)
-        if len(ra) and len(rb):
-            joined = ra.merge(rb, on="image_id", suffixes=("_a", "_b"))
-            if len(joined):
-                flag = FLAG_OF[metric]
-                _d, lo, hi = paired_bootstrap_ci(joined[f"{flag}_a"].astype(float).to_numpy(),
-                                                 joined[f"{flag}_b"].astype(float).to_numpy(),
-                                                 n_resamples=n_resamples, seed=0)
-                lo, hi = 100.0 * lo, 100.0 * hi
-                interval = "images (bootstrap, 1 seed)"
     if n == 0:
         return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
                            status="not run")
+    image_lo = image_hi = None
+    if metric in FLAG_OF:
+        cells = reg.tables[claim.table]
+        pairs = [(records(str(a.loc[s, "run_id"]), protocol, cells.cell(claim.cell).select),
+                  records(str(b.loc[s, "run_id"]), protocol, cells.cell(claim.versus).select)) for s in seeds]
+        image_lo, image_hi = _per_image_interval(pairs, FLAG_OF[metric], n_resamples)
+        if n == 1 and image_lo is not None:
+            lo, hi, interval = image_lo, image_hi, "images (bootstrap, 1 seed)"
     lo = None if lo is None or math.isnan(lo) else round(lo, 4)
     hi = None if hi is None or math.isnan(hi) else round(hi, 4)
     return ClaimResult(**base, ours_delta=round(mean, 4), ci_lo=lo, ci_hi=hi, n_seeds=n,
-                       interval=interval if lo is not None else "none", status=_status(claim.direction, lo, hi))
+                       interval=interval if lo is not None else "none", status=_status(claim.direction, lo, hi),
+                       image_ci_lo=image_lo, image_ci_hi=image_hi)
+
+
+def _per_image_interval(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], flag: str,
+                        n_resamples: int) -> tuple[float | None, float | None]:
+    """Paired bootstrap over test images of the per-image difference averaged over seeds, in points.
+
+    ``pairs`` holds, per seed, the two runs' per-image records; an image counts when every seed's two
+    runs have a record for it. (None, None) when no image does.
+    """
+    per_seed = []
+    for ra, rb in pairs:
+        if not len(ra) or not len(rb):
+            return None, None
+        joined = ra.merge(rb, on="image_id", suffixes=("_a", "_b"))
+        per_seed.append((joined[f"{flag}_a"].astype(float) - joined[f"{flag}_b"].astype(float))
+                        .set_axis(joined["image_id"]))
+    diff = pd.concat(per_seed, axis=1, join="inner").mean(axis=1)  # (images,) mean over seeds
+    if diff.empty:
+        return None, None
+    _d, lo, hi = paired_bootstrap_ci(diff.to_numpy(), np.zeros(len(diff)), n_resamples=n_resamples, seed=0)
+    return round(100.0 * lo, 4), round(100.0 * hi, 4)
 
 
 def _pareto(base: dict, claim: Claim, sub: pd.DataFrame) -> ClaimResult:

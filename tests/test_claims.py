@@ -84,3 +84,36 @@ def test_pareto_claim(store):
     _run(store, "kdcicam000", "figure1b", "kd-ci-cam", 0, {"top1_cls": 0.82, "top1_loc": 0.52})
     r = _pick(_ledger(store), "kd-escapes-cl-dilemma", "top1_cls & top1_loc")
     assert r.status == "holds" and r.ours_delta == pytest.approx(2.0)
+
+
+def test_per_image_interval_pools_the_seeds_per_image(store):
+    # 100 images, 2 seeds, each: Base right on images 0-19, +ConPool on 0-59. Per-image difference
+    # (mean over seeds): 1 on 40 images, 0 on 60 -> +40 points; per-image sd sqrt(0.4 - 0.16) = 0.49,
+    # standard error 0.049 -> 95 % about [30.4, 49.6].
+    base = [i < 20 for i in range(100)]
+    pool = [i < 60 for i in range(100)]
+    for seed in (0, 1):
+        _run(store, f"base{seed}000", "table3", "base", seed, {"top1_loc": 0.20}, base)
+        _run(store, f"pool{seed}000", "table3", "conpool", seed, {"top1_loc": 0.60}, pool)
+    r = _pick(_ledger(store), "conpool-improves-loc", "top1_loc")
+    assert r.interval == "seeds (t)" and r.n_seeds == 2
+    assert 28 < r.image_ci_lo < 33 and 47 < r.image_ci_hi < 52
+
+
+def test_per_image_interval_cancels_an_image_won_on_one_seed_and_lost_on_another(store):
+    # seed 0: +ConPool wins images 0-39 and loses none; seed 1: it loses images 0-39 and wins 40-79.
+    # Per image (mean over seeds): +0.5 on 40-79, 0 on 0-39 (win then loss), 0 on 80-99 -> +20 points,
+    # while per seed the gains are +40 and 0. Hand check of the pooling: the images 0-39 cancel.
+    base0 = [False] * 100
+    pool0 = [i < 40 for i in range(100)]
+    base1 = [i < 40 for i in range(100)]
+    pool1 = [40 <= i < 80 for i in range(100)]
+    _run(store, "base0000", "table3", "base", 0, {"top1_loc": 0.0}, base0)
+    _run(store, "pool0000", "table3", "conpool", 0, {"top1_loc": 0.4}, pool0)
+    _run(store, "base1000", "table3", "base", 1, {"top1_loc": 0.4}, base1)
+    _run(store, "pool1000", "table3", "conpool", 1, {"top1_loc": 0.4}, pool1)
+    r = _pick(_ledger(store), "conpool-improves-loc", "top1_loc")
+    assert r.ours_delta == pytest.approx(20.0)
+    # per-image differences: 0.5 on 40 images, 0 on 60 -> mean 0.2, sd sqrt(0.1 - 0.04) = 0.245, standard
+    # error 0.0245 -> 95 % about [15.2, 24.8] (a per-seed analysis would see +40 and 0)
+    assert 13 < r.image_ci_lo < 17.5 and 22.5 < r.image_ci_hi < 27

@@ -60,12 +60,13 @@ def claims_cmd(
     t = Table(title=f"claims ledger ({protocol} protocol, θ {threshold_policy}; Δ in percentage points, "
                     f"ours = mean over seeds, 95% interval){oracle}")
     for col in ("claim", "scope", "metric", "θ policy", "selection", "paper Δ", "ours Δ", "95% interval", "n",
-                "status"):
+                "per-image paired 95%", "status"):
         t.add_column(col)
     for r in results:
         interval = f"[{r.ci_lo:+.1f}, {r.ci_hi:+.1f}] {r.interval}" if r.ci_lo is not None else r.interval
+        images = f"[{r.image_ci_lo:+.1f}, {r.image_ci_hi:+.1f}]" if r.image_ci_lo is not None else "-"
         t.add_row(r.text, r.scope, r.metric, r.threshold_policy, f"{r.selection} on {r.select_on}",
                   "-" if r.paper_delta is None else f"{r.paper_delta:+.1f}",
-                  "-" if r.ours_delta is None else f"{r.ours_delta:+.1f}", interval, str(r.n_seeds),
+                  "-" if r.ours_delta is None else f"{r.ours_delta:+.1f}", interval, str(r.n_seeds), images,
                   f"[{_STYLE[r.status]}]{r.status}[/]")
     Console(width=220).print(t)
