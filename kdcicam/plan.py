@@ -118,7 +118,10 @@ def make_plan(
                             run.labels.append(label)
                         cells.append(PlannedCell(table=table.key, cell=cell.key, name=cell.name, seed=seed,
                                                  run_id=run.run_id, select=cell.select, point=label_text))
-    ordered = sorted(runs.values(), key=lambda r: (len(r.deps) > 0,))  # stable: teachers/plain runs first
+    # teachers first, then plain runs, then the runs that wait for teachers (stable within each): with
+    # --jobs N the long teacher chains start at once instead of after the students they do not need
+    needed = {d for r in runs.values() for d in r.deps}
+    ordered = sorted(runs.values(), key=lambda r: (len(r.deps) > 0, r.run_id not in needed))
     return Plan(scope=scope, profile=profile, variant=variant, runs=ordered, cells=cells)
 
 

@@ -77,6 +77,9 @@ def test_same_model_in_two_tables_is_one_run_and_teachers_are_shared():
     for r in plan.runs:
         for dep in r.deps:
             assert position[dep] < position[r.run_id]
+    # ... and lead the plan, so that `--jobs N` starts the longest chains (teacher -> distilled) first
+    assert {r.role for r in plan.runs[:2]} == {"cls_teacher", "loc_teacher"}
+    assert plan.runs[-1].role == "distilled"
 
 
 def test_seeds_multiply_runs_with_teachers_per_seed():
