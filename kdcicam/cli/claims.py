@@ -26,6 +26,7 @@ def claims_cmd(
     db: str | None = typer.Option(None, help=DB_HELP),
     registry: Path | None = typer.Option(None, help="Registry folder [default: the repository's ablations/]."),
     as_json: bool = typer.Option(False, "--json", help="Print the ledger as JSON."),
+    as_md: bool = typer.Option(False, "--md", help="Print the ledger as a Markdown table (for a findings page)."),
 ) -> None:
     """List each claim of the paper the registry encodes, with ours, its interval and a status."""
     from kdcicam.claims import evaluate_claims
@@ -57,6 +58,9 @@ def claims_cmd(
         typer.echo(f"no runs yet: {len(claims)} claims are waiting (e.g. kdcicam ablate table3, then kdcicam claims)")
         return
     oracle = " — ORACLE θ (chosen on the test split): an upper bound, not a result" if threshold_policy == "oracle" else ""
+    if as_md:
+        typer.echo(ledger_markdown(results, protocol, threshold_policy, oracle))
+        return
     t = Table(title=f"claims ledger ({protocol} protocol, θ {threshold_policy}; Δ in percentage points, "
                     f"ours = mean over seeds, 95% interval){oracle}")
     for col in ("claim", "scope", "metric", "θ policy", "selection", "paper Δ", "ours Δ", "95% interval", "n",
@@ -70,3 +74,28 @@ def claims_cmd(
                   "-" if r.ours_delta is None else f"{r.ours_delta:+.1f}", interval, str(r.n_seeds), images,
                   f"[{_STYLE[r.status]}]{r.status}[/]")
     Console(width=220).print(t)
+
+
+def _pts(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}"
+
+
+def _interval(lo: float | None, hi: float | None) -> str:
+    return "-" if lo is None or hi is None else f"[{lo:+.1f}, {hi:+.1f}]"
+
+
+def ledger_markdown(results, protocol: str, threshold_policy: str, oracle: str = "") -> str:
+    """The ledger as a Markdown table: one row per claim, scope and metric (Δ in percentage points)."""
+    lines = [f"Claims ledger: {protocol} protocol, θ {threshold_policy}{oracle}. Δ in percentage points (claimed "
+             "cell minus the other), ours = mean over seeds; seed interval: Student t over the per-seed "
+             "differences (one seed: paired bootstrap over images); per-image: paired bootstrap over test "
+             "images of the per-image difference averaged over seeds.", "",
+             "| claim | scope | metric | selection | paper Δ | ours Δ | 95 % interval (seeds) | n | "
+             "95 % interval (per image) | status |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        seeds = _interval(r.ci_lo, r.ci_hi) + ("" if r.interval in ("seeds (t)", "none") else f" {r.interval}")
+        lines.append(f"| {r.text} | {r.scope} | {r.metric} | {r.selection} on {r.select_on} | {_pts(r.paper_delta)} | "
+                     f"{_pts(r.ours_delta)} | {seeds} | {r.n_seeds} | {_interval(r.image_ci_lo, r.image_ci_hi)} | "
+                     f"{r.status} |")
+    return "\n".join(lines)
