@@ -110,7 +110,7 @@ def register_run(run: PlannedRun, index: DatasetIndex, ctx: RunContext) -> Any:
     info = ctx.store.get_or_create_run(
         run.run_id, config_hash=config_hash(cfg), role=cfg.loss.role, profile=cfg.profile,
         variant=cfg.variant, dataset=index.name, seed=cfg.train.seed, config=to_dict(cfg),
-        dataset_fingerprint=index.fingerprint, artifacts_dir=str(ctx.artifacts_root / run.run_id))
+        dataset_fingerprint=index.fingerprint, artifacts_dir=str((ctx.artifacts_root / run.run_id).resolve()))
     for table, cell, _seed, _point in run.labels:
         ctx.store.add_labels(run.run_id, table, cell)
     return info
@@ -279,7 +279,7 @@ def acquire(run_id: str, ctx: RunContext, **attempt: str | None) -> bool:
     Args:
         run_id: the run.
         ctx: the invocation's context (store, timings, progress events).
-        **attempt: git_commit, device, torch_version of this attempt (recorded when claiming).
+        **attempt: git_commit, device, torch_version, artifacts_dir of this attempt (recorded when claiming).
 
     Returns:
         True once this process holds the run; False when another process finished it.
@@ -325,6 +325,9 @@ def execute(run: PlannedRun, index: DatasetIndex, ctx: RunContext) -> RunOutcome
         return RunOutcome(run.run_id, "finished", reused=True)
     prov = provenance(ctx.device)
     attempt = {k: prov[k] for k in ("git_commit", "device", "torch_version")}
+    # where this attempt trains and writes checkpoints (absolute: students read teachers' files from any
+    # working directory; a run resumed under another --artifacts folder records the new one)
+    attempt["artifacts_dir"] = str((ctx.artifacts_root / run.run_id).resolve())
     period = ctx.heartbeat_s if _store_is_shared(ctx.store) else 0.0
     told = [False]  # whether the other ranks were told to train (they are inside collectives from then on)
     while True:

@@ -7,6 +7,7 @@ second finds everything finished and trains nothing; --dry-run shows each run's 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -77,3 +78,33 @@ def test_ablate_jobs_2_shares_the_plan_between_two_processes(smoke_cache, tmp_pa
     pids = {pid for (pid,) in query(tmp_path / "runs.db", "select pid from runs")}
     assert len(pids) == 2, pids
     assert "Traceback" not in (tmp_path / "runs" / "workers" / "worker-1.log").read_text()
+
+
+@pytest.mark.slow
+def test_artifacts_folder_is_stored_absolute_and_follows_a_resumed_run(smoke_cache, tmp_path):  # noqa: F811
+    # A relative --artifacts is stored resolved (a distilled student reads its teachers' checkpoints from
+    # the stored folder, whatever its own working directory); a run resumed under another --artifacts
+    # records the folder it now writes to (it used to keep the old one: the student then found no file).
+    env = {**kdcicam_env(smoke_cache), "KDCICAM_THREADS": "1"}
+    db = tmp_path / "runs.db"
+
+    def train(artifacts: str) -> dict:
+        proc = subprocess.run([sys.executable, "-m", "kdcicam", "train", "--profile", "smoke", "--no-context-pool",
+                               "--db", f"sqlite:///{db}", "--artifacts", artifacts, "--json"],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)
+
+    run_id = train("first")["run_id"]
+    [(stored,)] = query(db, "select artifacts_dir from runs where id = ?", run_id)
+    assert stored == str(tmp_path / "first" / run_id)
+    # the folder moves and the run must be trained again (failed): it resumes from the moved checkpoint
+    (tmp_path / "first").rename(tmp_path / "second")
+    con = sqlite3.connect(db)
+    con.execute("update runs set status = 'failed' where id = ?", (run_id,))
+    con.commit()
+    con.close()
+    assert train("second")["run_id"] == run_id
+    [(stored, status)] = query(db, "select artifacts_dir, status from runs where id = ?", run_id)
+    assert status == "finished" and stored == str(tmp_path / "second" / run_id)
+    assert (tmp_path / "second" / run_id / "last.pt").exists()
