@@ -14,8 +14,9 @@ with one seed it is a paired bootstrap over the test images (the randomness of t
 not covered, and the ledger says so). Beside it, for every per-image metric, the paired per-image
 test: each test image's difference (claimed cell minus the other, 0/1 correctness) averaged over the
 paired seeds, bootstrapped over images (``image_ci_lo`` / ``image_ci_hi``): it asks whether the same
-images are won and lost consistently, which the seed interval cannot see with three seeds. A ``pareto`` claim (Figure 1(b)) holds when one run of the
-claimed cell is at least as good as every run of the other cell on both metrics at once.
+images are won and lost consistently, which the seed interval cannot see with three seeds. A
+``pareto`` claim (Figure 1(b)) holds when one run of the claimed cell is at least as good as every
+run of the other cell on both metrics at once.
 
 Every result names what it was measured under: the protocol, the threshold policy (``fixed`` θ,
 θ chosen on ``val``idation, or the test-chosen ``oracle`` θ: an upper bound, never a verdict a
