@@ -458,3 +458,24 @@ def test_pareto_front_by_hand():
     # (2, 2) is dominated by (2, 4); (0, 0) by everything; (1.5, 3) by (2, 4); (3, 1) twice: both kept
     assert pareto_front(points) == [0, 1, 3, 5]
     assert pareto_front([]) == [] and pareto_front([(math.nan, 1), (0, 0)]) == [1]
+
+
+def test_threshold_policy_val_reads_the_validation_theta_numbers(filled, runner):
+    # Base seed 0 gets a val-θ Top-1 Loc of 0.30 (its fixed-θ number is TABLE3's); seeds 1, 2 have no
+    # val-θ numbers, so under θ val Base's Top-1 Loc is 30.0 from one seed, and the header says which θ.
+    with open_store(filled) as store:
+        store.set_final_metrics("base0", "paper", "last", "val", "test", {"top1_cls": 0.70, "top1_loc": 0.30})
+    _, fixed = _report(filled)
+    _, val = _report(filled, threshold_policy="val")
+    fixed_loc = _row(fixed, "table3", "base")[1].values["top1_loc"]
+    val_loc = _row(val, "table3", "base")[1].values["top1_loc"]
+    assert fixed_loc.n == 3 and fixed_loc.mean == pytest.approx(100 * sum(TABLE3["base"]["top1_loc"]) / 3)
+    assert (val_loc.n, val_loc.mean) == (1, pytest.approx(30.0))
+    assert val.threshold_policy == "val" and fixed.threshold_policy == "fixed"
+    md = runner.invoke(make_app(), ["report", "--db", filled, "--format", "md", "--threshold-policy", "val"])
+    assert md.exit_code == 0, md.output
+    assert "θ val: localization at the θ chosen on the validation split" in md.stdout
+    js = runner.invoke(make_app(), ["report", "--db", filled, "--json", "--threshold-policy", "val"])
+    assert json.loads(js.stdout)["threshold_policy"] == "val"
+    bad = runner.invoke(make_app(), ["report", "--db", filled, "--threshold-policy", "oracle"])
+    assert bad.exit_code != 0

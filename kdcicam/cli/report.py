@@ -40,6 +40,11 @@ class ThresholdPolicy(str, Enum):
     oracle = "oracle"
 
 
+class ReportThetaPolicy(str, Enum):  # no oracle: a report's tables are results, and the oracle θ is not one
+    fixed = "fixed"
+    val = "val"
+
+
 class Selection(str, Enum):
     last = "last"
     top1_loc = "top1_loc"
@@ -65,6 +70,10 @@ def report_cmd(
     db: str | None = typer.Option(None, "--db", help=_DB_HELP),
     registry: Path | None = typer.Option(None, "--registry", help="Registry folder [default: ablations/]."),
     as_json: bool = typer.Option(False, "--json", help="Print the tables' data as JSON (nothing rendered)."),
+    threshold_policy: ReportThetaPolicy = typer.Option(
+        ReportThetaPolicy.fixed, "--threshold-policy",
+        help="Whose θ the localization numbers use: fixed (each run's eval.theta) or val (θ chosen on the "
+             "validation split). The header says which."),
 ) -> None:
     """Render the paper's tables, the C-L scatter and a gallery from the run store."""
     from kdcicam.registry import load_registry
@@ -77,10 +86,12 @@ def report_cmd(
     path = sqlite_file(url)
     tables = None if not table or "all" in table else table
     if path is not None and not path.exists():  # a report must not create a store as a side effect
-        data = build_report(None, reg, protocols=protocols, table_keys=tables, store_url=url)
+        data = build_report(None, reg, protocols=protocols, table_keys=tables, store_url=url,
+                            threshold_policy=threshold_policy.value)
     else:
         with open_store(url) as store:
-            data = build_report(store, reg, protocols=protocols, table_keys=tables)
+            data = build_report(store, reg, protocols=protocols, table_keys=tables,
+                                threshold_policy=threshold_policy.value)
     if as_json:
         typer.echo(json.dumps(report_json(data), indent=2))
         return

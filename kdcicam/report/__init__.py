@@ -30,7 +30,7 @@ __all__ = ["FORMATS", "PROTOCOL_NAMES", "Rendered", "ReportData", "build_report"
 
 def build_report(store: Store | None, reg: Registry, *, protocols: Sequence[str] = PROTOCOL_NAMES,
                  table_keys: Sequence[str] | None = None, now: datetime | None = None,
-                 store_url: str | None = None) -> ReportData:
+                 store_url: str | None = None, threshold_policy: str = "fixed") -> ReportData:
     """Read the store and assemble every number the report shows.
 
     Args:
@@ -40,6 +40,8 @@ def build_report(store: Store | None, reg: Registry, *, protocols: Sequence[str]
         table_keys: registry tables to show, in order; None = all of them (tables, then scatters).
         now: the generation time (tests pass a fixed one).
         store_url: shown in the header (default: the store's URL).
+        threshold_policy: whose θ the localization numbers use: "fixed" (each run's own) or "val"
+            (chosen on the validation split).
 
     Returns:
         The report's data.
@@ -57,7 +59,7 @@ def build_report(store: Store | None, reg: Registry, *, protocols: Sequence[str]
         columns=["run_id", "protocol", "selection", "threshold_policy", "split", "name", "value"])
     audits = _epoch_audits(store, reg, runs, keys) if store is not None else {}
     return collect(reg, runs, finals, store_url=url, protocols=protocols, table_keys=keys, generated=generated,
-                   epoch_audits=audits)
+                   epoch_audits=audits, threshold_policy=threshold_policy)
 
 
 def _epoch_audits(store: Store, reg: Registry, runs: Sequence[RunInfo], keys: Sequence[str]) -> dict[str, EpochAudit]:

@@ -27,6 +27,8 @@ FORMATS = {"html": "report.html", "md": "report.md", "latex": "report.tex"}
 REDUCED_BANNER = "reduced setting — not a reproduction of the paper's numbers"
 MARKS = {True: "✓", False: "✗", None: "–"}
 FIRST_STEP = "kdcicam ablate table3 --backbone vgg16 --profile quick"
+THETA_NOTES = {"fixed": "localization at each run's own θ (eval.theta)",
+               "val": "localization at the θ chosen on the validation split (eval.theta_metric)"}
 NO_AUDIT = ("Selection audit: no run of this scope stored per-epoch test numbers or θ-policy numbers "
             "(evaluated before the audit existed).")
 
@@ -269,7 +271,8 @@ def render(data: ReportData, reg: Registry, fmt: str, *, figures: bool = True) -
     template = _environment().get_template(f"report.{ 'tex' if fmt == 'latex' else fmt}.j2")
     text = template.render(report=data, scopes=views, figures=figures, banner=REDUCED_BANNER,
                            first_step=FIRST_STEP, metric_labels=METRIC_LABELS, script=script,
-                           script_hash=script_hash, no_audit=NO_AUDIT, sweeps=sweeps)
+                           script_hash=script_hash, no_audit=NO_AUDIT, sweeps=sweeps,
+                           theta_note=THETA_NOTES.get(data.threshold_policy, data.threshold_policy))
     files: dict[str, bytes] = {}
     if fmt != "html":
         for view in views:

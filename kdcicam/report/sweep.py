@@ -61,13 +61,14 @@ def _group(run: RunInfo) -> tuple[str, str, str, str, str]:
     return run.dataset, backbone, run.profile, run.variant, select_on_of(run.config)
 
 
-def sweep_frame(table: Table, runs: Sequence[RunInfo], finals: pd.DataFrame) -> pd.DataFrame:
+def sweep_frame(table: Table, runs: Sequence[RunInfo], finals: pd.DataFrame,
+                threshold_policy: str = SWEEP_THRESHOLD_POLICY) -> pd.DataFrame:
     """Long format: group, x, cell, seed, run_id, finished, protocol, metric, value (percent).
 
     The latest finished run per (group, x, cell, seed) is kept (a rerun supersedes).
     """
     cells = {c.key: c for c in table.cells}
-    test = finals[(finals["split"] == "test") & (finals["threshold_policy"] == SWEEP_THRESHOLD_POLICY)] \
+    test = finals[(finals["split"] == "test") & (finals["threshold_policy"] == threshold_policy)] \
         if not finals.empty else finals
     by_run = {rid: g for rid, g in test.groupby("run_id")} if not test.empty else {}
     rows = []
@@ -104,12 +105,12 @@ def _nan_to_none(v: float) -> float | None:
 
 
 def build_sweeps(reg: Registry, keys: Sequence[str], runs: Sequence[RunInfo], finals: pd.DataFrame,
-                 protocols: Sequence[str]) -> tuple[SweepData, ...]:
+                 protocols: Sequence[str], threshold_policy: str = SWEEP_THRESHOLD_POLICY) -> tuple[SweepData, ...]:
     """Every sweep table of ``keys``, per group of runs and protocol."""
     out = []
     for key in keys:
         table = reg.tables[key]
-        frame = sweep_frame(table, runs, finals)
+        frame = sweep_frame(table, runs, finals, threshold_policy)
         if frame.empty:
             continue
         names = {c.key: c.name for c in table.cells}

@@ -362,6 +362,7 @@ class ReportData:
     scopes: tuple[ScopeData, ...]
     n_unfinished: int = 0  # runs in the store not finished (not shown)
     sweeps: tuple[SweepData, ...] = ()  # the registry's sweep tables (kind = "sweep"), across scopes
+    threshold_policy: str = _THRESHOLD_POLICY  # whose θ the localization numbers use: fixed | val
 
 
 def _finals_index(finals: pd.DataFrame,
@@ -526,7 +527,8 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
         provenance=provenance(scope, runs, generated) if runs else None, notes=tuple(notes))
 
 
-def scatter_points(runs: Sequence[RunInfo], finals: pd.DataFrame, reg: Registry, protocol: str) -> pd.DataFrame:
+def scatter_points(runs: Sequence[RunInfo], finals: pd.DataFrame, reg: Registry, protocol: str,
+                   threshold_policy: str = _THRESHOLD_POLICY) -> pd.DataFrame:
     """One C-L scatter point per (run, checkpoint selection) the run is reported at.
 
     A run is read at the selections its labelled cells use (a loc teacher at both Table 5
@@ -536,7 +538,7 @@ def scatter_points(runs: Sequence[RunInfo], finals: pd.DataFrame, reg: Registry,
         Columns run_id, method, seed, selection, top1_cls, top1_loc, gt_known_loc (percent; NaN
         where missing).
     """
-    index = _finals_index(finals)
+    index = _finals_index(finals, threshold_policy)
     rows = []
     for run in runs:
         selections = set()
@@ -711,7 +713,8 @@ def build_audit(tables: Sequence[Table], protocol: str, values: pd.DataFrame, ru
 
 def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, store_url: str,
             protocols: Sequence[str], table_keys: Sequence[str], generated: str,
-            epoch_audits: Mapping[str, EpochAudit] | None = None) -> ReportData:
+            epoch_audits: Mapping[str, EpochAudit] | None = None,
+            threshold_policy: str = _THRESHOLD_POLICY) -> ReportData:
     """Everything the report shows, from the store's runs and final metrics.
 
     Args:
@@ -723,6 +726,8 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
         table_keys: which registry tables (in order).
         generated: timestamp text.
         epoch_audits: run id -> the run's per-epoch test audit, for the selection audit.
+        threshold_policy: whose θ the tables, scatter and sweeps use: "fixed" (each run's own θ) or
+            "val" (θ chosen on the validation split). Classification numbers do not depend on it.
 
     Returns:
         The report's data, one :class:`ScopeData` per scope with a finished run.
@@ -735,7 +740,7 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
     all_finished = [r for r in runs if r.status == "finished"]
     # a run only a sweep asked for (another correlation, another dataset) belongs to no scope's tables
     finished = [r for r in all_finished if not r.labels or set(r.labels) - sweep_tables]
-    frame = cell_frame(reg, finished, finals)
+    frame = cell_frame(reg, finished, finals, threshold_policy)
     frame = frame[~frame["table"].isin(sweep_tables)]
     scatter_keys = {k for k in reg.tables if reg.tables[k].kind == "scatter"}
     is_scatter = frame["table"].isin(scatter_keys)
@@ -759,7 +764,8 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
                             for key in table_keys)
             for protocol in protocols
         }
-        points = {protocol: scatter_points(scope_runs, finals, reg, protocol) for protocol in protocols}
+        points = {protocol: scatter_points(scope_runs, finals, reg, protocol, threshold_policy)
+                  for protocol in protocols}
         runs_by_id = {r.id: r for r in scope_runs}
         audit = {protocol: build_audit(audit_tables, protocol, scope_values, runs_by_id, lookup,
                                        epoch_audits or {}) for protocol in protocols}
@@ -768,7 +774,8 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
     return ReportData(generated=generated, store_url=store_url, protocols=tuple(protocols),
                       table_keys=tuple(table_keys), scopes=tuple(scopes),
                       n_unfinished=len(runs) - len(all_finished),
-                      sweeps=build_sweeps(reg, sweep_keys, all_finished, finals, protocols))
+                      sweeps=build_sweeps(reg, sweep_keys, all_finished, finals, protocols, threshold_policy),
+                      threshold_policy=threshold_policy)
 
 
 def report_json(data: ReportData) -> dict[str, Any]:
@@ -811,5 +818,5 @@ def report_json(data: ReportData) -> dict[str, Any]:
                "values": [dataclasses.asdict(p) for p in w.values], "gaps": [dataclasses.asdict(p) for p in w.gaps]}
               for w in data.sweeps]
     return {"generated": data.generated, "store": data.store_url, "unit": "percent",
-            "protocols": list(data.protocols), "n_unfinished_runs": data.n_unfinished, "scopes": scopes,
+            "threshold_policy": data.threshold_policy, "protocols": list(data.protocols), "n_unfinished_runs": data.n_unfinished, "scopes": scopes,
             "sweeps": sweeps}
