@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from kdcicam.cli.report import register
 from kdcicam.registry import DEFAULT_REGISTRY, load_registry
-from kdcicam.report import build_report, render
+from kdcicam.report import build_report, render, report_json
 from kdcicam.report.render import md_escape, tex_escape
 from kdcicam.report.stats import mean_std_ci, pareto_front
 from kdcicam.report.tables import ScopeKey, ablate_command
@@ -309,7 +309,8 @@ def test_latex_uses_booktabs_and_balances(filled):
     reg, data = _report(filled, protocols=["standard"], table_keys=["table3", "table4"])
     out = render(data, reg, "latex")
     tex = out.text
-    assert tex.count("\\toprule") == tex.count("\\midrule") == tex.count("\\bottomrule") == 2
+    # Tables 3 and 4, and the claims ledger of the cells that ran
+    assert tex.count("\\toprule") == tex.count("\\midrule") == tex.count("\\bottomrule") == 3
     # the standard protocol's +ConPool (fixture: 2 points below the paper protocol's 73.0 and 49.0)
     assert ("\\textbf{+ConPool} & 3 & 71.0 \\ensuremath{\\pm} 1.0 (\\ensuremath{\\Delta} +2.0 \\ensuremath{\\surd})"
             in tex)
@@ -479,3 +480,24 @@ def test_threshold_policy_val_reads_the_validation_theta_numbers(filled, runner)
     assert json.loads(js.stdout)["threshold_policy"] == "val"
     bad = runner.invoke(make_app(), ["report", "--db", filled, "--threshold-policy", "oracle"])
     assert bad.exit_code != 0
+
+
+def test_claims_ledger_in_every_format(filled):
+    # Table 3 per seed (TABLE3): +ConPool - Base Top-1 Loc = -2, -2, -2 -> -2.0, zero spread: does not hold;
+    # GT-known +2 each -> holds; +KD - +ConPool GT-known +3, +4, +5 -> +4.0, t interval 4 ± 4.303 / sqrt(3)
+    reg, data = _report(filled, table_keys=["table3"])
+    rows = {(r.claim, r.metric): r for r in data.scopes[0].claims["paper"]}
+    loc = rows[("conpool-improves-loc", "top1_loc")]
+    assert (loc.ours_delta, loc.n_seeds, loc.status) == (pytest.approx(-2.0), 3, "does not hold")
+    assert rows[("conpool-improves-loc", "gt_known_loc")].status == "holds"
+    kd = rows[("kd-improves-cls-and-loc", "gt_known_loc")]
+    assert kd.ours_delta == pytest.approx(4.0) and kd.ci_lo == pytest.approx(4 - 4.302653 / 3 ** 0.5, abs=1e-3)
+    assert kd.image_ci_lo is None  # the fixture stores no per-image records
+    assert all(r.table == "table3" for r in rows.values())  # only the tables shown
+    md = render(data, reg, "md", figures=False).text
+    assert "### Claims (paper protocol)" in md
+    assert "| GT-known Loc | +0.6 | +2.0 | [+2.0, +2.0] | 3 | — | holds |" in md
+    html = render(data, reg, "html", figures=False).text
+    assert 'id="synthetic-vgg16-quick-reference-fp01234567-claims-standard"' in html
+    js = report_json(data)["scopes"][0]["claims"]["paper"]
+    assert {(c["claim"], c["metric"], c["status"]) for c in js} >= {("conpool-improves-loc", "top1_loc", "does not hold")}

@@ -61,6 +61,13 @@ def fmt_value(x: float | None) -> str:
     return "—" if x is None or math.isnan(x) else f"{x:.1f}"
 
 
+def interval_text(lo: float | None, hi: float | None) -> str:
+    """A 95 % interval in points, "[−1.2, +3.4]"; "—" when there is none."""
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return "—"
+    return f"[{fmt_signed(lo)}, {fmt_signed(hi)}]"
+
+
 def fmt_signed(x: float | None) -> str:
     """A signed change with one decimal ("+0.4", "−1.2"); "—" for none."""
     if x is None or math.isnan(x):
@@ -240,7 +247,8 @@ def _environment() -> jinja2.Environment:
     )
     env.filters.update(tex=tex_escape, md=md_escape, value=fmt_value, signed=fmt_signed, mark=mark,
                        ours=ours_text, delta=delta_text, paper=paper_text, best=best_text, audit=audit_text,
-                       thetas=thetas_text, count=count_text, label=lambda m: METRIC_LABELS.get(m, m))
+                       thetas=thetas_text, count=count_text, interval=interval_text,
+                       label=lambda m: METRIC_LABELS.get(m, m))
     return env
 
 

@@ -19,7 +19,7 @@ import dataclasses
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -351,6 +351,7 @@ class ScopeData:
     points: dict[str, pd.DataFrame]  # protocol -> C-L scatter points
     runs: tuple[RunInfo, ...]
     audit: dict[str, AuditTable] = field(default_factory=dict)  # protocol -> selection audit
+    claims: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # protocol -> ClaimResult rows (kdcicam.claims)
 
 
 @dataclass(frozen=True)
@@ -714,7 +715,8 @@ def build_audit(tables: Sequence[Table], protocol: str, values: pd.DataFrame, ru
 def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, store_url: str,
             protocols: Sequence[str], table_keys: Sequence[str], generated: str,
             epoch_audits: Mapping[str, EpochAudit] | None = None,
-            threshold_policy: str = _THRESHOLD_POLICY) -> ReportData:
+            threshold_policy: str = _THRESHOLD_POLICY,
+            records: Callable[..., pd.DataFrame] | None = None) -> ReportData:
     """Everything the report shows, from the store's runs and final metrics.
 
     Args:
@@ -728,6 +730,8 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
         epoch_audits: run id -> the run's per-epoch test audit, for the selection audit.
         threshold_policy: whose θ the tables, scatter and sweeps use: "fixed" (each run's own θ) or
             "val" (θ chosen on the validation split). Classification numbers do not depend on it.
+        records: ``records(run_id, protocol, selection, policy)`` -> per-image test records, for the
+            claims ledger's per-image intervals (None: the ledger is left out).
 
     Returns:
         The report's data, one :class:`ScopeData` per scope with a finished run.
@@ -752,6 +756,7 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
         by_scope.setdefault(scope_of(run), []).append(run)
     lookup = policy_lookup(finals)
     audit_tables = [reg.tables[k] for k in table_keys if reg.tables[k].kind == "table"]
+    claims = _claims_by_scope(reg, finished, finals, records, protocols, threshold_policy, table_keys)
     scopes = []
     for scope in sorted(by_scope, key=ScopeKey.sort_key):
         scope_runs = by_scope[scope]
@@ -770,12 +775,29 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
         audit = {protocol: build_audit(audit_tables, protocol, scope_values, runs_by_id, lookup,
                                        epoch_audits or {}) for protocol in protocols}
         scopes.append(ScopeData(key=scope, provenance=provenance(scope, scope_runs, generated),
-                                tables=tables, points=points, runs=tuple(scope_runs), audit=audit))
+                                tables=tables, points=points, runs=tuple(scope_runs), audit=audit,
+                                claims={p: claims.get((scope.title, p), ()) for p in protocols}))
     return ReportData(generated=generated, store_url=store_url, protocols=tuple(protocols),
                       table_keys=tuple(table_keys), scopes=tuple(scopes),
                       n_unfinished=len(runs) - len(all_finished),
                       sweeps=build_sweeps(reg, sweep_keys, all_finished, finals, protocols, threshold_policy),
                       threshold_policy=threshold_policy)
+
+
+def _claims_by_scope(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
+                     records: Callable[..., pd.DataFrame] | None, protocols: Sequence[str], threshold_policy: str,
+                     table_keys: Sequence[str]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """(scope title, protocol) -> the claims ledger's rows of the shown tables (kdcicam.claims)."""
+    if records is None or not runs:
+        return {}
+    from kdcicam.claims import evaluate_claims  # claims.py builds on this module
+
+    out: dict[tuple[str, str], list[Any]] = {}
+    for protocol in protocols:
+        for r in evaluate_claims(reg, runs, finals, records, protocol=protocol, threshold_policy=threshold_policy):
+            if r.table in table_keys and r.status != "not run":
+                out.setdefault((r.scope, protocol), []).append(r)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def report_json(data: ReportData) -> dict[str, Any]:
@@ -812,7 +834,8 @@ def report_json(data: ReportData) -> dict[str, Any]:
         scopes.append({"dataset": k.dataset, "dataset_fingerprint": k.fingerprint, "backbone": k.backbone,
                        "profile": k.profile, "variant": k.variant, "paper_scope": k.paper_scope,
                        "reduced": k.reduced, "provenance": dict(scope.provenance.items()), "tables": tables,
-                       "selection_audit": audit})
+                       "selection_audit": audit,
+                       "claims": {p: [c.to_dict() for c in rows] for p, rows in scope.claims.items()}})
     sweeps = [{"table": w.key, "title": w.title, "protocol": w.protocol, "group": w.group, "x": w.x_key,
                "reference": w.reference, "reduced": w.reduced, "missing": list(w.missing),
                "values": [dataclasses.asdict(p) for p in w.values], "gaps": [dataclasses.asdict(p) for p in w.gaps]}
