@@ -57,5 +57,6 @@ def test_report_loads_in_headless_chromium(tmp_path):
     # the standard pane is shown, the paper pane hidden; both are in the document
     assert re.search(r'<div class="pane" data-protocol="standard">', dom)
     assert re.search(r'<div class="pane" data-protocol="paper" hidden="">', dom)
-    assert dom.count('<table class="results">') == 4 and dom.count("<img") == 3
+    # per protocol: Tables 3 and 4 and the claims ledger of the cells that ran
+    assert dom.count('<table class="results">') == 6 and dom.count("<img") == 3
     assert 'aria-pressed="true">standard</button>' in dom
