@@ -122,6 +122,8 @@ def evaluate_claims(
             selection = f"{table.cell(claim.cell).select} / {table.cell(claim.versus).select}"
             for scope in scopes:
                 sub = frame[(frame["scope"] == scope) & (frame["table"] == table.key)]
+                if sub.empty:  # this table has no run in this scope (e.g. a scope only a sweep made)
+                    continue
                 for metric in claim.metrics[:1] if claim.kind == "pareto" else claim.metrics:
                     out.append(_one(reg, claim, scope, sub, metric, protocol,
                                     (selection, scope.select_on, threshold_policy), records, n_resamples))

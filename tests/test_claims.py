@@ -11,9 +11,9 @@ from kdcicam.store import open_store
 CFG = {"model": {"backbone": "vgg16"}, "variant": "reference"}
 
 
-def _run(store, run_id, table, cell, seed, metrics, correct=None):
+def _run(store, run_id, table, cell, seed, metrics, correct=None, fingerprint="fp"):
     store.get_or_create_run(run_id, config_hash=run_id, role="student", profile="quick", variant="reference",
-                            dataset="synthetic", seed=seed, config=CFG, dataset_fingerprint="fp")
+                            dataset="synthetic", seed=seed, config=CFG, dataset_fingerprint=fingerprint)
     store.add_labels(run_id, table, cell)
     store.claim_run(run_id, pid=1, host="h")
     store.set_final_metrics(run_id, "paper", "last", "fixed", "test", metrics)
@@ -117,3 +117,13 @@ def test_per_image_interval_cancels_an_image_won_on_one_seed_and_lost_on_another
     # per-image differences: 0.5 on 40 images, 0 on 60 -> mean 0.2, sd sqrt(0.1 - 0.04) = 0.245, standard
     # error 0.0245 -> 95 % about [15.2, 24.8] (a per-seed analysis would see +40 and 0)
     assert 13 < r.image_ci_lo < 17.5 and 22.5 < r.image_ci_hi < 27
+
+
+def test_a_scope_without_runs_of_a_claims_table_has_no_rows(store):
+    # a sweep's runs at another context correlation are another dataset (fingerprint): a scope of its own,
+    # in which no Table 3 cell ran -> no ledger rows there, rather than a "not run" row per claim
+    _run(store, "base0000", "table3", "base", 0, {"top1_loc": 0.2})
+    _run(store, "pool0000", "table3", "conpool", 0, {"top1_loc": 0.3})
+    _run(store, "swp00000", "context-sweep", "base", 0, {"top1_loc": 0.2}, fingerprint="other")
+    scopes = {r.scope for r in _ledger(store)}
+    assert len(scopes) == 1 and "data fp" in next(iter(scopes))
