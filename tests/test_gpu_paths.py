@@ -45,7 +45,7 @@ def _epoch_losses(cfg, index, device, tmp_path):
         teachers = TeacherSet(*(build_model(cfg.model, cfg.variant, input_size=cfg.data.crop).to(device).eval()
                                 for _ in range(2)))
     geometry, augment = C.split_train_transform(train_transform(cfg.data.train_resize, cfg.data.crop, False))
-    frames = C.build_cache(index.train[:16], geometry, device)
+    frames = C.build_cache(index.train[::4][:16], geometry, device)  # every class (the split is sorted by class)
     data = C.CachedTrainSet(frames, augment)
     epochs = {}
     fit(model, recipe, cfg, data, tmp_path, device, teachers=teachers,
