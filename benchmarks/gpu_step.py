@@ -46,6 +46,14 @@ def variant_config(role: str, variant: str, size: int | None):
     return cfg
 
 
+def _device_us(event) -> float:
+    """An averaged profiler event's self time on the GPU, in µs.
+
+    Newer torch names the field ``self_device_time_total``, older ``self_cuda_time_total``.
+    """
+    return getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0))
+
+
 def time_variant(role: str, variant: str, device: torch.device, steps: int, warmup: int, size: int | None,
                  profile: bool) -> dict:
     cfg = variant_config(role, variant, size)
@@ -84,16 +92,11 @@ def time_variant(role: str, variant: str, device: torch.device, steps: int, warm
                 step(images, labels)
             common.sync(device)
         events = prof.key_averages()
-        gpu_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events)
-        kernels = sum(e.count for e in events if getattr(e, "self_device_time_total",
-                                                         getattr(e, "self_cuda_time_total", 0)) > 0)
-        row["gpu_busy_ms_per_step"] = gpu_us / 1e3 / 3
-        row["kernels_per_step"] = kernels / 3
-        top = sorted(events, key=lambda e: getattr(e, "self_device_time_total",
-                                                   getattr(e, "self_cuda_time_total", 0)), reverse=True)[:8]
-        row["top_gpu_ops"] = [{"op": e.key, "ms_per_step": getattr(e, "self_device_time_total",
-                                                                   getattr(e, "self_cuda_time_total", 0)) / 3e3,
-                               "calls_per_step": e.count / 3} for e in top]
+        row["gpu_busy_ms_per_step"] = sum(_device_us(e) for e in events) / 1e3 / 3
+        row["kernels_per_step"] = sum(e.count for e in events if _device_us(e) > 0) / 3
+        top = sorted(events, key=_device_us, reverse=True)[:8]
+        row["top_gpu_ops"] = [{"op": e.key, "ms_per_step": _device_us(e) / 3e3, "calls_per_step": e.count / 3}
+                              for e in top]
     return row
 
 

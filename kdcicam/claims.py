@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,6 +67,26 @@ class ClaimResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def test_records(store: Any) -> Callable[..., pd.DataFrame]:
+    """The ``records`` callback of :func:`evaluate_claims` over a store's test-split records.
+
+    Memoised per (run, protocol, selection, policy): a run is read once however many claims and
+    metrics compare it (the frames are only read, never changed).
+    """
+    cache: dict[tuple[str, str, str, str], pd.DataFrame] = {}
+
+    def records(run_id: str, protocol: str, selection: str, policy: str = "fixed") -> pd.DataFrame:
+        key = (run_id, protocol, selection, policy)
+        if key not in cache:
+            cache[key] = store.get_image_records(run_id, protocol, selection, "test", policy)
+        return cache[key]
+
+    return records
+
+
+test_records.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
 def _status(direction: str, lo: float | None, hi: float | None) -> str:

@@ -29,7 +29,7 @@ def claims_cmd(
     as_md: bool = typer.Option(False, "--md", help="Print the ledger as a Markdown table (for a findings page)."),
 ) -> None:
     """List each claim of the paper the registry encodes, with ours, its interval and a status."""
-    from kdcicam.claims import evaluate_claims
+    from kdcicam.claims import evaluate_claims, test_records
     from kdcicam.registry import load_registry
     from kdcicam.store import open_store, sqlite_file
 
@@ -45,11 +45,8 @@ def claims_cmd(
         with open_store(url, create=False) as store:
             runs = store.list_runs()
             finals = store.final_metrics([r.id for r in runs if r.status == "finished"])
-            results = evaluate_claims(
-                reg, runs, finals,
-                lambda run_id, proto, sel, policy="fixed": store.get_image_records(run_id, proto, sel, "test",
-                                                                                   policy),
-                protocol=protocol, threshold_policy=threshold_policy)
+            results = evaluate_claims(reg, runs, finals, test_records(store), protocol=protocol,
+                                      threshold_policy=threshold_policy)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         return

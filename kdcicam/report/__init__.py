@@ -58,10 +58,9 @@ def build_report(store: Store | None, reg: Registry, *, protocols: Sequence[str]
     finals = store.final_metrics(finished) if store is not None and finished else pd.DataFrame(
         columns=["run_id", "protocol", "selection", "threshold_policy", "split", "name", "value"])
     audits = _epoch_audits(store, reg, runs, keys) if store is not None else {}
-    records = None
-    if store is not None:
-        def records(run_id: str, protocol: str, selection: str, policy: str = "fixed") -> pd.DataFrame:
-            return store.get_image_records(run_id, protocol, selection, "test", policy)
+    from kdcicam.claims import test_records  # claims.py builds on kdcicam.report's modules
+
+    records = test_records(store) if store is not None else None
     return collect(reg, runs, finals, store_url=url, protocols=protocols, table_keys=keys, generated=generated,
                    epoch_audits=audits, threshold_policy=threshold_policy, records=records)
 
