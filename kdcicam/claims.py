@@ -146,7 +146,7 @@ def evaluate_claims(
                 if sub.empty:  # this table has no run in this scope (e.g. a scope only a sweep made)
                     continue
                 for metric in claim.metrics[:1] if claim.kind == "pareto" else claim.metrics:
-                    out.append(_one(reg, claim, scope, sub, metric, protocol,
+                    out.append(claim_result(reg, claim, scope, sub, metric, protocol,
                                     (selection, scope.select_on, threshold_policy), records, n_resamples))
     return out
 
@@ -158,7 +158,60 @@ def _records_of(records: Callable[..., pd.DataFrame], threshold_policy: str) -> 
     return lambda run_id, protocol, selection: records(run_id, protocol, selection, threshold_policy)
 
 
-def _one(reg, claim, scope, sub, metric, protocol, policies, records, n_resamples) -> ClaimResult:
+@dataclass(frozen=True)
+class PairedDelta:
+    """The difference of two cells' metric over the seeds both ran, in percentage points."""
+
+    mean: float | None  # mean of the per-seed differences; None when no seed pairs
+    ci_lo: float | None
+    ci_hi: float | None
+    n_seeds: int
+    interval: str  # "seeds (t)", "images (bootstrap, 1 seed)" or "none"
+    image_ci_lo: float | None = None  # paired per-image interval (see per_image_interval)
+    image_ci_hi: float | None = None
+
+
+def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Callable[[str], pd.DataFrame],
+                 records_b: Callable[[str], pd.DataFrame], n_resamples: int) -> PairedDelta:
+    """``a − b`` paired by seed, with the seed interval and the paired per-image interval.
+
+    Args:
+        a, b: one metric's rows of :func:`~kdcicam.report.tables.cell_frame` for the two sides
+            (a rerun supersedes: the latest run per seed counts).
+        metric: the metric (per-image intervals exist for those in :data:`FLAG_OF`).
+        records_a, records_b: run id -> that run's per-image test records, for each side.
+        n_resamples: bootstrap resamples.
+
+    With two or more seeds the interval is Student t over the per-seed differences; with one, the
+    per-image bootstrap stands in for it (``interval`` says which).
+    """
+    if a.empty or b.empty:
+        return PairedDelta(None, None, None, 0, "none")
+    a = latest_per_seed(a).set_index("seed")
+    b = latest_per_seed(b).set_index("seed")
+    seeds = sorted(set(a.index) & set(b.index))
+    mean, _std, n, lo, hi = mean_std_ci([float(a.loc[s, "value"]) - float(b.loc[s, "value"]) for s in seeds])
+    if n == 0:
+        return PairedDelta(None, None, None, 0, "none")
+    interval = "seeds (t)"
+    image_lo = image_hi = None
+    if metric in FLAG_OF:
+        pairs = [(records_a(str(a.loc[s, "run_id"])), records_b(str(b.loc[s, "run_id"]))) for s in seeds]
+        image_lo, image_hi = per_image_interval(pairs, FLAG_OF[metric], n_resamples)
+        if n == 1 and image_lo is not None:
+            lo, hi, interval = image_lo, image_hi, "images (bootstrap, 1 seed)"
+    lo = None if lo is None or math.isnan(lo) else round(lo, 4)
+    hi = None if hi is None or math.isnan(hi) else round(hi, 4)
+    return PairedDelta(round(mean, 4), lo, hi, n, interval if lo is not None else "none", image_lo, image_hi)
+
+
+def claim_result(reg: Registry, claim: Claim, scope: ScopeKey, sub: pd.DataFrame, metric: str, protocol: str,
+                 policies: tuple[str, str, str], records: Callable[..., pd.DataFrame],
+                 n_resamples: int) -> ClaimResult:
+    """One claim on one metric in one scope (``sub``: the scope's cell_frame rows of the claim's table).
+
+    ``policies`` = (selection, select_on, threshold_policy) as the result names them.
+    """
     selection, select_on, threshold_policy = policies
     records = _records_of(records, threshold_policy)
     base = dict(table=claim.table, claim=claim.key, text=claim.text, scope=scope.title, protocol=protocol,
@@ -167,37 +220,21 @@ def _one(reg, claim, scope, sub, metric, protocol, policies, records, n_resample
     vals = sub[sub["metric"] == metric]
     a = vals[vals["cell"] == claim.cell]
     b = vals[vals["cell"] == claim.versus]
-    if a.empty or b.empty:
-        return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
-                           status="not run")
-    if claim.kind == "pareto":
+    if claim.kind == "pareto" and not (a.empty or b.empty):
         return _pareto(base, claim, sub)
-    a = latest_per_seed(a).set_index("seed")
-    b = latest_per_seed(b).set_index("seed")
-    seeds = sorted(set(a.index) & set(b.index))
-    diffs = [float(a.loc[s, "value"]) - float(b.loc[s, "value"]) for s in seeds]
-    mean, _std, n, lo, hi = mean_std_ci(diffs)
-    interval = "seeds (t)"
-    if n == 0:
+    cells = reg.tables[claim.table]
+    d = paired_delta(a, b, metric, lambda run: records(run, protocol, cells.cell(claim.cell).select),
+                     lambda run: records(run, protocol, cells.cell(claim.versus).select), n_resamples)
+    if d.mean is None:
         return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
                            status="not run")
-    image_lo = image_hi = None
-    if metric in FLAG_OF:
-        cells = reg.tables[claim.table]
-        pairs = [(records(str(a.loc[s, "run_id"]), protocol, cells.cell(claim.cell).select),
-                  records(str(b.loc[s, "run_id"]), protocol, cells.cell(claim.versus).select)) for s in seeds]
-        image_lo, image_hi = _per_image_interval(pairs, FLAG_OF[metric], n_resamples)
-        if n == 1 and image_lo is not None:
-            lo, hi, interval = image_lo, image_hi, "images (bootstrap, 1 seed)"
-    lo = None if lo is None or math.isnan(lo) else round(lo, 4)
-    hi = None if hi is None or math.isnan(hi) else round(hi, 4)
-    return ClaimResult(**base, ours_delta=round(mean, 4), ci_lo=lo, ci_hi=hi, n_seeds=n,
-                       interval=interval if lo is not None else "none", status=_status(claim.direction, lo, hi),
-                       image_ci_lo=image_lo, image_ci_hi=image_hi)
+    return ClaimResult(**base, ours_delta=d.mean, ci_lo=d.ci_lo, ci_hi=d.ci_hi, n_seeds=d.n_seeds,
+                       interval=d.interval, status=_status(claim.direction, d.ci_lo, d.ci_hi),
+                       image_ci_lo=d.image_ci_lo, image_ci_hi=d.image_ci_hi)
 
 
-def _per_image_interval(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], flag: str,
-                        n_resamples: int) -> tuple[float | None, float | None]:
+def per_image_interval(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], flag: str,
+                       n_resamples: int) -> tuple[float | None, float | None]:
     """Paired bootstrap over test images of the per-image difference averaged over seeds, in points.
 
     ``pairs`` holds, per seed, the two runs' per-image records; an image counts when every seed's two

@@ -27,9 +27,14 @@ def claims_cmd(
     registry: Path | None = typer.Option(None, help="Registry folder [default: the repository's ablations/]."),
     as_json: bool = typer.Option(False, "--json", help="Print the ledger as JSON."),
     as_md: bool = typer.Option(False, "--md", help="Print the ledger as a Markdown table (for a findings page)."),
+    variants: bool = typer.Option(
+        False, "--variants",
+        help="Instead of the ledger: the paper variant against the reference variant, cell by cell (paper − "
+             "reference, paired by seed) and claim by claim (the verdict under each), where both ran."),
 ) -> None:
     """List each claim of the paper the registry encodes, with ours, its interval and a status."""
     from kdcicam.claims import evaluate_claims, test_records
+    from kdcicam.variants import VariantAgreement, variant_agreement
     from kdcicam.registry import load_registry
     from kdcicam.store import open_store, sqlite_file
 
@@ -41,12 +46,21 @@ def claims_cmd(
     url = db_url(db)
     path = sqlite_file(url)
     results = []
+    agreement = VariantAgreement((), ())
     if path is None or path.exists():
         with open_store(url, create=False) as store:
             runs = store.list_runs()
             finals = store.final_metrics([r.id for r in runs if r.status == "finished"])
-            results = evaluate_claims(reg, runs, finals, test_records(store), protocol=protocol,
-                                      threshold_policy=threshold_policy)
+            if variants:
+                agreement = variant_agreement(reg, runs, finals, test_records(store), protocol=protocol,
+                                              threshold_policy=threshold_policy)
+            else:
+                results = evaluate_claims(reg, runs, finals, test_records(store), protocol=protocol,
+                                          threshold_policy=threshold_policy)
+    oracle = " — ORACLE θ (chosen on the test split): an upper bound, not a result" if threshold_policy == "oracle" else ""
+    if variants:
+        _print_agreement(agreement, protocol, threshold_policy, oracle, as_json, as_md)
+        return
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
         return
@@ -54,7 +68,6 @@ def claims_cmd(
         claims = [c for t in reg.tables.values() for c in t.claims]
         typer.echo(f"no runs yet: {len(claims)} claims are waiting (e.g. kdcicam ablate table3, then kdcicam claims)")
         return
-    oracle = " — ORACLE θ (chosen on the test split): an upper bound, not a result" if threshold_policy == "oracle" else ""
     if as_md:
         typer.echo(ledger_markdown(results, protocol, threshold_policy, oracle))
         return
@@ -91,8 +104,77 @@ def ledger_markdown(results, protocol: str, threshold_policy: str, oracle: str =
              "95 % interval (per image) | status |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        seeds = _interval(r.ci_lo, r.ci_hi) + ("" if r.interval in ("seeds (t)", "none") else f" {r.interval}")
+        seeds = _interval(r.ci_lo, r.ci_hi) + _interval_kind(r.interval)
         lines.append(f"| {r.text} | {r.scope} | {r.metric} | {r.selection} on {r.select_on} | {_pts(r.paper_delta)} | "
                      f"{_pts(r.ours_delta)} | {seeds} | {r.n_seeds} | {_interval(r.image_ci_lo, r.image_ci_hi)} | "
                      f"{r.status} |")
+    return "\n".join(lines)
+
+
+def _print_agreement(agreement, protocol: str, threshold_policy: str, oracle: str, as_json: bool,
+                     as_md: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(agreement.to_dict(), indent=2))
+        return
+    if not agreement:
+        typer.echo("no scope has finished runs of both variants: run a table with --variant paper beside the "
+                   "default reference runs (e.g. kdcicam ablate table3 --variant paper), then kdcicam claims --variants")
+        return
+    if as_md:
+        typer.echo(agreement_markdown(agreement, protocol, threshold_policy, oracle))
+        return
+    console = Console(width=200)
+    for scope in dict.fromkeys(d.scope for d in agreement.deltas):
+        t = Table(title=f"{scope}: paper − reference, cell by cell ({protocol} protocol, θ {threshold_policy}; "
+                        f"percentage points, paired by seed, 95% intervals){oracle}")
+        for col in ("table", "cell", "metric", "paper", "reference", "Δ", "95% interval", "n",
+                    "per-image paired 95%", ""):
+            t.add_column(col)
+        for d in (d for d in agreement.deltas if d.scope == scope):
+            t.add_row(d.table, d.name, d.metric, _value(d.paper_value), _value(d.reference_value), _pts(d.delta),
+                      _interval(d.ci_lo, d.ci_hi) + _interval_kind(d.interval), str(d.n_seeds),
+                      _interval(d.image_ci_lo, d.image_ci_hi), d.status)
+        console.print(t)
+        v = Table(title=f"{scope}: the paper's claims under each variant")
+        for col in ("claim", "metric", "paper variant", "reference variant", "same verdict"):
+            v.add_column(col)
+        for r in (r for r in agreement.verdicts if r.scope == scope):
+            v.add_row(r.text, r.metric, _verdict(r.paper), _verdict(r.reference), _agree(r.agree))
+        console.print(v)
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _interval_kind(kind: str) -> str:
+    return "" if kind in ("seeds (t)", "none") else f" {kind}"
+
+
+def _verdict(r) -> str:
+    return f"{r.status} ({_pts(r.ours_delta)}, n={r.n_seeds})" if r.status != "not run" else "not run"
+
+
+def _agree(agree: bool | None) -> str:
+    return "-" if agree is None else "yes" if agree else "NO"
+
+
+def agreement_markdown(agreement, protocol: str, threshold_policy: str, oracle: str = "") -> str:
+    """The variant comparison in Markdown: per scope, a table cell by cell, then one claim by claim."""
+    lines = [f"Variant paper vs reference: {protocol} protocol, θ {threshold_policy}{oracle}. Δ = paper − reference "
+             "in percentage points, paired by seed; seed interval: Student t over the per-seed differences (one "
+             "seed: paired bootstrap over images); per-image: paired bootstrap over test images of the per-image "
+             "difference averaged over seeds."]
+    for scope in dict.fromkeys(d.scope for d in agreement.deltas):
+        lines += ["", f"**{scope}**", "",
+                  "| table | cell | metric | paper | reference | Δ | 95 % interval (seeds) | n | "
+                  "95 % interval (per image) | |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for d in (d for d in agreement.deltas if d.scope == scope):
+            lines.append(f"| {d.table} | {d.name} | {d.metric} | {_value(d.paper_value)} | {_value(d.reference_value)} | "
+                         f"{_pts(d.delta)} | {_interval(d.ci_lo, d.ci_hi)}{_interval_kind(d.interval)} | {d.n_seeds} | "
+                         f"{_interval(d.image_ci_lo, d.image_ci_hi)} | {d.status} |")
+        lines += ["", "| claim | metric | verdict, paper variant (Δ, seeds) | verdict, reference variant | same verdict |",
+                  "|---|---|---|---|---|"]
+        for r in (r for r in agreement.verdicts if r.scope == scope):
+            lines.append(f"| {r.text} | {r.metric} | {_verdict(r.paper)} | {_verdict(r.reference)} | {_agree(r.agree)} |")
     return "\n".join(lines)

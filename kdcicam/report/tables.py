@@ -364,6 +364,7 @@ class ReportData:
     n_unfinished: int = 0  # runs in the store not finished (not shown)
     sweeps: tuple[SweepData, ...] = ()  # the registry's sweep tables (kind = "sweep"), across scopes
     threshold_policy: str = _THRESHOLD_POLICY  # whose θ the localization numbers use: fixed | val
+    variants: dict[str, Any] = field(default_factory=dict)  # protocol -> VariantAgreement (kdcicam.variants)
 
 
 def _finals_index(finals: pd.DataFrame,
@@ -781,7 +782,27 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
                       table_keys=tuple(table_keys), scopes=tuple(scopes),
                       n_unfinished=len(runs) - len(all_finished),
                       sweeps=build_sweeps(reg, sweep_keys, all_finished, finals, protocols, threshold_policy),
-                      threshold_policy=threshold_policy)
+                      threshold_policy=threshold_policy,
+                      variants=_variants(reg, finished, finals, records, protocols, threshold_policy, table_keys))
+
+
+def _variants(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
+              records: Callable[..., pd.DataFrame] | None, protocols: Sequence[str], threshold_policy: str,
+              table_keys: Sequence[str]) -> dict[str, Any]:
+    """protocol -> the paper-vs-reference comparison of the shown tables (kdcicam.variants); only protocols
+    where some scope ran both variants."""
+    if records is None or not runs:
+        return {}
+    from kdcicam.variants import VariantAgreement, variant_agreement  # variants.py builds on this module
+
+    out = {}
+    for protocol in protocols:
+        a = variant_agreement(reg, runs, finals, records, protocol=protocol, threshold_policy=threshold_policy)
+        shown = VariantAgreement(tuple(d for d in a.deltas if d.table in table_keys),
+                                 tuple(v for v in a.verdicts if v.table in table_keys))
+        if shown:
+            out[protocol] = shown
+    return out
 
 
 def _claims_by_scope(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
@@ -842,4 +863,4 @@ def report_json(data: ReportData) -> dict[str, Any]:
               for w in data.sweeps]
     return {"generated": data.generated, "store": data.store_url, "unit": "percent",
             "threshold_policy": data.threshold_policy, "protocols": list(data.protocols), "n_unfinished_runs": data.n_unfinished, "scopes": scopes,
-            "sweeps": sweeps}
+            "sweeps": sweeps, "variants": {p: a.to_dict() for p, a in data.variants.items()}}

@@ -1,0 +1,197 @@
+"""Do the method's two fidelity variants agree? (``paper``: the printed equations; ``reference``: the
+authors' released code; ``reference-notes.md``.)
+
+Runs of the two variants are different scopes (:class:`~kdcicam.report.tables.ScopeKey`), so neither
+the claims ledger nor ``kdcicam compare`` sets them side by side. This module does, for every pair of
+scopes that differ only in the variant:
+
+- per cell and metric: each variant's mean over seeds and the difference ``paper − reference`` with a
+  95 % interval over the seeds both variants ran (Student t over the per-seed differences; one seed: a
+  paired bootstrap over test images) and the paired per-image interval (per-image differences averaged
+  over the seeds, bootstrapped over images, as in :mod:`kdcicam.claims`). Seed s of both variants
+  trains on the same data in the same order, so the pairing is by seed;
+- per claim of the paper: its verdict under each variant (:func:`kdcicam.claims.evaluate_claims`'s
+  rule) and whether the two verdicts are the same.
+
+Only tables of kind ``table`` are compared: a scatter's grid points and a sweep's datasets are not
+one run per seed and cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+
+import pandas as pd
+
+from kdcicam.claims import ClaimResult, claim_result, paired_delta
+from kdcicam.registry import Registry
+from kdcicam.report.tables import POINT_METRICS, ScopeKey, cell_frame, latest_per_seed
+from kdcicam.store import RunInfo
+
+PAIR: tuple[str, str] = ("paper", "reference")  # the difference is first minus second
+
+
+@dataclass(frozen=True)
+class VariantDelta:
+    """One cell's metric under both variants: ``delta = paper − reference``, in percentage points."""
+
+    scope: str  # the shared scope, its variant written "paper vs reference"
+    table: str
+    cell: str
+    name: str  # the cell's name as the paper prints it
+    protocol: str
+    threshold_policy: str
+    metric: str
+    paper_value: float | None  # mean over the paper variant's seeds (percent)
+    reference_value: float | None
+    delta: float | None  # mean over the seeds both ran of the per-seed difference
+    ci_lo: float | None
+    ci_hi: float | None
+    n_seeds: int  # seeds both variants ran
+    interval: str  # "seeds (t)", "images (bootstrap, 1 seed)" or "none"
+    image_ci_lo: float | None = None
+    image_ci_hi: float | None = None
+
+    @property
+    def status(self) -> str:
+        """"differ" when the interval excludes 0, "no difference detected" when it contains it."""
+        if self.delta is None:
+            return "not run"
+        if self.ci_lo is None or self.ci_hi is None:
+            return "no interval"
+        return "differ" if self.ci_lo > 0 or self.ci_hi < 0 else "no difference detected"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "status": self.status}
+
+
+@dataclass(frozen=True)
+class VerdictPair:
+    """One claim's verdict under each variant (the ledger's rule, the same scope otherwise)."""
+
+    scope: str
+    table: str
+    claim: str
+    text: str
+    protocol: str
+    threshold_policy: str
+    metric: str
+    paper: ClaimResult
+    reference: ClaimResult
+
+    @property
+    def agree(self) -> bool | None:
+        """Same verdict under both variants; None when either variant has not run the claim's cells."""
+        if "not run" in (self.paper.status, self.reference.status):
+            return None
+        return self.paper.status == self.reference.status
+
+    def to_dict(self) -> dict:
+        return {"scope": self.scope, "table": self.table, "claim": self.claim, "text": self.text,
+                "protocol": self.protocol, "threshold_policy": self.threshold_policy, "metric": self.metric,
+                "paper_status": self.paper.status, "paper_delta": self.paper.ours_delta,
+                "reference_status": self.reference.status, "reference_delta": self.reference.ours_delta,
+                "n_seeds": [self.paper.n_seeds, self.reference.n_seeds], "agree": self.agree}
+
+
+@dataclass(frozen=True)
+class VariantAgreement:
+    deltas: tuple[VariantDelta, ...]
+    verdicts: tuple[VerdictPair, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.deltas or self.verdicts)
+
+    def to_dict(self) -> dict:
+        return {"deltas": [d.to_dict() for d in self.deltas], "verdicts": [v.to_dict() for v in self.verdicts]}
+
+
+def shared_title(scope: ScopeKey) -> str:
+    """The scope's title with its variant written as the pair compared."""
+    return replace(scope, variant=" vs ".join(PAIR)).title
+
+
+def scope_pairs(scopes: Sequence[ScopeKey]) -> list[tuple[ScopeKey, ScopeKey]]:
+    """(paper scope, reference scope) for every scope that both variants ran, sorted."""
+    by_family: dict[ScopeKey, dict[str, ScopeKey]] = {}
+    for s in scopes:
+        by_family.setdefault(replace(s, variant=""), {})[s.variant] = s
+    pairs = [(v[PAIR[0]], v[PAIR[1]]) for v in by_family.values() if all(p in v for p in PAIR)]
+    return sorted(pairs, key=lambda pr: pr[0].sort_key())
+
+
+def variant_agreement(
+    reg: Registry,
+    runs: Sequence[RunInfo],
+    finals: pd.DataFrame,
+    records: Callable[..., pd.DataFrame],
+    *,
+    protocol: str = "paper",
+    threshold_policy: str = "fixed",
+    metrics: Sequence[str] = POINT_METRICS,
+    n_resamples: int = 2000,
+) -> VariantAgreement:
+    """Compare every cell and claim that both variants ran, scope by scope.
+
+    Args:
+        reg: the registry.
+        runs: the store's runs (only finished ones count).
+        finals: :meth:`Store.final_metrics` of those runs.
+        records: ``records(run_id, protocol, selection, policy)`` -> per-image test records
+            (:func:`kdcicam.claims.test_records`).
+        protocol: evaluation protocol whose numbers are compared.
+        threshold_policy: "fixed", "val" or "oracle" (see :mod:`kdcicam.claims`).
+        metrics: the metrics compared per cell.
+        n_resamples: bootstrap resamples of the per-image intervals.
+    """
+    frame = cell_frame(reg, [r for r in runs if r.status == "finished"], finals, threshold_policy)
+    if frame.empty:
+        return VariantAgreement((), ())
+    frame = frame[frame["protocol"] == protocol]
+    deltas: list[VariantDelta] = []
+    verdicts: list[VerdictPair] = []
+    for paper_scope, ref_scope in scope_pairs(sorted(set(frame["scope"]), key=ScopeKey.sort_key)):
+        title = shared_title(paper_scope)
+        for table in reg.tables.values():
+            if table.kind != "table":
+                continue
+            sub_p = frame[(frame["scope"] == paper_scope) & (frame["table"] == table.key)]
+            sub_r = frame[(frame["scope"] == ref_scope) & (frame["table"] == table.key)]
+            if sub_p.empty or sub_r.empty:
+                continue
+            for cell in table.cells:
+                for metric in metrics:
+                    a = sub_p[(sub_p["cell"] == cell.key) & (sub_p["metric"] == metric)]
+                    b = sub_r[(sub_r["cell"] == cell.key) & (sub_r["metric"] == metric)]
+                    if a.empty and b.empty:
+                        continue
+                    deltas.append(_cell_delta(title, table.key, cell.key, cell.name, cell.select, metric, a, b,
+                                              protocol, threshold_policy, records, n_resamples))
+            for claim in table.claims:
+                selection = f"{table.cell(claim.cell).select} / {table.cell(claim.versus).select}"
+                for metric in claim.metrics:
+                    pair = [claim_result(reg, claim, scope, sub, metric, protocol,
+                                         (selection, scope.select_on, threshold_policy), records, n_resamples)
+                            for scope, sub in ((paper_scope, sub_p), (ref_scope, sub_r))]
+                    verdicts.append(VerdictPair(title, table.key, claim.key, claim.text, protocol, threshold_policy,
+                                                metric, *pair))
+    return VariantAgreement(tuple(deltas), tuple(verdicts))
+
+
+def _mean(frame: pd.DataFrame) -> float | None:
+    values = latest_per_seed(frame)["value"].astype(float) if not frame.empty else pd.Series(dtype=float)
+    return None if values.empty else round(float(values.mean()), 4)
+
+
+def _cell_delta(title: str, table: str, cell: str, name: str, select: str, metric: str, a: pd.DataFrame,
+                b: pd.DataFrame, protocol: str, threshold_policy: str, records: Callable[..., pd.DataFrame],
+                n_resamples: int) -> VariantDelta:
+    def of_run(run_id: str) -> pd.DataFrame:  # seed s of both variants is paired; both read at the cell's selection
+        return records(run_id, protocol, select, threshold_policy)
+
+    d = paired_delta(a, b, metric, of_run, of_run, n_resamples)
+    return VariantDelta(scope=title, table=table, cell=cell, name=name, protocol=protocol,
+                        threshold_policy=threshold_policy, metric=metric, paper_value=_mean(a),
+                        reference_value=_mean(b), delta=d.mean, ci_lo=d.ci_lo, ci_hi=d.ci_hi, n_seeds=d.n_seeds,
+                        interval=d.interval, image_ci_lo=d.image_ci_lo, image_ci_hi=d.image_ci_hi)
