@@ -77,21 +77,24 @@ def claims_cmd(
                 "per-image paired 95%", "status"):
         t.add_column(col)
     for r in results:
-        interval = f"[{r.ci_lo:+.1f}, {r.ci_hi:+.1f}] {r.interval}" if r.ci_lo is not None else r.interval
-        images = f"[{r.image_ci_lo:+.1f}, {r.image_ci_hi:+.1f}]" if r.image_ci_lo is not None else "-"
+        interval = f"{_interval(r.ci_lo, r.ci_hi)} {r.interval}" if r.ci_lo is not None else r.interval
+        images = _interval(r.image_ci_lo, r.image_ci_hi)
         t.add_row(r.text, r.scope, r.metric, r.threshold_policy, f"{r.selection} on {r.select_on}",
-                  "-" if r.paper_delta is None else f"{r.paper_delta:+.1f}",
-                  "-" if r.ours_delta is None else f"{r.ours_delta:+.1f}", interval, str(r.n_seeds), images,
+                  _pts(r.paper_delta), _pts(r.ours_delta), interval, str(r.n_seeds), images,
                   f"[{_STYLE[r.status]}]{r.status}[/]")
     Console(width=220).print(t)
 
 
 def _pts(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.1f}"
+    from kdcicam.report.render import fmt_signed  # the report's formatting: "−1.2", "—" for none
+
+    return fmt_signed(value)
 
 
 def _interval(lo: float | None, hi: float | None) -> str:
-    return "-" if lo is None or hi is None else f"[{lo:+.1f}, {hi:+.1f}]"
+    from kdcicam.report.render import interval_text
+
+    return interval_text(lo, hi)
 
 
 def ledger_markdown(results, protocol: str, threshold_policy: str, oracle: str = "") -> str:
@@ -144,7 +147,9 @@ def _print_agreement(agreement, protocol: str, threshold_policy: str, oracle: st
 
 
 def _value(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+    from kdcicam.report.render import fmt_value
+
+    return fmt_value(value)
 
 
 def _interval_kind(kind: str) -> str:
@@ -156,7 +161,7 @@ def _verdict(r) -> str:
 
 
 def _agree(agree: bool | None) -> str:
-    return "-" if agree is None else "yes" if agree else "NO"
+    return "—" if agree is None else "yes" if agree else "NO"
 
 
 def agreement_markdown(agreement, protocol: str, threshold_policy: str, oracle: str = "") -> str:
