@@ -89,6 +89,47 @@ def test_records(store: Any) -> Callable[..., pd.DataFrame]:
 test_records.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
+@dataclass(frozen=True)
+class ProtocolPair:
+    """One claim on one metric in one scope under both evaluation protocols (claim 6 of the findings)."""
+
+    paper: ClaimResult
+    standard: ClaimResult
+
+    @property
+    def kept(self) -> float | None:
+        """How much of the paper-protocol change the standard protocol keeps: standard Δ / paper Δ.
+
+        None when either change is missing or the paper-protocol change is zero.
+        """
+        a, b = self.paper.ours_delta, self.standard.ours_delta
+        return None if a is None or b is None or a == 0 else round(b / a, 4)
+
+    @property
+    def same_verdict(self) -> bool | None:
+        """Whether both protocols give the same status; None when either did not run."""
+        if "not run" in (self.paper.status, self.standard.status):
+            return None
+        return self.paper.status == self.standard.status
+
+    def to_dict(self) -> dict:
+        return {"paper": self.paper.to_dict(), "standard": self.standard.to_dict(), "kept": self.kept,
+                "same_verdict": self.same_verdict}
+
+
+def pair_protocols(paper: Sequence[ClaimResult], standard: Sequence[ClaimResult]) -> list[ProtocolPair]:
+    """Match the ledger's rows under the paper protocol with the standard protocol's (in ``paper``'s order).
+
+    Rows match on claim, scope, metric, selection, ``eval.select_on`` and θ policy; a row without a
+    partner is left out.
+    """
+    def key(r: ClaimResult) -> tuple:
+        return r.table, r.claim, r.scope, r.metric, r.selection, r.select_on, r.threshold_policy
+
+    by_key = {key(r): r for r in standard}
+    return [ProtocolPair(r, by_key[key(r)]) for r in paper if key(r) in by_key]
+
+
 def _status(direction: str, lo: float | None, hi: float | None) -> str:
     if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
         return "inconclusive"

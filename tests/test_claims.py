@@ -127,3 +127,42 @@ def test_a_scope_without_runs_of_a_claims_table_has_no_rows(store):
     _run(store, "swp00000", "context-sweep", "base", 0, {"top1_loc": 0.2}, fingerprint="other")
     scopes = {r.scope for r in _ledger(store)}
     assert len(scopes) == 1 and "data fp" in next(iter(scopes))
+
+
+def test_both_protocols_side_by_side_with_the_share_kept(store, capsys):
+    import json
+
+    from kdcicam.claims import pair_protocols
+    from kdcicam.cli import main
+
+    # +ConPool - Base Top-1 Loc per seed: paper protocol +10, +11, +9; standard +4, +5, +6 (mean 5: kept 50 %)
+    for seed, (paper_gap, standard_gap) in enumerate([(0.10, 0.04), (0.11, 0.05), (0.09, 0.06)]):
+        for cell, gap in (("base", 0.0), ("conpool", 1.0)):
+            rid = f"{cell[:4]}{seed}000"
+            _run(store, rid, "table3", cell, seed, {"top1_loc": 0.40 + gap * paper_gap})
+            store.set_final_metrics(rid, "standard", "last", "fixed", "test", {"top1_loc": 0.30 + gap * standard_gap})
+    runs = store.list_runs()
+    finals = store.final_metrics([r.id for r in runs])
+    records = lambda rid, p, s: store.get_image_records(rid, p, s, "test")  # noqa: E731
+    pairs = pair_protocols(*(evaluate_claims(load_registry(), runs, finals, records, protocol=p, n_resamples=200)
+                             for p in ("paper", "standard")))
+    loc = next(p for p in pairs if p.paper.claim == "conpool-improves-loc" and p.paper.metric == "top1_loc")
+    assert (loc.paper.protocol, loc.standard.protocol) == ("paper", "standard")
+    assert loc.paper.ours_delta == pytest.approx(10.0) and loc.standard.ours_delta == pytest.approx(5.0)
+    assert loc.kept == pytest.approx(0.5) and loc.same_verdict is True
+    kd = next(p for p in pairs if p.paper.claim == "kd-improves-cls-and-loc")
+    assert kd.kept is None and kd.same_verdict is None  # never ran
+    url = store.url
+    with pytest.raises(SystemExit) as exit_json:
+        main(["claims", "--db", url, "--protocol", "both", "--json"])
+    assert exit_json.value.code in (0, None)
+    rows = json.loads(capsys.readouterr().out)
+    row = next(r for r in rows if r["paper"]["claim"] == "conpool-improves-loc" and r["paper"]["metric"] == "top1_loc")
+    assert row["kept"] == pytest.approx(0.5) and row["standard"]["status"] == "holds"
+    with pytest.raises(SystemExit):
+        main(["claims", "--db", url, "--protocol", "both", "--md"])
+    md = capsys.readouterr().out
+    assert "| top1_loc | +0.9 | +10.0 [+7.5, +12.5] holds | +5.0 [+2.5, +7.5] holds | 50 % | yes |" in md
+    with pytest.raises(SystemExit) as bad:
+        main(["claims", "--db", url, "--protocol", "both", "--variants"])
+    assert bad.value.code == 2 and "with --variants name one protocol" in capsys.readouterr().err

@@ -18,7 +18,9 @@ _STYLE = {"holds": "green", "does not hold": "red", "inconclusive": "yellow", "n
 
 
 def claims_cmd(
-    protocol: str = typer.Option("paper", help="Evaluation protocol whose numbers are compared (paper | standard)."),
+    protocol: str = typer.Option(
+        "paper", help="Evaluation protocol whose numbers are compared (paper | standard), or both: each claim "
+                      "under the two side by side, with how much of the paper-protocol change the standard keeps."),
     threshold_policy: str = typer.Option(
         "fixed", "--threshold-policy",
         help="Whose numbers: fixed (the run's θ), val (θ chosen on the validation split) or oracle "
@@ -33,13 +35,16 @@ def claims_cmd(
              "reference, paired by seed) and claim by claim (the verdict under each), where both ran."),
 ) -> None:
     """List each claim of the paper the registry encodes, with ours, its interval and a status."""
-    from kdcicam.claims import evaluate_claims, test_records
-    from kdcicam.variants import VariantAgreement, variant_agreement
+    from kdcicam.claims import evaluate_claims, pair_protocols, test_records
     from kdcicam.registry import load_registry
     from kdcicam.store import open_store, sqlite_file
+    from kdcicam.variants import VariantAgreement, variant_agreement
 
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"--protocol {protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+    if protocol not in (*PROTOCOLS, "both"):
+        raise ConfigError(f"--protocol {protocol!r}: must be one of {', '.join(PROTOCOLS)} or both")
+    if protocol == "both" and variants:
+        raise ConfigError("--protocol both compares the ledger across protocols; with --variants name one "
+                          f"protocol ({', '.join(PROTOCOLS)})")
     if threshold_policy not in THRESHOLD_POLICIES:
         raise ConfigError(f"--threshold-policy {threshold_policy!r}: must be one of {', '.join(THRESHOLD_POLICIES)}")
     reg = load_registry(registry)
@@ -55,8 +60,10 @@ def claims_cmd(
                 agreement = variant_agreement(reg, runs, finals, test_records(store), protocol=protocol,
                                               threshold_policy=threshold_policy)
             else:
-                results = evaluate_claims(reg, runs, finals, test_records(store), protocol=protocol,
-                                          threshold_policy=threshold_policy)
+                records = test_records(store)
+                results = [evaluate_claims(reg, runs, finals, records, protocol=p, threshold_policy=threshold_policy)
+                           for p in (PROTOCOLS if protocol == "both" else (protocol,))]
+                results = pair_protocols(*results) if protocol == "both" else results[0]
     oracle = " — ORACLE θ (chosen on the test split): an upper bound, not a result" if threshold_policy == "oracle" else ""
     if variants:
         _print_agreement(agreement, protocol, threshold_policy, oracle, as_json, as_md)
@@ -67,6 +74,9 @@ def claims_cmd(
     if not results:
         claims = [c for t in reg.tables.values() for c in t.claims]
         typer.echo(f"no runs yet: {len(claims)} claims are waiting (e.g. kdcicam ablate table3, then kdcicam claims)")
+        return
+    if protocol == "both":
+        _print_protocol_pairs(results, threshold_policy, oracle, as_md)
         return
     if as_md:
         typer.echo(ledger_markdown(results, protocol, threshold_policy, oracle))
@@ -182,4 +192,43 @@ def agreement_markdown(agreement, protocol: str, threshold_policy: str, oracle: 
                   "|---|---|---|---|---|"]
         for r in (r for r in agreement.verdicts if r.scope == scope):
             lines.append(f"| {r.text} | {r.metric} | {_verdict(r.paper)} | {_verdict(r.reference)} | {_agree(r.agree)} |")
+    return "\n".join(lines)
+
+
+def _kept(pair) -> str:
+    return "—" if pair.kept is None else f"{100 * pair.kept:.0f} %"
+
+
+def _side(r) -> str:
+    """One protocol's result in one cell: "Δ [interval] status"."""
+    if r.status == "not run":
+        return "not run"
+    return f"{_pts(r.ours_delta)} {_interval(r.ci_lo, r.ci_hi)}{_interval_kind(r.interval)} {r.status}"
+
+
+def _print_protocol_pairs(pairs, threshold_policy: str, oracle: str, as_md: bool) -> None:
+    if as_md:
+        typer.echo(protocols_markdown(pairs, threshold_policy, oracle))
+        return
+    t = Table(title=f"claims under both protocols (θ {threshold_policy}; ours Δ in percentage points, mean over "
+                    f"seeds, [95% interval over seeds]; kept = standard Δ / paper Δ){oracle}")
+    for col in ("claim", "scope", "metric", "Δ printed in the paper", "ours, paper protocol", "ours, standard protocol",
+                "kept", "same verdict"):
+        t.add_column(col)
+    for pair in pairs:
+        t.add_row(pair.paper.text, pair.paper.scope, pair.paper.metric, _pts(pair.paper.paper_delta),
+                  _side(pair.paper), _side(pair.standard), _kept(pair), _agree(pair.same_verdict))
+    Console(width=220).print(t)
+
+
+def protocols_markdown(pairs, threshold_policy: str, oracle: str = "") -> str:
+    """Each claim under the paper and the standard protocol, side by side, as a Markdown table."""
+    lines = [f"Claims under both evaluation protocols: θ {threshold_policy}{oracle}. Ours: Δ in percentage points "
+             "(claimed cell minus the other), mean over seeds, [95 % interval over seeds] (one seed: paired "
+             "bootstrap over images), then the status; kept = standard-protocol Δ / paper-protocol Δ.", "",
+             "| claim | scope | metric | Δ printed in the paper | ours, paper protocol | ours, standard protocol | kept | "
+             "same verdict |", "|---|---|---|---|---|---|---|---|"]
+    for pair in pairs:
+        lines.append(f"| {pair.paper.text} | {pair.paper.scope} | {pair.paper.metric} | {_pts(pair.paper.paper_delta)} | "
+                     f"{_side(pair.paper)} | {_side(pair.standard)} | {_kept(pair)} | {_agree(pair.same_verdict)} |")
     return "\n".join(lines)
