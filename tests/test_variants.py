@@ -10,20 +10,11 @@ from kdcicam.report.tables import ScopeKey
 from kdcicam.store import open_store
 from kdcicam.variants import scope_pairs, variant_agreement
 
+from _stored import add_finished_run
+
 
 def _run(store, run_id, variant, cell, seed, metrics, correct=None, fingerprint="fp", table="table3"):
-    store.get_or_create_run(run_id, config_hash=run_id, role="student", profile="quick", variant=variant,
-                            dataset="synthetic", seed=seed, config={"model": {"backbone": "vgg16"}, "variant": variant},
-                            dataset_fingerprint=fingerprint)
-    store.add_labels(run_id, table, cell)
-    store.claim_run(run_id, pid=1, host="h")
-    store.set_final_metrics(run_id, "paper", "last", "fixed", "test", metrics)
-    if correct is not None:
-        store.add_image_records(run_id, "paper", "last", "test", [
-            {"image_id": f"im{i}", "label": 0, "top5": [0], "top5_scores": [1.0], "box": [0, 0, 1, 1], "iou": 0.0,
-             "correct_top1_cls": c, "correct_top5_cls": c, "correct_top1_loc": c, "correct_top5_loc": c,
-             "correct_gt_known": c} for i, c in enumerate(correct)])
-    store.finish_run(run_id, train_seconds=1.0, eval_seconds=1.0)
+    add_finished_run(store, run_id, table, cell, seed, metrics, correct, fingerprint=fingerprint, variant=variant)
 
 
 def _agreement(store):
