@@ -55,6 +55,17 @@ def test_ablate_all_smoke_then_again_trains_nothing(smoke_cache, tmp_path):  # n
     assert plan.returncode == 0, plan.stderr[-3000:]
     statuses = {r["status"] for r in json.loads(plan.stdout)["runs"]}
     assert statuses == {"finished (reuse)"}
+    assert json.loads(plan.stdout)["estimate"]["total_seconds"] == 0
+    # a second seed: new runs, each estimated from the finished runs of its role (this store's own history)
+    more = _ablate(["table3", "--profile", "smoke", "--dry-run", "--json", "--seeds", "2", "--jobs", "2"],
+                   smoke_cache, tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    plan2 = json.loads(more.stdout)
+    new = [r for r in plan2["runs"] if r["status"] == "new"]
+    assert len(new) == 5 and all(r["estimated_seconds"] > 0 for r in new)
+    est = plan2["estimate"]
+    assert est["jobs"] == 2 and est["not_estimated_roles"] == []
+    assert 0 < est["wall_seconds"] < est["total_seconds"] == pytest.approx(sum(r["estimated_seconds"] for r in new))
 
 
 def test_worker_args_drop_jobs_and_output_flags():
