@@ -45,7 +45,8 @@ from kdcicam.evaluate import EvalResult, evaluate
 from kdcicam.model.factory import build_model
 from kdcicam.plan import PlannedRun
 from kdcicam.recipes import TeacherSet, recipe_for
-from kdcicam.runtime import crash_point, process_alive, provenance, set_seed
+from kdcicam.holders import STALE_AFTER_S, holder_gone
+from kdcicam.runtime import crash_point, provenance, set_seed
 from kdcicam.selection import (AUDIT_SPLIT, DECISION_METRIC, DECISION_SPLIT, TEACHER_DECISION_METRIC,
                                candidate_resizes, candidate_thetas, count_test_decisions, resize_policies,
                                select_on_of, threshold_policies)
@@ -69,7 +70,7 @@ class RunContext:
     wait_poll_s: float = 5.0  # how often to look at a run another process is training
     on_event: Callable[[str, dict[str, Any]], None] | None = None  # progress / messages for the CLI
     heartbeat_s: float = 15.0  # heartbeat period while a run is held (0 = none; in-memory stores: none)
-    stale_after_s: float = 120.0  # a running run whose heartbeat is older than this is taken over
+    stale_after_s: float = STALE_AFTER_S  # a running run whose heartbeat is older than this is taken over
     checkpoint_every: int = 0  # also checkpoint every this many training steps (0 = at epoch ends)
     dist: DistContext | None = None  # this process's place in a multi-process run (None: one process)
     _frames: FrameStore | None = field(default=None, repr=False)
@@ -233,19 +234,8 @@ class _Heartbeat:
 
 
 def _holder_gone(info: RunInfo, ctx: RunContext) -> str | None:
-    """Why the process holding a ``running`` run is dead (its pid is gone on this host, or its
-    heartbeat is stale), or None while it may be alive."""
-    if info.heartbeat_at is None:
-        return f"process {info.pid} on {info.host}, which never beat its heartbeat"
-    age = (utc_now() - info.heartbeat_at).total_seconds()
-    if age > ctx.stale_after_s:
-        return f"process {info.pid} on {info.host}, silent for {age:.0f} s"
-    if info.host == socket.gethostname() and info.pid is not None:
-        if info.pid == os.getpid():
-            return f"an earlier attempt of this process ({info.pid})"
-        if not process_alive(info.pid):
-            return f"process {info.pid} on this host, which is gone"
-    return None
+    """Why the process holding a ``running`` run is dead, or None while it may be alive (:func:`holder_gone`)."""
+    return holder_gone(info, ctx.stale_after_s)
 
 
 def _take_over(info: RunInfo, ctx: RunContext, attempt: dict[str, str | None]) -> bool:

@@ -106,26 +106,6 @@ def provenance(device: torch.device) -> dict[str, str]:
     }
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine and has not exited (a zombie counts as gone).
-
-    A pid reused by an unrelated process reads as alive; the run store's heartbeat then decides.
-    """
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    try:  # Linux: an exited child its parent has not reaped yet is still listed, as state Z
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def crash_point(name: str) -> None:
     """Test hook: kill this process at a named point, to test crash recovery with real signals.
 

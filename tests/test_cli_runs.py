@@ -178,3 +178,32 @@ def test_headline_prefers_paper_last_fixed_test():
     assert headline(frame.iloc[5:]) == (None, {})
     nan = _finals([("paper", "last", "fixed", "test", "top1_loc", float("nan"))])
     assert headline(nan) == ("paper/last/fixed/test", {"top1_loc": None})  # JSON-safe
+
+
+def test_running_runs_show_their_epochs_and_whether_their_process_is_gone(runner, db_url):
+    import os
+    import socket
+
+    live, gone = "cccc777788889999", "dddd000011112222"
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    with open_store(db_url) as store:
+        for run_id in (live, gone):
+            store.get_or_create_run(run_id, config_hash="c" + run_id[:4], role="student", profile="smoke",
+                                    variant="reference", dataset="synthetic", seed=0,
+                                    config={"train": {"epochs": 12}})
+        # the live run's holder is this test's parent process (alive, heartbeat fresh); the other one's is a
+        # pid no process can have on this host (pid_max itself)
+        store.claim_run(live, pid=os.getppid(), host=socket.gethostname())
+        for epoch in range(3):
+            store.add_epoch_metrics(live, epoch, "train", {"loss": 1.0})
+        store.add_epoch_metrics(live, 3, "val", {"top1_cls": 0.5})  # a validation row is not a trained epoch
+        store.claim_run(gone, pid=pid_max, host=socket.gethostname())
+    result = runner.invoke(app, ["runs", "list", "--db", db_url, "--json"])
+    assert result.exit_code == 0, result.output
+    progress = {r["id"]: r["progress"] for r in json.loads(result.output)}
+    assert progress[live] == {"epochs_done": 3, "epochs": 12, "holder_gone": None}
+    assert progress[gone]["epochs_done"] == 0 and f"process {pid_max} on this host" in progress[gone]["holder_gone"]
+    table = runner.invoke(app, ["runs", "list", "--db", db_url]).output
+    assert "running 3/12" in table and "stalled 0/12" in table and "stalled: running in the store" in table
+    shown = runner.invoke(app, ["runs", "show", "dddd", "--db", db_url]).output
+    assert "running, 0 of 12 epochs done, stalled" in shown and "resumes it from its last checkpoint" in shown

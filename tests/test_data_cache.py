@@ -13,7 +13,7 @@ import kdcicam.data.cache as C
 from kdcicam.data.base import Sample
 from kdcicam.data.dataset import WSOLDataset
 from kdcicam.data.transforms import (BoxRandAugment, TestTransform, clip_boxes, normalize_image,
-                                     test_transform_paper, test_transform_standard, to_uint8_image,
+                                     test_transform_paper, test_transform_standard,
                                      train_transform)
 from kdcicam.errors import DataError
 from kdcicam.train import EpochView

@@ -24,7 +24,8 @@ from kdcicam.data.dataset import WSOLDataset
 from kdcicam.data.transforms import train_transform
 from kdcicam.model.factory import build_model
 from kdcicam.recipes import TeacherSet, recipe_for
-from kdcicam.runtime import derive_seed, process_alive, set_seed
+from kdcicam.holders import process_alive
+from kdcicam.runtime import derive_seed, set_seed
 from kdcicam.train import (
     DivergedError,
     EpochView,

@@ -111,27 +111,49 @@ def list_cmd(
     with open_store(url) as store:
         runs = store.list_runs(status=status, role=role)
         finals = store.final_metrics([run.id for run in runs]) if runs else None
+        progress = {run.id: _progress(store, run) for run in runs if run.status == "running"}
     heads = {run.id: headline(finals[finals["run_id"] == run.id]) for run in runs}
     if as_json:
-        typer.echo(json.dumps([{**run.to_dict(), "headline_from": heads[run.id][0],
-                                "headline": heads[run.id][1]} for run in runs], indent=2))
+        typer.echo(json.dumps([{**run.to_dict(), "headline_from": heads[run.id][0], "headline": heads[run.id][1],
+                                **({"progress": progress[run.id]} if run.id in progress else {})}
+                               for run in runs], indent=2))
         return
     if not runs:
         filtered = status is not None or role is not None
         typer.echo("no runs match these filters" if filtered else "no runs yet")
         return
     console = _console()
+    stalled = " · stalled: running in the store, its process gone (the next ablate / train resumes it)" if any(
+        p["holder_gone"] for p in progress.values()) else ""
     table = Table(title=f"{len(runs)} run(s) in {store.url}", box=box.SIMPLE_HEAD,
-                  caption=f"metrics: {_DEFAULT_SOURCE} evaluation unless 'from' names another")
+                  caption=f"metrics: {_DEFAULT_SOURCE} evaluation unless 'from' names another · "
+                          f"running N/M: epochs done / epochs{stalled}")
     for column in ("id", "role", "profile", "variant", "dataset", "seed", "status",
                    *HEADLINE_METRICS, "from", "created (UTC)"):
         table.add_column(column, no_wrap=True)
     for run in runs:
         source, values = heads[run.id]
         table.add_row(run.short_id, run.role, run.profile, run.variant, run.dataset, str(run.seed),
-                      run.status, *(_fmt(values.get(name)) for name in HEADLINE_METRICS),
+                      _status_cell(run, progress.get(run.id)), *(_fmt(values.get(name)) for name in HEADLINE_METRICS),
                       "" if source in (None, _DEFAULT_SOURCE) else source, _when(run.created_at)[:16])
     console.print(table)
+
+
+def _progress(store, run: RunInfo) -> dict[str, Any]:
+    """A running run's epochs done (of its epochs) and, when its process is gone, why we think so."""
+    from kdcicam.holders import holder_gone
+
+    curves = store.epoch_metrics(run.id)
+    trained = curves[curves["split"] == "train"]["epoch"]
+    return {"epochs_done": int(trained.max()) + 1 if len(trained) else 0,
+            "epochs": int(run.config.get("train", {}).get("epochs", 0) or 0), "holder_gone": holder_gone(run)}
+
+
+def _status_cell(run: RunInfo, progress: dict[str, Any] | None) -> str:
+    if progress is None:
+        return run.status
+    word = "stalled" if progress["holder_gone"] else "running"
+    return f"{word} {progress['epochs_done']}/{progress['epochs']}"
 
 
 def _final_groups(finals: pd.DataFrame) -> list[dict[str, Any]]:
@@ -163,12 +185,13 @@ def show_cmd(
         info = store.resolve_run(run)
         groups = _final_groups(store.final_metrics([info.id]))
         last_epoch = _last_epoch(store.epoch_metrics(info.id))
+        progress = _progress(store, info) if info.status == "running" else None
     if as_json:
-        typer.echo(json.dumps({"run": info.to_dict(), "final_metrics": groups, "last_epoch": last_epoch},
-                              indent=2))
+        typer.echo(json.dumps({"run": info.to_dict(), "final_metrics": groups, "last_epoch": last_epoch,
+                               **({"progress": progress} if progress else {})}, indent=2))
         return
     console = _console()
-    _print_summary(console, info)
+    _print_summary(console, info, progress)
     if groups:
         names = sorted({name for group in groups for name in group["metrics"]})
         table = Table(title="final metrics")
@@ -187,11 +210,19 @@ def show_cmd(
     console.print_json(json.dumps(info.config))
 
 
-def _print_summary(console: Console, info: RunInfo) -> None:
+def _print_summary(console: Console, info: RunInfo, progress: dict[str, Any] | None = None) -> None:
     status = info.status + (f" ({info.message})" if info.message else "")
+    stalled = []
+    if progress is not None:
+        status += f", {progress['epochs_done']} of {progress['epochs']} epochs done"
+        if progress["holder_gone"]:
+            status += ", stalled"
+            stalled = [("stalled", f"its holder is gone ({progress['holder_gone']}): the next ablate / train of "
+                                   "this run resumes it from its last checkpoint")]
     lines = [
         ("run", info.id),
         ("status", status),
+        *stalled,
         ("role / profile / variant", f"{info.role} / {info.profile} / {info.variant}"),
         ("dataset", f"{info.dataset} ({info.dataset_fingerprint or 'no fingerprint'})"),
         ("seed", str(info.seed)),
@@ -210,4 +241,4 @@ def _print_summary(console: Console, info: RunInfo) -> None:
     ]
     width = max(len(key) for key, _ in lines)
     for key, value in lines:
-        console.print(f"{key:<{width}}  {value}", markup=False, highlight=False)
+        console.print(f"{key:<{width}}  {value}", markup=False, highlight=False, soft_wrap=True)
