@@ -207,3 +207,97 @@ def test_running_runs_show_their_epochs_and_whether_their_process_is_gone(runner
     assert "running 3/12" in table and "stalled 0/12" in table and "stalled: running in the store" in table
     shown = runner.invoke(app, ["runs", "show", "dddd", "--db", db_url]).output
     assert "running, 0 of 12 epochs done, stalled" in shown and "resumes it from its last checkpoint" in shown
+
+
+def _kd_store(db_url: str, tmp_path: Path) -> dict[str, Path]:
+    """A finished teacher T, a finished student S distilled from it, and an unrelated finished run U, each
+    with an artifact folder holding a checkpoint."""
+    folders = {}
+    with open_store(db_url) as store:
+        for run_id, role, config in (("tttt000011112222", "loc_teacher", {}),
+                                     ("ssss000011112222", "distilled", {"teachers": {"loc_run": "tttt000011112222"}}),
+                                     ("uuuu000011112222", "student", {})):
+            folder = tmp_path / "runs" / run_id
+            folder.mkdir(parents=True)
+            (folder / "last.pt").write_bytes(b"checkpoint")
+            store.get_or_create_run(run_id, config_hash="c" + run_id[:4], role=role, profile="smoke",
+                                    variant="reference", dataset="synthetic", seed=0, config=config,
+                                    artifacts_dir=str(folder))
+            store.claim_run(run_id, pid=1, host="elsewhere")
+            store.add_epoch_metrics(run_id, 0, "train", {"loss": 1.0})
+            store.set_final_metrics(run_id, "paper", "last", "fixed", "test", {"top1_cls": 0.5})
+            store.finish_run(run_id, train_seconds=1.0, eval_seconds=1.0)
+            folders[run_id[:4]] = folder
+    return folders
+
+
+def _ids(db_url: str) -> set[str]:
+    with open_store(db_url) as store:
+        return {r.id[:4] for r in store.list_runs()}
+
+
+def test_delete_removes_runs_their_rows_and_folders_and_nothing_else(db_url, tmp_path, capsys):
+    folders = _kd_store(db_url, tmp_path)
+    with pytest.raises(SystemExit) as done:
+        main(["runs", "delete", "ssss", "--db", db_url, "--yes", "--json"])
+    assert done.value.code in (0, None)
+    assert json.loads(capsys.readouterr().out)["deleted"] == ["ssss000011112222"]
+    assert _ids(db_url) == {"tttt", "uuuu"} and not folders["ssss"].exists()
+    assert folders["tttt"].joinpath("last.pt").exists() and not list((tmp_path / "runs").glob(".deleting-*"))
+    with open_store(db_url) as store:
+        assert set(store.final_metrics()["run_id"]) == {"tttt000011112222", "uuuu000011112222"}
+        assert store.epoch_metrics("ssss000011112222").empty
+    # --keep-files leaves the folder
+    with pytest.raises(SystemExit):
+        main(["runs", "delete", "uuuu", "--db", db_url, "--yes", "--keep-files"])
+    assert "deleted 1 run(s): uuuu00001111." in capsys.readouterr().out
+    assert _ids(db_url) == {"tttt"} and folders["uuuu"].exists()
+
+
+def test_delete_refuses_a_teacher_with_students_a_live_run_and_unknown_ids(db_url, tmp_path, capsys, monkeypatch):
+    import io
+    import os
+    import socket
+
+    folders = _kd_store(db_url, tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        main(["runs", "delete", "tttt", "--db", db_url, "--yes"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count("\n") == 1
+    assert "is the teacher of 1 other run(s) (ssss00001111)" in err and "runs delete tttt00001111 ssss00001111" in err
+    with pytest.raises(SystemExit) as unknown:
+        main(["runs", "delete", "ssss", "zzzz", "--db", db_url, "--yes"])
+    assert unknown.value.code == 2 and capsys.readouterr().err == "error: no run matches 'zzzz'\n"
+    with open_store(db_url) as store:  # a run this test's parent process is training
+        store.get_or_create_run("llll000011112222", config_hash="cllll", role="student", profile="smoke",
+                                variant="reference", dataset="synthetic", seed=0, config={})
+        store.claim_run("llll000011112222", pid=os.getppid(), host=socket.gethostname())
+    with pytest.raises(SystemExit) as live:
+        main(["runs", "delete", "llll", "--db", db_url, "--yes"])
+    assert live.value.code == 2 and "is being trained by process" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))  # asked, and answered no
+    with pytest.raises(SystemExit) as declined:
+        main(["runs", "delete", "uuuu", "--db", db_url])
+    assert declined.value.code == 2 and "nothing deleted" in capsys.readouterr().err
+    assert _ids(db_url) == {"tttt", "ssss", "uuuu", "llll"} and all(f.joinpath("last.pt").exists()
+                                                                   for f in folders.values())
+    # the teacher together with its student: allowed
+    with pytest.raises(SystemExit):
+        main(["runs", "delete", "tttt", "ssss", "--db", db_url, "--yes"])
+    assert _ids(db_url) == {"uuuu", "llll"}
+
+
+def test_delete_puts_the_folders_back_when_the_store_refuses(db_url, tmp_path, capsys, monkeypatch):
+    from kdcicam.errors import StoreError
+    from kdcicam.store import Store
+
+    folders = _kd_store(db_url, tmp_path)
+
+    def locked(self, run_ids):
+        raise StoreError("run store: database is locked")
+
+    monkeypatch.setattr(Store, "delete_runs", locked)
+    with pytest.raises(SystemExit) as failed:
+        main(["runs", "delete", "uuuu", "--db", db_url, "--yes"])
+    assert failed.value.code == 2 and "database is locked" in capsys.readouterr().err
+    assert folders["uuuu"].joinpath("last.pt").exists() and _ids(db_url) == {"tttt", "ssss", "uuuu"}

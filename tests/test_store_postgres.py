@@ -260,6 +260,13 @@ def _exercise(store, clock: FakeClock) -> dict:
     out["final_none"] = store.final_metrics([])
     out["images"] = store.get_image_records(RUN, "paper", "last", "test")
     out["no_images"] = store.get_image_records(RUN, "standard", "last", "test")
+    try:  # one id missing: nothing is deleted
+        store.delete_runs(["aaaa1111", "nope0000"])
+    except StoreError as exc:
+        out["delete_error"] = str(exc)
+    out["deleted"] = store.delete_runs(["aaaa0000", "aaaa0000"])
+    out["after_delete"] = [r.id for r in store.list_runs()]
+    out["final_after_delete"] = store.final_metrics()
     return out
 
 
@@ -301,6 +308,9 @@ def test_every_api_gives_the_same_answers_as_on_sqlite(pg_url, tmp_path):
     assert list(zip(final["name"], final["value"])) == [("B", 0.3), ("_x", 0.1), ("a", 0.6)]
     assert list(got["images"]["image_id"]) == ["img_00001", "img_00000"]
     assert got["images"]["box"][0] is None and math.isnan(got["images"]["iou"][0])
+    assert got["delete_error"] == "no run matches 'nope0000'" and got["deleted"] == 1
+    assert got["after_delete"] == ["Zzzz0000", "aaaa1111", RUN]
+    assert "aaaa0000" in set(got["final"]["run_id"]) and "aaaa0000" not in set(got["final_after_delete"]["run_id"])
 
 
 def test_values_postgresql_would_reject_are_refused_on_both_backends(pg_url, tmp_path):

@@ -479,6 +479,25 @@ class Store:
         table, cell = labels_contain
         return [run for run in runs if cell in run.labels.get(table, [])]
 
+    def delete_runs(self, run_ids: Iterable[str]) -> int:
+        """Delete runs and everything stored of them (epoch and final metrics, per-image records), in one
+        transaction: all of them or none. Their files are the caller's (``kdcicam runs delete``).
+
+        Raises:
+            StoreError: one of the runs does not exist.
+        """
+        ids = list(dict.fromkeys(run_ids))
+
+        def op(session: Session) -> int:
+            for run_id in ids:
+                self._require_run(session, run_id, lock=True)
+            for model in (ImageRecord, FinalMetric, EpochMetric):  # explicit: a store opened without
+                session.execute(delete(model).where(model.run_id.in_(ids)))  # foreign keys keeps no orphans
+            session.execute(delete(Run).where(Run.id.in_(ids)))
+            return len(ids)
+
+        return self._tx(op, write=True)
+
     def add_labels(self, run_id: str, table: str, cell: str) -> dict[str, list[str]]:
         """Mark a run as the result of ``cell`` in report ``table`` (idempotent).
 
