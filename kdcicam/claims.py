@@ -100,10 +100,13 @@ class ProtocolPair:
     def kept(self) -> float | None:
         """How much of the paper-protocol change the standard protocol keeps: standard Δ / paper Δ.
 
-        None when either change is missing or the paper-protocol change is zero.
+        None when either change is missing, the paper-protocol change is zero, or the claim is a
+        Pareto claim (its number is a margin, not a change).
         """
         a, b = self.paper.ours_delta, self.standard.ours_delta
-        return None if a is None or b is None or a == 0 else round(b / a, 4)
+        if a is None or b is None or a == 0 or self.paper.interval == "best-of-runs":
+            return None
+        return round(b / a, 4)
 
     @property
     def same_verdict(self) -> bool | None:

@@ -196,7 +196,7 @@ def agreement_markdown(agreement, protocol: str, threshold_policy: str, oracle: 
 
 
 def _kept(pair) -> str:
-    return "—" if pair.kept is None else f"{100 * pair.kept:.0f} %"
+    return "—" if pair.kept is None else f"{100 * pair.kept:.0f} %".replace("-", "−")
 
 
 def _side(r) -> str:
