@@ -78,9 +78,9 @@ def test_bad_sweep_files_say_what_is_wrong(tmp_path, head, expected):
 VALUES = {(0.5, "base"): (0.40, 0.44), (0.5, "conpool"): (0.45, 0.47), (0.9, "base"): (0.50,)}
 
 
-def _sweep_store(url: str) -> None:
+def _sweep_store(url: str, values: dict | None = None) -> None:
     with open_store(url) as store:
-        for (corr, cell), per_seed in VALUES.items():
+        for (corr, cell), per_seed in (values or VALUES).items():
             for seed, loc in enumerate(per_seed):
                 rid = f"{cell}-{corr}-{seed}"
                 cfg = {"profile": "quick", "variant": "reference", "model": {"backbone": "vgg16",
@@ -120,3 +120,37 @@ def test_report_sweep_values_gaps_missing_and_figure(tmp_path):
     assert json.loads(json.dumps(report_json(data)))["sweeps"][0]["x"] == KEY
     for fmt in ("html", "latex"):
         assert "Confounding sweep" in render(data, reg, fmt, figures=False).text
+
+
+# Gaps at two correlations: 0.5: +5, +3; 0.9: +10, +6 (points). Least squares through the four (x, gap):
+# x mean 0.7, gap mean 6, Sxx 4 x 0.2^2 = 0.16, Sxy 0.2 + 0.6 + 0.8 + 0 = 1.6 -> slope 10 per unit, a change
+# of +4.0 from 0.5 to 0.9; residuals 1, -1, 2, -2 -> s^2 = 10 / 2 = 5, se 5 / 0.16 -> sqrt = 5.590,
+# t(0.975, 2) 4.3027 -> slope 10 ± 24.05 -> change 4.0 ± 9.62 = [-5.62, +13.62].
+TREND = {(0.5, "base"): (0.40, 0.44), (0.5, "conpool"): (0.45, 0.47),
+         (0.9, "base"): (0.50, 0.52), (0.9, "conpool"): (0.60, 0.58)}
+
+
+def test_sweep_trend_of_the_gap_by_hand(tmp_path):
+    from kdcicam.report.stats import linear_trend
+
+    slope, n, lo, hi = linear_trend([0, 0, 1, 1], [0, 2, 1, 3])
+    # slope 1; residuals -1, 1, -1, 1 -> s^2 = 4 / 2, Sxx 1 -> se sqrt(2); t(0.975, 2) 4.3027 -> 1 ± 6.085
+    assert (slope, n) == (pytest.approx(1.0), 4) and (lo, hi) == (pytest.approx(-5.085, abs=1e-3), pytest.approx(7.085, abs=1e-3))
+    assert math.isnan(linear_trend([1, 1, 1], [1, 2, 3])[0]) and math.isnan(linear_trend([0, 1], [0, 1])[2])
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    _sweep_store(url, TREND)
+    reg = load_registry()
+    with open_store(url) as store:
+        data = build_report(store, reg, protocols=("paper",))
+    (sweep,) = data.sweeps
+    trend = next(t for t in sweep.trends if t.metric == "top1_loc")
+    assert (trend.cell, trend.n, trend.x_lo, trend.x_hi) == ("conpool", 4, 0.5, 0.9)
+    assert trend.change == pytest.approx(4.0)
+    assert trend.ci == (pytest.approx(4 - 9.620, abs=1e-2), pytest.approx(4 + 9.620, abs=1e-2))
+    md = render(data, reg, "md", figures=False).text
+    assert "- +ConPool − Base, Top-1 Loc: +4.0 from 0.5 to 0.9 [−5.6, +13.6], n = 4" in md
+    assert "from 0.5 to 0.9" in render(data, reg, "html", figures=False).text
+    trends = {t["metric"]: t for t in report_json(data)["sweeps"][0]["trends"]}
+    assert trends["top1_loc"]["change"] == pytest.approx(4.0) and trends["top1_cls"]["change"] == pytest.approx(0.0)
+    tex = render(data, reg, "latex", figures=False).text
+    assert "from 0.5 to 0.9" in tex and tex.count("{") - tex.count("\\{") == tex.count("}") - tex.count("\\}")

@@ -248,7 +248,7 @@ def _environment() -> jinja2.Environment:
     env.filters.update(tex=tex_escape, md=md_escape, value=fmt_value, signed=fmt_signed, mark=mark,
                        ours=ours_text, delta=delta_text, paper=paper_text, best=best_text, audit=audit_text,
                        thetas=thetas_text, count=count_text, interval=interval_text,
-                       label=lambda m: METRIC_LABELS.get(m, m))
+                       label=lambda m: METRIC_LABELS.get(m, m), trim_float=lambda x: f"{x:g}")
     return env
 
 

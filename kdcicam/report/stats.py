@@ -4,6 +4,7 @@
 - :func:`mcnemar_exact`: McNemar's exact test on two runs' paired per-image correctness.
 - :func:`paired_bootstrap_ci`: a percentile interval for the difference of two paired means.
 - :func:`pareto_front`: the non-dominated points of the C-L dilemma scatter.
+- :func:`linear_trend`: the least-squares slope of y on x with a Student-t interval (a sweep's trend).
 """
 
 from __future__ import annotations
@@ -41,6 +42,28 @@ def mean_std_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, fl
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + level / 2, df=n - 1)) * std / math.sqrt(n)
     return mean, std, n, mean - half, mean + half
+
+
+def linear_trend(x: Sequence[float], y: Sequence[float], level: float = 0.95) -> tuple[float, int, float, float]:
+    """Ordinary least-squares slope of ``y`` on ``x`` and its Student-t interval (n − 2 degrees of freedom).
+
+    NaN pairs are dropped. Returns (slope, n, ci_lo, ci_hi); the interval is NaN for n < 3, and
+    everything but n is NaN when fewer than two distinct x remain.
+    """
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = ~(np.isnan(xs) | np.isnan(ys))
+    xs, ys = xs[keep], ys[keep]
+    n = int(xs.size)
+    sxx = float(((xs - xs.mean()) ** 2).sum()) if n else 0.0
+    if n < 2 or sxx == 0.0:
+        return math.nan, n, math.nan, math.nan
+    slope = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / sxx)
+    if n < 3:
+        return slope, n, math.nan, math.nan
+    residuals = ys - (ys.mean() + slope * (xs - xs.mean()))
+    se = math.sqrt(float((residuals ** 2).sum()) / (n - 2) / sxx)
+    half = float(stats.t.ppf(0.5 + level / 2, df=n - 2)) * se
+    return slope, n, slope - half, slope + half
 
 
 def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple[int, int, float]:

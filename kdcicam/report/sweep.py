@@ -7,6 +7,9 @@ not by dataset fingerprint, and read from each run's own config (the value it ac
 
 The gap of a cell at one value is paired by seed: ``cell(seed) - reference(seed)`` over the seeds
 that have both, with its mean and Student-t 95 % interval (:func:`kdcicam.report.stats.mean_std_ci`).
+Whether the gap grows with the swept value is a least-squares line through every (value, seed) gap
+(:func:`kdcicam.report.stats.linear_trend`), given as the change it predicts from the lowest swept
+value to the highest, with its 95 % interval.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from kdcicam.registry import Registry, Table
-from kdcicam.report.stats import mean_std_ci
+from kdcicam.report.stats import linear_trend, mean_std_ci
 from kdcicam.report.tables import config_value
 from kdcicam.selection import select_on_of
 from kdcicam.store import RunInfo
@@ -41,6 +44,21 @@ class SweepPoint:
 
 
 @dataclass(frozen=True)
+class SweepTrend:
+    """How a cell's gap to the reference changes across the sweep: the least-squares line through every
+    seed-paired gap, as the change it predicts from ``x_lo`` to ``x_hi`` (points) with a 95 % interval."""
+
+    cell: str
+    name: str
+    metric: str
+    n: int  # seed-paired gaps the line is fitted to
+    x_lo: float
+    x_hi: float
+    change: float | None
+    ci: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
 class SweepData:
     key: str
     title: str
@@ -54,6 +72,7 @@ class SweepData:
     gaps: tuple[SweepPoint, ...]  # every (x, non-reference cell, metric)
     missing: tuple[str, ...]  # "x=0.7: +ConPool" for values a cell has no finished run at
     reduced: bool
+    trends: tuple[SweepTrend, ...] = ()  # every (non-reference cell, metric) with gaps at two or more values
 
 
 def _group(run: RunInfo) -> tuple[str, str, str, str, str]:
@@ -124,6 +143,7 @@ def build_sweeps(reg: Registry, keys: Sequence[str], runs: Sequence[RunInfo], fi
                 if pframe.empty:
                     continue
                 values, gaps, missing = [], [], []
+                paired: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (cell, metric) -> (x, gap) per seed
                 for x in table.sweep_values:
                     at = pframe[pframe["x"] == x]
                     for cell in table.cells:
@@ -141,6 +161,7 @@ def build_sweeps(reg: Registry, keys: Sequence[str], runs: Sequence[RunInfo], fi
                                 continue
                             base = per_cell.get(ref, {})
                             diffs = [seeds[s] - base[s] for s in sorted(set(seeds) & set(base))]
+                            paired.setdefault((cell.key, metric), []).extend((x, d) for d in diffs)
                             mean, std, n, lo, hi = mean_std_ci(diffs)
                             ci = None if math.isnan(lo) else (lo, hi)
                             gaps.append(SweepPoint(x, cell.key, cell.name, metric, n, _nan_to_none(mean),
@@ -148,7 +169,21 @@ def build_sweeps(reg: Registry, keys: Sequence[str], runs: Sequence[RunInfo], fi
                 out.append(SweepData(key=table.key, title=table.title, caption=table.caption, protocol=protocol,
                                      group=label, x_key=table.sweep_key or "", reference=names.get(ref, ref or ""),
                                      metrics=table.metrics, values=tuple(values), gaps=tuple(gaps),
-                                     missing=tuple(missing), reduced=profile != "paper" or dataset == "synthetic"))
+                                     missing=tuple(missing), reduced=profile != "paper" or dataset == "synthetic",
+                                     trends=_trends(paired, names)))
+    return tuple(out)
+
+
+def _trends(paired: dict[tuple[str, str], list[tuple[float, float]]], names: dict[str, str]) -> tuple[SweepTrend, ...]:
+    out = []
+    for (cell, metric), points in paired.items():
+        xs = [x for x, _ in points]
+        if len(set(xs)) < 2:
+            continue
+        slope, n, lo, hi = linear_trend(xs, [g for _, g in points])
+        span = max(xs) - min(xs)
+        out.append(SweepTrend(cell, names.get(cell, cell), metric, n, min(xs), max(xs), _nan_to_none(slope * span),
+                              None if math.isnan(lo) else (lo * span, hi * span)))
     return tuple(out)
 
 

@@ -859,7 +859,8 @@ def report_json(data: ReportData) -> dict[str, Any]:
                        "claims": {p: [c.to_dict() for c in rows] for p, rows in scope.claims.items()}})
     sweeps = [{"table": w.key, "title": w.title, "protocol": w.protocol, "group": w.group, "x": w.x_key,
                "reference": w.reference, "reduced": w.reduced, "missing": list(w.missing),
-               "values": [dataclasses.asdict(p) for p in w.values], "gaps": [dataclasses.asdict(p) for p in w.gaps]}
+               "values": [dataclasses.asdict(p) for p in w.values], "gaps": [dataclasses.asdict(p) for p in w.gaps],
+               "trends": [dataclasses.asdict(t) for t in w.trends]}
               for w in data.sweeps]
     return {"generated": data.generated, "store": data.store_url, "unit": "percent",
             "threshold_policy": data.threshold_policy, "protocols": list(data.protocols), "n_unfinished_runs": data.n_unfinished, "scopes": scopes,
