@@ -15,6 +15,12 @@ scopes that differ only in the variant:
 
 Only tables of kind ``table`` are compared: a scatter's grid points and a sweep's datasets are not
 one run per seed and cell.
+
+A variant is the whole method as its source describes it: the training (losses, ε per step or per
+sample, activations, the pool's update rule), the combinational heatmap's weights γ (Eq. 3 or the
+code's) and, under the paper protocol only, the heatmap normalisation and the box rule. So a
+difference under the paper protocol mixes training and box rule; under the standard protocol the box
+rule is the same for both (wsolevaluation's), and only the training and γ differ.
 """
 
 from __future__ import annotations
