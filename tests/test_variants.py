@@ -144,6 +144,7 @@ def test_report_shows_the_variant_comparison_in_every_format(store):
             "holds (+5.0, n = 1) | ✗ |") in md
     html = render(data, reg, "html", figures=False).text
     assert 'id="variants"' in html and 'id="variants-paper-1"' in html and "no difference detected" not in html
+    assert '<a href="#variants">' in html  # in the contents, beside each scope
     tex = render(data, reg, "latex", figures=False).text
     assert "tab:variants-paper-1" in tex and tex.count("\\begin{table}") == tex.count("\\end{table}")
     js = report_json(data)["variants"]["paper"]
