@@ -64,3 +64,23 @@ def test_estimate_plan_resumes_after_done_epochs_and_names_roles_without_history
     assert est.unknown_roles == ("loc_teacher", "distilled") and est.total == 620.0
     assert est.wall == 360.0  # two processes: 260 and 360 side by side (unknown runs count 0)
     assert est.based_on == ("student: median of 1 run(s) on cpu (x86_64, 1 threads)",)
+
+
+def test_plan_status_says_new_reused_resumed_after_which_epoch_or_running_elsewhere():
+    import os
+    import socket
+
+    from kdcicam.cli.runcmds import _status_of
+    from kdcicam.store import utc_now
+
+    def info(status, pid=None):
+        return NS(status=status, pid=pid, host=socket.gethostname(), heartbeat_at=utc_now())
+
+    assert _status_of(None, None) == "new" and _status_of(info("pending"), 0) == "new"
+    assert _status_of(info("finished"), 12) == "finished (reuse)"
+    assert _status_of(info("failed"), 4) == "failed (resume after epoch 4)"
+    pid_max = int(open("/proc/sys/kernel/pid_max").read())
+    assert _status_of(info("running", pid_max), 3) == "interrupted (resume after epoch 3)"  # its process is gone
+    assert _status_of(info("running", pid_max), 0) == "interrupted (resume)"
+    alive = _status_of(info("running", os.getppid()), 8)
+    assert alive == f"running in process {os.getppid()} on {socket.gethostname()} (8 epochs done)"

@@ -483,27 +483,32 @@ def _submit(plan, store, artifacts: Path, dev, *, launcher: str, device: str, op
         raise typer.Exit(1)
 
 
-def _status_of(store, run_id: str) -> str:
-    from kdcicam.errors import StoreError
+def _status_of(info, done: int | None) -> str:
+    """A planned run's status as the plan shows it: new, reused, resumed (after how many epochs), or being
+    trained by another live process."""
+    from kdcicam.holders import holder_gone
 
-    try:
-        info = store.get_run(run_id)
-    except StoreError:
+    if info is None or info.status == "pending":
         return "new"
-    return {"finished": "finished (reuse)", "running": "running (resume)", "failed": "failed (resume)",
-            "pending": "new"}.get(info.status, info.status)
+    if info.status == "finished":
+        return "finished (reuse)"
+    after = f" after epoch {done}" if done else ""
+    if info.status == "running" and holder_gone(info) is None:
+        return f"running in process {info.pid} on {info.host}" + (f" ({done} epochs done)" if done else "")
+    return f"interrupted (resume{after})" if info.status == "running" else f"{info.status} (resume{after})"
 
 
 def _print_plan(plan, store, as_json: bool, *, jobs: int = 1, device: str = "cpu") -> None:
     from kdcicam.eta import estimate_plan
 
     history = store.list_runs()
-    est = estimate_plan(plan.runs, history, profile=plan.profile, device=device, jobs=jobs,
-                        epochs_done=_epochs_done(store, history, {r.run_id for r in plan.runs}))
+    by_id = {r.id: r for r in history}
+    done = _epochs_done(store, history, {r.run_id for r in plan.runs})
+    est = estimate_plan(plan.runs, history, profile=plan.profile, device=device, jobs=jobs, epochs_done=done)
     rows = []
     for i, (run, seconds) in enumerate(zip(plan.runs, est.seconds), 1):
         rows.append({"order": i, "run_id": run.run_id, "role": run.role, "pool": run.cfg.model.context_pool,
-                     "seed": run.cfg.train.seed, "epochs": run.cfg.train.epochs, "status": _status_of(store, run.run_id),
+                     "seed": run.cfg.train.seed, "epochs": run.cfg.train.epochs, "status": _status_of(by_id.get(run.run_id), done.get(run.run_id)),
                      "needs": [d[:12] for d in run.deps], "estimated_seconds": seconds,
                      "cells": [f"{t}/{c}@{s}" + (f" [{p}]" if p else "") for t, c, s, p in run.labels]})
     estimate = {"total_seconds": est.total, "wall_seconds": est.wall, "jobs": jobs, "device": device,
