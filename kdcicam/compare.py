@@ -80,7 +80,11 @@ class Comparison:
     @property
     def verdict_withheld(self) -> str | None:
         """"no verdict: the runs differ in ..." when the numbers were produced differently, else None."""
-        return f"{NO_VERDICT}: the runs differ in {', '.join(self.mismatch)}" if self.mismatch else None
+        if not self.mismatch:
+            return None
+        hint = ("; for the variants' difference over seeds: kdcicam claims --variants"
+                if len(self.mismatch) == 1 and self.mismatch[0].startswith("variant") else "")
+        return f"{NO_VERDICT}: the runs differ in {', '.join(self.mismatch)}{hint}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (percent; NaN as null)."""

@@ -193,7 +193,8 @@ def test_cli_text_output_and_variant_warning(db):
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("top1_loc") and ln.rstrip().endswith(
         "no verdict"))
     assert line.split()[:3] == ["top1_loc", "60.00", "20.00"] and "A better" not in out
-    assert out.rstrip().endswith("no verdict: the runs differ in variant (reference vs paper)")
+    assert out.rstrip().endswith("no verdict: the runs differ in variant (reference vs paper); for the variants' "
+                                 "difference over seeds: kdcicam claims --variants")
 
 
 def test_cli_json(db):
