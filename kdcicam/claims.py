@@ -14,7 +14,10 @@ with one seed it is a paired bootstrap over the test images (the randomness of t
 not covered, and the ledger says so). Beside it, for every per-image metric, the paired per-image
 test: each test image's difference (claimed cell minus the other, 0/1 correctness) averaged over the
 paired seeds, bootstrapped over images (``image_ci_lo`` / ``image_ci_hi``): it asks whether the same
-images are won and lost consistently, which the seed interval cannot see with three seeds. A
+images are won and lost consistently, which the seed interval cannot see with three seeds. And with
+two or more seeds, how many paired seeds a t test would need to detect the paper's own Δ with 80 %
+power at our seed-to-seed spread (``seeds_needed``): whether "inconclusive" means "no such effect
+here" or "too few seeds to tell". A
 ``pareto`` claim (Figure 1(b)) holds when one run of the claimed cell is at least as good as every
 run of the other cell on both metrics at once.
 
@@ -35,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from kdcicam.registry import Claim, Registry
-from kdcicam.report.stats import mean_std_ci, paired_bootstrap_ci
+from kdcicam.report.stats import mean_std_ci, paired_bootstrap_ci, seeds_needed
 from kdcicam.report.tables import ScopeKey, cell_frame, latest_per_seed
 from kdcicam.store import RunInfo
 
@@ -64,6 +67,7 @@ class ClaimResult:
     status: str  # holds | does not hold | inconclusive | not run
     image_ci_lo: float | None = None  # paired per-image bootstrap over the seeds' mean differences, points
     image_ci_hi: float | None = None
+    seeds_needed: int | None = None  # paired seeds a t test needs to detect the paper's Δ (80 % power, our seed sd)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,6 +217,7 @@ class PairedDelta:
     interval: str  # "seeds (t)", "images (bootstrap, 1 seed)" or "none"
     image_ci_lo: float | None = None  # paired per-image interval (see per_image_interval)
     image_ci_hi: float | None = None
+    std: float | None = None  # sample standard deviation of the per-seed differences (two or more seeds)
 
 
 def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Callable[[str], pd.DataFrame],
@@ -234,7 +239,7 @@ def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Calla
     a = latest_per_seed(a).set_index("seed")
     b = latest_per_seed(b).set_index("seed")
     seeds = sorted(set(a.index) & set(b.index))
-    mean, _std, n, lo, hi = mean_std_ci([float(a.loc[s, "value"]) - float(b.loc[s, "value"]) for s in seeds])
+    mean, std, n, lo, hi = mean_std_ci([float(a.loc[s, "value"]) - float(b.loc[s, "value"]) for s in seeds])
     if n == 0:
         return PairedDelta(None, None, None, 0, "none")
     interval = "seeds (t)"
@@ -246,7 +251,8 @@ def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Calla
             lo, hi, interval = image_lo, image_hi, "images (bootstrap, 1 seed)"
     lo = None if lo is None or math.isnan(lo) else round(lo, 4)
     hi = None if hi is None or math.isnan(hi) else round(hi, 4)
-    return PairedDelta(round(mean, 4), lo, hi, n, interval if lo is not None else "none", image_lo, image_hi)
+    return PairedDelta(round(mean, 4), lo, hi, n, interval if lo is not None else "none", image_lo, image_hi,
+                       None if math.isnan(std) else round(std, 4))
 
 
 def claim_result(reg: Registry, claim: Claim, scope: ScopeKey, sub: pd.DataFrame, metric: str, protocol: str,
@@ -272,9 +278,11 @@ def claim_result(reg: Registry, claim: Claim, scope: ScopeKey, sub: pd.DataFrame
     if d.mean is None:
         return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
                            status="not run")
+    needed = (seeds_needed(d.std, base["paper_delta"])
+              if d.std is not None and base["paper_delta"] is not None else None)
     return ClaimResult(**base, ours_delta=d.mean, ci_lo=d.ci_lo, ci_hi=d.ci_hi, n_seeds=d.n_seeds,
                        interval=d.interval, status=_status(claim.direction, d.ci_lo, d.ci_hi),
-                       image_ci_lo=d.image_ci_lo, image_ci_hi=d.image_ci_hi)
+                       image_ci_lo=d.image_ci_lo, image_ci_hi=d.image_ci_hi, seeds_needed=needed)
 
 
 def per_image_interval(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], flag: str,

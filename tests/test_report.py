@@ -493,11 +493,24 @@ def test_claims_ledger_in_every_format(filled):
     kd = rows[("kd-improves-cls-and-loc", "gt_known_loc")]
     assert kd.ours_delta == pytest.approx(4.0) and kd.ci_lo == pytest.approx(4 - 4.302653 / 3 ** 0.5, abs=1e-3)
     assert kd.image_ci_lo is None  # the fixture stores no per-image records
+    # the paper's +3.5 against our seed sd of 1: a paired t test needs 3 seeds for 80 % power (2 seeds: the
+    # critical t is 12.7 and the power ~0.3); with zero spread (+ConPool's +2, +2, +2) there is no answer
+    assert kd.seeds_needed == 3 and rows[("conpool-improves-loc", "gt_known_loc")].seeds_needed is None
     assert all(r.table == "table3" for r in rows.values())  # only the tables shown
     md = render(data, reg, "md", figures=False).text
     assert "### Claims (paper protocol)" in md
-    assert "| GT-known Loc | +0.6 | +2.0 | [+2.0, +2.0] | 3 | — | holds |" in md
+    assert "| GT-known Loc | +0.6 | +2.0 | [+2.0, +2.0] | 3 | — | — | holds |" in md
     html = render(data, reg, "html", figures=False).text
     assert 'id="synthetic-vgg16-quick-reference-fp01234567-claims-standard"' in html
     js = report_json(data)["scopes"][0]["claims"]["paper"]
     assert {(c["claim"], c["metric"], c["status"]) for c in js} >= {("conpool-improves-loc", "top1_loc", "does not hold")}
+
+
+def test_seeds_needed_matches_the_standard_power_tables():
+    from kdcicam.report.stats import seeds_needed
+
+    # one-sample (paired) t test, two-sided alpha 0.05, power 0.8: effect size d = 1 -> 10, 0.5 -> 34, 0.2 -> 199
+    # (Cohen's tables / G*Power)
+    assert (seeds_needed(1.0, 1.0), seeds_needed(2.0, 1.0), seeds_needed(5.0, -1.0)) == (10, 34, 199)
+    assert seeds_needed(0.0, 1.0) is None and seeds_needed(1.0, 0.0) is None and seeds_needed(math.nan, 1.0) is None
+    assert seeds_needed(1.0, 0.001, max_n=1000) is None  # more than max_n

@@ -5,6 +5,7 @@
 - :func:`paired_bootstrap_ci`: a percentile interval for the difference of two paired means.
 - :func:`pareto_front`: the non-dominated points of the C-L dilemma scatter.
 - :func:`linear_trend`: the least-squares slope of y on x with a Student-t interval (a sweep's trend).
+- :func:`seeds_needed`: how many paired seeds a t test needs to detect a given difference.
 """
 
 from __future__ import annotations
@@ -64,6 +65,27 @@ def linear_trend(x: Sequence[float], y: Sequence[float], level: float = 0.95) ->
     se = math.sqrt(float((residuals ** 2).sum()) / (n - 2) / sxx)
     half = float(stats.t.ppf(0.5 + level / 2, df=n - 2)) * se
     return slope, n, slope - half, slope + half
+
+
+def seeds_needed(sd: float, delta: float, alpha: float = 0.05, power: float = 0.8, max_n: int = 10_000) -> int | None:
+    """The fewest paired seeds for which a two-sided one-sample t test of the per-seed differences, at
+    level ``alpha``, detects a true mean difference ``delta`` with probability ``power``, when the
+    differences have standard deviation ``sd`` (noncentral t). None when ``sd`` or ``delta`` gives no
+    answer (not finite, sd <= 0, delta = 0) or more than ``max_n`` seeds would be needed.
+    """
+    if not (math.isfinite(sd) and math.isfinite(delta)) or sd <= 0 or delta == 0:
+        return None
+    effect = abs(delta) / sd
+    z = float(stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power))
+    start = max(2, int((z / effect) ** 2))  # the normal approximation never asks for more than the t test
+    for n in range(start, max_n + 1):
+        df = n - 1
+        crit = float(stats.t.ppf(1 - alpha / 2, df))
+        nc = effect * math.sqrt(n)
+        achieved = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+        if achieved >= power:
+            return n
+    return None
 
 
 def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple[int, int, float]:
