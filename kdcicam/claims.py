@@ -193,7 +193,7 @@ def evaluate_claims(
                 sub = frame[(frame["scope"] == scope) & (frame["table"] == table.key)]
                 if sub.empty:  # this table has no run in this scope (e.g. a scope only a sweep made)
                     continue
-                for metric in claim.metrics[:1] if claim.kind == "pareto" else claim.metrics:
+                for metric in claim.metrics[:1] if claim.kind in ("pareto", "dilemma") else claim.metrics:
                     out.append(claim_result(reg, claim, scope, sub, metric, protocol,
                                     (selection, scope.select_on, threshold_policy), records, n_resamples))
     return out
@@ -272,6 +272,8 @@ def claim_result(reg: Registry, claim: Claim, scope: ScopeKey, sub: pd.DataFrame
     b = vals[vals["cell"] == claim.versus]
     if claim.kind == "pareto" and not (a.empty or b.empty):
         return _pareto(base, claim, sub)
+    if claim.kind == "dilemma":
+        return _dilemma({**base, "paper_delta": None}, claim, sub)
     cells = reg.tables[claim.table]
     d = paired_delta(a, b, metric, lambda run: records(run, protocol, cells.cell(claim.cell).select),
                      lambda run: records(run, protocol, cells.cell(claim.versus).select), n_resamples)
@@ -317,6 +319,36 @@ def _pareto_margin(claim: Claim, sub: pd.DataFrame) -> float | None:
     ours, theirs = wide.loc[claim.cell], wide.loc[claim.versus]
     margins = np.minimum(ours[x].to_numpy() - float(theirs[x].max()), ours[y].to_numpy() - float(theirs[y].max()))
     return float(margins.max())
+
+
+def _dilemma_margin(claim: Claim, sub: pd.DataFrame) -> float | None:
+    """How far the cell's runs are from one run being the best on both metrics (points): the smaller of
+    the best-x run's shortfall in y and the best-y run's shortfall in x. > 0: no run is best at both."""
+    x, y = claim.metrics[0], claim.metrics[1]
+    runs = sub[(sub["cell"] == claim.cell) & sub["metric"].isin([x, y])]
+    wide = runs.pivot_table(index="run_id", columns="metric", values="value").dropna() if not runs.empty else runs
+    if wide.empty or x not in wide or y not in wide or len(wide) < 2:
+        return None
+    best_x, best_y = wide[x].idxmax(), wide[y].idxmax()
+    return float(min(wide[y].max() - wide.loc[best_x, y], wide[x].max() - wide.loc[best_y, x]))
+
+
+def _dilemma(base: dict, claim: Claim, sub: pd.DataFrame) -> ClaimResult:
+    """Is no run of ``claim.cell`` the best on both metrics at once (the paper's C-L dilemma)? On every run
+    of the scope together, and per seed ("holds in k of n seeds")."""
+    x, y = claim.metrics[0], claim.metrics[1]
+    base = {**base, "metric": f"{x} & {y}"}
+    margin = _dilemma_margin(claim, sub)
+    if margin is None:
+        return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
+                           status="not run")
+    per_seed = [m for seed in sorted(set(sub["seed"]))
+                if (m := _dilemma_margin(claim, sub[sub["seed"] == seed])) is not None]
+    interval = "best-of-runs" + (f"; holds in {sum(m > 0 for m in per_seed)} of {len(per_seed)} seeds"
+                                 if len(per_seed) > 1 else "")
+    status = "holds" if margin > 0 else "does not hold"  # 0: one run is the best at both
+    return ClaimResult(**base, ours_delta=round(margin, 4), ci_lo=None, ci_hi=None, n_seeds=len(per_seed),
+                       interval=interval, status=status)
 
 
 def _pareto(base: dict, claim: Claim, sub: pd.DataFrame) -> ClaimResult:

@@ -37,6 +37,9 @@ DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "ablations"
 METRICS = ("top1_cls", "top5_cls", "top1_loc", "top5_loc", "gt_known_loc", "maxboxacc_v2")
 NON_TABLE_FILES = {"teachers.toml", "profiles.toml"}
 TABLE_KINDS = ("table", "scatter", "sweep")
+# "difference": cell minus versus, per seed; "pareto": one run of cell beats every run of versus on two metrics;
+# "dilemma": no run of the cell is the best on both metrics at once (no versus)
+CLAIM_KINDS = ("difference", "pareto", "dilemma")
 # Which of the paper's dataset settings a dataset borrows (the synthetic benchmark stands in for CUB).
 SETTINGS_FROM = {"synthetic": "cub", "cub": "cub", "wsol": "cub", "ilsvrc": "ilsvrc"}
 
@@ -299,7 +302,15 @@ def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
     claims = []
     for c in raw.get("claims", []):
         where = f"{path.name}: claim {c.get('key', '?')!r}" if isinstance(c, dict) else f"{path.name}: claim"
-        _keys(where, c, {"key", "text", "cell", "versus", "metrics"}, {"direction", "kind"})
+        claim_kind = c.get("kind", "difference") if isinstance(c, dict) else "difference"
+        # a dilemma is within one cell's runs: it has no "versus"
+        _keys(where, c, {"key", "text", "cell", "metrics"} | ({"versus"} if claim_kind != "dilemma" else set()),
+              {"direction", "kind"})
+        if claim_kind not in CLAIM_KINDS:
+            raise ConfigError(f"{where}: kind = {claim_kind!r}: must be one of {', '.join(map(repr, CLAIM_KINDS))}")
+        if claim_kind != "difference" and len(c["metrics"]) != 2:
+            raise ConfigError(f"{where}: a {claim_kind} claim needs exactly two metrics (x, y), got {len(c['metrics'])}")
+        c = {**c, "versus": c.get("versus", c["cell"])}
         for slot in ("cell", "versus"):
             if c[slot] not in keys:
                 raise ConfigError(f"{where}: {slot} = {c[slot]!r}: no such cell (cells: {', '.join(keys)})")
@@ -310,7 +321,7 @@ def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
         if direction not in ("increase", "decrease"):
             raise ConfigError(f"{where}: direction = {direction!r}: must be 'increase' or 'decrease'")
         claims.append(Claim(table=key, key=c["key"], text=c["text"], cell=c["cell"], versus=c["versus"],
-                            metrics=tuple(c["metrics"]), direction=direction, kind=c.get("kind", "difference")))
+                            metrics=tuple(c["metrics"]), direction=direction, kind=claim_kind))
     if kind == "sweep":
         if ref is None:
             raise ConfigError(f"{path.name}: a sweep needs reference_cell (the gap of every other cell is taken to it)")

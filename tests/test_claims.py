@@ -164,3 +164,21 @@ def test_both_protocols_side_by_side_with_the_share_kept(store, capsys):
     with pytest.raises(SystemExit) as bad:
         main(["claims", "--db", url, "--protocol", "both", "--variants"])
     assert bad.value.code == 2 and "with --variants name one protocol" in capsys.readouterr().err
+
+
+def test_dilemma_claim_holds_when_no_run_is_best_at_both(store):
+    # seed 0: CI-CAM runs (cls, loc) = (0.80, 0.30), (0.60, 0.50): the best-cls run is 20 points short of the
+    # best loc, the best-loc run 20 short of the best cls -> margin +20, holds. Seed 1: (0.70, 0.45), (0.65, 0.40):
+    # one run is best at both -> margin 0 in that seed. Pooled (4 runs): best cls 0.80 (loc 0.30, 20 short),
+    # best loc 0.50 (cls 0.60, 20 short) -> +20.
+    for i, (cls, loc) in enumerate([(0.80, 0.30), (0.60, 0.50)]):
+        _run(store, f"cicam{i}00", "figure1b", "ci-cam", 0, {"top1_cls": cls, "top1_loc": loc})
+    r = _pick(_ledger(store), "ci-cam-cl-dilemma", "top1_cls & top1_loc")
+    assert (r.status, r.ours_delta, r.n_seeds, r.interval, r.paper_delta) == ("holds", pytest.approx(20.0), 1,
+                                                                              "best-of-runs", None)
+    for i, (cls, loc) in enumerate([(0.70, 0.45), (0.65, 0.40)]):
+        _run(store, f"cicam{i}01", "figure1b", "ci-cam", 1, {"top1_cls": cls, "top1_loc": loc})
+    r = _pick(_ledger(store), "ci-cam-cl-dilemma", "top1_cls & top1_loc")
+    assert r.status == "holds" and r.interval == "best-of-runs; holds in 1 of 2 seeds" and r.n_seeds == 2
+    # no GT-known numbers were stored: that claim did not run
+    assert _pick(_ledger(store), "ci-cam-cl-dilemma-gt-known", "top1_cls & gt_known_loc").status == "not run"
