@@ -271,9 +271,9 @@ def claim_result(reg: Registry, claim: Claim, scope: ScopeKey, sub: pd.DataFrame
     a = vals[vals["cell"] == claim.cell]
     b = vals[vals["cell"] == claim.versus]
     if claim.kind == "pareto" and not (a.empty or b.empty):
-        return _pareto(base, claim, sub)
+        return _best_of_runs(base, claim, sub)
     if claim.kind == "dilemma":
-        return _dilemma({**base, "paper_delta": None}, claim, sub)
+        return _best_of_runs({**base, "paper_delta": None}, claim, sub)
     cells = reg.tables[claim.table]
     d = paired_delta(a, b, metric, lambda run: records(run, protocol, cells.cell(claim.cell).select),
                      lambda run: records(run, protocol, cells.cell(claim.versus).select), n_resamples)
@@ -333,41 +333,22 @@ def _dilemma_margin(claim: Claim, sub: pd.DataFrame) -> float | None:
     return float(min(wide[y].max() - wide.loc[best_x, y], wide[x].max() - wide.loc[best_y, x]))
 
 
-def _dilemma(base: dict, claim: Claim, sub: pd.DataFrame) -> ClaimResult:
-    """Is no run of ``claim.cell`` the best on both metrics at once (the paper's C-L dilemma)? On every run
-    of the scope together, and per seed ("holds in k of n seeds")."""
+def _best_of_runs(base: dict, claim: Claim, sub: pd.DataFrame) -> ClaimResult:
+    """A claim about a scatter of runs (``pareto``: one run of ``claim.cell`` reaches every run of
+    ``claim.versus`` on both metrics at once; ``dilemma``: no run of ``claim.cell`` is the best on both):
+    judged on every run of the scope together, as the paper's figure does, and, with several seeds, on
+    each seed's runs alone (the interval text says in how many seeds it holds)."""
     x, y = claim.metrics[0], claim.metrics[1]
     base = {**base, "metric": f"{x} & {y}"}
-    margin = _dilemma_margin(claim, sub)
+    margin_of = _pareto_margin if claim.kind == "pareto" else _dilemma_margin
+    margin = margin_of(claim, sub)
     if margin is None:
         return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
                            status="not run")
-    per_seed = [m for seed in sorted(set(sub["seed"]))
-                if (m := _dilemma_margin(claim, sub[sub["seed"] == seed])) is not None]
+    per_seed = [m for seed in sorted(set(sub["seed"])) if (m := margin_of(claim, sub[sub["seed"] == seed])) is not None]
     interval = "best-of-runs" + (f"; holds in {sum(m > 0 for m in per_seed)} of {len(per_seed)} seeds"
                                  if len(per_seed) > 1 else "")
-    status = "holds" if margin > 0 else "does not hold"  # 0: one run is the best at both
-    return ClaimResult(**base, ours_delta=round(margin, 4), ci_lo=None, ci_hi=None, n_seeds=len(per_seed),
-                       interval=interval, status=status)
-
-
-def _pareto(base: dict, claim: Claim, sub: pd.DataFrame) -> ClaimResult:
-    """Does one run of ``claim.cell`` reach, on both metrics at once, every run of ``claim.versus``?
-
-    Judged on every run of the scope together (as the paper's figure does), and, with several seeds,
-    on each seed's runs alone: the interval text says in how many seeds it holds.
-    """
-    x, y = claim.metrics[0], claim.metrics[1]
-    base = {**base, "metric": f"{x} & {y}"}
-    margin = _pareto_margin(claim, sub)
-    if margin is None:
-        return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
-                           status="not run")
-    per_seed = [m for seed in sorted(set(sub["seed"]))
-                if (m := _pareto_margin(claim, sub[sub["seed"] == seed])) is not None]
-    interval = "best-of-runs"
-    if len(per_seed) > 1:
-        interval += f"; holds in {sum(m > 0 for m in per_seed)} of {len(per_seed)} seeds"
-    status = "holds" if margin > 0 else "does not hold" if margin < 0 else "inconclusive"
+    # a margin of 0: a tie (pareto), or one run is the best at both (dilemma: does not hold)
+    status = "holds" if margin > 0 else "does not hold" if margin < 0 or claim.kind == "dilemma" else "inconclusive"
     return ClaimResult(**base, ours_delta=round(margin, 4), ci_lo=None, ci_hi=None, n_seeds=len(per_seed),
                        interval=interval, status=status)
