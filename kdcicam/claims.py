@@ -18,8 +18,8 @@ images are won and lost consistently, which the seed interval cannot see with th
 two or more seeds, how many paired seeds a t test would need to detect the paper's own Δ with 80 %
 power at our seed-to-seed spread (``seeds_needed``): whether "inconclusive" means "no such effect
 here" or "too few seeds to tell". A
-``pareto`` claim (Figure 1(b)) holds when one run of the claimed cell is at least as good as every
-run of the other cell on both metrics at once.
+``pareto`` claim (Figure 1(b)) holds when one run of the claimed cell beats every run of the other cell
+on both metrics at once; a ``dilemma`` claim holds when no run of its cell is the best on both.
 
 Every result names what it was measured under: the protocol, the threshold policy (``fixed`` θ,
 θ chosen on ``val``idation, or the test-chosen ``oracle`` θ: an upper bound, never a verdict a
