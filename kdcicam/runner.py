@@ -185,7 +185,7 @@ class DistributedAbort(RunError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; the run is recorded as interrupted, and the message says how to resume."""
+    """Ctrl-C (or SIGTERM) during a run; the run is recorded as interrupted, and the message says how to resume."""
 
 
 def _store_is_shared(store: Store) -> bool:
@@ -343,7 +343,7 @@ def execute(run: PlannedRun, index: DatasetIndex, ctx: RunContext) -> RunOutcome
         except KeyboardInterrupt as exc:
             where = f" {exc}" if str(exc) else ""
             resume = "rerun the same command to resume from the last checkpoint"
-            ctx.store.fail_run(run.run_id, f"interrupted (Ctrl-C){where}; {resume}")
+            ctx.store.fail_run(run.run_id, f"interrupted ({getattr(exc, 'how', 'Ctrl-C')}){where}; {resume}")
             raise RunInterrupted(f"run {run.run_id[:12]}{where}; {resume}") from None
         except Exception as exc:  # a bug: record it so the run is not left 'running', then re-raise
             ctx.store.fail_run(run.run_id, f"internal error: {type(exc).__name__}: {exc}")

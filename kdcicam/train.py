@@ -65,7 +65,11 @@ class DivergedError(RunError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training at a step boundary, after saving that position as ``last.pt``."""
+    """Ctrl-C (or SIGTERM) stopped training at a step boundary, after saving that position as ``last.pt``."""
+
+    def __init__(self, message: str, how: str = "Ctrl-C") -> None:
+        super().__init__(message)
+        self.how = how  # "Ctrl-C" or "SIGTERM"
 
 
 @dataclass
@@ -320,29 +324,38 @@ def _combine_ranks(per_rank: list[list[tuple[int, dict[str, float], int]]]) -> l
 
 
 class _InterruptGuard:
-    """While training steps run, Ctrl-C (SIGINT) is noted and acted on at the next step boundary.
+    """While training steps run, Ctrl-C (SIGINT) or ``kill`` (SIGTERM) is noted and acted on at the next
+    step boundary: the position is saved and the run stops, to be resumed by the same command.
 
-    Installed only over Python's default handler in the main thread; a second Ctrl-C stops at once.
+    Each handler is installed only over the default one (Python's for SIGINT, the system's for SIGTERM),
+    in the main thread: a process that ignores SIGINT (a background job) or has its own SIGTERM handler
+    (a SLURM job under submitit) keeps it. A second signal stops at once.
     """
+
+    _DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
     def __init__(self) -> None:
         self.pending = False
-        self._previous: Any = None
+        self.how = "Ctrl-C"  # what stopped the run: "Ctrl-C" (SIGINT) or "SIGTERM"
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _InterruptGuard:
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        if threading.current_thread() is threading.main_thread():
+            for sig, default in self._DEFAULTS.items():
+                if signal.getsignal(sig) is default:
+                    self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
         if self.pending:
             raise KeyboardInterrupt
         self.pending = True
+        self.how = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -551,7 +564,8 @@ def fit(
                 if main:
                     _commit(state, run_dir)
             if stop:
-                raise TrainingInterrupted(f"at epoch {epoch + 1}/{epochs}, step {done}/{total} (position saved)")
+                raise TrainingInterrupted(f"at epoch {epoch + 1}/{epochs}, step {done}/{total} (position saved)",
+                                          how=guard.how)
 
         with guard:
             log = train_one_epoch(train_model, recipe, optimizer, loader, device, epoch, cfg=cfg, teachers=teachers,

@@ -502,6 +502,25 @@ def test_ctrl_c_mid_epoch_saves_the_position_and_the_resumed_run_matches(tiny_da
     _assert_same_run(model, result, {**epochs, **more}, tmp_path, uninterrupted)
 
 
+@pytest.mark.skipif(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL,
+                    reason="another SIGTERM handler is installed; the trainer leaves it in charge")
+def test_sigterm_mid_epoch_stops_like_ctrl_c_and_the_resumed_run_matches(tiny_data, uninterrupted, tmp_path,
+                                                                         monkeypatch):
+    # `kill PID` (or a background job, which ignores SIGINT) must stop a run as cleanly as Ctrl-C does
+    cfg, data = tiny_data
+    _inject(monkeypatch, "after-step", 6, action=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    epochs: dict = {}
+    with pytest.raises(TrainingInterrupted, match=r"at epoch 2/3, step 2/4 \(position saved\)") as stopped:
+        _fit(cfg, data, tmp_path, validate=_weights_validate,
+             on_epoch=lambda log, val: epochs.__setitem__(log.epoch, (log.terms, log.images, val)))
+    monkeypatch.undo()
+    assert stopped.value.how == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the trainer's handler is gone
+    model, result, more, resumed = _run_record(cfg, data, tmp_path)
+    assert resumed == [(Position(1, 2, False), [])]
+    _assert_same_run(model, result, {**epochs, **more}, tmp_path, uninterrupted)
+
+
 def test_a_diverged_run_commits_nothing(tiny_data, tmp_path):
     cfg, data = tiny_data
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e6))
