@@ -111,7 +111,8 @@ def crash_point(name: str) -> None:
 
     Inert unless the environment variable ``KDCICAM_CRASH_AT`` is ``<name>`` or ``<name>@<n>``: the
     n-th time (default: the first) the process reaches the point it sends itself SIGKILL (no
-    cleanup of any kind), or SIGINT when ``KDCICAM_CRASH_SIGNAL=INT`` (a Ctrl-C at that instant).
+    cleanup of any kind), or SIGINT when ``KDCICAM_CRASH_SIGNAL=INT`` (a Ctrl-C at that instant), or
+    SIGTERM when it is ``TERM`` (a ``kill PID``).
     Never set it outside tests. Points:
 
     - ``before-rename:<file>``: the temp copy of ``<file>`` is written and synced, not yet renamed;
@@ -128,5 +129,5 @@ def crash_point(name: str) -> None:
         return
     _crash_counts[name] = _crash_counts.get(name, 0) + 1
     if _crash_counts[name] == int(nth or 1):
-        interrupt = os.environ.get(CRASH_SIGNAL_ENV, "KILL").upper() in ("INT", "SIGINT")
-        os.kill(os.getpid(), signal.SIGINT if interrupt else signal.SIGKILL)
+        how = os.environ.get(CRASH_SIGNAL_ENV, "KILL").upper().removeprefix("SIG")
+        os.kill(os.getpid(), {"INT": signal.SIGINT, "TERM": signal.SIGTERM}.get(how, signal.SIGKILL))

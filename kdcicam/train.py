@@ -50,6 +50,7 @@ from kdcicam.errors import ConfigError, RunError
 from kdcicam.model.factory import param_groups
 from kdcicam.recipes import Recipe, TeacherSet, compute_loss
 from kdcicam.runtime import crash_point, derive_seed
+from kdcicam.signals import terminate_as_interrupt
 
 # Selection criteria: which validation metric picks each kept checkpoint (Table 5 selects the
 # loc teacher by GT-known vs Top-1 Loc; "last" is the final epoch).
@@ -327,12 +328,14 @@ class _InterruptGuard:
     """While training steps run, Ctrl-C (SIGINT) or ``kill`` (SIGTERM) is noted and acted on at the next
     step boundary: the position is saved and the run stops, to be resumed by the same command.
 
-    Each handler is installed only over the default one (Python's for SIGINT, the system's for SIGTERM),
-    in the main thread: a process that ignores SIGINT (a background job) or has its own SIGTERM handler
-    (a SLURM job under submitit) keeps it. A second signal stops at once.
+    Each handler is installed only over the default one (Python's for SIGINT, the system's or the CLI's
+    :func:`kdcicam.signals.terminate_as_interrupt` for SIGTERM), in the main thread: a process that
+    ignores SIGINT (a background job) or has its own SIGTERM handler
+    (a SLURM job under submitit) keeps it. A second Ctrl-C stops at once.
     """
 
-    _DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    _DEFAULTS = {signal.SIGINT: (signal.default_int_handler,),
+                 signal.SIGTERM: (signal.SIG_DFL, terminate_as_interrupt)}  # kdcicam.signals: the CLI's
 
     def __init__(self) -> None:
         self.pending = False
@@ -341,14 +344,16 @@ class _InterruptGuard:
 
     def __enter__(self) -> _InterruptGuard:
         if threading.current_thread() is threading.main_thread():
-            for sig, default in self._DEFAULTS.items():
-                if signal.getsignal(sig) is default:
+            for sig, defaults in self._DEFAULTS.items():
+                if any(signal.getsignal(sig) is d for d in defaults):
                     self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.pending:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:  # Ctrl-C twice: stop now (a SIGTERM after the first signal, e.g.
+                raise KeyboardInterrupt  # forwarded by ablate to its workers, waits for the step boundary)
+            return
         self.pending = True
         self.how = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
 

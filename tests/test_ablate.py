@@ -10,6 +10,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -119,3 +120,23 @@ def test_artifacts_folder_is_stored_absolute_and_follows_a_resumed_run(smoke_cac
     [(stored, status)] = query(db, "select artifacts_dir, status from runs where id = ?", run_id)
     assert status == "finished" and stored == str(tmp_path / "second" / run_id)
     assert (tmp_path / "second" / run_id / "last.pt").exists()
+
+
+def test_interrupting_ablate_stops_its_workers(tmp_path, monkeypatch):
+    # the parent forwards an interrupt (Ctrl-C or SIGTERM) to its workers as SIGTERM: a worker of a
+    # background job ignores SIGINT, so that one would otherwise train the rest of the plan on its own
+    import kdcicam.cli.workers as workers_mod
+
+    real_popen = workers_mod.subprocess.Popen
+    monkeypatch.setattr(workers_mod, "WORKER_STAGGER_S", 0.0)
+    monkeypatch.setattr(workers_mod.subprocess, "Popen", lambda argv, **kw: real_popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], **kw))
+    workers = workers_mod.start_workers(1, ["ablate", "table3"], tmp_path)
+    deadline = time.monotonic() + 10
+    while not workers.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    start = time.monotonic()
+    workers.interrupt()
+    errors = workers.wait()
+    assert time.monotonic() - start < 10  # not the 60 s the worker would have run
+    assert len(errors) == 1 and "worker 1 exited with status -15" in errors[0]

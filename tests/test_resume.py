@@ -98,18 +98,19 @@ def test_sigkill_at_every_stage_then_the_same_command_ends_as_if_never_interrupt
     _assert_same(_outcome(tmp_path), references[0])
 
 
+@pytest.mark.parametrize(("signal_name", "how"), [("INT", "Ctrl-C"), ("TERM", "SIGTERM")])
 def test_ctrl_c_stops_at_a_step_saves_the_position_and_the_rerun_ends_the_same(references, smoke_cache,
-                                                                              tmp_path):
+                                                                              tmp_path, signal_name, how):
     args = _train_args(tmp_path) + ["--quiet"]
-    # SIGINT (Ctrl-C) right after the 6th optimizer step: epoch 2, step 2 of 4
-    stopped = run(args, tmp_path, kdcicam_env(smoke_cache, crash_at="after-step@6", crash_signal="INT"))
+    # SIGINT (Ctrl-C) or SIGTERM (kill PID) right after the 6th optimizer step: epoch 2, step 2 of 4
+    stopped = run(args, tmp_path, kdcicam_env(smoke_cache, crash_at="after-step@6", crash_signal=signal_name))
     assert stopped.returncode == 130, stopped.stdout + stopped.stderr
     (line,) = stopped.stderr.strip().splitlines()  # one line, naming the run, where, and what to do
     assert line.startswith("interrupted: run ") and line.endswith(
         "at epoch 2/3, step 2/4 (position saved); rerun the same command to resume from the last checkpoint"), line
     row = run_row(tmp_path / "runs.db")
     assert row["status"] == "failed"
-    assert "interrupted (Ctrl-C) at epoch 2/3, step 2/4 (position saved); rerun the same command" in row["message"]
+    assert f"interrupted ({how}) at epoch 2/3, step 2/4 (position saved); rerun the same command" in row["message"]
     state = checkpoint(tmp_path / "runs")
     assert (state["epoch"], state["step"], state["epoch_done"]) == (1, 2, False)
 

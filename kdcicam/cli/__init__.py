@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turn user errors into one line + exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if argv is None:  # a real command line, not a test calling main([...]): `kill PID` reads as Ctrl-C
+        from kdcicam.signals import install_sigterm_as_interrupt
+
+        install_sigterm_as_interrupt()
     try:
         app(args=args, prog_name="kdcicam", standalone_mode=True)
     except KdcicamError as exc:

@@ -407,6 +407,10 @@ def ablate(
     workers = start_workers(jobs - 1, worker_args(sys.argv), Path(artifacts))
     try:
         outcomes = _run_plan(plan.runs, (store, artifacts, dev), quiet=quiet or as_json, execute_one=execute_one)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers stop too (each saves its position), then we go
+        if workers is not None:
+            workers.interrupt()
+        raise
     finally:
         worker_errors = workers.wait() if workers is not None else []
     if workers is not None:  # a run a worker trained is new work, not a reuse

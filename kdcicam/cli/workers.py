@@ -11,6 +11,7 @@ output goes to ``ARTIFACTS/workers/worker-K.log``.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -81,6 +82,15 @@ class Workers:
                 proc = subprocess.Popen([sys.executable, "-m", "kdcicam", *args], stdout=fh,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             self.started.append(Worker(k, proc, log))
+
+    def interrupt(self) -> None:
+        """Start no more, and ask the running ones to stop at their next training step (SIGTERM: a worker of a
+        background job ignores SIGINT), saving their position, as the interrupted parent does."""
+        self._stop.set()
+        self._thread.join()
+        for w in self.started:
+            if w.process.poll() is None:
+                w.process.send_signal(signal.SIGTERM)
 
     def wait(self) -> list[str]:
         """Start no more; wait for the started ones. One line per worker that failed (status and log)."""
