@@ -301,3 +301,18 @@ def test_delete_puts_the_folders_back_when_the_store_refuses(db_url, tmp_path, c
         main(["runs", "delete", "uuuu", "--db", db_url, "--yes"])
     assert failed.value.code == 2 and "database is locked" in capsys.readouterr().err
     assert folders["uuuu"].joinpath("last.pt").exists() and _ids(db_url) == {"tttt", "ssss", "uuuu"}
+
+
+def test_no_help_text_uses_square_brackets_which_rich_would_swallow():
+    # Typer renders help through rich markup: "[default: ...]" or "cell[@seed]" vanished from --help
+    import typer
+
+    def walk(cmd, path):
+        yield path, cmd.help or ""
+        for param in getattr(cmd, "params", []):
+            yield f"{path} {param.name}", getattr(param, "help", None) or ""
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    offending = [(where, text) for where, text in walk(typer.main.get_command(app), "kdcicam") if "[" in text]
+    assert offending == []

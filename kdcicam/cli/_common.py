@@ -16,7 +16,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DB_HELP = "Run store: a SQLAlchemy URL or a SQLite file path [default: $KDCICAM_DB, else ./runs.db]."
+DB_HELP = "Run store: a SQLAlchemy URL or a SQLite file path (default: $KDCICAM_DB, else ./runs.db)."
+REGISTRY_HELP = "Registry folder (default: the repository's ablations/)."
 SET_HELP = "Override any config key, e.g. --set train.lr=0.001 --set eval.theta=0.2 (repeatable)."
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kdcicam.cli._common import cache_dir, echo_json, parse_sets
+from kdcicam.cli._common import REGISTRY_HELP, cache_dir, echo_json, parse_sets
 from kdcicam.config import PROTOCOLS
 
 
@@ -19,7 +19,7 @@ def baselines_cmd(
     backbone: str = typer.Option("vgg16", help="vgg16 | inceptionv3 (sets the test sizes)."),
     profile: str = typer.Option("quick", help="Profile whose data and test sizes to use."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override config keys, e.g. --set eval.test_crop=224."),
-    registry: Path | None = typer.Option(None, help="Registry folder [default: the repository's ablations/]."),
+    registry: Path | None = typer.Option(None, help=REGISTRY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Whole-image box and best centred box (size chosen on validation): GT-known Loc on test."""

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kdcicam.cli._common import DB_HELP, db_url
+from kdcicam.cli._common import DB_HELP, REGISTRY_HELP, db_url
 from kdcicam.config import PROTOCOLS
 from kdcicam.store.schema import THRESHOLD_POLICIES
 from kdcicam.errors import ConfigError
@@ -26,7 +26,7 @@ def claims_cmd(
         help="Whose numbers: fixed (the run's θ), val (θ chosen on the validation split) or oracle "
              "(θ chosen on the test split: an upper bound, never a result to report)."),
     db: str | None = typer.Option(None, help=DB_HELP),
-    registry: Path | None = typer.Option(None, help="Registry folder [default: the repository's ablations/]."),
+    registry: Path | None = typer.Option(None, help=REGISTRY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the ledger as JSON."),
     as_md: bool = typer.Option(False, "--md", help="Print the ledger as a Markdown table (for a findings page)."),
     variants: bool = typer.Option(

@@ -20,9 +20,9 @@ def eval_cams_cmd(
                                              "<image_id>.npy or the image extension replaced by .npy."),
     metadata: Path = typer.Option(..., "--metadata", help="wsolevaluation metadata folder (train/, test/...)."),
     image_root: Path | None = typer.Option(
-        None, "--image-root", help="Folder the metadata's image paths are relative to [default: from kdcicam.json]."),
+        None, "--image-root", help="Folder the metadata's image paths are relative to (default: from kdcicam.json)."),
     theta: list[float] | None = typer.Option(
-        None, "--theta", help="CAM threshold in [0, 1] for GT-known Loc (repeatable) [default: 0.2]."),
+        None, "--theta", help="CAM threshold in 0-1 for GT-known Loc (repeatable; default: 0.2)."),
     size: int = typer.Option(224, "--size", help="Side of the square frame CAMs are resized to."),
     cam_thresholds: int = typer.Option(100, "--cam-thresholds", help="MaxBoxAccV2: number of CAM thresholds."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),

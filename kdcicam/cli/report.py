@@ -12,8 +12,9 @@ from pathlib import Path
 
 import typer
 
+from kdcicam.cli._common import DB_HELP, REGISTRY_HELP
 
-_DB_HELP = "Run store: a SQLAlchemy URL or a SQLite file path [default: $KDCICAM_DB, else ./runs.db]."
+
 DEFAULT_HTML_DIR = Path("reports")
 
 
@@ -67,8 +68,8 @@ def report_cmd(
     out: Path | None = typer.Option(None, "--out", "-o",
                                     help="Write DIR/report.<ext> (+ figure PNGs for md/latex). Default: "
                                          "md/latex to stdout (no figures), html to reports/report.html."),
-    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
-    registry: Path | None = typer.Option(None, "--registry", help="Registry folder [default: ablations/]."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    registry: Path | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the tables' data as JSON (nothing rendered)."),
     threshold_policy: ReportThetaPolicy = typer.Option(
         ReportThetaPolicy.fixed, "--threshold-policy",
@@ -111,7 +112,7 @@ def report_cmd(
 
 
 def compare_cmd(
-    run_a: str = typer.Argument(..., help="Run A: id, id prefix, or table/cell[@seed] (e.g. table3/base@0)."),
+    run_a: str = typer.Argument(..., help="Run A: id, id prefix, table/cell or table/cell@seed (e.g. table3/base@0)."),
     run_b: str = typer.Argument(..., help="Run B, named the same ways."),
     protocol: Protocol = typer.Option(Protocol.paper, "--protocol", help="Evaluation protocol to compare."),
     selection: Selection = typer.Option(Selection.last, "--selection", help="Checkpoint selection to compare."),
@@ -123,7 +124,7 @@ def compare_cmd(
     threshold_policy_b: ThresholdPolicy | None = typer.Option(
         None, "--threshold-policy-b", help="B's θ policy, if not A's (no verdict)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
-    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
     resamples: int = typer.Option(2000, "--resamples", min=100, help="Paired bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
 ) -> None:

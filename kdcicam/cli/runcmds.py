@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kdcicam.cli._common import (DB_HELP, SET_HELP, cache_dir, configure_threads, db_url, echo_json, parse_sets,
+from kdcicam.cli._common import (DB_HELP, REGISTRY_HELP, SET_HELP, cache_dir, configure_threads, db_url, echo_json, parse_sets,
                                  read_config_file)
 from kdcicam.cli.workers import split_threads, start_workers, worker_args
 from kdcicam.config import PROTOCOLS, ROLES, SELECTIONS, VARIANTS, DataConfig, TeacherRefs
@@ -186,7 +186,7 @@ def train(
     set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     deterministic: bool = typer.Option(False, "--deterministic", help="Bit-identical CPU runs for the same seed."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    registry: Path | None = typer.Option(None, help="Registry folder [default: the repository's ablations/]."),
+    registry: Path | None = typer.Option(None, help=REGISTRY_HELP),
     db: str | None = typer.Option(None, help=DB_HELP),
     artifacts: Path = typer.Option(Path("runs"), help="Where checkpoints and records go (one folder per run)."),
     force: bool = typer.Option(False, "--force", help="Run a profile even when its requirements are missing."),
@@ -338,7 +338,7 @@ def ablate(
     weights: str | None = typer.Option(None, help="ImageNet checkpoint file, or 'imagenet' for the hub cache."),
     set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    registry: Path | None = typer.Option(None, help="Registry folder [default: the repository's ablations/]."),
+    registry: Path | None = typer.Option(None, help=REGISTRY_HELP),
     db: str | None = typer.Option(None, help=DB_HELP),
     artifacts: Path = typer.Option(Path("runs"), help="Where checkpoints and records go (one folder per run)."),
     force: bool = typer.Option(False, "--force", help="Run a profile even when its requirements are missing."),

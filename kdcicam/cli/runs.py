@@ -13,11 +13,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from kdcicam.cli._common import DB_HELP
 from kdcicam.store import RUN_STATUSES, RunInfo, open_store, resolve_db_url, sqlite_file
 
 app = typer.Typer(help="List and inspect the runs recorded in the run store.", no_args_is_help=True)
 
-_DB_HELP = "Run store: a SQLAlchemy URL or a SQLite file path [default: $KDCICAM_DB, else ./runs.db]."
 HEADLINE_METRICS = ("top1_cls", "top1_loc", "gt_known_loc")
 # Which evaluation a run's headline numbers come from, most preferred first (paper protocol,
 # last checkpoint, the paper's fixed θ, test split), falling back to whatever was evaluated.
@@ -93,7 +93,7 @@ def _seconds(value: float | None) -> str:
 
 @app.command("list")
 def list_cmd(
-    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
     status: str | None = typer.Option(
         None, "--status", help=f"Only runs with this status: {' | '.join(RUN_STATUSES)}."),
     role: str | None = typer.Option(
@@ -177,7 +177,7 @@ def _last_epoch(epochs: pd.DataFrame) -> dict[str, Any] | None:
 @app.command("show")
 def show_cmd(
     run: str = typer.Argument(..., help="Run id or a unique prefix of at least 4 characters."),
-    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
 ) -> None:
     """Show one run: status, timings, final metrics per protocol/selection, and its config."""
@@ -247,7 +247,7 @@ def _print_summary(console: Console, info: RunInfo, progress: dict[str, Any] | N
 @app.command("delete")
 def delete_cmd(
     runs: list[str] = typer.Argument(..., help="Run ids or unique prefixes (at least 4 characters)."),
-    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     keep_files: bool = typer.Option(
         False, "--keep-files", help="Keep the runs' artifact folders (checkpoints): training the same run "
