@@ -316,3 +316,21 @@ def test_no_help_text_uses_square_brackets_which_rich_would_swallow():
 
     offending = [(where, text) for where, text in walk(typer.main.get_command(app), "kdcicam") if "[" in text]
     assert offending == []
+
+
+def test_list_filters_by_table_cell_and_seed(runner, db_url, tmp_path):
+    _kd_store(db_url, tmp_path)
+    with open_store(db_url) as store:
+        store.add_labels("tttt000011112222", "table5", "loc_teacher_by_gt_known")
+        store.add_labels("ssss000011112222", "table3", "conpool+kd")
+        store.add_labels("uuuu000011112222", "table3", "base")
+
+    def ids(*args):
+        out = runner.invoke(app, ["runs", "list", "--db", db_url, "--json", *args])
+        assert out.exit_code == 0, out.output
+        return sorted(r["id"][:4] for r in json.loads(out.output))
+
+    assert ids("--cell", "table3") == ["ssss", "uuuu"]
+    assert ids("--cell", "table3/conpool+kd") == ["ssss"]
+    assert ids("--cell", "table5", "--seed", "0") == ["tttt"] and ids("--seed", "1") == []
+    assert runner.invoke(app, ["runs", "list", "--db", db_url, "--cell", "table4"]).output == "no runs match these filters\n"

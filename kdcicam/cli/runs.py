@@ -98,6 +98,9 @@ def list_cmd(
         None, "--status", help=f"Only runs with this status: {' | '.join(RUN_STATUSES)}."),
     role: str | None = typer.Option(
         None, "--role", help="Only runs of this role (student, cls_teacher, loc_teacher, distilled)."),
+    cell: str | None = typer.Option(
+        None, "--cell", help="Only runs of a registry table (table3) or cell (table3/conpool+kd)."),
+    seed: int | None = typer.Option(None, "--seed", help="Only runs of this seed."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs as a JSON list."),
 ) -> None:
     """List runs (oldest first) with their status and key final metrics."""
@@ -109,7 +112,10 @@ def list_cmd(
         typer.echo("[]" if as_json else f"no runs yet (no run store at {path})")
         return
     with open_store(url) as store:
-        runs = store.list_runs(status=status, role=role)
+        table, _, cell_key = (cell or "").partition("/")
+        runs = store.list_runs(status=status, role=role,
+                               labels_contain=None if cell is None else (table, cell_key) if cell_key else table)
+        runs = [r for r in runs if seed is None or r.seed == seed]
         finals = store.final_metrics([run.id for run in runs]) if runs else None
         progress = {run.id: _progress(store, run) for run in runs if run.status == "running"}
     heads = {run.id: headline(finals[finals["run_id"] == run.id]) for run in runs}
@@ -119,7 +125,7 @@ def list_cmd(
                                for run in runs], indent=2))
         return
     if not runs:
-        filtered = status is not None or role is not None
+        filtered = any(f is not None for f in (status, role, cell, seed))
         typer.echo("no runs match these filters" if filtered else "no runs yet")
         return
     console = _console()
