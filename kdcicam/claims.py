@@ -337,10 +337,14 @@ def _best_of_runs(base: dict, claim: Claim, sub: pd.DataFrame) -> ClaimResult:
     """A claim about a scatter of runs (``pareto``: one run of ``claim.cell`` reaches every run of
     ``claim.versus`` on both metrics at once; ``dilemma``: no run of ``claim.cell`` is the best on both):
     judged on every run of the scope together, as the paper's figure does, and, with several seeds, on
-    each seed's runs alone (the interval text says in how many seeds it holds)."""
+    each seed's runs alone (the interval text says in how many seeds it holds). A pareto claim counts
+    only the seeds both cells ran."""
     x, y = claim.metrics[0], claim.metrics[1]
     base = {**base, "metric": f"{x} & {y}"}
     margin_of = _pareto_margin if claim.kind == "pareto" else _dilemma_margin
+    if claim.kind == "pareto":  # only seeds both cells ran: more runs of one side would tilt the comparison
+        both = set(sub.loc[sub["cell"] == claim.cell, "seed"]) & set(sub.loc[sub["cell"] == claim.versus, "seed"])
+        sub = sub[sub["seed"].isin(both)]
     margin = margin_of(claim, sub)
     if margin is None:
         return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",

@@ -56,6 +56,11 @@ def md_escape(text: object) -> str:
     return "".join(_MD_SPECIAL.get(ch, ch) for ch in str(text))
 
 
+def metric_label(metric: str) -> str:
+    """A metric's printed name ("Top-1 Loc"); a pair "top1_cls & top1_loc" names both."""
+    return " & ".join(METRIC_LABELS.get(m, m) for m in metric.split(" & "))
+
+
 def fmt_value(x: float | None) -> str:
     """A percentage with one decimal; "—" for no value."""
     return "—" if x is None or math.isnan(x) else f"{x:.1f}"
@@ -248,7 +253,7 @@ def _environment() -> jinja2.Environment:
     env.filters.update(tex=tex_escape, md=md_escape, value=fmt_value, signed=fmt_signed, mark=mark,
                        ours=ours_text, delta=delta_text, paper=paper_text, best=best_text, audit=audit_text,
                        thetas=thetas_text, count=count_text, interval=interval_text,
-                       label=lambda m: METRIC_LABELS.get(m, m), trim_float=lambda x: f"{x:g}")
+                       label=metric_label, trim_float=lambda x: f"{x:g}")
     return env
 
 
