@@ -187,3 +187,12 @@ def test_dilemma_claim_holds_when_no_run_is_best_at_both(store):
     assert r.status == "holds" and r.interval == "best-of-runs; holds in 1 of 2 seeds" and r.n_seeds == 2
     # no GT-known numbers were stored: that claim did not run
     assert _pick(_ledger(store), "ci-cam-cl-dilemma-gt-known", "top1_cls & gt_known_loc").status == "not run"
+
+
+def test_tally_counts_each_status():
+    from types import SimpleNamespace as NS
+
+    from kdcicam.cli.claims import tally
+
+    rows = [NS(status=s) for s in ("holds", "holds", "inconclusive", "not run", "does not hold")]
+    assert tally(rows) == "5 rows: 2 holds, 1 does not hold, 1 inconclusive, 1 not run"

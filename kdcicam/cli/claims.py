@@ -92,7 +92,15 @@ def claims_cmd(
         t.add_row(r.text, r.scope, r.metric, r.threshold_policy, f"{r.selection} on {r.select_on}",
                   _pts(r.paper_delta), _pts(r.ours_delta), interval, str(r.n_seeds), images, _needed(r),
                   f"[{_STYLE[r.status]}]{r.status}[/]")
-    Console(width=220).print(t)
+    console = Console(width=220)
+    console.print(t)
+    console.print(tally(results), highlight=False)
+
+
+def tally(results) -> str:
+    """One line: how many ledger rows hold, do not hold, are inconclusive or did not run."""
+    counts = {status: sum(r.status == status for r in results) for status in _STYLE}
+    return f"{len(results)} rows: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
 
 
 def _pts(value: float | None) -> str:
