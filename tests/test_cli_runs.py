@@ -334,3 +334,32 @@ def test_list_filters_by_table_cell_and_seed(runner, db_url, tmp_path):
     assert ids("--cell", "table3/conpool+kd") == ["ssss"]
     assert ids("--cell", "table5", "--seed", "0") == ["tttt"] and ids("--seed", "1") == []
     assert runner.invoke(app, ["runs", "list", "--db", db_url, "--cell", "table4"]).output == "no runs match these filters\n"
+
+
+def test_export_writes_tidy_csv_of_finals_epochs_and_records(runner, db_url, tmp_path, capsys):
+    import io
+
+    _kd_store(db_url, tmp_path)
+    with open_store(db_url) as store:
+        store.add_labels("uuuu000011112222", "table3", "base")
+        store.add_image_records("uuuu000011112222", "paper", "last", "test", [
+            {"image_id": f"im{i}", "label": 0, "top5": [0, 1, 2, 3, 4], "top5_scores": [0.6, 0.1, 0.1, 0.1, 0.1],
+             "box": [0, 0, 1, 1], "iou": 0.5, "correct_top1_cls": True, "correct_top5_cls": True,
+             "correct_top1_loc": i == 0, "correct_top5_loc": i == 0, "correct_gt_known": i == 0} for i in range(3)])
+    final = pd.read_csv(io.StringIO(runner.invoke(app, ["runs", "export", "--db", db_url]).output))
+    assert len(final) == 3 and set(final["name"]) == {"top1_cls"} and set(final["value"]) == {0.5}
+    assert {"run_id", "role", "seed", "labels", "protocol", "selection", "threshold_policy", "split"} <= set(final)
+    base = pd.read_csv(io.StringIO(runner.invoke(app, ["runs", "export", "--db", db_url, "--cell", "table3/base",
+                                                       "--what", "records"]).output))
+    assert list(base["image_id"]) == ["im0", "im1", "im2"] and list(base["correct_gt_known"]) == [True, False, False]
+    assert set(base["labels"]) == {"table3/base"} and set(base["run_id"]) == {"uuuu000011112222"}
+    out = tmp_path / "epochs.csv"
+    done = runner.invoke(app, ["runs", "export", "--db", db_url, "--what", "epochs", "--out", str(out)])
+    assert done.exit_code == 0 and done.output.startswith("wrote 3 row(s) of 3 run(s)")
+    assert set(pd.read_csv(out)["name"]) == {"loss"}
+    for args, message in ((["--what", "all"], "--what 'all': must be one of final, epochs, records"),
+                          (["--out", str(tmp_path / "no" / "x.csv")], "does not exist")):
+        with pytest.raises(SystemExit) as bad:
+            main(["runs", "export", "--db", db_url, *args])
+        err = capsys.readouterr().err
+        assert bad.value.code == 2 and message in err and err.count("\n") == 1
