@@ -140,3 +140,19 @@ def test_interrupting_ablate_stops_its_workers(tmp_path, monkeypatch):
     errors = workers.wait()
     assert time.monotonic() - start < 10  # not the 60 s the worker would have run
     assert len(errors) == 1 and "worker 1 exited with status -15" in errors[0]
+
+
+def test_several_tables_plan_as_one_and_a_bad_name_creates_no_store(smoke_cache, tmp_path, capsys):  # noqa: F811
+    from kdcicam.cli import main
+
+    both = _ablate(["table3", "context-sweep", "--profile", "smoke", "--dry-run", "--json"], smoke_cache, tmp_path)
+    assert both.returncode == 0, both.stderr[-3000:]
+    runs = json.loads(both.stdout)["runs"]
+    # Table 3's 5 runs and the sweep's 8 (Base and +ConPool at 4 correlations) share Base and +ConPool at 0.9
+    assert len(runs) == 5 + 8 - 2
+    labels = {label.split("@")[0] for r in runs for label in r["cells"]}
+    assert {"table3/conpool+kd", "context-sweep/base"} <= labels
+    with pytest.raises(SystemExit) as bad:
+        main(["ablate", "table3", "table9", "--db", str(tmp_path / "new.db")])
+    assert bad.value.code == 2 and "unknown table 'table9'" in capsys.readouterr().err
+    assert not (tmp_path / "new.db").exists()

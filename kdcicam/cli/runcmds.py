@@ -326,7 +326,9 @@ def evaluate_cmd(
 # ------------------------------------------------------------------------------------ ablate
 
 def ablate(
-    table: str | None = typer.Argument(None, help="table3 | table4 | table5 | figure1b | all (see --list)."),
+    table: list[str] | None = typer.Argument(
+        None, help="table3 | table4 | table5 | figure1b | a sweep (context-sweep) | all (the paper's tables and "
+                   "figure); several plan as one (see --list)."),
     backbone: str = typer.Option("vgg16", help=f"{', '.join(BACKBONES)}."),
     dataset: str = typer.Option("synthetic", help=f"{', '.join(DATASETS)}."),
     data: Path | None = typer.Option(None, help="Dataset folder (real data); synthetic is generated on first use."),
@@ -366,13 +368,14 @@ def ablate(
     if list_:
         _list_tables(load_registry(registry), as_json)
         return
-    if table is None:
-        raise ConfigError("name a table (table3, table4, table5, figure1b or all), or use --list")
+    if not table:
+        raise ConfigError("name a table (table3, table4, table5, figure1b, context-sweep or all), or use --list")
     _choice(launcher, LAUNCHERS, "--launcher")
     if launcher != "local" and gpus != 1:
         raise ConfigError("--gpus is for --launcher local; with SLURM give --gpus-per-job")
     if jobs > 1 and (gpus > 1 or launcher != "local"):
         raise ConfigError("--jobs N is for --launcher local with one process per run (not with --gpus)")
+    tables = _table_keys(load_registry(registry), table)  # a bad name is refused before any store is opened
     if jobs > 1:
         split_threads(jobs)
     sets = parse_sets(set_)
@@ -380,7 +383,6 @@ def ablate(
         profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
         db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets)
     # "all": the paper's artefacts (tables and figure); a sweep (a study of the benchmark) is run by name
-    tables = sorted(k for k, t in reg.tables.items() if t.kind != "sweep") if table == "all" else [reg.table(table).key]
     plan = make_plan(reg, tables, scope=scope, profile=profile, variant=variant, seeds=list(range(seeds)),
                      open_data=open_data, cli_overrides=sets)
     if dry_run:
@@ -430,6 +432,15 @@ def ablate(
                    f"Next: kdcicam report --format html")
     if failed:
         raise typer.Exit(1)
+
+
+def _table_keys(reg, names: list[str]) -> list[str]:
+    """The registry tables named, in order, without repeats; "all" = the paper's tables and figure (a sweep,
+    a study of the benchmark, is run by name)."""
+    keys: list[str] = []
+    for name in names:
+        keys += sorted(k for k, t in reg.tables.items() if t.kind != "sweep") if name == "all" else [reg.table(name).key]
+    return list(dict.fromkeys(keys))
 
 
 def _finished_since(store, run_id: str, since) -> bool:
