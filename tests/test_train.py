@@ -483,39 +483,24 @@ def test_a_runs_weights_do_not_depend_on_what_its_process_ran_before(tiny_data, 
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-@pytest.mark.skipif(signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
-                    reason="another SIGINT handler is installed; the trainer leaves it in charge")
-def test_ctrl_c_mid_epoch_saves_the_position_and_the_resumed_run_matches(tiny_data, uninterrupted, tmp_path,
-                                                                         monkeypatch):
+@pytest.mark.parametrize(("sig", "default", "how"), [(signal.SIGINT, signal.default_int_handler, "Ctrl-C"),
+                                                     (signal.SIGTERM, signal.SIG_DFL, "SIGTERM")])
+def test_a_signal_mid_epoch_saves_the_position_and_the_resumed_run_matches(tiny_data, uninterrupted, tmp_path,
+                                                                          monkeypatch, sig, default, how):
+    # Ctrl-C, or `kill PID` (a background job ignores SIGINT): the run stops at the next step, position saved
+    if signal.getsignal(sig) is not default:
+        pytest.skip(f"another {sig.name} handler is installed; the trainer leaves it in charge")
     cfg, data = tiny_data
-    _inject(monkeypatch, "after-step", 6, action=lambda: os.kill(os.getpid(), signal.SIGINT))
-    epochs: dict = {}
-    with pytest.raises(TrainingInterrupted, match=r"at epoch 2/3, step 2/4 \(position saved\)"):
-        _fit(cfg, data, tmp_path, validate=_weights_validate,
-             on_epoch=lambda log, val: epochs.__setitem__(log.epoch, (log.terms, log.images, val)))
-    monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer's handler is gone
-    state = load_checkpoint(tmp_path / "last.pt")
-    assert (state["epoch"], state["step"], state["epoch_done"]) == (1, 2, False)
-    model, result, more, resumed = _run_record(cfg, data, tmp_path)
-    assert resumed == [(Position(1, 2, False), [])]
-    _assert_same_run(model, result, {**epochs, **more}, tmp_path, uninterrupted)
-
-
-@pytest.mark.skipif(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL,
-                    reason="another SIGTERM handler is installed; the trainer leaves it in charge")
-def test_sigterm_mid_epoch_stops_like_ctrl_c_and_the_resumed_run_matches(tiny_data, uninterrupted, tmp_path,
-                                                                         monkeypatch):
-    # `kill PID` (or a background job, which ignores SIGINT) must stop a run as cleanly as Ctrl-C does
-    cfg, data = tiny_data
-    _inject(monkeypatch, "after-step", 6, action=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    _inject(monkeypatch, "after-step", 6, action=lambda: os.kill(os.getpid(), sig))
     epochs: dict = {}
     with pytest.raises(TrainingInterrupted, match=r"at epoch 2/3, step 2/4 \(position saved\)") as stopped:
         _fit(cfg, data, tmp_path, validate=_weights_validate,
              on_epoch=lambda log, val: epochs.__setitem__(log.epoch, (log.terms, log.images, val)))
     monkeypatch.undo()
-    assert stopped.value.how == "SIGTERM"
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the trainer's handler is gone
+    assert stopped.value.how == how
+    assert signal.getsignal(sig) is default  # the trainer's handler is gone
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert (state["epoch"], state["step"], state["epoch_done"]) == (1, 2, False)
     model, result, more, resumed = _run_record(cfg, data, tmp_path)
     assert resumed == [(Position(1, 2, False), [])]
     _assert_same_run(model, result, {**epochs, **more}, tmp_path, uninterrupted)
