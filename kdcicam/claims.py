@@ -18,8 +18,9 @@ images are won and lost consistently, which the seed interval cannot see with th
 two or more seeds, how many paired seeds a t test would need to detect the paper's own Δ with 80 %
 power at our seed-to-seed spread (``seeds_needed``): whether "inconclusive" means "no such effect
 here" or "too few seeds to tell". A
-``pareto`` claim (Figure 1(b)) holds when one run of the claimed cell beats every run of the other cell
-on both metrics at once; a ``dilemma`` claim holds when no run of its cell is the best on both.
+``pareto`` claim (Figure 1(b)) holds when one training setting of the claimed cell beats every setting of
+the other cell on both metrics at once; a ``dilemma`` claim holds when no setting of its cell is the best
+on both (each setting judged on its mean over seeds, and each seed's runs alone).
 
 Every result names what it was measured under: the protocol, the threshold policy (``fixed`` θ,
 θ chosen on ``val``idation, or the test-chosen ``oracle`` θ: an upper bound, never a verdict a
@@ -63,7 +64,8 @@ class ClaimResult:
     ci_lo: float | None
     ci_hi: float | None
     n_seeds: int
-    interval: str  # "seeds (t)", "images (bootstrap, 1 seed)", "best-of-runs[; holds in k of n seeds]" or "none"
+    # "seeds (t)", "images (bootstrap, 1 seed)", "best-of-settings[ (mean of n seeds); holds in k of n seeds]", "none"
+    interval: str
     status: str  # holds | does not hold | inconclusive | not run
     image_ci_lo: float | None = None  # paired per-image bootstrap over the seeds' mean differences, points
     image_ci_hi: float | None = None
@@ -108,7 +110,7 @@ class ProtocolPair:
         Pareto claim (its number is a margin, not a change).
         """
         a, b = self.paper.ours_delta, self.standard.ours_delta
-        if a is None or b is None or a == 0 or self.paper.interval.startswith("best-of-runs"):
+        if a is None or b is None or a == 0 or self.paper.interval.startswith("best-of-settings"):
             return None
         return round(b / a, 4)
 
@@ -308,51 +310,79 @@ def per_image_interval(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], flag:
     return round(100.0 * lo, 4), round(100.0 * hi, 4)
 
 
-def _pareto_margin(claim: Claim, sub: pd.DataFrame) -> float | None:
-    """The best claimed-cell run's margin over the other cell's best run on its weaker axis (points):
-    > 0 when one run of ``claim.cell`` beats every run of ``claim.versus`` on both metrics at once."""
+def _points(sub: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """One point per (cell, training setting): the setting's mean over its seeds of metrics ``x`` and
+    ``y`` (a rerun supersedes: the latest run per cell, setting and seed counts). Index (cell, setting)."""
+    rows = sub[sub["metric"].isin([x, y])]
+    if rows.empty:
+        return pd.DataFrame(columns=[x, y])
+    latest = (rows.sort_values(["finished", "run_id"])
+              .drop_duplicates(["cell", "setting", "seed", "metric"], keep="last"))
+    return latest.pivot_table(index=["cell", "setting"], columns="metric", values="value", aggfunc="mean").dropna()
+
+
+def _complete_seeds(sub: pd.DataFrame, cells: Sequence[str]) -> pd.DataFrame:
+    """``sub``'s rows of ``cells`` from the seeds in which each of them ran every one of its settings (a
+    seed still training would tilt the setting means and, for a pareto claim, one side's best); when no
+    seed is complete yet, the seeds in which each of them ran at least one."""
+    sub = sub[sub["cell"].isin(cells)]
+    settings = {cell: set(sub.loc[sub["cell"] == cell, "setting"]) for cell in cells}
+    ran = {seed: {cell: set(sub.loc[(sub["seed"] == seed) & (sub["cell"] == cell), "setting"]) for cell in cells}
+           for seed in set(sub["seed"])}
+    complete = {seed for seed, done in ran.items() if all(done[cell] == settings[cell] for cell in cells)}
+    started = {seed for seed, done in ran.items() if all(done[cell] for cell in cells)}
+    return sub[sub["seed"].isin(complete or started)]
+
+
+def _pareto_margin(claim: Claim, points: pd.DataFrame) -> float | None:
+    """The claimed cell's best point's margin over the other cell's best point on its weaker axis
+    (points): > 0 when one setting of ``claim.cell`` beats every setting of ``claim.versus`` on both
+    metrics at once."""
     x, y = claim.metrics[0], claim.metrics[1]
-    wide = sub[sub["metric"].isin([x, y])].pivot_table(index=["cell", "run_id"], columns="metric", values="value")
-    cells = set(wide.index.get_level_values(0)) if not wide.empty else set()
-    if x not in wide or y not in wide or not {claim.cell, claim.versus} <= cells:
+    cells = set(points.index.get_level_values(0)) if not points.empty else set()
+    if x not in points or y not in points or not {claim.cell, claim.versus} <= cells:
         return None
-    ours, theirs = wide.loc[claim.cell], wide.loc[claim.versus]
+    ours, theirs = points.loc[claim.cell], points.loc[claim.versus]
     margins = np.minimum(ours[x].to_numpy() - float(theirs[x].max()), ours[y].to_numpy() - float(theirs[y].max()))
     return float(margins.max())
 
 
-def _dilemma_margin(claim: Claim, sub: pd.DataFrame) -> float | None:
-    """How far the cell's runs are from one run being the best on both metrics (points): the smaller of
-    the best-x run's shortfall in y and the best-y run's shortfall in x. > 0: no run is best at both."""
+def _dilemma_margin(claim: Claim, points: pd.DataFrame) -> float | None:
+    """How far the cell's settings are from one being the best on both metrics (points): the smaller
+    of the best-x setting's shortfall in y and the best-y setting's shortfall in x. > 0: no setting is
+    best at both."""
     x, y = claim.metrics[0], claim.metrics[1]
-    runs = sub[(sub["cell"] == claim.cell) & sub["metric"].isin([x, y])]
-    wide = runs.pivot_table(index="run_id", columns="metric", values="value").dropna() if not runs.empty else runs
-    if wide.empty or x not in wide or y not in wide or len(wide) < 2:
+    cells = set(points.index.get_level_values(0)) if not points.empty else set()
+    if x not in points or y not in points or claim.cell not in cells:
+        return None
+    wide = points.loc[claim.cell]
+    if len(wide) < 2:
         return None
     best_x, best_y = wide[x].idxmax(), wide[y].idxmax()
     return float(min(wide[y].max() - wide.loc[best_x, y], wide[x].max() - wide.loc[best_y, x]))
 
 
 def _best_of_runs(base: dict, claim: Claim, sub: pd.DataFrame) -> ClaimResult:
-    """A claim about a scatter of runs (``pareto``: one run of ``claim.cell`` reaches every run of
-    ``claim.versus`` on both metrics at once; ``dilemma``: no run of ``claim.cell`` is the best on both):
-    judged on every run of the scope together, as the paper's figure does, and, with several seeds, on
-    each seed's runs alone (the interval text says in how many seeds it holds). A pareto claim counts
-    only the seeds both cells ran."""
+    """A claim about a scatter of training settings (``pareto``: one setting of ``claim.cell`` reaches
+    every setting of ``claim.versus`` on both metrics at once; ``dilemma``: no setting of ``claim.cell``
+    is the best on both), as the paper's figure draws one point per training. Judged on each setting's
+    mean over the seeds (pooling every seed's run as a point of its own would add the seed-to-seed
+    spread to the settings' spread) and, with several seeds, on each seed's runs alone (the interval
+    text says in how many seeds it holds). Only the seeds in which the claim's cells ran every setting
+    count (see :func:`_complete_seeds`)."""
     x, y = claim.metrics[0], claim.metrics[1]
     base = {**base, "metric": f"{x} & {y}"}
     margin_of = _pareto_margin if claim.kind == "pareto" else _dilemma_margin
-    if claim.kind == "pareto":  # only seeds both cells ran: more runs of one side would tilt the comparison
-        both = set(sub.loc[sub["cell"] == claim.cell, "seed"]) & set(sub.loc[sub["cell"] == claim.versus, "seed"])
-        sub = sub[sub["seed"].isin(both)]
-    margin = margin_of(claim, sub)
+    sub = _complete_seeds(sub, [claim.cell] + ([claim.versus] if claim.kind == "pareto" else []))
+    margin = margin_of(claim, _points(sub, x, y))
     if margin is None:
         return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
                            status="not run")
-    per_seed = [m for seed in sorted(set(sub["seed"])) if (m := margin_of(claim, sub[sub["seed"] == seed])) is not None]
-    interval = "best-of-runs" + (f"; holds in {sum(m > 0 for m in per_seed)} of {len(per_seed)} seeds"
-                                 if len(per_seed) > 1 else "")
-    # a margin of 0: a tie (pareto), or one run is the best at both (dilemma: does not hold)
+    per_seed = [m for seed in sorted(set(sub["seed"]))
+                if (m := margin_of(claim, _points(sub[sub["seed"] == seed], x, y))) is not None]
+    interval = ("best-of-settings" + (f" (mean of {len(per_seed)} seeds); holds in {sum(m > 0 for m in per_seed)}"
+                                      f" of {len(per_seed)} seeds" if len(per_seed) > 1 else ""))
+    # a margin of 0: a tie (pareto), or one setting is the best at both (dilemma: does not hold)
     status = "holds" if margin > 0 else "does not hold" if margin < 0 or claim.kind == "dilemma" else "inconclusive"
     return ClaimResult(**base, ours_delta=round(margin, 4), ci_lo=None, ci_hi=None, n_seeds=len(per_seed),
                        interval=interval, status=status)

@@ -137,6 +137,7 @@ def variant_agreement(
     threshold_policy: str = "fixed",
     metrics: Sequence[str] = POINT_METRICS,
     n_resamples: int = 2000,
+    ledger: Sequence[ClaimResult] = (),
 ) -> VariantAgreement:
     """Compare every cell and claim that both variants ran, scope by scope.
 
@@ -150,7 +151,11 @@ def variant_agreement(
         threshold_policy: "fixed", "val" or "oracle" (see :mod:`kdcicam.claims`).
         metrics: the metrics compared per cell.
         n_resamples: bootstrap resamples of the per-image intervals.
+        ledger: claims already judged under this protocol and threshold policy
+            (:func:`kdcicam.claims.evaluate_claims`); a claim found there is not judged again.
     """
+    judged = {(r.scope, r.claim, r.metric): r for r in ledger
+              if (r.protocol, r.threshold_policy) == (protocol, threshold_policy)}
     frame = cell_frame(reg, [r for r in runs if r.status == "finished"], finals, threshold_policy)
     if frame.empty:
         return VariantAgreement((), ())
@@ -177,8 +182,9 @@ def variant_agreement(
             for claim in table.claims:
                 selection = f"{table.cell(claim.cell).select} / {table.cell(claim.versus).select}"
                 for metric in claim.metrics:
-                    pair = [claim_result(reg, claim, scope, sub, metric, protocol,
-                                         (selection, scope.select_on, threshold_policy), records, n_resamples)
+                    pair = [judged.get((scope.title, claim.key, metric))
+                            or claim_result(reg, claim, scope, sub, metric, protocol,
+                                            (selection, scope.select_on, threshold_policy), records, n_resamples)
                             for scope, sub in ((paper_scope, sub_p), (ref_scope, sub_r))]
                     verdicts.append(VerdictPair(title, table.key, claim.key, claim.text, protocol, threshold_policy,
                                                 metric, *pair))

@@ -13,6 +13,7 @@ from kdcicam.cli._common import DB_HELP, REGISTRY_HELP, db_url
 from kdcicam.config import PROTOCOLS
 from kdcicam.store.schema import THRESHOLD_POLICIES
 from kdcicam.errors import ConfigError
+from kdcicam.fmt import fmt_signed, fmt_value, interval_text
 
 _STYLE = {"holds": "green", "does not hold": "red", "inconclusive": "yellow", "not run": "dim"}
 
@@ -87,10 +88,10 @@ def claims_cmd(
                 "per-image paired 95%", "seeds for paper Δ", "status"):
         t.add_column(col)
     for r in results:
-        interval = f"{_interval(r.ci_lo, r.ci_hi)} {r.interval}" if r.ci_lo is not None else r.interval
-        images = _interval(r.image_ci_lo, r.image_ci_hi)
+        interval = f"{interval_text(r.ci_lo, r.ci_hi)} {r.interval}" if r.ci_lo is not None else r.interval
+        images = interval_text(r.image_ci_lo, r.image_ci_hi)
         t.add_row(r.text, r.scope, r.metric, r.threshold_policy, f"{r.selection} on {r.select_on}",
-                  _pts(r.paper_delta), _pts(r.ours_delta), interval, str(r.n_seeds), images, _needed(r),
+                  fmt_signed(r.paper_delta), fmt_signed(r.ours_delta), interval, str(r.n_seeds), images, _needed(r),
                   f"[{_STYLE[r.status]}]{r.status}[/]")
     console = Console(width=220)
     console.print(t)
@@ -101,18 +102,6 @@ def tally(results) -> str:
     """One line: how many ledger rows hold, do not hold, are inconclusive or did not run."""
     counts = {status: sum(r.status == status for r in results) for status in _STYLE}
     return f"{len(results)} rows: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
-
-
-def _pts(value: float | None) -> str:
-    from kdcicam.report.render import fmt_signed  # the report's formatting: "−1.2", "—" for none
-
-    return fmt_signed(value)
-
-
-def _interval(lo: float | None, hi: float | None) -> str:
-    from kdcicam.report.render import interval_text
-
-    return interval_text(lo, hi)
 
 
 def ledger_markdown(results, protocol: str, threshold_policy: str, oracle: str = "") -> str:
@@ -126,9 +115,10 @@ def ledger_markdown(results, protocol: str, threshold_policy: str, oracle: str =
              "95 % interval (per image) | seeds for paper Δ | status |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        seeds = _interval(r.ci_lo, r.ci_hi) + _interval_kind(r.interval)
-        lines.append(f"| {r.text} | {r.scope} | {r.metric} | {r.selection} on {r.select_on} | {_pts(r.paper_delta)} | "
-                     f"{_pts(r.ours_delta)} | {seeds} | {r.n_seeds} | {_interval(r.image_ci_lo, r.image_ci_hi)} | "
+        seeds = interval_text(r.ci_lo, r.ci_hi) + _interval_kind(r.interval)
+        images = interval_text(r.image_ci_lo, r.image_ci_hi)
+        lines.append(f"| {r.text} | {r.scope} | {r.metric} | {r.selection} on {r.select_on} | "
+                     f"{fmt_signed(r.paper_delta)} | {fmt_signed(r.ours_delta)} | {seeds} | {r.n_seeds} | {images} | "
                      f"{_needed(r)} | {r.status} |")
     return "\n".join(lines)
 
@@ -153,9 +143,10 @@ def _print_agreement(agreement, protocol: str, threshold_policy: str, oracle: st
                     "per-image paired 95%", ""):
             t.add_column(col)
         for d in (d for d in agreement.deltas if d.scope == scope):
-            t.add_row(d.table, d.name, d.metric, _value(d.paper_value), _value(d.reference_value), _pts(d.delta),
-                      _interval(d.ci_lo, d.ci_hi) + _interval_kind(d.interval), str(d.n_seeds),
-                      _interval(d.image_ci_lo, d.image_ci_hi), d.status)
+            t.add_row(d.table, d.name, d.metric, fmt_value(d.paper_value), fmt_value(d.reference_value),
+                      fmt_signed(d.delta),
+                      interval_text(d.ci_lo, d.ci_hi) + _interval_kind(d.interval), str(d.n_seeds),
+                      interval_text(d.image_ci_lo, d.image_ci_hi), d.status)
         console.print(t)
         v = Table(title=f"{scope}: the paper's claims under each variant")
         for col in ("claim", "metric", "paper variant", "reference variant", "same verdict"):
@@ -165,18 +156,12 @@ def _print_agreement(agreement, protocol: str, threshold_policy: str, oracle: st
         console.print(v)
 
 
-def _value(value: float | None) -> str:
-    from kdcicam.report.render import fmt_value
-
-    return fmt_value(value)
-
-
 def _interval_kind(kind: str) -> str:
     return "" if kind in ("seeds (t)", "none") else f" {kind}"
 
 
 def _verdict(r) -> str:
-    return f"{r.status} ({_pts(r.ours_delta)}, n={r.n_seeds})" if r.status != "not run" else "not run"
+    return f"{r.status} ({fmt_signed(r.ours_delta)}, n={r.n_seeds})" if r.status != "not run" else "not run"
 
 
 def _agree(agree: bool | None) -> str:
@@ -194,9 +179,10 @@ def agreement_markdown(agreement, protocol: str, threshold_policy: str, oracle: 
                   "| table | cell | metric | paper | reference | Δ | 95 % interval (seeds) | n | "
                   "95 % interval (per image) | |", "|---|---|---|---|---|---|---|---|---|---|"]
         for d in (d for d in agreement.deltas if d.scope == scope):
-            lines.append(f"| {d.table} | {d.name} | {d.metric} | {_value(d.paper_value)} | {_value(d.reference_value)} | "
-                         f"{_pts(d.delta)} | {_interval(d.ci_lo, d.ci_hi)}{_interval_kind(d.interval)} | {d.n_seeds} | "
-                         f"{_interval(d.image_ci_lo, d.image_ci_hi)} | {d.status} |")
+            seeds = interval_text(d.ci_lo, d.ci_hi) + _interval_kind(d.interval)
+            lines.append(f"| {d.table} | {d.name} | {d.metric} | {fmt_value(d.paper_value)} | "
+                         f"{fmt_value(d.reference_value)} | {fmt_signed(d.delta)} | {seeds} | {d.n_seeds} | "
+                         f"{interval_text(d.image_ci_lo, d.image_ci_hi)} | {d.status} |")
         lines += ["", "| claim | metric | verdict, paper variant (Δ, seeds) | verdict, reference variant | same verdict |",
                   "|---|---|---|---|---|"]
         for r in (r for r in agreement.verdicts if r.scope == scope):
@@ -217,7 +203,7 @@ def _side(r) -> str:
     """One protocol's result in one cell: "Δ [interval] status"."""
     if r.status == "not run":
         return "not run"
-    return f"{_pts(r.ours_delta)} {_interval(r.ci_lo, r.ci_hi)}{_interval_kind(r.interval)} {r.status}"
+    return f"{fmt_signed(r.ours_delta)} {interval_text(r.ci_lo, r.ci_hi)}{_interval_kind(r.interval)} {r.status}"
 
 
 def _print_protocol_pairs(pairs, threshold_policy: str, oracle: str, as_md: bool) -> None:
@@ -230,7 +216,7 @@ def _print_protocol_pairs(pairs, threshold_policy: str, oracle: str, as_md: bool
                 "kept", "same verdict"):
         t.add_column(col)
     for pair in pairs:
-        t.add_row(pair.paper.text, pair.paper.scope, pair.paper.metric, _pts(pair.paper.paper_delta),
+        t.add_row(pair.paper.text, pair.paper.scope, pair.paper.metric, fmt_signed(pair.paper.paper_delta),
                   _side(pair.paper), _side(pair.standard), _kept(pair), _agree(pair.same_verdict))
     Console(width=220).print(t)
 
@@ -243,6 +229,7 @@ def protocols_markdown(pairs, threshold_policy: str, oracle: str = "") -> str:
              "| claim | scope | metric | Δ printed in the paper | ours, paper protocol | ours, standard protocol | kept | "
              "same verdict |", "|---|---|---|---|---|---|---|---|"]
     for pair in pairs:
-        lines.append(f"| {pair.paper.text} | {pair.paper.scope} | {pair.paper.metric} | {_pts(pair.paper.paper_delta)} | "
+        lines.append(f"| {pair.paper.text} | {pair.paper.scope} | {pair.paper.metric} | "
+                     f"{fmt_signed(pair.paper.paper_delta)} | "
                      f"{_side(pair.paper)} | {_side(pair.standard)} | {_kept(pair)} | {_agree(pair.same_verdict)} |")
     return "\n".join(lines)

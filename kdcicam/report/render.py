@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,6 +16,7 @@ from importlib import resources
 import jinja2
 from markupsafe import Markup
 
+from kdcicam.fmt import fmt_signed, fmt_value, interval_text
 from kdcicam.registry import Registry
 from kdcicam.report.gallery import GALLERY_CELLS, GALLERY_TABLE, common_sample, gallery_columns, gallery_figure
 from kdcicam.report.scatter import cl_scatter
@@ -59,28 +59,6 @@ def md_escape(text: object) -> str:
 def metric_label(metric: str) -> str:
     """A metric's printed name ("Top-1 Loc"); a pair "top1_cls & top1_loc" names both."""
     return " & ".join(METRIC_LABELS.get(m, m) for m in metric.split(" & "))
-
-
-def fmt_value(x: float | None) -> str:
-    """A percentage with one decimal; "—" for no value."""
-    return "—" if x is None or math.isnan(x) else f"{x:.1f}"
-
-
-def interval_text(lo: float | None, hi: float | None) -> str:
-    """A 95 % interval in points, "[−1.2, +3.4]"; "—" when there is none."""
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return "—"
-    return f"[{fmt_signed(lo)}, {fmt_signed(hi)}]"
-
-
-def fmt_signed(x: float | None) -> str:
-    """A signed change with one decimal ("+0.4", "−1.2"); "—" for none."""
-    if x is None or math.isnan(x):
-        return "—"
-    size = f"{abs(x):.1f}"
-    if size == "0.0":
-        return size
-    return ("+" if x > 0 else "−") + size
 
 
 def ours_text(v: MetricValue, row: RowData) -> str:

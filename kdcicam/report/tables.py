@@ -393,7 +393,9 @@ def cell_frame(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
 
     Returns:
         Columns scope (ScopeKey), table, cell, seed, run_id, finished (ISO time), protocol, metric,
-        value (percent). Labels naming a table or cell the registry lacks are skipped.
+        value (percent), setting (the run's training setting within a gridded cell: its values at the
+        grid's keys, e.g. "train.epochs=6, train.lr=0.001"; "" for a cell without a grid). Labels
+        naming a table or cell the registry lacks are skipped.
     """
     index = _finals_index(finals, threshold_policy)
     rows = []
@@ -408,12 +410,13 @@ def cell_frame(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
                 cell = next((c for c in table.cells if c.key == cell_key), None)
                 if cell is None:
                     continue
+                setting = ", ".join(f"{key}={config_value(run.config, key)}" for key in sorted(cell.grid))
                 for protocol in PROTOCOL_NAMES:
                     for metric, value in index.get((run.id, protocol, cell.select), {}).items():
                         rows.append((scope, table_key, cell_key, run.seed, run.id, finished, protocol,
-                                     metric, value))
+                                     metric, value, setting))
     return pd.DataFrame(rows, columns=["scope", "table", "cell", "seed", "run_id", "finished", "protocol",
-                                       "metric", "value"])
+                                       "metric", "value", "setting"])
 
 
 def latest_per_seed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -757,7 +760,8 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
         by_scope.setdefault(scope_of(run), []).append(run)
     lookup = policy_lookup(finals)
     audit_tables = [reg.tables[k] for k in table_keys if reg.tables[k].kind == "table"]
-    claims = _claims_by_scope(reg, finished, finals, records, protocols, threshold_policy, table_keys)
+    ledgers = _ledgers(reg, finished, finals, records, protocols, threshold_policy)
+    claims = _claims_by_scope(ledgers, table_keys)
     scopes = []
     for scope in sorted(by_scope, key=ScopeKey.sort_key):
         scope_runs = by_scope[scope]
@@ -783,42 +787,50 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
                       n_unfinished=len(runs) - len(all_finished),
                       sweeps=build_sweeps(reg, sweep_keys, all_finished, finals, protocols, threshold_policy),
                       threshold_policy=threshold_policy,
-                      variants=_variants(reg, finished, finals, records, protocols, threshold_policy, table_keys))
+                      variants=_variants(reg, finished, finals, records, ledgers, threshold_policy, table_keys))
+
+
+def _ledgers(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
+             records: Callable[..., pd.DataFrame] | None, protocols: Sequence[str],
+             threshold_policy: str) -> dict[str, list[Any]]:
+    """protocol -> the claims ledger (kdcicam.claims) of every table; {} without per-image records."""
+    if records is None or not runs:
+        return {}
+    from kdcicam.claims import evaluate_claims  # claims.py builds on this module
+
+    return {protocol: evaluate_claims(reg, runs, finals, records, protocol=protocol, threshold_policy=threshold_policy)
+            for protocol in protocols}
+
+
+def _claims_by_scope(ledgers: dict[str, list[Any]],
+                     table_keys: Sequence[str]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """(scope title, protocol) -> the ledger's rows of the shown tables that ran."""
+    out: dict[tuple[str, str], list[Any]] = {}
+    for protocol, ledger in ledgers.items():
+        for r in ledger:
+            if r.table in table_keys and r.status != "not run":
+                out.setdefault((r.scope, protocol), []).append(r)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def _variants(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
-              records: Callable[..., pd.DataFrame] | None, protocols: Sequence[str], threshold_policy: str,
+              records: Callable[..., pd.DataFrame] | None, ledgers: dict[str, list[Any]], threshold_policy: str,
               table_keys: Sequence[str]) -> dict[str, Any]:
-    """protocol -> the paper-vs-reference comparison of the shown tables (kdcicam.variants); only protocols
-    where some scope ran both variants."""
+    """protocol -> the paper-vs-reference comparison of the shown tables (kdcicam.variants), reusing the
+    ledgers' verdicts; only protocols where some scope ran both variants."""
     if records is None or not runs:
         return {}
     from kdcicam.variants import VariantAgreement, variant_agreement  # variants.py builds on this module
 
     out = {}
-    for protocol in protocols:
-        a = variant_agreement(reg, runs, finals, records, protocol=protocol, threshold_policy=threshold_policy)
+    for protocol, ledger in ledgers.items():
+        a = variant_agreement(reg, runs, finals, records, protocol=protocol, threshold_policy=threshold_policy,
+                              ledger=ledger)
         shown = VariantAgreement(tuple(d for d in a.deltas if d.table in table_keys),
                                  tuple(v for v in a.verdicts if v.table in table_keys))
         if shown:
             out[protocol] = shown
     return out
-
-
-def _claims_by_scope(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
-                     records: Callable[..., pd.DataFrame] | None, protocols: Sequence[str], threshold_policy: str,
-                     table_keys: Sequence[str]) -> dict[tuple[str, str], tuple[Any, ...]]:
-    """(scope title, protocol) -> the claims ledger's rows of the shown tables (kdcicam.claims)."""
-    if records is None or not runs:
-        return {}
-    from kdcicam.claims import evaluate_claims  # claims.py builds on this module
-
-    out: dict[tuple[str, str], list[Any]] = {}
-    for protocol in protocols:
-        for r in evaluate_claims(reg, runs, finals, records, protocol=protocol, threshold_policy=threshold_policy):
-            if r.table in table_keys and r.status != "not run":
-                out.setdefault((r.scope, protocol), []).append(r)
-    return {k: tuple(v) for k, v in out.items()}
 
 
 def report_json(data: ReportData) -> dict[str, Any]:
