@@ -21,7 +21,8 @@ from kdcicam.registry import DEFAULT_REGISTRY, load_registry
 from kdcicam.report import build_report, render, report_json
 from kdcicam.report.render import md_escape, tex_escape
 from kdcicam.report.stats import mean_std_ci, pareto_front
-from kdcicam.report.tables import ScopeKey, ablate_command
+from kdcicam.report.scatter import scatter_description, setting_means
+from kdcicam.report.tables import ScopeKey, ablate_command, provenance, scope_of, training_setting
 from kdcicam.store import open_store
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -234,6 +235,59 @@ def test_scatter_table_shows_the_best_run_and_counts_points(filled):
     # 3 seeds x (base, conpool, kd, cls teacher, loc teacher at 2 selections) + 10 grid runs
     assert len(points) == 3 * 6 + 10
     assert set(points["method"]) == {"Base (NL-CCAM)", "CI-CAM", "KD-CI-CAM", "cls teacher", "loc teacher"}
+
+
+def test_scatter_table_and_figure_read_each_setting_at_its_mean_over_seeds(filled):
+    # a second seed of the CI-CAM grid, 10 points lower in Top-1 Cls at every setting
+    with open_store(filled, clock=lambda: T0 + timedelta(days=1)) as store:
+        for i, (lr, epochs) in enumerate([(0.001, 10), (0.002, 10), (0.004, 10), (0.001, 20), (0.004, 20)]):
+            run_id = f"grid-ci{i}-s1"
+            store.get_or_create_run(run_id, config_hash="h" + run_id, role="student", profile="quick",
+                                    variant="reference", dataset="synthetic", dataset_fingerprint=FINGERPRINT,
+                                    seed=1, config=_config("student", True, 1, lr=lr, epochs=epochs),
+                                    labels={"figure1b": ["ci-cam"]})
+            store.claim_run(run_id, pid=1, host="box")
+            store.set_final_metrics(run_id, "paper", "last", "fixed", "test",
+                                    {"top1_cls": 0.50 + 0.03 * i, "top1_loc": 0.50 - 0.02 * i})
+            store.finish_run(run_id)
+    _, data = _report(filled, table_keys=["figure1b"])
+    t, ci = _row(data, "figure1b", "ci-cam")
+    # the best setting (i = 4) at its mean over the two seeds: (0.72 + 0.62) / 2; 10 runs
+    assert ci.values["top1_cls"].mean == pytest.approx(67.0) and ci.values["top1_cls"].n == 10
+    assert any("mean over seeds" in note for note in t.notes)
+    means = setting_means(data.scopes[0].points["paper"])
+    grid = means[(means["method"] == "CI-CAM") & (means["n_seeds"] == 2)].sort_values("top1_cls")
+    assert grid["top1_cls"].tolist() == pytest.approx([55.0, 58.0, 61.0, 64.0, 67.0])
+    assert grid["top1_loc"].tolist() == pytest.approx([50.0, 48.0, 46.0, 44.0, 42.0])
+    assert "a diamond is one training setting's mean" in scatter_description(data.scopes[0].points["paper"], "CUB")
+
+
+def test_provenance_keeps_a_dirty_tree_apart_from_its_commit(filled):
+    with open_store(filled) as store:
+        store.get_or_create_run("base9", config_hash="h9", role="student", profile="quick", variant="reference",
+                                dataset="synthetic", dataset_fingerprint=FINGERPRINT, seed=0,
+                                config=_config("student", False, 0), labels={"table3": ["base"]},
+                                git_commit="abc123def456+dirty")
+        store.claim_run("base9", pid=1, host="box")
+        store.set_final_metrics("base9", "paper", "last", "fixed", "test", {"top1_cls": 0.5})
+        store.finish_run("base9")
+        runs = [r for r in store.list_runs() if r.status == "finished"]
+    prov = provenance(scope_of(runs[0]), runs, "now")
+    assert prov.git_commits == ("abc123def456", "abc123def456+dirty")
+
+
+def test_training_setting_is_shared_by_the_seeds_of_one_training_only():
+    a0 = _config("distilled", True, 0, lr=0.001)
+    a0["teachers"] = {"cls_run": "c0", "loc_run": "l0"}
+    a1 = _config("distilled", True, 1, lr=0.001)
+    a1["teachers"] = {"cls_run": "c1", "loc_run": "l1"}
+    a1.setdefault("eval", {})["resize_grid"] = [96, 128]  # an audit, not part of the training
+    assert training_setting(a0) == training_setting(a1)
+    cls_only = json.loads(json.dumps(a0))
+    cls_only["teachers"]["loc_run"] = None
+    other_lr = _config("distilled", True, 0, lr=0.002)
+    other_lr["teachers"] = a0["teachers"]
+    assert len({training_setting(a0), training_setting(cls_only), training_setting(other_lr)}) == 3
 
 
 def test_a_rerun_of_a_seed_supersedes_the_older_run(filled):

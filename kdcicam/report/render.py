@@ -19,7 +19,7 @@ from markupsafe import Markup
 from kdcicam.fmt import fmt_signed, fmt_value, interval_text
 from kdcicam.registry import Registry
 from kdcicam.report.gallery import GALLERY_CELLS, GALLERY_TABLE, common_sample, gallery_columns, gallery_figure
-from kdcicam.report.scatter import cl_scatter
+from kdcicam.report.scatter import cl_scatter, scatter_description
 from kdcicam.report.sweep import SweepData, sweep_figure
 from kdcicam.report.tables import METRIC_LABELS, MetricValue, ReportData, RowData, ScopeData, paper_points
 
@@ -120,8 +120,9 @@ def mark(agree: bool | None) -> str:
 class FigureOut:
     file: str  # file name beside an md/latex report
     title: str
-    caption: str
+    caption: str  # provenance
     png: bytes
+    description: str = ""  # what the figure shows (its caption's first sentence)
 
     @property
     def data_uri(self) -> str:
@@ -149,7 +150,8 @@ def scope_views(data: ReportData, reg: Registry, *, figures: bool) -> list[Scope
                 title = f"C-L dilemma — {key.title} — {protocol} protocol"
                 png = cl_scatter(points, paper, title=title, paper_label=key.paper_label, subtitle=subtitle)
                 view.scatter[protocol] = None if png is None else FigureOut(
-                    file=f"cl-{key.slug}-{protocol}.png", title=title, caption=scope.provenance.line(), png=png)
+                    file=f"cl-{key.slug}-{protocol}.png", title=title, caption=scope.provenance.line(), png=png,
+                    description=scatter_description(points, key.paper_label))
             if GALLERY_TABLE in reg.tables:
                 columns, notes = gallery_columns(reg.tables[GALLERY_TABLE], scope.runs, GALLERY_CELLS)
                 ids = common_sample(columns)

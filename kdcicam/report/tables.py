@@ -16,6 +16,8 @@ validation split or on the test split itself (oracle) (:mod:`kdcicam.selection`)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 import math
 import re
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from kdcicam.config import NON_IDENTITY_KEYS
 from kdcicam.registry import METRICS, Cell, Registry, Scope, Table
 from kdcicam.report.stats import mean_std_ci
 from kdcicam.selection import DECISION_METRIC, TEACHER_DECISION_METRIC, EpochAudit, select_on_of
@@ -165,6 +168,12 @@ def config_value(config: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def _short_commit(commit: str) -> str:
+    """A commit as provenance shows it: 12 hex digits, and "+dirty" when the tree had uncommitted changes."""
+    head, plus, tail = commit.partition("+")
+    return head[:12] + plus + tail
+
+
 @dataclass(frozen=True)
 class Provenance:
     """What produced a table or figure: shown beside every one of them."""
@@ -227,7 +236,7 @@ def provenance(scope: ScopeKey, runs: Sequence[RunInfo], generated: str) -> Prov
         seeds=tuple(str(s) for s in sorted({r.seed for r in runs})),
         devices=_distinct(r.device for r in runs),
         torch_versions=_distinct(r.torch_version for r in runs),
-        git_commits=tuple(c[:12] for c in _distinct(r.git_commit for r in runs)),
+        git_commits=_distinct(_short_commit(r.git_commit) if r.git_commit else None for r in runs),
         n_runs=len(runs),
         generated=generated,
     )
@@ -393,15 +402,15 @@ def cell_frame(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
 
     Returns:
         Columns scope (ScopeKey), table, cell, seed, run_id, finished (ISO time), protocol, metric,
-        value (percent), setting (the run's training setting within a gridded cell: its values at the
-        grid's keys, e.g. "train.epochs=6, train.lr=0.001"; "" for a cell without a grid). Labels
-        naming a table or cell the registry lacks are skipped.
+        value (percent), setting (:func:`training_setting`: the same for every seed of one training).
+        Labels naming a table or cell the registry lacks are skipped.
     """
     index = _finals_index(finals, threshold_policy)
     rows = []
     for run in runs:
         scope = scope_of(run)
         finished = run.finished_at.isoformat() if run.finished_at else ""
+        setting = training_setting(run.config)
         for table_key, cells in run.labels.items():
             table = reg.tables.get(table_key)
             if table is None:
@@ -410,7 +419,6 @@ def cell_frame(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
                 cell = next((c for c in table.cells if c.key == cell_key), None)
                 if cell is None:
                     continue
-                setting = ", ".join(f"{key}={config_value(run.config, key)}" for key in sorted(cell.grid))
                 for protocol in PROTOCOL_NAMES:
                     for metric, value in index.get((run.id, protocol, cell.select), {}).items():
                         rows.append((scope, table_key, cell_key, run.seed, run.id, finished, protocol,
@@ -462,7 +470,7 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
         superseded: some seed of a cell had several runs (only the last finished is in ``values``).
 
     Returns:
-        The table: mean ± std over seeds for ordinary tables, the best run for scatter tables,
+        The table: mean ± std over seeds for ordinary tables, the best setting's mean for scatter tables,
         each beside the paper's number, with deltas against the reference row.
     """
     metrics = table.metrics + (() if EXTRA_METRIC in table.metrics else (EXTRA_METRIC,))
@@ -475,8 +483,9 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
         per_metric = {}
         for metric in metrics:
             vals = rows.loc[rows["metric"] == metric, "value"].to_numpy(float)
-            if scatter:
-                per_metric[metric] = (float(vals.max()) if vals.size else None, None, int(vals.size), None)
+            if scatter:  # the best training setting, each setting at its mean over seeds (as the claims judge)
+                by_setting = rows[rows["metric"] == metric].groupby("setting")["value"].mean()
+                per_metric[metric] = (float(by_setting.max()) if vals.size else None, None, int(vals.size), None)
                 continue
             mean, std, n, lo, hi = mean_std_ci(vals)
             per_metric[metric] = (None if n == 0 else mean, None if n < 2 else std, n,
@@ -516,7 +525,8 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
     missing = any(not row.ran for row in out_rows)
     notes = []
     if scatter:
-        notes.append("Each value is the best run of the cell (every run is a point of the C-L figure).")
+        notes.append("Each value is the cell's best training setting, at its mean over seeds (every run is a point "
+                     "of the C-L figure).")
     if protocol == "standard" and any(c.paper for c in table.cells):
         notes.append("The paper's numbers were measured with the paper's protocol.")
     if superseded:
@@ -540,8 +550,8 @@ def scatter_points(runs: Sequence[RunInfo], finals: pd.DataFrame, reg: Registry,
     selections), else at its last checkpoint; selections without Top-1 Cls are skipped.
 
     Returns:
-        Columns run_id, method, seed, selection, top1_cls, top1_loc, gt_known_loc (percent; NaN
-        where missing).
+        Columns run_id, method, seed, selection, setting (:func:`training_setting`), top1_cls,
+        top1_loc, gt_known_loc (percent; NaN where missing).
     """
     index = _finals_index(finals, threshold_policy)
     rows = []
@@ -558,9 +568,34 @@ def scatter_points(runs: Sequence[RunInfo], finals: pd.DataFrame, reg: Registry,
             values = index.get((run.id, protocol, selection), {})
             if "top1_cls" not in values:
                 continue
-            rows.append((run.id, run_method(run), f"seed {run.seed}", selection,
+            rows.append((run.id, run_method(run), f"seed {run.seed}", selection, training_setting(run.config),
                          *(values.get(m, math.nan) for m in POINT_METRICS)))
-    return pd.DataFrame(rows, columns=["run_id", "method", "seed", "selection", *POINT_METRICS])
+    return pd.DataFrame(rows, columns=["run_id", "method", "seed", "selection", "setting", *POINT_METRICS])
+
+
+# what differs between the seeds of one training setting: the seed, and the teacher runs of that seed
+# (whether a teacher is there is part of the setting)
+_SEED_KEY = "train.seed"
+_TEACHER_RUN_KEYS = ("teachers.cls_run", "teachers.loc_run")
+
+
+def training_setting(config: dict[str, Any]) -> str:
+    """A short key naming a run's training setting, the same for every seed of it: the hash of its
+    stored config without the seed, with each teacher run reduced to whether there is one, and
+    without what is not part of a run's identity (:data:`kdcicam.config.NON_IDENTITY_KEYS`)."""
+    def strip(node: Any, prefix: str) -> Any:
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for k, v in node.items():
+            dotted = f"{prefix}{k}"
+            if dotted == _SEED_KEY or dotted in NON_IDENTITY_KEYS:
+                continue
+            out[k] = (v is not None) if dotted in _TEACHER_RUN_KEYS else strip(v, f"{dotted}.")
+        return out
+
+    text = json.dumps(strip(config, ""), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def paper_points(reg: Registry, paper_scope: str, table_keys: Sequence[str]) -> pd.DataFrame:
