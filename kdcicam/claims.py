@@ -43,6 +43,15 @@ from kdcicam.report.stats import mean_std_ci, paired_bootstrap_ci, seeds_needed
 from kdcicam.report.tables import ScopeKey, cell_frame, latest_per_seed
 from kdcicam.store import RunInfo
 
+# How the ledger's numbers read: the legend under every claims table (report, ``kdcicam claims --md``)
+LEDGER_NOTE = ("Δ in percentage points, claimed cell minus the other; ours = mean over seeds; 95 % intervals over "
+               "the per-seed differences (Student t; one seed: paired bootstrap over images) and, paired per image, "
+               "over the test images (the per-image difference averaged over seeds); seeds for paper Δ: paired "
+               "seeds a t test needs to detect the paper's Δ with 80 % power at our seed-to-seed spread; holds / "
+               "does not hold: the seed interval lies on one side of zero. Figure 1(b)'s claims (best-of-settings): "
+               "ours Δ is the margin in points by which the claim holds (> 0) or fails, on each training setting's "
+               "mean over the seeds that ran every setting.")
+
 FLAG_OF = {"top1_cls": "correct_top1_cls", "top5_cls": "correct_top5_cls", "top1_loc": "correct_top1_loc",
            "top5_loc": "correct_top5_loc", "gt_known_loc": "correct_gt_known"}
 

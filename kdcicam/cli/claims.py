@@ -106,11 +106,9 @@ def tally(results) -> str:
 
 def ledger_markdown(results, protocol: str, threshold_policy: str, oracle: str = "") -> str:
     """The ledger as a Markdown table: one row per claim, scope and metric (Δ in percentage points)."""
-    lines = [f"Claims ledger: {protocol} protocol, θ {threshold_policy}{oracle}. Δ in percentage points (claimed "
-             "cell minus the other), ours = mean over seeds; seed interval: Student t over the per-seed "
-             "differences (one seed: paired bootstrap over images); per-image: paired bootstrap over test "
-             "images of the per-image difference averaged over seeds; seeds for paper Δ: paired seeds a t test "
-             "needs to detect the paper's Δ with 80 % power at our seed-to-seed spread.", "",
+    from kdcicam.claims import LEDGER_NOTE
+
+    lines = [f"Claims ledger: {protocol} protocol, θ {threshold_policy}{oracle}. {LEDGER_NOTE}", "",
              "| claim | scope | metric | selection | paper Δ | ours Δ | 95 % interval (seeds) | n | "
              "95 % interval (per image) | seeds for paper Δ | status |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

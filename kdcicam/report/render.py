@@ -224,6 +224,8 @@ class Rendered:
 
 
 def _environment() -> jinja2.Environment:
+    from kdcicam.claims import LEDGER_NOTE  # claims.py builds on the report's tables
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("kdcicam.report", "templates"),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=True,
@@ -234,6 +236,7 @@ def _environment() -> jinja2.Environment:
                        ours=ours_text, delta=delta_text, paper=paper_text, best=best_text, audit=audit_text,
                        thetas=thetas_text, count=count_text, interval=interval_text,
                        label=metric_label, trim_float=lambda x: f"{x:g}")
+    env.globals["ledger_note"] = LEDGER_NOTE
     return env
 
 
