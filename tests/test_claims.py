@@ -221,6 +221,20 @@ def test_a_seed_still_training_is_left_out_of_the_setting_means(store):
     assert (r.status, r.ours_delta, r.n_seeds, r.interval) == ("holds", pytest.approx(20.0), 1, "best-of-settings")
 
 
+def test_the_ledger_prints_one_table_per_scope(store, capsys):
+    from kdcicam.cli import main
+
+    for fp in ("fpA", "fpB"):  # two datasets: two scopes
+        _run(store, f"base{fp}", "table3", "base", 0, {"top1_loc": 0.40}, fingerprint=fp)
+        _run(store, f"pool{fp}", "table3", "conpool", 0, {"top1_loc": 0.45}, fingerprint=fp)
+    with pytest.raises(SystemExit) as done:
+        main(["claims", "--db", store.url])
+    out = capsys.readouterr().out
+    assert done.value.code in (0, None)
+    assert out.count("claims ledger: ") == 2 and "(data fpA)" in out and "(data fpB)" in out
+    assert "rows: " in out.splitlines()[-1]
+
+
 def test_tally_counts_each_status():
     from types import SimpleNamespace as NS
 

@@ -82,19 +82,20 @@ def claims_cmd(
     if as_md:
         typer.echo(ledger_markdown(results, protocol, threshold_policy, oracle))
         return
-    t = Table(title=f"claims ledger ({protocol} protocol, θ {threshold_policy}; Δ in percentage points, "
-                    f"ours = mean over seeds, 95% interval){oracle}")
-    for col in ("claim", "scope", "metric", "θ policy", "selection", "paper Δ", "ours Δ", "95% interval", "n",
-                "per-image paired 95%", "seeds for paper Δ", "status"):
-        t.add_column(col)
-    for r in results:
-        interval = f"{interval_text(r.ci_lo, r.ci_hi)} {r.interval}" if r.ci_lo is not None else r.interval
-        images = interval_text(r.image_ci_lo, r.image_ci_hi)
-        t.add_row(r.text, r.scope, r.metric, r.threshold_policy, f"{r.selection} on {r.select_on}",
-                  fmt_signed(r.paper_delta), fmt_signed(r.ours_delta), interval, str(r.n_seeds), images, _needed(r),
-                  f"[{_STYLE[r.status]}]{r.status}[/]")
     console = Console(width=220)
-    console.print(t)
+    for scope in dict.fromkeys(r.scope for r in results):  # one table per scope, in the ledger's order
+        t = Table(title=f"claims ledger: {scope}\n({protocol} protocol, θ {threshold_policy}; Δ in percentage "
+                        f"points, ours = mean over seeds, 95% interval){oracle}")
+        for col in ("claim", "metric", "selection", "paper Δ", "ours Δ", "95% interval", "n",
+                    "per-image paired 95%", "seeds for paper Δ", "status"):
+            t.add_column(col)
+        for r in (r for r in results if r.scope == scope):
+            interval = f"{interval_text(r.ci_lo, r.ci_hi)} {r.interval}" if r.ci_lo is not None else r.interval
+            images = interval_text(r.image_ci_lo, r.image_ci_hi)
+            t.add_row(r.text, r.metric, f"{r.selection} on {r.select_on}", fmt_signed(r.paper_delta),
+                      fmt_signed(r.ours_delta), interval, str(r.n_seeds), images, _needed(r),
+                      f"[{_STYLE[r.status]}]{r.status}[/]")
+        console.print(t)
     console.print(tally(results), highlight=False)
 
 
