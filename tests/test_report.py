@@ -283,6 +283,8 @@ def test_training_setting_is_shared_by_the_seeds_of_one_training_only():
     a1["teachers"] = {"cls_run": "c1", "loc_run": "l1"}
     a1.setdefault("eval", {})["resize_grid"] = [96, 128]  # an audit, not part of the training
     assert training_setting(a0) == training_setting(a1)
+    a1["eval"]["theta_metric"] = "gt_known_loc"  # a key added later, stored at its default: the same setting
+    assert training_setting(a0) == training_setting(a1)
     cls_only = json.loads(json.dumps(a0))
     cls_only["teachers"]["loc_run"] = None
     other_lr = _config("distilled", True, 0, lr=0.002)

@@ -16,6 +16,7 @@ validation split or on the test split itself (oracle) (:mod:`kdcicam.selection`)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from kdcicam.config import NON_IDENTITY_KEYS
+from kdcicam.config import IDENTITY_IF_SET_KEYS, NON_IDENTITY_KEYS, RunConfig, to_dict
 from kdcicam.registry import METRICS, Cell, Registry, Scope, Table
 from kdcicam.report.stats import mean_std_ci
 from kdcicam.selection import DECISION_METRIC, TEACHER_DECISION_METRIC, EpochAudit, select_on_of
@@ -579,10 +580,18 @@ _SEED_KEY = "train.seed"
 _TEACHER_RUN_KEYS = ("teachers.cls_run", "teachers.loc_run")
 
 
+@functools.cache
+def _default_config() -> dict[str, Any]:
+    return to_dict(RunConfig())
+
+
 def training_setting(config: dict[str, Any]) -> str:
     """A short key naming a run's training setting, the same for every seed of it: the hash of its
     stored config without the seed, with each teacher run reduced to whether there is one, and
-    without what is not part of a run's identity (:data:`kdcicam.config.NON_IDENTITY_KEYS`)."""
+    without what is not part of a run's identity (:data:`kdcicam.config.NON_IDENTITY_KEYS`, and
+    :data:`kdcicam.config.IDENTITY_IF_SET_KEYS` at their defaults or not stored)."""
+    defaults = _default_config()
+
     def strip(node: Any, prefix: str) -> Any:
         if not isinstance(node, dict):
             return node
@@ -590,6 +599,8 @@ def training_setting(config: dict[str, Any]) -> str:
         for k, v in node.items():
             dotted = f"{prefix}{k}"
             if dotted == _SEED_KEY or dotted in NON_IDENTITY_KEYS:
+                continue
+            if dotted in IDENTITY_IF_SET_KEYS and v == config_value(defaults, dotted):
                 continue
             out[k] = (v is not None) if dotted in _TEACHER_RUN_KEYS else strip(v, f"{dotted}.")
         return out
