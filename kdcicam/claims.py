@@ -20,7 +20,8 @@ power at our seed-to-seed spread (``seeds_needed``): whether "inconclusive" mean
 here" or "too few seeds to tell". A
 ``pareto`` claim (Figure 1(b)) holds when one training setting of the claimed cell beats every setting of
 the other cell on both metrics at once; a ``dilemma`` claim holds when no setting of its cell is the best
-on both (each setting judged on its mean over seeds, and each seed's runs alone).
+on both: each setting at its mean over seeds, with a per-image bootstrap interval of the margin (the
+status rests on it), and each seed's runs alone.
 
 Every result names what it was measured under: the protocol, the threshold policy (``fixed`` θ,
 θ chosen on ``val``idation, or the test-chosen ``oracle`` θ: an upper bound, never a verdict a
@@ -50,7 +51,8 @@ LEDGER_NOTE = ("Δ in percentage points, claimed cell minus the other; ours = me
                "seeds a t test needs to detect the paper's Δ with 80 % power at our seed-to-seed spread; holds / "
                "does not hold: the seed interval lies on one side of zero. Figure 1(b)'s claims (best-of-settings): "
                "ours Δ is the margin in points by which the claim holds (> 0) or fails, on each training setting's "
-               "mean over the seeds that ran every setting.")
+               "mean over the seeds that ran every setting; its per-image interval resamples the test images of "
+               "every run at once and the status rests on it; \"holds in k of n seeds\" judges each seed alone.")
 
 FLAG_OF = {"top1_cls": "correct_top1_cls", "top5_cls": "correct_top5_cls", "top1_loc": "correct_top1_loc",
            "top5_loc": "correct_top5_loc", "gt_known_loc": "correct_gt_known"}
@@ -281,11 +283,16 @@ def claim_result(reg: Registry, claim: Claim, scope: ScopeKey, sub: pd.DataFrame
     vals = sub[sub["metric"] == metric]
     a = vals[vals["cell"] == claim.cell]
     b = vals[vals["cell"] == claim.versus]
-    if claim.kind == "pareto" and not (a.empty or b.empty):
-        return _best_of_runs(base, claim, sub)
-    if claim.kind == "dilemma":
-        return _best_of_runs({**base, "paper_delta": None}, claim, sub)
     cells = reg.tables[claim.table]
+    if claim.kind in ("pareto", "dilemma"):
+        def cell_records(run_id: str, cell: str) -> pd.DataFrame:
+            return records(run_id, protocol, cells.cell(cell).select)
+
+        if claim.kind == "pareto" and (a.empty or b.empty):
+            return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
+                               status="not run")
+        return _best_of_settings(base if claim.kind == "pareto" else {**base, "paper_delta": None}, claim, sub,
+                                 cell_records, n_resamples)
     d = paired_delta(a, b, metric, lambda run: records(run, protocol, cells.cell(claim.cell).select),
                      lambda run: records(run, protocol, cells.cell(claim.versus).select), n_resamples)
     if d.mean is None:
@@ -319,15 +326,85 @@ def per_image_interval(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], flag:
     return round(100.0 * lo, 4), round(100.0 * hi, 4)
 
 
-def _points(sub: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """One point per (cell, training setting): the setting's mean over its seeds of metrics ``x`` and
-    ``y`` (a rerun supersedes: the latest run per cell, setting and seed counts). Index (cell, setting)."""
-    rows = sub[sub["metric"].isin([x, y])]
-    if rows.empty:
-        return pd.DataFrame(columns=[x, y])
-    latest = (rows.sort_values(["finished", "run_id"])
-              .drop_duplicates(["cell", "setting", "seed", "metric"], keep="last"))
-    return latest.pivot_table(index=["cell", "setting"], columns="metric", values="value", aggfunc="mean").dropna()
+def _latest_runs(sub: pd.DataFrame) -> pd.DataFrame:
+    """One run per (cell, setting, seed): the one finished last (a rerun supersedes). Columns cell,
+    setting, seed, run_id."""
+    runs = sub.sort_values(["finished", "run_id"]).drop_duplicates(["cell", "setting", "seed"], keep="last")
+    return runs[["cell", "setting", "seed", "run_id"]]
+
+
+def _setting_arrays(values: pd.DataFrame, cells: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """``values`` (columns cell, setting, value: one (R,) array per run) averaged over seeds per setting:
+    cell -> (R, S) setting means. None when a cell has no run."""
+    out = {}
+    for cell in cells:
+        rows = values[values["cell"] == cell]
+        if rows.empty:
+            return None
+        out[cell] = np.stack([np.stack(list(g["value"])).mean(axis=0)
+                              for _, g in rows.groupby("setting", sort=True)], axis=-1)  # (R, S)
+    return out
+
+
+def _margin(claim: Claim, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The Figure 1(b) margin (points) for R draws at once: ``x[cell]``, ``y[cell]`` are (R, S) setting means.
+
+    pareto: by how much the claimed cell's best setting beats every setting of ``claim.versus`` on its
+    weaker axis (> 0: one setting is better at both). dilemma: the smaller of the best-x setting's
+    shortfall in y and the best-y setting's shortfall in x (ties taken in favour of one setting being
+    the best at both; > 0: none is). None for a dilemma of fewer than two settings.
+    """
+    if claim.kind == "pareto":
+        ours_x, ours_y, theirs_x, theirs_y = x[claim.cell], y[claim.cell], x[claim.versus], y[claim.versus]
+        return np.minimum(ours_x - theirs_x.max(axis=1, keepdims=True),
+                          ours_y - theirs_y.max(axis=1, keepdims=True)).max(axis=1)  # (R,)
+    xs, ys = x[claim.cell], y[claim.cell]  # (R, S)
+    if xs.shape[1] < 2:
+        return None
+    y_at_best_x = np.where(xs == xs.max(axis=1, keepdims=True), ys, -np.inf).max(axis=1)  # (R,)
+    x_at_best_y = np.where(ys == ys.max(axis=1, keepdims=True), xs, -np.inf).max(axis=1)
+    return np.minimum(ys.max(axis=1) - y_at_best_x, xs.max(axis=1) - x_at_best_y)
+
+
+def _stored_margin(claim: Claim, sub: pd.DataFrame, cells: Sequence[str]) -> float | None:
+    """The margin on the stored metrics (percent) of ``sub``'s runs, each setting at its mean over seeds."""
+    runs = _latest_runs(sub)
+    wide = sub.pivot_table(index="run_id", columns="metric", values="value", aggfunc="last")
+    if any(m not in wide for m in claim.metrics[:2]):
+        return None
+    wide = wide[list(claim.metrics[:2])].dropna()
+    runs = runs[runs["run_id"].isin(wide.index)]
+    x, y = (_setting_arrays(runs.assign(value=[wide.loc[r, m:m].to_numpy(float) for r in runs["run_id"]]), cells)
+            for m in claim.metrics[:2])
+    margin = None if x is None or y is None else _margin(claim, x, y)
+    return None if margin is None else float(margin[0])
+
+
+def _margin_interval(claim: Claim, sub: pd.DataFrame, cells: Sequence[str],
+                     records: Callable[[str, str], pd.DataFrame],
+                     n_resamples: int) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval (points) of the margin over the test images: each resample draws
+    the same images for every run, then every run's two metrics, each setting's mean over seeds and
+    the margin are computed again. (None, None) unless every run has per-image records."""
+    flags = [FLAG_OF.get(m) for m in claim.metrics[:2]]
+    runs = _latest_runs(sub)
+    if None in flags or runs.empty:
+        return None, None
+    frames = [records(str(r.run_id), str(r.cell)) for r in runs.itertuples()]
+    if any(not len(f) for f in frames):
+        return None, None
+    ids = sorted(set.intersection(*(set(f["image_id"]) for f in frames)))
+    if not ids:
+        return None, None
+    idx = np.random.default_rng(0).integers(0, len(ids), size=(n_resamples, len(ids)))  # (R, N)
+    x, y = (_setting_arrays(runs.assign(value=[100.0 * f.set_index("image_id").loc[ids, flag].to_numpy(float)[idx]
+                                               .mean(axis=1) for f in frames]), cells)  # per run: (R,)
+            for flag in flags)
+    margin = None if x is None or y is None else _margin(claim, x, y)
+    if margin is None:
+        return None, None
+    lo, hi = np.percentile(margin, [2.5, 97.5])
+    return round(float(lo), 4), round(float(hi), 4)
 
 
 def _complete_seeds(sub: pd.DataFrame, cells: Sequence[str]) -> pd.DataFrame:
@@ -343,55 +420,36 @@ def _complete_seeds(sub: pd.DataFrame, cells: Sequence[str]) -> pd.DataFrame:
     return sub[sub["seed"].isin(complete or started)]
 
 
-def _pareto_margin(claim: Claim, points: pd.DataFrame) -> float | None:
-    """The claimed cell's best point's margin over the other cell's best point on its weaker axis
-    (points): > 0 when one setting of ``claim.cell`` beats every setting of ``claim.versus`` on both
-    metrics at once."""
-    x, y = claim.metrics[0], claim.metrics[1]
-    cells = set(points.index.get_level_values(0)) if not points.empty else set()
-    if x not in points or y not in points or not {claim.cell, claim.versus} <= cells:
-        return None
-    ours, theirs = points.loc[claim.cell], points.loc[claim.versus]
-    margins = np.minimum(ours[x].to_numpy() - float(theirs[x].max()), ours[y].to_numpy() - float(theirs[y].max()))
-    return float(margins.max())
-
-
-def _dilemma_margin(claim: Claim, points: pd.DataFrame) -> float | None:
-    """How far the cell's settings are from one being the best on both metrics (points): the smaller
-    of the best-x setting's shortfall in y and the best-y setting's shortfall in x. > 0: no setting is
-    best at both."""
-    x, y = claim.metrics[0], claim.metrics[1]
-    cells = set(points.index.get_level_values(0)) if not points.empty else set()
-    if x not in points or y not in points or claim.cell not in cells:
-        return None
-    wide = points.loc[claim.cell]
-    if len(wide) < 2:
-        return None
-    best_x, best_y = wide[x].idxmax(), wide[y].idxmax()
-    return float(min(wide[y].max() - wide.loc[best_x, y], wide[x].max() - wide.loc[best_y, x]))
-
-
-def _best_of_runs(base: dict, claim: Claim, sub: pd.DataFrame) -> ClaimResult:
+def _best_of_settings(base: dict, claim: Claim, sub: pd.DataFrame, records: Callable[[str, str], pd.DataFrame],
+                      n_resamples: int) -> ClaimResult:
     """A claim about a scatter of training settings (``pareto``: one setting of ``claim.cell`` reaches
     every setting of ``claim.versus`` on both metrics at once; ``dilemma``: no setting of ``claim.cell``
-    is the best on both), as the paper's figure draws one point per training. Judged on each setting's
-    mean over the seeds (pooling every seed's run as a point of its own would add the seed-to-seed
-    spread to the settings' spread) and, with several seeds, on each seed's runs alone (the interval
-    text says in how many seeds it holds). Only the seeds in which the claim's cells ran every setting
-    count (see :func:`_complete_seeds`)."""
-    x, y = claim.metrics[0], claim.metrics[1]
-    base = {**base, "metric": f"{x} & {y}"}
-    margin_of = _pareto_margin if claim.kind == "pareto" else _dilemma_margin
-    sub = _complete_seeds(sub, [claim.cell] + ([claim.versus] if claim.kind == "pareto" else []))
-    margin = margin_of(claim, _points(sub, x, y))
+    is the best on both), as the paper's figure draws one point per training.
+
+    Judged on each setting's mean over the seeds (pooling every seed's run as a point of its own would
+    add the seed-to-seed spread to the settings' spread), with a per-image interval of the margin
+    (test-sample noise; the status rests on it when every run has per-image records) and, with several
+    seeds, on each seed's runs alone ("holds in k of n seeds": training noise). Only the seeds in which
+    the claim's cells ran every setting count (:func:`_complete_seeds`).
+
+    ``records(run_id, cell)``: the run's per-image test records at the cell's checkpoint selection.
+    """
+    base = {**base, "metric": " & ".join(claim.metrics[:2])}
+    cells = [claim.cell] + ([claim.versus] if claim.kind == "pareto" else [])
+    sub = _complete_seeds(sub[sub["metric"].isin(claim.metrics[:2])], cells)
+    margin = _stored_margin(claim, sub, cells)
     if margin is None:
         return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
                            status="not run")
     per_seed = [m for seed in sorted(set(sub["seed"]))
-                if (m := margin_of(claim, _points(sub[sub["seed"] == seed], x, y))) is not None]
+                if (m := _stored_margin(claim, sub[sub["seed"] == seed], cells)) is not None]
     interval = ("best-of-settings" + (f" (mean of {len(per_seed)} seeds); holds in {sum(m > 0 for m in per_seed)}"
                                       f" of {len(per_seed)} seeds" if len(per_seed) > 1 else ""))
-    # a margin of 0: a tie (pareto), or one setting is the best at both (dilemma: does not hold)
-    status = "holds" if margin > 0 else "does not hold" if margin < 0 or claim.kind == "dilemma" else "inconclusive"
+    lo, hi = _margin_interval(claim, sub, cells, records, n_resamples)
+    if lo is not None and hi is not None:
+        status = "holds" if lo > 0 else "does not hold" if hi <= 0 else "inconclusive"
+    else:  # a margin of 0: a tie (pareto), or one setting is the best at both (dilemma: does not hold)
+        status = ("holds" if margin > 0 else "does not hold" if margin < 0 or claim.kind == "dilemma"
+                  else "inconclusive")
     return ClaimResult(**base, ours_delta=round(margin, 4), ci_lo=None, ci_hi=None, n_seeds=len(per_seed),
-                       interval=interval, status=status)
+                       interval=interval, status=status, image_ci_lo=lo, image_ci_hi=hi)

@@ -221,6 +221,66 @@ def test_a_seed_still_training_is_left_out_of_the_setting_means(store):
     assert (r.status, r.ours_delta, r.n_seeds, r.interval) == ("holds", pytest.approx(20.0), 1, "best-of-settings")
 
 
+def _firsts(k, n=200):
+    return [i < k for i in range(n)]
+
+
+def test_a_dilemma_margin_gets_a_per_image_interval_and_its_status_rests_on_it(store):
+    # 200 test images. Setting lr 0.001: cls right on the first 160 (80 %), loc on the first 60 (30 %);
+    # lr 0.002: cls 120 (60 %), loc 100 (50 %). Margin +20; every resample keeps the order -> holds.
+    for lr, cls, loc in ((0.001, 160, 60), (0.002, 120, 100)):
+        _run(store, f"big{lr}", "figure1b", "ci-cam", 0, {"top1_cls": cls / 200, "top1_loc": loc / 200},
+             {"correct_top1_cls": _firsts(cls), "correct_top1_loc": _firsts(loc)}, lr=lr)
+    r = _pick(_ledger(store), "ci-cam-cl-dilemma", "top1_cls & top1_loc")
+    assert r.ours_delta == pytest.approx(20.0) and r.status == "holds" and r.image_ci_lo > 10
+
+
+def test_a_one_point_dilemma_is_within_test_sample_noise(store):
+    # lr 0.001: cls 122 of 200, loc 98; lr 0.002: cls 120, loc 100: margin +1 point, carried by two images on
+    # each axis (images 120-121 for cls, 98-99 for loc). A resample without either pair has a tie, where one
+    # setting is the best at both (margin 0): about e^-2 = 14 % of resamples, so the interval starts at 0.
+    for lr, cls, loc in ((0.001, 122, 98), (0.002, 120, 100)):
+        _run(store, f"small{lr}", "figure1b", "ci-cam", 0, {"top1_cls": cls / 200, "top1_loc": loc / 200},
+             {"correct_top1_cls": _firsts(cls), "correct_top1_loc": _firsts(loc)}, lr=lr)
+    r = _pick(_ledger(store), "ci-cam-cl-dilemma", "top1_cls & top1_loc")
+    assert r.ours_delta == pytest.approx(1.0) and r.image_ci_lo == 0.0 and r.image_ci_hi > 0
+    assert r.status == "inconclusive"
+
+
+def test_a_pareto_margin_interval_resamples_the_same_images_for_every_run(store):
+    # KD-CI-CAM's one setting is right wherever CI-CAM's best settings are, and on 10 images more on each axis:
+    # the margin (+5 points) holds in every resample (the runs are paired by image).
+    for lr, cls, loc in ((0.001, 160, 60), (0.002, 120, 100)):
+        _run(store, f"ci{lr}", "figure1b", "ci-cam", 0, {"top1_cls": cls / 200, "top1_loc": loc / 200},
+             {"correct_top1_cls": _firsts(cls), "correct_top1_loc": _firsts(loc)}, lr=lr)
+    _run(store, "kd0.001", "figure1b", "kd-ci-cam", 0, {"top1_cls": 170 / 200, "top1_loc": 110 / 200},
+         {"correct_top1_cls": _firsts(170), "correct_top1_loc": _firsts(110)}, lr=0.001)
+    r = _pick(_ledger(store), "kd-escapes-cl-dilemma", "top1_cls & top1_loc")
+    assert r.ours_delta == pytest.approx(5.0) and r.status == "holds" and r.image_ci_lo > 0
+
+
+def test_margins_by_hand():
+    import numpy as np
+    from types import SimpleNamespace as NS
+
+    from kdcicam.claims import _margin
+
+    dilemma = NS(kind="dilemma", cell="c", versus="", metrics=["x", "y"])
+    # settings (x, y): (80, 30), (60, 50) -> +20; a tie on x where one of the tied settings is also best on y:
+    # (70, 40), (70, 45), (60, 44) -> 0 (setting 2 is the best at both)
+    x = {"c": np.array([[80.0, 60.0]])}
+    y = {"c": np.array([[30.0, 50.0]])}
+    assert _margin(dilemma, x, y).tolist() == [20.0]
+    tied = _margin(dilemma, {"c": np.array([[70.0, 70.0, 60.0]])}, {"c": np.array([[40.0, 45.0, 44.0]])})
+    assert tied.tolist() == [0.0]
+    assert _margin(dilemma, {"c": np.array([[70.0]])}, {"c": np.array([[40.0]])}) is None  # one setting
+    pareto = NS(kind="pareto", cell="k", versus="c", metrics=["x", "y"])
+    # k's settings (82, 52), (90, 40) against c's best x 80 and best y 50: min(2, 2) = 2, min(10, -10) = -10 -> 2
+    got = _margin(pareto, {"k": np.array([[82.0, 90.0]]), "c": np.array([[80.0, 60.0]])},
+                  {"k": np.array([[52.0, 40.0]]), "c": np.array([[30.0, 50.0]])})
+    assert got.tolist() == [2.0]
+
+
 def test_the_ledger_prints_one_table_per_scope(store, capsys):
     from kdcicam.cli import main
 
