@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from kdcicam.claims import evaluate_claims
+from kdcicam.claims import ProtocolPair, evaluate_claims
 from kdcicam.registry import load_registry
 from kdcicam.store import open_store
 
@@ -157,6 +159,8 @@ def test_both_protocols_side_by_side_with_the_share_kept(store, capsys):
     assert (loc.paper.protocol, loc.standard.protocol) == ("paper", "standard")
     assert loc.paper.ours_delta == pytest.approx(10.0) and loc.standard.ours_delta == pytest.approx(5.0)
     assert loc.kept == pytest.approx(0.5) and loc.same_verdict is True
+    # a paper-protocol change against the paper's sign is no gain: no share of it is kept
+    assert ProtocolPair(dataclasses.replace(loc.paper, ours_delta=-10.0), loc.standard).kept is None
     kd = next(p for p in pairs if p.paper.claim == "kd-improves-cls-and-loc")
     assert kd.kept is None and kd.same_verdict is None  # never ran
     url = store.url
