@@ -398,7 +398,7 @@ def test_claims_name_their_threshold_and_selection_policy(tmp_path):
     row = next(line for line in md.stdout.splitlines() if "top1_loc" in line and "context pool" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
     # fixed θ: per-seed differences +3, -1 -> mean +1, sd 2.828, t(1) 12.706 x 2.828 / sqrt(2) = 25.41
-    assert cells[2:8] == ["top1_loc", "last / last on val", "+0.9", "+1.0", "[−24.4, +26.4]", "2"]
+    assert cells[1:7] == ["top1_loc", "last / last on val", "+0.9", "+1.0", "[−24.4, +26.4]", "2"]  # no scope column
     assert cells[-1] == "inconclusive"
     bad = CliRunner().invoke(app, ["--db", url, "--threshold-policy", "best"])
     assert "--threshold-policy 'best': must be one of fixed, val, oracle" in str(bad.exception)
