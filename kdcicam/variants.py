@@ -49,7 +49,7 @@ class VariantDelta:
     protocol: str
     threshold_policy: str
     metric: str
-    paper_value: float | None  # mean over the paper variant's seeds (percent)
+    paper_value: float | None  # mean over the seeds both variants ran (percent; all its seeds if one did not run)
     reference_value: float | None
     delta: float | None  # mean over the seeds both ran of the per-seed difference
     ci_lo: float | None
@@ -203,6 +203,9 @@ def _cell_delta(title: str, table: str, cell: str, name: str, select: str, metri
         return records(run_id, protocol, select, threshold_policy)
 
     d = paired_delta(a, b, metric, of_run, of_run, n_resamples)
+    paired = set(a["seed"]) & set(b["seed"])
+    if paired:  # the values shown are over the seeds Δ pairs, so that Δ = paper − reference reads off them
+        a, b = a[a["seed"].isin(paired)], b[b["seed"].isin(paired)]
     return VariantDelta(scope=title, table=table, cell=cell, name=name, protocol=protocol,
                         threshold_policy=threshold_policy, metric=metric, paper_value=_mean(a),
                         reference_value=_mean(b), delta=d.mean, ci_lo=d.ci_lo, ci_hi=d.ci_hi, n_seeds=d.n_seeds,

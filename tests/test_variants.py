@@ -82,6 +82,17 @@ def test_nothing_to_compare_without_both_variants_of_a_scope(store):
     assert not agreement and agreement.to_dict() == {"deltas": [], "verdicts": []}
 
 
+def test_the_values_shown_are_over_the_seeds_the_difference_pairs(store):
+    # the reference ran seeds 0-2 (30, 40, 50), the paper variant seed 0 only (35): Δ +5 on seed 0, and the
+    # values beside it are seed 0's (35 and 30), not the reference's mean over three seeds (40)
+    for seed, value in enumerate((0.30, 0.40, 0.50)):
+        _run(store, f"rb{seed}00000", "reference", "base", seed, {"top1_loc": value})
+    _run(store, "pb000000", "paper", "base", 0, {"top1_loc": 0.35})
+    d = next(d for d in _agreement(store).deltas if d.cell == "base" and d.metric == "top1_loc")
+    assert (d.paper_value, d.reference_value, d.delta, d.n_seeds) == (pytest.approx(35.0), pytest.approx(30.0),
+                                                                      pytest.approx(5.0), 1)
+
+
 def test_a_cell_only_one_variant_ran_is_listed_without_a_difference(store):
     _run(store, "rb000000", "reference", "base", 0, {"top1_loc": 0.30})
     _run(store, "pb000000", "paper", "base", 0, {"top1_loc": 0.35})
