@@ -179,11 +179,15 @@ def variant_agreement(
                         continue
                     deltas.append(_cell_delta(title, table.key, cell.key, cell.name, cell.select, metric, a, b,
                                               protocol, threshold_policy, records, n_resamples))
+            # each claim judged on the seeds both variants ran (the same evidence under both); a ledger
+            # verdict is reused only when it rests on exactly those seeds
+            seeds = set(sub_p["seed"]) & set(sub_r["seed"])
+            reuse = {scope: set(sub["seed"]) == seeds for scope, sub in ((paper_scope, sub_p), (ref_scope, sub_r))}
             for claim in table.claims:
                 selection = f"{table.cell(claim.cell).select} / {table.cell(claim.versus).select}"
                 for metric in claim.metrics:
-                    pair = [judged.get((scope.title, claim.key, metric))
-                            or claim_result(reg, claim, scope, sub, metric, protocol,
+                    pair = [(judged.get((scope.title, claim.key, metric)) if reuse[scope] else None)
+                            or claim_result(reg, claim, scope, sub[sub["seed"].isin(seeds)], metric, protocol,
                                             (selection, scope.select_on, threshold_policy), records, n_resamples)
                             for scope, sub in ((paper_scope, sub_p), (ref_scope, sub_r))]
                     verdicts.append(VerdictPair(title, table.key, claim.key, claim.text, protocol, threshold_policy,

@@ -91,6 +91,12 @@ def test_the_values_shown_are_over_the_seeds_the_difference_pairs(store):
     d = next(d for d in _agreement(store).deltas if d.cell == "base" and d.metric == "top1_loc")
     assert (d.paper_value, d.reference_value, d.delta, d.n_seeds) == (pytest.approx(35.0), pytest.approx(30.0),
                                                                       pytest.approx(5.0), 1)
+    # and each claim is judged under both variants on that seed alone (the same evidence)
+    _run(store, "rc000000", "reference", "conpool", 0, {"top1_loc": 0.31})
+    _run(store, "rc100000", "reference", "conpool", 1, {"top1_loc": 0.41})
+    _run(store, "pc000000", "paper", "conpool", 0, {"top1_loc": 0.36})
+    v = next(v for v in _agreement(store).verdicts if v.claim == "conpool-improves-loc" and v.metric == "top1_loc")
+    assert (v.paper.n_seeds, v.reference.n_seeds) == (1, 1)
 
 
 def test_a_cell_only_one_variant_ran_is_listed_without_a_difference(store):
