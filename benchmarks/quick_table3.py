@@ -1,10 +1,10 @@
 """Wall time of ``kdcicam ablate table3 --backbone vgg16`` from nothing: fresh store, artifacts and data cache.
 
     python benchmarks/quick_table3.py --profile smoke          # seconds to a few minutes
-    python benchmarks/quick_table3.py                          # quick profile (CPU: long; see README)
-    python benchmarks/quick_table3.py --epochs 2            # quick, 2 epochs per run, projected to 20
+    python benchmarks/quick_table3.py                          # quick profile, as `kdcicam ablate` runs it (--jobs auto)
+    python benchmarks/quick_table3.py --profile medium --epochs 2   # 2 epochs per run, projected to the profile's 12
     python benchmarks/quick_table3.py --seeds 2 --json out.json
-    python benchmarks/quick_table3.py --epochs 2 --jobs 2   # two runs at a time, one core each
+    python benchmarks/quick_table3.py --jobs 1              # one run at a time, on every core
 
 Runs the CLI in a subprocess with ``--db``, ``--artifacts`` and ``KDCICAM_CACHE`` pointing into a new
 temporary folder, so the synthetic benchmark is generated, every run trained and evaluated, and
@@ -32,11 +32,11 @@ import _common as common
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=["smoke", "quick", "paper"], default="quick")
+    parser.add_argument("--profile", choices=["smoke", "quick", "medium", "paper"], default="quick")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=None, help="train each run this many epochs and project")
-    parser.add_argument("--jobs", type=int, default=1, help="kdcicam ablate --jobs N (N runs at once)")
+    parser.add_argument("--jobs", default="auto", help="kdcicam ablate --jobs N|auto (N runs at once)")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (kept) instead of a temporary folder")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
@@ -65,14 +65,16 @@ def main() -> None:
 
         with open_store(f"sqlite:///{db}", create=False) as store:
             runs = [{"run_id": r.id[:12], "role": r.role, "status": r.status, "train_s": r.train_seconds,
-                     "eval_s": r.eval_seconds, "epochs": r.config["train"]["epochs"]} for r in store.list_runs()]
+                     "eval_s": r.eval_seconds, "epochs": r.config["train"]["epochs"], "pid": r.pid}
+                    for r in store.list_runs()]
     train_total = sum(r["train_s"] or 0.0 for r in runs)
     eval_total = sum(r["eval_s"] or 0.0 for r in runs)
     result = {"benchmark": "quick_table3", "machine": machine, "profile": args.profile, "seeds": args.seeds,
-              "jobs": args.jobs,
+              "jobs": args.jobs, "processes": len({r["pid"] for r in runs}),  # --jobs auto: how many it started
               "wall_s": wall, "train_s": train_total, "eval_s": eval_total,
               "other_s": wall - train_total - eval_total, "runs": runs, "loadavg_end": common.loadavg()}
-    print(f"table3 / vgg16 / {args.profile}, {args.seeds} seed(s), --jobs {args.jobs}: {wall:.1f} s wall "
+    print(f"table3 / vgg16 / {args.profile}, {args.seeds} seed(s), --jobs {args.jobs} ({result['processes']} "
+          f"processes trained): {wall:.1f} s wall "
           f"({train_total:.1f} s training, {eval_total:.1f} s evaluation, {result['other_s']:.1f} s data generation, "
           f"start-up and storing), {len(runs)} runs; load at end {result['loadavg_end']}")
     for r in runs:
@@ -84,7 +86,7 @@ def main() -> None:
         full_s = eval_total + sum((r["train_s"] or 0.0) * full[r["role"]] / r["epochs"] for r in runs)
         # the wall time spent in runs, scaled by how much more run time the full epochs take
         # (with --jobs: assumes the runs overlap as much as they did here)
-        in_runs = wall - max(result["other_s"], 0.0) if args.jobs == 1 else wall
+        in_runs = wall - max(result["other_s"], 0.0) if result["processes"] == 1 else wall
         projected = (wall - in_runs) + in_runs * full_s / max(work_s, 1e-9)
         result["projected_full_s"] = projected
         print(f"projected with the profile's epochs ({sorted(set(full.values()))}): {projected:.0f} s "

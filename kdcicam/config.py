@@ -124,7 +124,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # bit-identical CPU runs for the same seed
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # on CUDA
+    channels_last: bool = True  # NHWC training: on CUDA, and on CPU in one process (train.channels_last_for)
     num_workers: int = 0  # data-loader processes of the per-image (PIL) path
     data_cache: bool = True  # decode each split once, augment whole batches on the device (same images)
     compile: Literal["off", "default", "reduce-overhead"] = "off"  # torch.compile the training step's model
@@ -162,7 +162,7 @@ class TeacherRefs:
 class RunConfig:
     """Everything that determines a run. Its hash (plus dataset fingerprint) is the run's identity."""
 
-    profile: str = "quick"  # smoke | quick | paper | custom
+    profile: str = "quick"  # smoke | quick | medium | paper | custom
     variant: Variant = "reference"  # "paper" equations vs the authors' "reference" code
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -376,15 +376,18 @@ def _read_teachers(path: Path) -> dict[str, TeacherDef]:
 
 
 def _read_profiles(path: Path) -> dict[str, Profile]:
+    """Read ``profiles.toml``. A profile may ``extends`` another: it starts from that profile's synth,
+    overrides and per-variant overrides and changes what it names (its own description, ``reduced``
+    and ``needs_*`` are always its own)."""
     raw = _read_toml(path)
-    out = {}
+    out: dict[str, Profile] = {}
     for name, p in raw.items():
         where = f"{path.name}: profile {name!r}"
         _keys(where, p, {"description", "reduced"},
-              {"needs_real_data", "needs_weights", "needs_gpu", "overrides", "synth", "variant"})
-        synth = p.get("synth", {})
+              {"extends", "needs_real_data", "needs_weights", "needs_gpu", "overrides", "synth", "variant"})
+        synth = _merged(raw, name, "synth", path.name)
         from_dict(SynthConfig, synth, where=f"{where}: synth")
-        variant = p.get("variant", {})
+        variant = _merged(raw, name, "variant", path.name)
         for vname, v in variant.items():
             v = dict(v)
             roles = v.pop("role", {})
@@ -396,9 +399,38 @@ def _read_profiles(path: Path) -> dict[str, Profile]:
         out[name] = Profile(name=name, description=p["description"], reduced=bool(p["reduced"]),
                             needs_real_data=p.get("needs_real_data", False),
                             needs_weights=p.get("needs_weights", False), needs_gpu=p.get("needs_gpu", False),
-                            overrides=_check_overrides(f"{where}: overrides", p.get("overrides", {})),
-                            synth=dict(synth), variant=dict(variant))
+                            overrides=_check_overrides(f"{where}: overrides", _merged(raw, name, "overrides", path.name)),
+                            synth=synth, variant=variant)
     return out
+
+
+def _merged(raw: dict[str, Any], name: str, section: str, file: str) -> dict[str, Any]:
+    """Profile ``name``'s ``section`` on top of the profile it ``extends`` (recursively; nested tables
+    merged key by key)."""
+    chain = [name]
+    while "extends" in raw[chain[-1]]:
+        base = raw[chain[-1]]["extends"]
+        where = f"{file}: profile {chain[-1]!r}: extends"
+        if not isinstance(base, str) or base not in raw:
+            raise ConfigError(f"{where}: unknown profile {base!r} (known: {', '.join(sorted(raw))})")
+        if base in chain:
+            raise ConfigError(f"{where}: {' -> '.join([*chain, base])} is a cycle")
+        chain.append(base)
+    merged: dict[str, Any] = {}
+    for prof in reversed(chain):  # the base first, the named profile last
+        _deep_update(merged, raw[prof].get(section, {}))
+    return merged
+
+
+def _deep_update(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """Merge ``update`` into ``into``: nested tables key by key (copied, never shared), other values replaced."""
+    for key, value in update.items():
+        if isinstance(value, dict):
+            if not isinstance(into.get(key), dict):
+                into[key] = {}
+            _deep_update(into[key], value)
+        else:
+            into[key] = value
 
 
 def _read_paper_settings(path: Path) -> dict[tuple[str, str], dict[str, Any]]:

@@ -74,7 +74,8 @@ def smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def kdcicam_env(cache: Path, crash_at: str | None = None, crash_signal: str | None = None) -> dict[str, str]:
     """The environment of a ``python -m kdcicam`` child: the shared cache, no inherited store or hooks."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KDCICAM_")}
-    env.update(KDCICAM_CACHE=str(cache), COLUMNS="200", PYTHONUNBUFFERED="1")
+    # one process per command (ablate --jobs auto would start workers on a multi-core machine) unless a test asks
+    env.update(KDCICAM_CACHE=str(cache), COLUMNS="200", PYTHONUNBUFFERED="1", KDCICAM_JOBS="1")
     if crash_at:
         env["KDCICAM_CRASH_AT"] = crash_at
     if crash_signal:

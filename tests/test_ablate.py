@@ -74,8 +74,53 @@ def test_worker_args_drop_jobs_and_output_flags():
 
     argv = ["/x/kdcicam", "ablate", "table3", "--jobs", "3", "--json", "--db", "sqlite:///r.db", "--jobs=2",
             "--set", "train.epochs=1"]
-    assert worker_args(argv) == ["ablate", "table3", "--db", "sqlite:///r.db", "--set", "train.epochs=1", "--quiet"]
-    assert worker_args(["python", "-m", "kdcicam", "ablate", "all", "--quiet"]) == ["ablate", "all", "--quiet"]
+    assert worker_args(argv) == ["ablate", "table3", "--db", "sqlite:///r.db", "--set", "train.epochs=1", "--jobs", "1",
+                                 "--quiet"]
+    assert worker_args(["python", "-m", "kdcicam", "ablate", "all", "--quiet"]) == ["ablate", "all", "--jobs", "1",
+                                                                                     "--quiet"]
+
+
+def test_jobs_is_a_number_or_auto():
+    from kdcicam.cli.workers import parse_jobs
+    from kdcicam.errors import ConfigError
+
+    assert parse_jobs("3") == 3 and parse_jobs("auto") is None and parse_jobs(" AUTO ") is None
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(ConfigError, match="expected a whole number >= 1, or auto"):
+            parse_jobs(bad)
+
+
+@pytest.mark.parametrize(("device", "cores", "startable", "expected"), [
+    ("cpu", 2, 4, 2),     # Table 3 from nothing on 2 cores: two teachers and two students can start
+    ("cpu", 16, 4, 4),    # no more processes than runs that can start
+    ("cpu", 16, 30, 4),   # at most MAX_AUTO_JOBS
+    ("cpu", 2, 1, 1),     # one run to train (or a chain): all cores to it
+    ("cpu", 2, 0, 1),     # nothing to train
+    ("cpu", 1, 4, 1),
+    ("cuda", 16, 4, 1),   # runs on one accelerator are not split
+])
+def test_auto_jobs(device, cores, startable, expected):
+    from kdcicam.cli.workers import MAX_AUTO_JOBS, auto_jobs
+
+    assert MAX_AUTO_JOBS == 4
+    assert auto_jobs(device_type=device, cores=cores, startable=startable) == expected
+
+
+def test_jobs_auto_is_the_default_and_counts_the_runs_that_can_start(smoke_cache, tmp_path):  # noqa: F811
+    from kdcicam.cli._common import available_cores
+
+    env = {**kdcicam_env(smoke_cache), "KDCICAM_THREADS": "1"}
+    env.pop("KDCICAM_JOBS")  # the tests' one-process default
+    proc = subprocess.run([sys.executable, "-m", "kdcicam", "ablate", "table3", "--profile", "smoke", "--dry-run",
+                           "--json", "--db", f"sqlite:///{tmp_path / 'runs.db'}"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # from nothing: both teachers, Base and +ConPool can start; the distilled student waits for the teachers
+    assert json.loads(proc.stdout)["estimate"]["jobs"] == min(available_cores(), 4)
+    bad = subprocess.run([sys.executable, "-m", "kdcicam", "ablate", "table3", "--jobs", "none"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=300)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "--jobs 'none': expected a whole number >= 1, or auto" in bad.stderr
 
 
 @pytest.mark.slow

@@ -136,6 +136,9 @@ def _edit(path: Path, old: str, new: str) -> None:
         ("teachers.toml", 'role = "loc_teacher"', 'role = "student"', "teachers.toml: teacher 'loc_teacher': role = 'student'"),
         ("profiles.toml", '"model.width" = 0.125', '"model.width" = "wide"', "profile 'quick'"),
         ("profiles.toml", '"train.lr_schedule" = "cosine"', '"train.lr_schedul" = "cosine"', "unknown key 'train.lr_schedul'"),
+        ("profiles.toml", 'extends = "quick"', 'extends = "quik"', "profiles.toml: profile 'medium': extends: unknown profile 'quik'"),
+        ("profiles.toml", 'reduced = true\n# The network', 'reduced = true\nextends = "medium"\n# The network',
+         "profiles.toml: profile 'medium': extends: quick -> medium -> quick is a cycle"),
     ],
 )
 def test_bad_registry_files_name_file_cell_and_key(reg_dir, file, old, new, expected):
@@ -160,3 +163,26 @@ def test_unknown_table_and_profile_are_one_line_errors():
         reg.table("table9")
     with pytest.raises(ConfigError, match="unknown profile 'fast'"):
         reg.profile("fast")
+
+
+def test_a_profile_that_extends_another_changes_only_what_it_names():
+    reg = load_registry()
+    quick, medium = reg.profile("quick"), reg.profile("medium")
+    assert medium.synth == quick.synth and medium.reduced and medium.description != quick.description
+    assert medium.overrides == {**quick.overrides, "train.epochs": 12, "eval.audit_epochs": True,
+                                "eval.resize_grid": [96, 128]}
+
+
+def test_extended_variant_and_role_overrides_merge_key_by_key(reg_dir):
+    with (reg_dir / "profiles.toml").open("a") as fh:
+        fh.write('\n[quick.variant.reference]\n"train.halve_every" = 3\n'
+                 '[quick.variant.reference.role.cls_teacher]\n"train.halve_every" = 2\n'
+                 '[medium.variant.reference.role.loc_teacher]\n"train.halve_every" = 5\n')
+    reg = load_registry(reg_dir)
+
+    def halve_every(profile, role):
+        return resolve_config(reg, scope=Scope(), profile=profile, variant="reference", role=role,
+                              context_pool=True, seed=0, num_classes=10).train.halve_every
+
+    assert [halve_every("medium", r) for r in ("student", "cls_teacher", "loc_teacher")] == [3, 2, 5]
+    assert [halve_every("quick", r) for r in ("student", "cls_teacher", "loc_teacher")] == [3, 2, 3]  # nothing leaks back

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kdcicam.cli._common import (DB_HELP, REGISTRY_HELP, SET_HELP, cache_dir, configure_threads, db_url, echo_json, parse_sets,
-                                 read_config_file)
-from kdcicam.cli.workers import split_threads, start_workers, worker_args
+from kdcicam.cli._common import (DB_HELP, REGISTRY_HELP, SET_HELP, available_cores, cache_dir, configure_threads, db_url,
+                                 echo_json, parse_sets, read_config_file)
+from kdcicam.cli.workers import auto_jobs, parse_jobs, split_threads, start_workers, worker_args
 from kdcicam.config import PROTOCOLS, ROLES, SELECTIONS, VARIANTS, DataConfig, TeacherRefs
 from kdcicam.errors import ConfigError
 
@@ -174,7 +174,7 @@ def train(
     dataset: str = typer.Option("synthetic", help=f"{', '.join(DATASETS)}."),
     data: Path | None = typer.Option(None, help="Dataset folder (real data); synthetic is generated on first use."),
     backbone: str = typer.Option("vgg16", help=f"{', '.join(BACKBONES)}."),
-    profile: str = typer.Option("quick", help="smoke | quick | paper (see ablations/profiles.toml)."),
+    profile: str = typer.Option("quick", help="smoke | quick | medium | paper (see ablations/profiles.toml)."),
     variant: str = typer.Option("reference", help="paper (printed equations) | reference (authors' code)."),
     seed: int = typer.Option(0, help="Seed of everything random in the run."),
     teacher_cls: str | None = typer.Option(None, help="Distilled role: classification-teacher run (id/prefix)."),
@@ -332,7 +332,7 @@ def ablate(
     backbone: str = typer.Option("vgg16", help=f"{', '.join(BACKBONES)}."),
     dataset: str = typer.Option("synthetic", help=f"{', '.join(DATASETS)}."),
     data: Path | None = typer.Option(None, help="Dataset folder (real data); synthetic is generated on first use."),
-    profile: str = typer.Option("quick", help="smoke | quick | paper (see ablations/profiles.toml)."),
+    profile: str = typer.Option("quick", help="smoke | quick | medium | paper (see ablations/profiles.toml)."),
     variant: str = typer.Option("reference", help="paper (printed equations) | reference (authors' code)."),
     seeds: int = typer.Option(1, min=1, help="Repeat every cell over this many seeds (teachers per seed)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
@@ -348,9 +348,10 @@ def ablate(
     as_json: bool = typer.Option(False, "--json", help="Print the plan / results as JSON."),
     gpus: int = typer.Option(1, min=1, help="Local launcher: train each run on this many processes of this "
                              "machine (torchrun, one GPU each; train.batch_size stays the global batch)."),
-    jobs: int = typer.Option(1, min=1, help="Local launcher: train up to N independent runs of the plan at once "
-                             "(N processes sharing the store and one device; on CPU the cores are split "
-                             "between them unless KDCICAM_THREADS is set)."),
+    jobs: str = typer.Option("auto", envvar="KDCICAM_JOBS", help="Local launcher: train up to N independent "
+                             "runs of the plan at once (N processes sharing the store and one device; on CPU the "
+                             "cores are split between them unless KDCICAM_THREADS is set). auto: on CPU one run "
+                             "per core (at most 4, at most the runs that can start), on a GPU 1."),
     launcher: str = typer.Option("local", help="local (runs here, one after another) | slurm (one SLURM job per "
                                  "run, through submitit) | submitit-local (the slurm path as local processes)."),
     partition: str | None = typer.Option(None, help="SLURM partition of every job."),
@@ -373,11 +374,13 @@ def ablate(
     _choice(launcher, LAUNCHERS, "--launcher")
     if launcher != "local" and gpus != 1:
         raise ConfigError("--gpus is for --launcher local; with SLURM give --gpus-per-job")
-    if jobs > 1 and (gpus > 1 or launcher != "local"):
+    requested_jobs = parse_jobs(jobs)  # None: auto
+    one_process_per_run = gpus == 1 and launcher == "local"
+    if (requested_jobs or 1) > 1 and not one_process_per_run:
         raise ConfigError("--jobs N is for --launcher local with one process per run (not with --gpus)")
     tables = _table_keys(load_registry(registry), table)  # a bad name is refused before any store is opened
-    if jobs > 1:
-        split_threads(jobs)
+    if requested_jobs:
+        split_threads(requested_jobs)
     sets = parse_sets(set_)
     reg, scope, dev, store, open_data, sets, _ = _prepare(
         profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
@@ -385,10 +388,15 @@ def ablate(
     # "all": the paper's artefacts (tables and figure); a sweep (a study of the benchmark) is run by name
     plan = make_plan(reg, tables, scope=scope, profile=profile, variant=variant, seeds=list(range(seeds)),
                      open_data=open_data, cli_overrides=sets)
+    n_jobs = requested_jobs or (auto_jobs(device_type=dev.type, cores=available_cores(),
+                                          startable=_startable_runs(plan, store)) if one_process_per_run else 1)
+    if requested_jobs is None and n_jobs > 1:
+        split_threads(n_jobs)
+        configure_threads()
     if dry_run:
         from kdcicam.runtime import device_name
 
-        _print_plan(plan, store, as_json, jobs=jobs, device=device_name(dev))
+        _print_plan(plan, store, as_json, jobs=n_jobs, device=device_name(dev))
         return
     _preflight(r.cfg for r in plan.runs)
     if launcher != "local":
@@ -406,7 +414,7 @@ def ablate(
     from kdcicam.store import utc_now
 
     began = utc_now()
-    workers = start_workers(jobs - 1, worker_args(sys.argv), Path(artifacts))
+    workers = start_workers(n_jobs - 1, worker_args(sys.argv), Path(artifacts))
     try:
         outcomes = _run_plan(plan.runs, (store, artifacts, dev), quiet=quiet or as_json, execute_one=execute_one)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers stop too (each saves its position), then we go
@@ -432,6 +440,13 @@ def ablate(
                    f"Next: kdcicam report --format html")
     if failed:
         raise typer.Exit(1)
+
+
+def _startable_runs(plan, store) -> int:
+    """Runs of the plan still to train whose teachers are all finished already (the first ones ``--jobs``
+    processes can start at once)."""
+    finished = {r.id for r in store.list_runs() if r.status == "finished"}
+    return sum(1 for r in plan.runs if r.run_id not in finished and all(d in finished for d in r.deps))
 
 
 def _table_keys(reg, names: list[str]) -> list[str]:

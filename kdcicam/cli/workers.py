@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdcicam.cli._common import available_cores
+from kdcicam.errors import ConfigError
 
 WORKER_STAGGER_S = 1.0
+MAX_AUTO_JOBS = 4  # --jobs auto on CPU: at most this many runs at once (each gets cores // jobs threads)
 _DROP_FLAGS = {"--json", "--quiet", "--dry-run"}  # the parent prints; workers only train
 
 
@@ -31,6 +33,37 @@ class Worker:
     log: Path
 
 
+def parse_jobs(value: str) -> int | None:
+    """``--jobs``: a whole number >= 1, or ``auto`` (None)."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise ConfigError(f"--jobs {value!r}: expected a whole number >= 1, or auto")
+    return jobs
+
+
+def auto_jobs(*, device_type: str, cores: int, startable: int) -> int:
+    """How many runs ``--jobs auto`` trains at once.
+
+    On CPU, one run per core: two one-thread runs train ~1.4x more images per second than one run on
+    two threads (benchmarks/README.md). At most :data:`MAX_AUTO_JOBS` and at most ``startable``, the
+    runs to train that wait for no other run to train (more processes would idle and only take the
+    threads the first runs could use). On an accelerator, 1: the runs would share one device.
+
+    Args:
+        device_type: ``torch.device.type`` the runs train on.
+        cores: cores this process may use.
+        startable: runs of the plan still to train whose teachers are all trained already.
+    """
+    if device_type != "cpu":
+        return 1
+    return max(1, min(cores, MAX_AUTO_JOBS, startable))
+
+
 def split_threads(jobs: int) -> None:
     """Give each of ``jobs`` processes an equal share of this process's cores (unless KDCICAM_THREADS is set)."""
     if os.environ.get("KDCICAM_THREADS"):
@@ -39,7 +72,8 @@ def split_threads(jobs: int) -> None:
 
 
 def worker_args(argv: list[str]) -> list[str]:
-    """The ``ablate`` arguments of a worker: the parent's, without ``--jobs`` and output flags, plus ``--quiet``.
+    """The ``ablate`` arguments of a worker: the parent's, without ``--jobs`` and output flags, plus
+    ``--jobs 1 --quiet`` (a worker is one process: it starts no workers of its own).
 
     ``argv`` is ``sys.argv`` of ``kdcicam ablate ...`` or ``python -m kdcicam ablate ...``.
     """
@@ -59,7 +93,7 @@ def worker_args(argv: list[str]) -> list[str]:
         if arg.startswith("--jobs=") or arg in _DROP_FLAGS:
             continue
         out.append(arg)
-    return [*out, "--quiet"]
+    return [*out, "--jobs", "1", "--quiet"]
 
 
 class Workers:
