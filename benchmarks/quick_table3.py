@@ -73,10 +73,13 @@ def main() -> None:
               "jobs": args.jobs, "processes": len({r["pid"] for r in runs}),  # --jobs auto: how many it started
               "wall_s": wall, "train_s": train_total, "eval_s": eval_total,
               "other_s": wall - train_total - eval_total, "runs": runs, "loadavg_end": common.loadavg()}
+    # other_s: wall time outside the runs, when one process trained them all (meaningless when runs overlapped)
+    side_by_side = result["processes"] > 1
+    rest = ("summed over runs that ran side by side" if side_by_side
+            else f"{result['other_s']:.1f} s data generation, start-up and storing")
     print(f"table3 / vgg16 / {args.profile}, {args.seeds} seed(s), --jobs {args.jobs} ({result['processes']} "
-          f"processes trained): {wall:.1f} s wall "
-          f"({train_total:.1f} s training, {eval_total:.1f} s evaluation, {result['other_s']:.1f} s data generation, "
-          f"start-up and storing), {len(runs)} runs; load at end {result['loadavg_end']}")
+          f"processes trained): {wall:.1f} s wall ({train_total:.1f} s training, {eval_total:.1f} s evaluation, "
+          f"{rest}), {len(runs)} runs; load at end {result['loadavg_end']}")
     for r in runs:
         print(f"  {r['run_id']} {r['role']:<12} {r['status']:<9} {r['epochs']:3d} epochs  "
               f"train {r['train_s'] or 0:7.1f} s  eval {r['eval_s'] or 0:6.1f} s")

@@ -41,7 +41,7 @@ import pandas as pd
 
 from kdcicam.registry import Claim, Registry
 from kdcicam.report.stats import mean_std_ci, paired_bootstrap_ci, seeds_needed
-from kdcicam.report.tables import ScopeKey, cell_frame, latest_per_seed
+from kdcicam.report.tables import ScopeKey, cell_frame, latest_per, latest_per_seed
 from kdcicam.store import RunInfo
 
 # How the ledger's numbers read: the legend under every claims table (report, ``kdcicam claims --md``)
@@ -332,8 +332,8 @@ def per_image_interval(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], flag:
 def _latest_runs(sub: pd.DataFrame) -> pd.DataFrame:
     """One run per (cell, setting, seed): the one finished last (a rerun supersedes). Columns cell,
     setting, seed, run_id."""
-    runs = sub.sort_values(["finished", "run_id"]).drop_duplicates(["cell", "setting", "seed"], keep="last")
-    return runs[["cell", "setting", "seed", "run_id"]]
+    keys = ["cell", "setting", "seed"]
+    return latest_per(sub, keys)[[*keys, "run_id"]].drop_duplicates()
 
 
 def _setting_arrays(values: pd.DataFrame, cells: Sequence[str]) -> dict[str, np.ndarray] | None:

@@ -124,7 +124,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # bit-identical CPU runs for the same seed
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # NHWC training: on CUDA, and on CPU in one process (train.channels_last_for)
+    channels_last: bool = True  # on CUDA
     num_workers: int = 0  # data-loader processes of the per-image (PIL) path
     data_cache: bool = True  # decode each split once, augment whole batches on the device (same images)
     compile: Literal["off", "default", "reduce-overhead"] = "off"  # torch.compile the training step's model

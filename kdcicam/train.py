@@ -286,7 +286,7 @@ def train_one_epoch(
         skip_draws(generator, skip)
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        if channels_last_for(cfg, device):
+        if cfg.train.channels_last and device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(device, cfg.train.amp):
             result = compute_loss(model, images, labels, recipe, cfg.variant, teachers=teachers,
@@ -426,13 +426,6 @@ def _reconcile_best(run_dir: Path, best: dict[str, dict[str, float]], state: dic
     return warnings
 
 
-def channels_last_for(cfg: RunConfig, device: torch.device) -> bool:
-    """Whether training runs in channels-last (NHWC) layout: on CUDA the input (bf16 convolutions), on CPU
-    the model and the input (oneDNN's layout: 5-16 % more images/s for the quick profile's network at one
-    thread, benchmarks/README.md). The same maths up to float rounding."""
-    return cfg.train.channels_last and device.type in ("cuda", "cpu")
-
-
 def _epoch_batches(train_set: Dataset | CachedTrainSet, order: list[int], batch_size: int, seed: int, epoch: int,
                    cfg: RunConfig, device: torch.device) -> Iterable[dict]:
     """One epoch's batches of ``order``: from the decoded-frame cache (augmented per batch on the
@@ -518,8 +511,6 @@ def fit(
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(run_dir)  # this process owns the run: a temp file is a killed writer's
-    if channels_last_for(cfg, device) and device.type == "cpu":
-        model.to(memory_format=torch.channels_last)  # in place: the same parameters, NHWC strides
     optimizer = build_optimizer(model, cfg, device)
     generator = torch.Generator()  # ε draws; reseeded at every step (seed_step)
     result = FitResult()

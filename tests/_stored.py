@@ -4,18 +4,21 @@ from __future__ import annotations
 
 
 def add_finished_run(store, run_id: str, table: str, cell: str, seed: int, metrics: dict, correct=None, *,
-                     fingerprint: str = "fp", variant: str = "reference", train: dict | None = None) -> None:
+                     fingerprint: str = "fp", variant: str = "reference", train: dict | None = None,
+                     config: dict | None = None) -> None:
     """A finished quick-profile student labelled ``{table: [cell]}`` with paper-protocol test metrics.
 
     ``train``: the config's ``train`` section (a gridded cell's training setting, e.g. ``{"lr": 0.001}``).
+    ``config``: more config sections (``{"data": {"synth": {...}}}``), merged section by section.
 
     ``correct``: per-image 0/1 outcomes stored as the run's per-image records: one list for every
     flag, or ``{flag: list}`` (flags left out are 0).
     """
+    cfg = {"model": {"backbone": "vgg16"}, "variant": variant, "train": train or {}}
+    for section, values in (config or {}).items():
+        cfg[section] = {**cfg.get(section, {}), **values}
     store.get_or_create_run(run_id, config_hash=run_id, role="student", profile="quick", variant=variant,
-                            dataset="synthetic", seed=seed,
-                            config={"model": {"backbone": "vgg16"}, "variant": variant, "train": train or {}},
-                            dataset_fingerprint=fingerprint)
+                            dataset="synthetic", seed=seed, config=cfg, dataset_fingerprint=fingerprint)
     store.add_labels(run_id, table, cell)
     store.claim_run(run_id, pid=1, host="h")
     store.set_final_metrics(run_id, "paper", "last", "fixed", "test", metrics)

@@ -160,11 +160,8 @@ def test_without_the_pool_all_reduce_the_ranks_pools_drift_apart(trained):
 # ------------------------------------------------------------------------------ torchrun, end to end
 
 def _train(where: Path, cache: Path, nproc: int) -> subprocess.CompletedProcess:
-    # The default (contiguous) layout: oneDNN's channels-last kernels are blocked by batch size, so a batch of 8
-    # per process rounds differently from one of 16 and Adam magnifies it (4e-4 in the loss after 2 epochs);
-    # the layout has nothing to do with how the processes share the batch, which is what this compares.
     args = ["train", "--profile", "smoke", "--device", "cpu", "--deterministic", "--set", "train.epochs=2",
-            "--set", "train.channels_last=false", "--db", f"sqlite:///{where / 'runs.db'}", "--artifacts", str(where / "runs"), "--quiet"]
+            "--db", f"sqlite:///{where / 'runs.db'}", "--artifacts", str(where / "runs"), "--quiet"]
     launcher = [sys.executable, "-m", "kdcicam"] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "kdcicam"]
     env = {**kdcicam_env(cache), "KDCICAM_THREADS": "1", "OMP_NUM_THREADS": "1"}

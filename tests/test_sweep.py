@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _stored import add_finished_run
 from test_registry import _plan
 
 from kdcicam.errors import ConfigError
@@ -82,18 +83,10 @@ def _sweep_store(url: str, values: dict | None = None) -> None:
     with open_store(url) as store:
         for (corr, cell), per_seed in (values or VALUES).items():
             for seed, loc in enumerate(per_seed):
-                rid = f"{cell}-{corr}-{seed}"
-                cfg = {"profile": "quick", "variant": "reference", "model": {"backbone": "vgg16",
-                                                                             "context_pool": cell != "base"},
-                       "data": {"dataset": "synthetic", "synth": {"context_correlation": corr}}}
-                store.get_or_create_run(rid, config_hash="h" + rid, role="student", profile="quick",
-                                        variant="reference", dataset="synthetic",
-                                        dataset_fingerprint=f"fp{corr}", seed=seed, config=cfg,
-                                        labels={SWEEP: [cell]})
-                store.claim_run(rid, pid=1, host="box")
-                store.set_final_metrics(rid, "paper", "last", "fixed", "test",
-                                        {"top1_cls": 0.7, "top1_loc": loc, "gt_known_loc": loc + 0.1})
-                store.finish_run(rid)
+                add_finished_run(store, f"{cell}-{corr}-{seed}", SWEEP, cell, seed,
+                                 {"top1_cls": 0.7, "top1_loc": loc, "gt_known_loc": loc + 0.1}, fingerprint=f"fp{corr}",
+                                 config={"model": {"context_pool": cell != "base"},
+                                         "data": {"dataset": "synthetic", "synth": {"context_correlation": corr}}})
 
 
 def test_report_sweep_values_gaps_missing_and_figure(tmp_path):

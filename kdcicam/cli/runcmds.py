@@ -547,7 +547,8 @@ def _print_plan(plan, store, as_json: bool, *, jobs: int = 1, device: str = "cpu
         echo_json({"profile": plan.profile, "variant": plan.variant, "scope": plan.scope.__dict__, "runs": rows,
                    "estimate": estimate})
         return
-    t = Table(title=f"plan: {plan.scope.dataset}/{plan.scope.backbone}, profile {plan.profile}, variant {plan.variant}")
+    t = Table(title=f"plan: {plan.scope.dataset}/{plan.scope.backbone}, profile {plan.profile}, variant {plan.variant}; "
+                    f"{jobs} run{'s' if jobs > 1 else ''} at a time")
     for col in ("#", "run", "role", "pool", "seed", "epochs", "status", "est.", "needs", "cells"):
         t.add_column(col, overflow="fold")
     for r in rows:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from kdcicam.registry import Registry, Table
 from kdcicam.report.stats import linear_trend, mean_std_ci
-from kdcicam.report.tables import config_value
+from kdcicam.report.tables import config_value, latest_per
 from kdcicam.selection import select_on_of
 from kdcicam.store import RunInfo
 
@@ -112,11 +112,7 @@ def sweep_frame(table: Table, runs: Sequence[RunInfo], finals: pd.DataFrame,
                                  100.0 * float(r.value)))
     frame = pd.DataFrame(rows, columns=["group", "x", "cell", "seed", "run_id", "finished", "protocol", "metric",
                                         "value"])
-    if frame.empty:
-        return frame
-    latest = (frame.sort_values(["finished", "run_id"])
-              .drop_duplicates(["group", "x", "cell", "seed"], keep="last")[["group", "x", "cell", "seed", "run_id"]])
-    return frame.merge(latest, on=["group", "x", "cell", "seed", "run_id"])
+    return latest_per(frame, ["group", "x", "cell", "seed"])
 
 
 def _nan_to_none(v: float) -> float | None:

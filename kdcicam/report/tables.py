@@ -428,14 +428,18 @@ def cell_frame(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
                                        "metric", "value", "setting"])
 
 
-def latest_per_seed(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep one run per (scope, table, cell, seed): the one finished last (a rerun supersedes)."""
+def latest_per(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Keep the rows of one run per ``keys`` (e.g. cell and seed): the run finished last (a rerun
+    supersedes; ties by run id). ``frame`` has columns ``finished`` and ``run_id``, any rows per run."""
     if frame.empty:
         return frame
-    latest = (frame.sort_values(["finished", "run_id"])
-              .drop_duplicates(["scope", "table", "cell", "seed"], keep="last")[
-                  ["scope", "table", "cell", "seed", "run_id"]])
-    return frame.merge(latest, on=["scope", "table", "cell", "seed", "run_id"])
+    latest = frame.sort_values(["finished", "run_id"]).drop_duplicates(list(keys), keep="last")[[*keys, "run_id"]]
+    return frame.merge(latest, on=[*keys, "run_id"])
+
+
+def latest_per_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep one run per (scope, table, cell, seed): the one finished last (a rerun supersedes)."""
+    return latest_per(frame, ["scope", "table", "cell", "seed"])
 
 
 def _sign(x: float) -> int:
