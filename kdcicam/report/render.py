@@ -30,7 +30,7 @@ FIRST_STEP = "kdcicam ablate table3 --backbone vgg16 --profile quick"
 THETA_NOTES = {"fixed": "localization at each run's own θ (eval.theta)",
                "val": "localization at the θ chosen on the validation split (eval.theta_metric)"}
 NO_AUDIT = ("Selection audit: no run of this scope stored per-epoch test numbers or θ-policy numbers "
-            "(evaluated before the audit existed).")
+            "(eval.audit_epochs off, as in the quick and paper profiles, or evaluated before the audit existed).")
 
 _TEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

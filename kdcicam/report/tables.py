@@ -756,8 +756,8 @@ def build_audit(tables: Sequence[Table], protocol: str, values: pd.DataFrame, ru
         notes.append(f"Per-epoch test numbers are measured under the {AUDIT_PROTOCOL} protocol only: no "
                      "test-selected column here.")
     elif rows and any(r.n_audited < r.n for r in rows):
-        notes.append("Cells without a test-selected number ran with eval.audit_epochs = false (the paper "
-                     "profile's default) or before the audit existed.")
+        notes.append("Cells without a test-selected number ran with eval.audit_epochs = false (the quick and "
+                     "paper profiles' default; medium audits) or before the audit existed.")
     if any("test" in r.select_on.split("+") for r in rows):
         notes.append("select_on test: the run picked its checkpoints on the TEST split (the authors' behaviour); "
                      "its reported number is already test-selected.")
