@@ -276,9 +276,9 @@ CASES = [
     Case("C14-resize-audit-below-the-crop", lambda w: ["train", "--profile", "smoke", "--set", "eval.test_crop=36",
                                                        "--db", w["url"]],
          "eval.resize_grid[0] = 32: must be >= eval.test_crop (36): give larger sizes, or --set eval.resize_grid=[]"),
-    # ---- runs (R)
     Case("C15-jobs-not-a-number", lambda w: ["ablate", "table3", "--profile", "smoke", "--jobs", "0", "--db", w["url"]],
          "--jobs '0': expected a whole number >= 1, or auto"),
+    # ---- runs (R)
     Case("R01-unknown-run", lambda w: ["runs", "show", "zzzz9999", "--db", w["url"]], "no run matches 'zzzz9999'"),
     Case("R02-ambiguous-prefix", lambda w: ["runs", "show", "abcd", "--db", w["url"]], "abcd"),
     Case("R03-compare-different-test-sets", lambda w: ["compare", "abcd1111", "ef99", "--db", w["url"]],
