@@ -379,8 +379,6 @@ def ablate(
     if (requested_jobs or 1) > 1 and not one_process_per_run:
         raise ConfigError("--jobs N is for --launcher local with one process per run (not with --gpus)")
     tables = _table_keys(load_registry(registry), table)  # a bad name is refused before any store is opened
-    if requested_jobs:
-        split_threads(requested_jobs)
     sets = parse_sets(set_)
     reg, scope, dev, store, open_data, sets, _ = _prepare(
         profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
@@ -390,7 +388,7 @@ def ablate(
                      open_data=open_data, cli_overrides=sets)
     n_jobs = requested_jobs or (auto_jobs(device_type=dev.type, cores=available_cores(),
                                           startable=_startable_runs(plan, store)) if one_process_per_run else 1)
-    if requested_jobs is None and n_jobs > 1:
+    if n_jobs > 1:  # each process gets its share of the cores (the plan and the data were made on all of them)
         split_threads(n_jobs)
         configure_threads()
     if dry_run:
