@@ -21,12 +21,12 @@ import numpy as np
 import PIL.Image
 import torch
 
-from kdcicam.config import RunConfig, TeacherRefs
+from kdcicam.core.config import RunConfig, TeacherRefs
 from kdcicam.data.base import Sample
 from kdcicam.model.factory import build_model
-from kdcicam.recipes import Recipe, TeacherSet, compute_loss, recipe_for
-from kdcicam.registry import Scope, load_registry, resolve_config
-from kdcicam.train import build_optimizer
+from kdcicam.registry.ablations import Scope, load_registry, resolve_config
+from kdcicam.training.recipes import Recipe, TeacherSet, compute_loss, recipe_for
+from kdcicam.training.trainer import build_optimizer
 
 ROLES = ("student", "cls_teacher", "loc_teacher", "distilled")
 # Dense bf16 / tf32 tensor-core peaks (TFLOP/s, no sparsity) of GPUs a run may land on; --peak-tflops overrides.

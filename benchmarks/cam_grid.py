@@ -29,14 +29,13 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=16, help="images to show")
     args = parser.parse_args()
 
-    from kdcicam.cli._common import cache_dir
-    from kdcicam.config import RunConfig, from_dict
+    from kdcicam.cli._common import cache_dir, db_url
+    from kdcicam.core.config import RunConfig, from_dict
     from kdcicam.data.dataset import WSOLDataset, collate_wsol
     from kdcicam.data.source import open_dataset
     from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from kdcicam.evaluate import protocol_transform
-    from kdcicam.runner import load_run_model
-    from kdcicam.cli._common import db_url
+    from kdcicam.evaluation.evaluator import protocol_transform
+    from kdcicam.execution.runner import load_run_model
     from kdcicam.store import open_store
 
     cpu = torch.device("cpu")

@@ -30,10 +30,10 @@ import contextlib
 import time
 from dataclasses import replace
 
+import _common as common
 import torch
 from torch import nn
 
-import _common as common
 from kdcicam.model.output import CICAMOutput
 
 TEACHER_ROLES = ("cls_teacher", "loc_teacher")

@@ -25,13 +25,13 @@ import argparse
 import time
 from dataclasses import replace
 
-import torch
-
 import _common as common
+import torch
+from table_eta import random_cache
+
 from kdcicam.data.cache import CachedBatches, split_train_transform
 from kdcicam.data.transforms import train_transform
-from kdcicam.train import epoch_order
-from table_eta import random_cache
+from kdcicam.training.trainer import epoch_order
 
 VARIANTS = ("fp32", "bf16", "bf16_cl", "compile", "graphs")
 
@@ -134,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as kdcicam.runtime sets it outside deterministic mode
+        torch.backends.cudnn.benchmark = True  # as kdcicam.core.runtime sets it outside deterministic mode
     result = {"benchmark": "gpu_step", "machine": common.machine(device), "rows": []}
     plan = [(role, v) for role in args.roles for v in args.variants]
     if args.compile:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdcicam.config import ModelConfig
+from kdcicam.core.config import ModelConfig
 from kdcicam.model.factory import build_model
 
 

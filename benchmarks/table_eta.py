@@ -30,15 +30,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import _common as common
 import torch
 
-import _common as common
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.cache import CachedBatches, ImageCache, build_cache, split_train_transform
 from kdcicam.data.transforms import TestTransform, train_transform
+from kdcicam.execution.plan import make_plan
 from kdcicam.model.factory import build_model
-from kdcicam.plan import make_plan
-from kdcicam.registry import Scope, load_registry
+from kdcicam.registry.ablations import Scope, load_registry
 
 CUB_TRAIN, CUB_TEST, CUB_CLASSES = 5994, 5794, 200
 CUB_SIZES = ((500, 375), (375, 500), (500, 333), (500, 356), (448, 500))

@@ -31,19 +31,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import _common as common
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as tv1
 
-import _common as common
-from kdcicam.config import RunConfig
+from kdcicam.core.config import RunConfig
 from kdcicam.data.base import Sample
 from kdcicam.data.cache import CachedBatches, build_cache, split_train_transform
 from kdcicam.data.dataset import load_rgb
 from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
-from kdcicam.recipes import compute_loss
-from kdcicam.train import epoch_order
+from kdcicam.training.recipes import compute_loss
+from kdcicam.training.trainer import epoch_order
 
 NAIVE_BATCH = 6  # the authors' batch size
 READ_EVERY = 20  # the trainer reads losses back every 20 steps

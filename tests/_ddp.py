@@ -1,4 +1,4 @@
-"""Worker of tests/test_ddp.py: trains a tiny CI-CAM with :func:`kdcicam.train.fit` on one process, or as one
+"""Worker of tests/test_ddp.py: trains a tiny CI-CAM with :func:`kdcicam.training.trainer.fit` on one process, or as one
 rank of a gloo process group (started by ``torch.multiprocessing.spawn``), and saves what it ended with.
 
 Kept out of the test module so the spawned processes import only this (and kdcicam), not pytest's test file.
@@ -32,7 +32,7 @@ class TinySet(Dataset):
 
 def tiny_config(role: str, variant: str, batch_size: int = 8, epochs: int = 1, **sets):
     """The smoke profile's network (vgg16, width 1/16, 2 non-local blocks) on 32 px inputs."""
-    from kdcicam.registry import Scope, load_registry, resolve_config
+    from kdcicam.registry.ablations import Scope, load_registry, resolve_config
 
     cfg = resolve_config(load_registry(None), scope=Scope(dataset="synthetic", backbone="vgg16"), profile="smoke",
                          variant=variant, role=role, context_pool=True, seed=0, num_classes=CLASSES,
@@ -44,10 +44,10 @@ def tiny_config(role: str, variant: str, batch_size: int = 8, epochs: int = 1, *
 def train(out: Path, role: str, variant: str, dist=None, reduce_pool: bool = True, sets: dict | None = None) -> None:
     """Fit one epoch; rank 0 (or the one process) writes ``out/run/last.pt``; every rank saves its final
     state dict as ``out/rank<r>.pt``."""
+    from kdcicam.core.runtime import set_seed
     from kdcicam.model.factory import build_model
-    from kdcicam.recipes import recipe_for
-    from kdcicam.runtime import set_seed
-    from kdcicam.train import fit
+    from kdcicam.training.recipes import recipe_for
+    from kdcicam.training.trainer import fit
 
     torch.set_default_dtype(torch.float64)
     cfg = tiny_config(role, variant, **(sets or {}))
@@ -72,7 +72,7 @@ def rank_main(rank: int, world: int, port: int, root: str) -> None:
     """One rank of a gloo group: every scenario of :data:`SCENARIOS`, each into ``root/<name>/``."""
     import torch.distributed as dist
 
-    from kdcicam.distributed import DistContext
+    from kdcicam.training.distributed import DistContext
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

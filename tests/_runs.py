@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from kdcicam.config import RunConfig
+from kdcicam.core.config import RunConfig
 from kdcicam.data.base import DatasetIndex
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ TIMING_METRICS = {"images_per_s"}  # epoch metrics that measure the machine, not
 
 def smoke_config(role: str = "student", **overrides: Any) -> RunConfig:
     """The smoke profile's resolved config (synthetic data, vgg16, reference variant), with ``--set`` overrides."""
-    from kdcicam.registry import Scope, load_registry, resolve_config
+    from kdcicam.registry.ablations import Scope, load_registry, resolve_config
 
     cfg = resolve_config(load_registry(None), scope=Scope(dataset="synthetic", backbone="vgg16"), profile="smoke",
                          variant="reference", role=role, context_pool=True, seed=0, num_classes=2,
@@ -160,7 +160,7 @@ def stored_results(db: Path) -> dict[str, Any]:
 
 def checkpoint(artifacts: Path, name: str = "last.pt") -> dict[str, Any]:
     """A checkpoint of the single run under ``artifacts`` (loaded as the trainer loads it)."""
-    from kdcicam.checkpoint import load_checkpoint
+    from kdcicam.training.checkpoint import load_checkpoint
 
     (path,) = artifacts.glob(f"*/{name}")
     return load_checkpoint(path)

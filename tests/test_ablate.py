@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-
 from _runs import REPO, kdcicam_env, query, smoke_cache  # noqa: F401
 
 
@@ -82,7 +81,7 @@ def test_worker_args_drop_jobs_and_output_flags():
 
 def test_jobs_is_a_number_or_auto():
     from kdcicam.cli.workers import parse_jobs
-    from kdcicam.errors import ConfigError
+    from kdcicam.core.errors import ConfigError
 
     assert parse_jobs("3") == 3 and parse_jobs("auto") is None and parse_jobs(" AUTO ") is None
     for bad in ("0", "-1", "two", "1.5"):

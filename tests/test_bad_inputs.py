@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from kdcicam.cli import main
-from kdcicam.registry import DEFAULT_REGISTRY
+from kdcicam.registry.ablations import DEFAULT_REGISTRY
 from kdcicam.store import open_store
 
 # ----------------------------------------------------------------------------- workspace

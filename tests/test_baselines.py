@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kdcicam.baselines import trivial_baselines
-from kdcicam.config import EvalConfig, RunConfig
+from kdcicam.core.config import EvalConfig, RunConfig
 from kdcicam.data.base import Sample
+from kdcicam.evaluation.baselines import trivial_baselines
 
 
 def _s(i, box, size=(100, 100)):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from kdcicam.boxes import (
+from kdcicam.evaluation.boxes import (
     EMPTY_BOX,
     REFERENCE,
     STANDARD,

@@ -8,10 +8,16 @@ import os
 import pytest
 import torch
 
-from kdcicam import checkpoint as ckpt
-from kdcicam.checkpoint import (MANIFEST, load_checkpoint, load_resume_state, remove_stale_temps, rotate_last,
-                                save_checkpoint)
-from kdcicam.errors import RunError
+from kdcicam.core.errors import RunError
+from kdcicam.training import checkpoint as ckpt
+from kdcicam.training.checkpoint import (
+    MANIFEST,
+    load_checkpoint,
+    load_resume_state,
+    remove_stale_temps,
+    rotate_last,
+    save_checkpoint,
+)
 
 
 def _state(tag: int) -> dict:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from kdcicam.claims import ProtocolPair, evaluate_claims
-from kdcicam.registry import load_registry
-from kdcicam.store import open_store
-
 from _stored import add_finished_run
 
+from kdcicam.analysis.claims import ProtocolPair, evaluate_claims
+from kdcicam.registry.ablations import load_registry
+from kdcicam.store import open_store
 
 
 def _run(store, run_id, table, cell, seed, metrics, correct=None, fingerprint="fp", lr=None):
@@ -141,7 +139,7 @@ def test_a_scope_without_runs_of_a_claims_table_has_no_rows(store):
 def test_both_protocols_side_by_side_with_the_share_kept(store, capsys):
     import json
 
-    from kdcicam.claims import pair_protocols
+    from kdcicam.analysis.claims import pair_protocols
     from kdcicam.cli import main
 
     # +ConPool - Base Top-1 Loc per seed: paper protocol +10, +11, +9; standard +4, +5, +6 (mean 5: kept 50 %)
@@ -264,10 +262,11 @@ def test_a_pareto_margin_interval_resamples_the_same_images_for_every_run(store)
 
 
 def test_margins_by_hand():
-    import numpy as np
     from types import SimpleNamespace as NS
 
-    from kdcicam.claims import _margin
+    import numpy as np
+
+    from kdcicam.analysis.claims import _margin
 
     dilemma = NS(kind="dilemma", cell="c", versus="", metrics=["x", "y"])
     # settings (x, y): (80, 30), (60, 50) -> +20; a tie on x where one of the tied settings is also best on y:

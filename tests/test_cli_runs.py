@@ -288,7 +288,7 @@ def test_delete_refuses_a_teacher_with_students_a_live_run_and_unknown_ids(db_ur
 
 
 def test_delete_puts_the_folders_back_when_the_store_refuses(db_url, tmp_path, capsys, monkeypatch):
-    from kdcicam.errors import StoreError
+    from kdcicam.core.errors import StoreError
     from kdcicam.store import Store
 
     folders = _kd_store(db_url, tmp_path)

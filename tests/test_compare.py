@@ -10,10 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from kdcicam.analysis.compare import compare_runs, config_diff, resolve_name
+from kdcicam.analysis.stats import mcnemar_exact, paired_bootstrap_ci, verdict
 from kdcicam.cli.report import register
-from kdcicam.compare import compare_runs, config_diff, resolve_name
-from kdcicam.errors import DataError, KdcicamError, RunError, StoreError
-from kdcicam.report.stats import mcnemar_exact, paired_bootstrap_ci, verdict
+from kdcicam.core.errors import DataError, KdcicamError, RunError, StoreError
 from kdcicam.store import open_store
 
 N = 100

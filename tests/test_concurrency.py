@@ -14,20 +14,37 @@ from datetime import timedelta
 
 import pytest
 import torch
-from _runs import (kdcicam_env, one_thread, query, smoke_cache, smoke_config, smoke_index, start,  # noqa: F401
-                   wait_until, with_classes)
+from _runs import (  # noqa: F401
+    kdcicam_env,
+    one_thread,
+    query,
+    smoke_cache,
+    smoke_config,
+    smoke_index,
+    start,
+    wait_until,
+    with_classes,
+)
 
-from kdcicam import runner
-from kdcicam import train as train_mod
 from kdcicam.data.dataset import WSOLDataset
 from kdcicam.data.transforms import train_transform
+from kdcicam.execution import runner
+from kdcicam.execution.plan import PlannedRun, run_id_for
+from kdcicam.execution.runner import (
+    RunContext,
+    RunTakenOver,
+    _Heartbeat,
+    _take_over,
+    acquire,
+    execute,
+    execute_plan,
+    register_run,
+)
 from kdcicam.model.factory import build_model
-from kdcicam.plan import PlannedRun, run_id_for
-from kdcicam.runner import (RunContext, RunTakenOver, _Heartbeat, _take_over, acquire, execute, execute_plan,
-                            register_run)
-from kdcicam.recipes import recipe_for
 from kdcicam.store import open_store, utc_now
-from kdcicam.train import fit
+from kdcicam.training import trainer as train_mod
+from kdcicam.training.recipes import recipe_for
+from kdcicam.training.trainer import fit
 
 CPU = torch.device("cpu")
 HOST = socket.gethostname()

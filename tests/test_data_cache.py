@@ -10,13 +10,19 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 import kdcicam.data.cache as C
+from kdcicam.core.errors import DataError
 from kdcicam.data.base import Sample
 from kdcicam.data.dataset import WSOLDataset
-from kdcicam.data.transforms import (BoxRandAugment, TestTransform, clip_boxes, normalize_image,
-                                     test_transform_paper, test_transform_standard,
-                                     train_transform)
-from kdcicam.errors import DataError
-from kdcicam.train import EpochView
+from kdcicam.data.transforms import (
+    BoxRandAugment,
+    TestTransform,
+    clip_boxes,
+    normalize_image,
+    test_transform_paper,
+    test_transform_standard,
+    train_transform,
+)
+from kdcicam.training.trainer import EpochView
 
 # (W, H), mode, boxes: non-square sizes, a grayscale file, an image with two boxes and one without any.
 SPECS = [

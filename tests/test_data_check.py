@@ -13,9 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kdcicam.cli import app
+from kdcicam.core.errors import ConfigError, DataError
 from kdcicam.data.check import check_dataset, find_defects, run_check
 from kdcicam.data.loader import detect_format, load_dataset
-from kdcicam.errors import ConfigError, DataError
 
 # 2 classes x (2 train + 1 test); image 2 is grayscale and 30x10, the others RGB 20x16.
 CUB = {

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from kdcicam.core.errors import DataError
 from kdcicam.data.cub import load_cub, scan_cub
 from kdcicam.data.dataset import WSOLDataset, collate_wsol, load_rgb
-from kdcicam.errors import DataError
 
 # Two classes, four 20x16 images; image 3 has two boxes. CUB boxes are "x y w h".
 FILES = {

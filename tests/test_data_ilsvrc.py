@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from kdcicam.core.errors import DataError
 from kdcicam.data.ilsvrc import load_ilsvrc, scan_ilsvrc
-from kdcicam.errors import DataError
 
 # Mapping order is not alphabetical on purpose: the label is the line, not the sorted position.
 MAPPING = "n02000002 goldfish, Carassius auratus\nn01000001 tench, Tinca tinca\n"

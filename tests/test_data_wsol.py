@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from kdcicam.core.errors import DataError
 from kdcicam.data.base import DatasetIndex, Sample
 from kdcicam.data.loader import load_dataset
 from kdcicam.data.split import carve_validation
 from kdcicam.data.wsol import export_wsol, image_root_of, load_wsol, scan_wsol
-from kdcicam.errors import DataError
 
 # The wsolevaluation format, as in its metadata/CUB/<split>/ files (paths relative to the image root).
 META = {

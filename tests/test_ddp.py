@@ -1,4 +1,4 @@
-"""One run on many processes (kdcicam.distributed, fit(..., dist=...)) on CPU with the gloo backend.
+"""One run on many processes (kdcicam.training.distributed, fit(..., dist=...)) on CPU with the gloo backend.
 
 What these tests prove:
 
@@ -33,10 +33,16 @@ import torch
 from _ddp import SCENARIOS, rank_main, train
 from _runs import checkpoint, kdcicam_env, smoke_cache  # noqa: F401
 
-from kdcicam.distributed import SyncBatchNorm2d, convert_sync_batchnorm, local_batch_size, shard_order, world_from_env
-from kdcicam.errors import ConfigError
-from kdcicam.recipes import Recipe, draw_epsilon
-from kdcicam.train import skip_draws
+from kdcicam.core.errors import ConfigError
+from kdcicam.training.distributed import (
+    SyncBatchNorm2d,
+    convert_sync_batchnorm,
+    local_batch_size,
+    shard_order,
+    world_from_env,
+)
+from kdcicam.training.recipes import Recipe, draw_epsilon
+from kdcicam.training.trainer import skip_draws
 
 RTOL = 1e-5
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from kdcicam.eta import device_kind, estimate_plan, makespan, run_cost
+from kdcicam.execution.eta import device_kind, estimate_plan, makespan, run_cost
 
 CPU1 = "cpu (x86_64, 1 threads)"
 CPU2 = "cpu (x86_64, 2 threads)"

@@ -17,10 +17,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kdcicam.cli.evalcams import register
+from kdcicam.core.errors import ConfigError, DataError
 from kdcicam.data.base import DatasetIndex, Sample
 from kdcicam.data.wsol import export_wsol, load_wsol
-from kdcicam.errors import ConfigError, DataError
-from kdcicam.evalcams import cam_candidates, load_cam, normalize_cam, score_cams
+from kdcicam.evaluation.saved_cams import cam_candidates, load_cam, normalize_cam, score_cams
 
 T0, T1 = "a/t0.png", "b/t1.png"
 

@@ -23,12 +23,12 @@ import pytest
 import torch
 from PIL import Image
 
-from kdcicam.config import EvalConfig, RunConfig
+from kdcicam.core.config import EvalConfig, RunConfig
+from kdcicam.core.errors import ConfigError
 from kdcicam.data.base import Sample
 from kdcicam.data.cub import load_cub
 from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from kdcicam.errors import ConfigError
-from kdcicam.evaluate import FLAG_METRICS, evaluate, protocol_transform
+from kdcicam.evaluation.evaluator import FLAG_METRICS, evaluate, protocol_transform
 from kdcicam.model.output import CICAMOutput
 from kdcicam.store import IMAGE_RECORD_FIELDS
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 from _runs import smoke_cache, smoke_config, smoke_index, with_classes  # noqa: F401
 
-from kdcicam.config import ModelConfig
+from kdcicam.core.config import ModelConfig
 from kdcicam.data import cache as C
 from kdcicam.data.transforms import TestTransform, train_transform
 from kdcicam.model.factory import build_model
-from kdcicam.recipes import TeacherSet, recipe_for
-from kdcicam.train import fit
+from kdcicam.training.recipes import TeacherSet, recipe_for
+from kdcicam.training.trainer import fit
 
 pytestmark = pytest.mark.gpu
 CPU = torch.device("cpu")

@@ -3,8 +3,14 @@
 import pytest
 import torch
 
-from kdcicam.model.heatmap import (class_heatmap, combination_weights, combinational_heatmap,
-                                   foreground_mask, normalize_heatmap, upsample_heatmap)
+from kdcicam.model.heatmap import (
+    class_heatmap,
+    combination_weights,
+    combinational_heatmap,
+    foreground_mask,
+    normalize_heatmap,
+    upsample_heatmap,
+)
 
 
 def _close(a, b, tol=1e-6):

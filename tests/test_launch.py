@@ -1,4 +1,4 @@
-"""Runs outside the planning process (kdcicam.launch): run specs, child commands, SLURM submission
+"""Runs outside the planning process (kdcicam.execution.launch): run specs, child commands, SLURM submission
 through submitit, pre-emption and requeue.
 
 What these tests prove:
@@ -33,11 +33,19 @@ from types import SimpleNamespace
 import pytest
 from _runs import kdcicam_env, smoke_cache, smoke_config, smoke_index, with_classes  # noqa: F401
 
-from kdcicam.distributed import launch_command
-from kdcicam.errors import ConfigError, RunError
-from kdcicam.launch import (TrainJob, absolute_db_url, planned_run, read_spec, spec_for, submit_plan, train_args,
-                            write_spec)
-from kdcicam.plan import PlannedRun, run_id_for
+from kdcicam.core.errors import ConfigError, RunError
+from kdcicam.execution.launch import (
+    TrainJob,
+    absolute_db_url,
+    planned_run,
+    read_spec,
+    spec_for,
+    submit_plan,
+    train_args,
+    write_spec,
+)
+from kdcicam.execution.plan import PlannedRun, run_id_for
+from kdcicam.training.distributed import launch_command
 
 
 def _run(cache: Path, role: str = "student", deps: tuple[str, ...] = (), **sets) -> PlannedRun:
@@ -149,7 +157,7 @@ def test_without_scheduler_dependencies_a_student_of_a_failed_teacher_is_never_s
 
 def test_slurm_job_scripts_ask_for_the_options_and_only_their_own_dependency(tmp_path, monkeypatch):
     pytest.importorskip("submitit", reason="the SLURM launcher's optional dependency (pip install -e '.[slurm]')")
-    from kdcicam.launch import SlurmOptions, make_executor
+    from kdcicam.execution.launch import SlurmOptions, make_executor
 
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     (tmp_path / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit only checks that srun exists
@@ -168,7 +176,7 @@ def test_slurm_job_scripts_ask_for_the_options_and_only_their_own_dependency(tmp
 
 def test_launcher_slurm_without_slurm_is_one_line_naming_the_alternative(tmp_path, monkeypatch):
     pytest.importorskip("submitit", reason="the SLURM launcher's optional dependency (pip install -e '.[slurm]')")
-    from kdcicam.launch import SlurmOptions, make_executor
+    from kdcicam.execution.launch import SlurmOptions, make_executor
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun
     with pytest.raises(ConfigError, match="--launcher slurm: .*srun.*--launcher submitit-local"):

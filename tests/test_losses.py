@@ -5,8 +5,17 @@ import math
 import pytest
 import torch
 
-from kdcicam.losses import (activation_kd, area_loss, cls_teacher_loss, diff_loss, distillation_loss,
-                            fore_loss, loc_teacher_loss, logit_kd, student_loss)
+from kdcicam.training.losses import (
+    activation_kd,
+    area_loss,
+    cls_teacher_loss,
+    diff_loss,
+    distillation_loss,
+    fore_loss,
+    loc_teacher_loss,
+    logit_kd,
+    student_loss,
+)
 
 LN3 = math.log(3.0)
 Y0 = torch.tensor([0])

@@ -5,14 +5,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from kdcicam.boxes import (
+from kdcicam.evaluation.boxes import (
     EMPTY_BOX,
     box_from_heatmap,
     largest_per_level,
     sweep_components,
     to_wsolevaluation_boxes,
 )
-from kdcicam.metrics import (
+from kdcicam.evaluation.metrics import (
     LocalizationMeter,
     LocRecord,
     MaxBoxAccV2Meter,

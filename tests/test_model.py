@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcicam.config import ModelConfig
-from kdcicam.errors import ConfigError
+from kdcicam.core.config import ModelConfig
+from kdcicam.core.errors import ConfigError
 from kdcicam.model.backbones import (
     InceptionV3Backbone,
     VGG16Backbone,

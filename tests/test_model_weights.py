@@ -10,8 +10,8 @@ import pytest
 import torch
 import torchvision
 
-from kdcicam.config import ModelConfig
-from kdcicam.errors import ConfigError, RunError
+from kdcicam.core.config import ModelConfig
+from kdcicam.core.errors import ConfigError, RunError
 from kdcicam.model.factory import build_model
 from kdcicam.model.weights import load_pretrained
 

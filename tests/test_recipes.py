@@ -6,13 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from kdcicam.config import LossConfig
-from kdcicam.errors import ConfigError, RunError
-from kdcicam.losses import cls_teacher_loss, loc_teacher_loss
-from kdcicam.model.heatmap import (combinational_heatmap, foreground_mask, normalize_heatmap,
-                                   upsample_heatmap)
+from kdcicam.core.config import LossConfig
+from kdcicam.core.errors import ConfigError, RunError
+from kdcicam.model.heatmap import combinational_heatmap, foreground_mask, normalize_heatmap, upsample_heatmap
 from kdcicam.model.output import CICAMOutput
-from kdcicam.recipes import Recipe, TeacherSet, compute_loss, draw_epsilon, recipe_for
+from kdcicam.training.losses import cls_teacher_loss, loc_teacher_loss
+from kdcicam.training.recipes import Recipe, TeacherSet, compute_loss, draw_epsilon, recipe_for
 
 N_CLASSES = 2
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from kdcicam.core.errors import ConfigError
 from kdcicam.data.base import DatasetIndex
-from kdcicam.errors import ConfigError
-from kdcicam.plan import make_plan
-from kdcicam.registry import DEFAULT_REGISTRY, Scope, apply_multipliers, load_registry, resolve_config
+from kdcicam.execution.plan import make_plan
+from kdcicam.registry.ablations import DEFAULT_REGISTRY, Scope, apply_multipliers, load_registry, resolve_config
 
 
 @pytest.fixture()

@@ -16,13 +16,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from kdcicam.analysis.results import ScopeKey, ablate_command, scope_of, training_setting
+from kdcicam.analysis.stats import mean_std_ci, pareto_front
 from kdcicam.cli.report import register
-from kdcicam.registry import DEFAULT_REGISTRY, load_registry
+from kdcicam.registry.ablations import DEFAULT_REGISTRY, load_registry
 from kdcicam.report import build_report, render, report_json
 from kdcicam.report.render import md_escape, tex_escape
-from kdcicam.report.stats import mean_std_ci, pareto_front
 from kdcicam.report.scatter import scatter_description, setting_means
-from kdcicam.report.tables import ScopeKey, ablate_command, provenance, scope_of, training_setting
+from kdcicam.report.tables import provenance
 from kdcicam.store import open_store
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -491,7 +492,7 @@ def test_cli_default_html_goes_to_reports(filled, runner, tmp_path, monkeypatch)
 
 
 def test_cli_rejects_unknown_table_and_format(filled, runner):
-    from kdcicam.errors import ConfigError
+    from kdcicam.core.errors import ConfigError
 
     result = runner.invoke(make_app(), ["report", "--db", filled, "--table", "table9"])
     assert isinstance(result.exception, ConfigError) and "unknown table 'table9'" in str(result.exception)
@@ -563,7 +564,7 @@ def test_claims_ledger_in_every_format(filled):
 
 
 def test_seeds_needed_matches_the_standard_power_tables():
-    from kdcicam.report.stats import seeds_needed
+    from kdcicam.analysis.stats import seeds_needed
 
     # one-sample (paired) t test, two-sided alpha 0.05, power 0.8: effect size d = 1 -> 10, 0.5 -> 34, 0.2 -> 199
     # (Cohen's tables / G*Power)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from test_report import fill_store  # the realistic store of the report tests
 
-from kdcicam.registry import load_registry
+from kdcicam.registry.ablations import load_registry
 from kdcicam.report import build_report, render
 from kdcicam.store import open_store
 

@@ -11,8 +11,19 @@ import signal
 from pathlib import Path
 
 import pytest
-from _runs import (checkpoint, kdcicam_env, query, run, run_row, same_weights, sigkill, smoke_cache,  # noqa: F401
-                   start, stored_results, wait_until)
+from _runs import (  # noqa: F401
+    checkpoint,
+    kdcicam_env,
+    query,
+    run,
+    run_row,
+    same_weights,
+    sigkill,
+    smoke_cache,
+    start,
+    stored_results,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3  # smoke: 64 training images in batches of 16 -> 4 steps per epoch

@@ -16,19 +16,32 @@ import pytest
 import torch
 from _runs import one_thread, smoke_cache, smoke_config, smoke_index, with_classes  # noqa: F401
 from alembic import command
-from test_evaluate import C, RANKED, Bench, block, heat_is
+from test_evaluate import RANKED, Bench, C, block, heat_is
 
-from kdcicam.boxes import box_from_heatmap
-from kdcicam.checkpoint import load_checkpoint
-from kdcicam.compare import compare_runs, format_comparison
-from kdcicam.config import DEFAULT_THETA_GRID, EvalConfig, RunConfig, config_hash
-from kdcicam.evaluate import EvalResult, ThresholdSweep, at_theta, boxes_at_thresholds, evaluate, sweep_metrics
-from kdcicam.registry import load_registry
+from kdcicam.analysis.compare import compare_runs, format_comparison
+from kdcicam.core.config import DEFAULT_THETA_GRID, EvalConfig, RunConfig, config_hash
+from kdcicam.evaluation.boxes import box_from_heatmap
+from kdcicam.evaluation.evaluator import (
+    EvalResult,
+    ThresholdSweep,
+    at_theta,
+    boxes_at_thresholds,
+    evaluate,
+    sweep_metrics,
+)
+from kdcicam.evaluation.selection import (
+    candidate_resizes,
+    candidate_thetas,
+    choose_theta,
+    epoch_audit,
+    resize_policies,
+    threshold_policies,
+)
+from kdcicam.registry.ablations import load_registry
 from kdcicam.report import build_report, render
-from kdcicam.selection import (candidate_resizes, candidate_thetas, choose_theta, epoch_audit, resize_policies,
-                               threshold_policies)
-from kdcicam.store import open_store
 from kdcicam.store import _open as store_open
+from kdcicam.store import open_store
+from kdcicam.training.checkpoint import load_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -202,7 +215,7 @@ def test_resize_policies_choose_s_on_val_and_on_test():
 
 
 def test_resize_grid_below_the_crop_is_refused():
-    from kdcicam.config import ConfigError
+    from kdcicam.core.config import ConfigError
 
     bad = dataclasses.replace(RunConfig(), eval=dataclasses.replace(RunConfig().eval, resize_grid=(100,)))
     with pytest.raises(ConfigError, match=r"eval.resize_grid\[0\]"):
@@ -229,8 +242,8 @@ SCRIPT = {"test": [0.2, 0.9, 0.5], "val": [0.1, 0.3, 0.8]}
 
 
 def _scripted_run(select_on: str, index, tmp_path: Path, monkeypatch) -> tuple[str, Path, dict]:
-    import kdcicam.runner as runner_mod
-    from kdcicam.plan import PlannedRun, run_id_for
+    import kdcicam.execution.runner as runner_mod
+    from kdcicam.execution.plan import PlannedRun, run_id_for
 
     real = runner_mod.evaluate
     calls = {"test": 0, "val": 0}
@@ -367,7 +380,7 @@ def test_report_shows_the_selection_audit_best_of_n_and_noise_marks(tmp_path):
 def test_claims_name_their_threshold_and_selection_policy(tmp_path):
     from typer.testing import CliRunner
 
-    from kdcicam.claims import evaluate_claims
+    from kdcicam.analysis.claims import evaluate_claims
     from kdcicam.cli.claims import claims_cmd
 
     url = f"sqlite:///{tmp_path / 'r.db'}"

@@ -16,7 +16,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.exc import OperationalError
 
-from kdcicam.errors import StoreError
+from kdcicam.core.errors import StoreError
 from kdcicam.store import (
     DEFAULT_DB_URL,
     IMAGE_RECORD_FIELDS,
@@ -111,7 +111,7 @@ def test_migrations_ship_inside_the_installed_package():
     folder = Path(store_open._migrations_dir())
     assert (folder / "env.py").is_file()
     assert (folder / "versions" / "0001_initial.py").is_file()
-    assert folder.parent == Path(store_open.__file__).resolve().parent.parent  # kdcicam/store_migrations
+    assert folder.parent == Path(store_open.__file__).resolve().parent  # kdcicam/store/migrations
 
 
 def test_reopening_keeps_data_and_revision(db_path, clock):

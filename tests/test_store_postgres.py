@@ -23,7 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from pg_server import PgServer, Unavailable, start_server
 from sqlalchemy.engine import make_url
 
-from kdcicam.errors import StoreError
+from kdcicam.core.errors import StoreError
 from kdcicam.store import IMAGE_RECORD_FIELDS, head_revision, open_store
 from kdcicam.store import api as store_api
 from kdcicam.store.schema import Base

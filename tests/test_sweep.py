@@ -11,8 +11,8 @@ import pytest
 from _stored import add_finished_run
 from test_registry import _plan
 
-from kdcicam.errors import ConfigError
-from kdcicam.registry import DEFAULT_REGISTRY, load_registry
+from kdcicam.core.errors import ConfigError
+from kdcicam.registry.ablations import DEFAULT_REGISTRY, load_registry
 from kdcicam.report import build_report, render, report_json
 from kdcicam.store import open_store
 
@@ -124,7 +124,7 @@ TREND = {(0.5, "base"): (0.40, 0.44), (0.5, "conpool"): (0.45, 0.47),
 
 
 def test_sweep_trend_of_the_gap_by_hand(tmp_path):
-    from kdcicam.report.stats import linear_trend
+    from kdcicam.analysis.stats import linear_trend
 
     slope, n, lo, hi = linear_trend([0, 0, 1, 1], [0, 2, 1, 3])
     # slope 1; residuals -1, 1, -1, 1 -> s^2 = 4 / 2, Sxx 1 -> se sqrt(2); t(0.975, 2) 4.3027 -> 1 ± 6.085

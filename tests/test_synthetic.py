@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdcicam.config import SynthConfig
+from kdcicam.core.config import SynthConfig
+from kdcicam.core.errors import ConfigError, DataError
 from kdcicam.data.synthetic import (
     LAYOUT_FILES,
     Latents,
@@ -26,7 +27,6 @@ from kdcicam.data.synthetic import (
     sample_latents,
     split_sizes,
 )
-from kdcicam.errors import ConfigError, DataError
 
 # 3 classes x 8 images at 32 px: 24 images, per class round(8 * 0.25) = 2 test and 6 train.
 SMALL = SynthConfig(classes=3, per_class=8, size=32, seed=7)

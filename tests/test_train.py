@@ -16,17 +16,17 @@ import pytest
 import torch
 from _runs import one_thread, smoke_cache, smoke_config, smoke_index, with_classes  # noqa: F401
 
-from kdcicam import checkpoint as ckpt_mod
-from kdcicam import train as train_mod
-from kdcicam.checkpoint import load_checkpoint
-from kdcicam.config import ModelConfig
+from kdcicam.core.config import ModelConfig
+from kdcicam.core.runtime import derive_seed, set_seed
 from kdcicam.data.dataset import WSOLDataset
 from kdcicam.data.transforms import train_transform
+from kdcicam.execution.holders import process_alive
 from kdcicam.model.factory import build_model
-from kdcicam.recipes import TeacherSet, recipe_for
-from kdcicam.holders import process_alive
-from kdcicam.runtime import derive_seed, set_seed
-from kdcicam.train import (
+from kdcicam.training import checkpoint as ckpt_mod
+from kdcicam.training import trainer as train_mod
+from kdcicam.training.checkpoint import load_checkpoint
+from kdcicam.training.recipes import TeacherSet, recipe_for
+from kdcicam.training.trainer import (
     DivergedError,
     EpochView,
     Position,
@@ -464,8 +464,8 @@ def test_dataloader_workers_do_not_change_the_run(tiny_data, uninterrupted, tmp_
 
 
 def test_a_runs_weights_do_not_depend_on_what_its_process_ran_before(tiny_data, smoke_cache, tmp_path):  # noqa: F811
-    from kdcicam.plan import PlannedRun, run_id_for
-    from kdcicam.runner import RunContext, execute
+    from kdcicam.execution.plan import PlannedRun, run_id_for
+    from kdcicam.execution.runner import RunContext, execute
     from kdcicam.store import open_store
 
     cfg, _ = tiny_data

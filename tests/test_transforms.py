@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 import kdcicam.data.transforms as T
-from kdcicam.errors import ConfigError
+from kdcicam.core.errors import ConfigError
 
 # (1 - mean) / std per channel: a white pixel after normalisation.
 WHITE = ((1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225)  # (2.2489, 2.4286, 2.6400)

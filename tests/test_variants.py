@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
-
-from kdcicam.claims import test_records
-from kdcicam.registry import load_registry
-from kdcicam.report.tables import ScopeKey
-from kdcicam.store import open_store
-from kdcicam.variants import scope_pairs, variant_agreement
-
 from _stored import add_finished_run
+
+from kdcicam.analysis.claims import test_records
+from kdcicam.analysis.results import ScopeKey
+from kdcicam.analysis.variants import scope_pairs, variant_agreement
+from kdcicam.registry.ablations import load_registry
+from kdcicam.store import open_store
 
 
 def _run(store, run_id, variant, cell, seed, metrics, correct=None, fingerprint="fp", table="table3"):

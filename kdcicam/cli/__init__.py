@@ -1,7 +1,7 @@
 """The ``kdcicam`` command line: a thin Typer layer that builds objects and calls library code.
 
 Every sub-command group lives in its own module (``cli/data.py``...), registered below. Errors a
-user can cause are :class:`kdcicam.errors.KdcicamError`: printed as one line, exit code 2.
+user can cause are :class:`kdcicam.core.errors.KdcicamError`: printed as one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 
-from kdcicam.errors import (
+from kdcicam.core.errors import (
     EXIT_INTERNAL_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
@@ -40,7 +40,6 @@ def _root(
 
 def _register_subcommands() -> None:
     from kdcicam.cli import data as data_cli
-
     from kdcicam.cli import runcmds
 
     app.command("train")(runcmds.train)
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if argv is None:  # a real command line, not a test calling main([...]): `kill PID` reads as Ctrl-C
-        from kdcicam.signals import install_sigterm_as_interrupt
+        from kdcicam.core.signals import install_sigterm_as_interrupt
 
         install_sigterm_as_interrupt()
     try:

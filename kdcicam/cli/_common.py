@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from kdcicam.errors import ConfigError
+from kdcicam.core.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

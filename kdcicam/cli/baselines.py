@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kdcicam.cli._common import REGISTRY_HELP, cache_dir, echo_json, parse_sets
-from kdcicam.config import PROTOCOLS
+from kdcicam.core.config import PROTOCOLS
 
 
 def baselines_cmd(
@@ -23,10 +23,10 @@ def baselines_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Whole-image box and best centred box (size chosen on validation): GT-known Loc on test."""
-    from kdcicam.baselines import trivial_baselines
+    from kdcicam.core.errors import ConfigError
     from kdcicam.data.source import open_dataset
-    from kdcicam.errors import ConfigError
-    from kdcicam.registry import Scope, load_registry, resolve_config
+    from kdcicam.evaluation.baselines import trivial_baselines
+    from kdcicam.registry.ablations import Scope, load_registry, resolve_config
 
     if dataset != "synthetic" and data is None:
         raise ConfigError(f"--dataset {dataset} needs --data PATH")

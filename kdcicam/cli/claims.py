@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from kdcicam.cli._common import DB_HELP, REGISTRY_HELP, db_url
-from kdcicam.config import PROTOCOLS
+from kdcicam.core.config import PROTOCOLS
+from kdcicam.core.errors import ConfigError
+from kdcicam.core.fmt import fmt_signed, fmt_value, interval_text
 from kdcicam.store.schema import THRESHOLD_POLICIES
-from kdcicam.errors import ConfigError
-from kdcicam.fmt import fmt_signed, fmt_value, interval_text
 
 _STYLE = {"holds": "green", "does not hold": "red", "inconclusive": "yellow", "not run": "dim"}
 
@@ -36,10 +36,10 @@ def claims_cmd(
              "reference, paired by seed) and claim by claim (the verdict under each), where both ran."),
 ) -> None:
     """List each claim of the paper the registry encodes, with ours, its interval and a status."""
-    from kdcicam.claims import evaluate_claims, pair_protocols, test_records
-    from kdcicam.registry import load_registry
+    from kdcicam.analysis.claims import evaluate_claims, pair_protocols, test_records
+    from kdcicam.analysis.variants import VariantAgreement, variant_agreement
+    from kdcicam.registry.ablations import load_registry
     from kdcicam.store import open_store, sqlite_file
-    from kdcicam.variants import VariantAgreement, variant_agreement
 
     if protocol not in (*PROTOCOLS, "both"):
         raise ConfigError(f"--protocol {protocol!r}: must be one of {', '.join(PROTOCOLS)} or both")
@@ -107,7 +107,7 @@ def tally(results) -> str:
 
 def ledger_markdown(results, protocol: str, threshold_policy: str, oracle: str = "") -> str:
     """The ledger as a Markdown table: one row per claim, scope and metric (Δ in percentage points)."""
-    from kdcicam.claims import LEDGER_NOTE
+    from kdcicam.analysis.claims import LEDGER_NOTE
 
     lines = [f"Claims ledger: {protocol} protocol, θ {threshold_policy}{oracle}. {LEDGER_NOTE}"]
     for scope in dict.fromkeys(r.scope for r in results):  # one table per scope, in the ledger's order

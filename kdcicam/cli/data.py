@@ -30,7 +30,7 @@ def synth(
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty OUT folder."),
 ) -> None:
     """Write the confounded-context benchmark in the CUB-200-2011 file layout."""
-    from kdcicam.config import SynthConfig
+    from kdcicam.core.config import SynthConfig
     from kdcicam.data.synthetic import generate
 
     cfg = SynthConfig(classes=classes, per_class=per_class, size=size,
@@ -54,8 +54,8 @@ def check(
     deep: bool = typer.Option(False, "--deep", help="Also decode every image (finds truncated files)."),
 ) -> None:
     """Validate a dataset folder and print a summary; every defect is one line naming file and line."""
+    from kdcicam.core.errors import EXIT_USER_ERROR
     from kdcicam.data.check import run_check
-    from kdcicam.errors import EXIT_USER_ERROR
 
     report = run_check(path, format=format, image_root=image_root, read_headers=headers, deep=deep)
     if report.defects:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kdcicam.errors import EXIT_USER_ERROR, KdcicamError
+from kdcicam.core.errors import EXIT_USER_ERROR, KdcicamError
 
 
 def eval_cams_cmd(
@@ -29,7 +29,7 @@ def eval_cams_cmd(
 ) -> None:
     """Score saved CAMs (any method) on the test split: GT-known Loc, MaxBoxAccV2 (standard protocol)."""
     from kdcicam.data.wsol import load_wsol
-    from kdcicam.evalcams import DEFAULT_THETAS, score_cams
+    from kdcicam.evaluation.saved_cams import DEFAULT_THETAS, score_cams
 
     try:
         index = load_wsol(metadata, image_root)

@@ -14,7 +14,6 @@ import typer
 
 from kdcicam.cli._common import DB_HELP, REGISTRY_HELP
 
-
 DEFAULT_HTML_DIR = Path("reports")
 
 
@@ -77,7 +76,7 @@ def report_cmd(
              "validation split). The header says which."),
 ) -> None:
     """Render the paper's tables, the C-L scatter and a gallery from the run store."""
-    from kdcicam.registry import load_registry
+    from kdcicam.registry.ablations import load_registry
     from kdcicam.report import FORMATS, build_report, render, report_json
     from kdcicam.store import open_store, sqlite_file
 
@@ -133,7 +132,7 @@ def compare_cmd(
     A verdict is given only when both numbers were produced the same way (protocol, variant,
     threshold policy, eval.select_on); otherwise: "no verdict: the runs differ in ...".
     """
-    from kdcicam.compare import compare_runs, format_comparison
+    from kdcicam.analysis.compare import compare_runs, format_comparison
     from kdcicam.store import open_store
 
     with open_store(_db_url(db), create=False) as store:

@@ -14,11 +14,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kdcicam.cli._common import (DB_HELP, REGISTRY_HELP, SET_HELP, available_cores, cache_dir, configure_threads, db_url,
-                                 echo_json, parse_sets, read_config_file)
+from kdcicam.cli._common import (
+    DB_HELP,
+    REGISTRY_HELP,
+    SET_HELP,
+    available_cores,
+    cache_dir,
+    configure_threads,
+    db_url,
+    echo_json,
+    parse_sets,
+    read_config_file,
+)
 from kdcicam.cli.workers import auto_jobs, parse_jobs, split_threads, start_workers, worker_args
-from kdcicam.config import PROTOCOLS, ROLES, SELECTIONS, VARIANTS, DataConfig, TeacherRefs
-from kdcicam.errors import ConfigError
+from kdcicam.core.config import PROTOCOLS, ROLES, SELECTIONS, VARIANTS, DataConfig, TeacherRefs
+from kdcicam.core.errors import ConfigError
 
 ablate_app = typer.Typer()
 DATASETS = ("synthetic", "cub", "ilsvrc", "wsol")
@@ -40,8 +50,8 @@ def _prepare(*, profile: str, dataset: str, data: Path | None, backbone: str, va
     ``join``: under torchrun, join the process group (its rank's device); only rank 0 opens the store
     and generates data (the others open the data once rank 0 has it).
     """
-    from kdcicam.registry import Scope, load_registry
-    from kdcicam.runtime import pick_device
+    from kdcicam.core.runtime import pick_device
+    from kdcicam.registry.ablations import Scope, load_registry
     from kdcicam.store import open_store
 
     _choice(dataset, DATASETS, "--dataset")
@@ -75,7 +85,7 @@ def _prepare(*, profile: str, dataset: str, data: Path | None, backbone: str, va
 
 def _join_group(dev):
     """Under torchrun: join its process group (device ``cuda:LOCAL_RANK`` on GPUs); else (None, dev)."""
-    from kdcicam.distributed import init_distributed
+    from kdcicam.training.distributed import init_distributed
 
     joined = init_distributed(os.environ, dev)
     return joined if joined is not None else (None, dev)
@@ -83,7 +93,7 @@ def _join_group(dev):
 
 def _ranked_opener(cache: Path, dctx):
     """A cached dataset opener; in a process group rank 0 opens (and may generate) first, the others after."""
-    from kdcicam.distributed import barrier
+    from kdcicam.training.distributed import barrier
 
     @functools.lru_cache(maxsize=None)
     def open_data(data_cfg: DataConfig):
@@ -112,14 +122,14 @@ def _preflight(cfgs) -> None:
 
 
 def _context(store, artifacts: Path, dev, progress, dist=None):
-    from kdcicam.runner import RunContext
+    from kdcicam.execution.runner import RunContext
 
     return RunContext(store=store, artifacts_root=Path(artifacts), device=dev, on_event=progress.event, dist=dist)
 
 
 def _run_plan(runs, ctx_args, quiet: bool, dist=None, execute_one=None):
     from kdcicam.cli.progress import RunProgress
-    from kdcicam.runner import execute_plan
+    from kdcicam.execution.runner import execute_plan
 
     store, artifacts, dev = ctx_args
     quiet = quiet or (dist is not None and not dist.is_main)  # one progress display: rank 0's
@@ -146,8 +156,8 @@ def _run_plan(runs, ctx_args, quiet: bool, dist=None, execute_one=None):
             return execute_plan(runs, ctx, on_run_start=start, on_run_end=end, execute_one=execute_one)
         except KeyboardInterrupt as exc:  # Typer would exit 130 silently: say what happened, in one line
             interrupted = exc
-    from kdcicam.errors import EXIT_INTERRUPTED
-    from kdcicam.runner import RunInterrupted
+    from kdcicam.core.errors import EXIT_INTERRUPTED
+    from kdcicam.execution.runner import RunInterrupted
 
     typer.echo(f"interrupted: {interrupted}" if isinstance(interrupted, RunInterrupted) else "interrupted", err=True)
     raise typer.Exit(EXIT_INTERRUPTED)
@@ -200,8 +210,8 @@ def train(
     Under ``torchrun --nproc_per_node N -m kdcicam train ...`` the run trains on N processes
     (DistributedDataParallel; train.batch_size is the global batch); rank 0 alone writes.
     """
-    from kdcicam.plan import PlannedRun, run_id_for
-    from kdcicam.registry import resolve_config
+    from kdcicam.execution.plan import PlannedRun, run_id_for
+    from kdcicam.registry.ablations import resolve_config
 
     if run_spec is not None:
         _train_spec(run_spec, db=db, artifacts=artifacts, device=device, quiet=quiet, as_json=as_json)
@@ -219,7 +229,7 @@ def train(
             raise ConfigError("--role distilled needs --teacher-cls RUN and/or --teacher-loc RUN")
         _choice(cls_select, SELECTIONS, "--cls-select")
         _choice(loc_select, SELECTIONS, "--loc-select")
-        from kdcicam.distributed import broadcast_object
+        from kdcicam.training.distributed import broadcast_object
 
         if store is not None:  # rank 0 (or the only process) resolves; the others get its answer
             refs = TeacherRefs(cls_run=store.resolve_run(teacher_cls).id if teacher_cls else None,
@@ -232,7 +242,7 @@ def train(
                          seed=seed, num_classes=2, teachers=refs, cli_overrides=sets)
     index = open_data(cfg.data)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=index.num_classes)).validate()
-    from kdcicam.runtime import set_seed
+    from kdcicam.core.runtime import set_seed
 
     set_seed(cfg.train.seed, cfg.train.deterministic)
     _preflight([cfg])
@@ -242,7 +252,7 @@ def train(
 
 def _finish_train(run, store, artifacts: Path, dev, dctx, *, quiet: bool, as_json: bool) -> None:
     """Run one planned run (on every rank of a process group), then report it (rank 0)."""
-    from kdcicam.distributed import shutdown
+    from kdcicam.training.distributed import shutdown
 
     outcomes = _run_plan([run], (store, artifacts, dev), quiet=quiet or as_json, dist=dctx)
     shutdown(dctx)  # reached by every rank only when none failed mid-run
@@ -261,8 +271,8 @@ def _finish_train(run, store, artifacts: Path, dev, dctx, *, quiet: bool, as_jso
 
 def _train_spec(path: Path, *, db: str | None, artifacts: Path, device: str, quiet: bool, as_json: bool) -> None:
     """``train --run-spec``: the run a spec file describes, exactly (nothing re-resolved)."""
-    from kdcicam.launch import planned_run, read_spec
-    from kdcicam.runtime import pick_device, set_seed
+    from kdcicam.core.runtime import pick_device, set_seed
+    from kdcicam.execution.launch import planned_run, read_spec
     from kdcicam.store import open_store
 
     spec = read_spec(path)
@@ -286,11 +296,11 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Evaluate a stored run's checkpoint on the test split (both protocols) and store the metrics."""
-    from kdcicam.config import RunConfig, from_dict
+    from kdcicam.core.config import RunConfig, from_dict
+    from kdcicam.core.runtime import pick_device
     from kdcicam.data.source import open_dataset
-    from kdcicam.evaluate import evaluate
-    from kdcicam.runner import load_run_model
-    from kdcicam.runtime import pick_device
+    from kdcicam.evaluation.evaluator import evaluate
+    from kdcicam.execution.runner import load_run_model
     from kdcicam.store import open_store
 
     _choice(selection, SELECTIONS, "--selection")
@@ -363,8 +373,8 @@ def ablate(
                                               "(default: ARTIFACTS/slurm)."),
 ) -> None:
     """Plan, train (or reuse) and evaluate every run an ablation table needs, and store the results."""
-    from kdcicam.plan import make_plan
-    from kdcicam.registry import load_registry
+    from kdcicam.execution.plan import make_plan
+    from kdcicam.registry.ablations import load_registry
 
     if list_:
         _list_tables(load_registry(registry), as_json)
@@ -392,7 +402,7 @@ def ablate(
         split_threads(n_jobs)
         configure_threads()
     if dry_run:
-        from kdcicam.runtime import device_name
+        from kdcicam.core.runtime import device_name
 
         _print_plan(plan, store, as_json, jobs=n_jobs, device=device_name(dev))
         return
@@ -401,12 +411,12 @@ def ablate(
         _submit(plan, store, artifacts, dev, launcher=launcher, device=device, as_json=as_json,
                 options=_slurm_options(partition, time_min, gpus_per_job, cpus_per_job, slurm_log_dir, artifacts))
         return
-    from kdcicam.runtime import set_seed
+    from kdcicam.core.runtime import set_seed
 
     set_seed(0)
     execute_one = None
     if gpus > 1:
-        from kdcicam.launch import execute_in_child
+        from kdcicam.execution.launch import execute_in_child
 
         execute_one = execute_in_child(gpus, cache_dir(), device)
     from kdcicam.store import utc_now
@@ -462,7 +472,7 @@ def _finished_since(store, run_id: str, since) -> bool:
 
 
 def _slurm_options(partition, time_min, gpus_per_job, cpus_per_job, log_dir, artifacts: Path):
-    from kdcicam.launch import SLURM_LOG_DIR, SlurmOptions
+    from kdcicam.execution.launch import SLURM_LOG_DIR, SlurmOptions
 
     return SlurmOptions(partition=partition, time_min=time_min, gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_job,
                         log_dir=Path(log_dir or Path(artifacts) / SLURM_LOG_DIR).resolve())
@@ -473,9 +483,9 @@ def _submit(plan, store, artifacts: Path, dev, *, launcher: str, device: str, op
 
     SLURM: returns once submitted (follow with ``kdcicam runs list``). submitit-local: waits for the jobs.
     """
-    from kdcicam.distributed import launch_command
-    from kdcicam.launch import make_executor, spec_for, submit_plan, train_args, write_spec
-    from kdcicam.runner import RunContext, register_run
+    from kdcicam.execution.launch import make_executor, spec_for, submit_plan, train_args, write_spec
+    from kdcicam.execution.runner import RunContext, register_run
+    from kdcicam.training.distributed import launch_command
 
     ctx = RunContext(store=store, artifacts_root=Path(artifacts).resolve(), device=dev)
     finished = {r.run_id for r in plan.runs if register_run(r, r.dataset, ctx).status == "finished"}
@@ -514,7 +524,7 @@ def _submit(plan, store, artifacts: Path, dev, *, launcher: str, device: str, op
 def _status_of(info, done: int | None) -> str:
     """A planned run's status as the plan shows it: new, reused, resumed (after how many epochs), or being
     trained by another live process."""
-    from kdcicam.holders import holder_gone
+    from kdcicam.execution.holders import holder_gone
 
     if info is None or info.status == "pending":
         return "new"
@@ -527,7 +537,7 @@ def _status_of(info, done: int | None) -> str:
 
 
 def _print_plan(plan, store, as_json: bool, *, jobs: int = 1, device: str = "cpu") -> None:
-    from kdcicam.eta import estimate_plan
+    from kdcicam.execution.eta import estimate_plan
 
     history = store.list_runs()
     by_id = {r.id: r for r in history}

@@ -147,7 +147,7 @@ def list_cmd(
 
 def _progress(store, run: RunInfo) -> dict[str, Any]:
     """A running run's epochs done (of its epochs) and, when its process is gone, why we think so."""
-    from kdcicam.holders import holder_gone
+    from kdcicam.execution.holders import holder_gone
 
     curves = store.epoch_metrics(run.id)
     trained = curves[curves["split"] == "train"]["epoch"]
@@ -265,8 +265,8 @@ def delete_cmd(
     import shutil
     from pathlib import Path
 
-    from kdcicam.errors import ConfigError
-    from kdcicam.holders import holder_gone
+    from kdcicam.core.errors import ConfigError
+    from kdcicam.execution.holders import holder_gone
 
     with open_store(_db_url(db), create=False) as store:
         chosen = list({info.id: info for info in (store.resolve_run(name) for name in runs)}.values())
@@ -334,7 +334,7 @@ def export_cmd(
     dataset, seed and labels), for analyses of your own; metrics are fractions, as stored."""
     from pathlib import Path
 
-    from kdcicam.errors import ConfigError
+    from kdcicam.core.errors import ConfigError
 
     if what not in EXPORTS:
         raise ConfigError(f"--what {what!r}: must be one of {', '.join(EXPORTS)}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdcicam.cli._common import available_cores
-from kdcicam.errors import ConfigError
+from kdcicam.core.errors import ConfigError
 
 WORKER_STAGGER_S = 1.0
 MAX_AUTO_JOBS = 4  # --jobs auto on CPU: at most this many runs at once (each gets cores // jobs threads)

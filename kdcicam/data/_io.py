@@ -2,7 +2,7 @@
 
 Every loader *scans* a dataset into a :class:`ScanResult` that holds every defect found (one line
 each, ``<file>:<line>: <what is wrong>``) instead of stopping at the first one; ``load_*`` functions
-then raise :class:`~kdcicam.errors.DataError` with the first line, and ``kdcicam data check`` prints
+then raise :class:`~kdcicam.core.errors.DataError` with the first line, and ``kdcicam data check`` prints
 them all.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from kdcicam.core.errors import DataError
 from kdcicam.data.base import Box, DatasetIndex
-from kdcicam.errors import DataError
 
 BOX_TOLERANCE = 1.0  # px a box may exceed its image (annotation tools round to the pixel border)
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})

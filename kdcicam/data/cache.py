@@ -40,13 +40,23 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from kdcicam.core.errors import DataError
+from kdcicam.core.runtime import derive_seed
 from kdcicam.data.base import Sample
 from kdcicam.data.dataset import load_rgb
-from kdcicam.data.transforms import (GEOMETRIC_OPS, BoxRandAugment, TestTransform, TrainTransform,
-                                     _corner_points, _corners_to_boxes, apply_frame_to_image, clip_boxes,
-                                     intersect_boxes, normalize_image, to_uint8_image)
-from kdcicam.errors import DataError
-from kdcicam.runtime import derive_seed
+from kdcicam.data.transforms import (
+    GEOMETRIC_OPS,
+    BoxRandAugment,
+    TestTransform,
+    TrainTransform,
+    _corner_points,
+    _corners_to_boxes,
+    apply_frame_to_image,
+    clip_boxes,
+    intersect_boxes,
+    normalize_image,
+    to_uint8_image,
+)
 
 PLACEMENTS = ("device", "pinned", "host")
 Decoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]  # frame, frame boxes, orig boxes, (W, H)

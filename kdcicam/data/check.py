@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdcicam.core.errors import KdcicamError
 from kdcicam.data._io import GRAY_MODES, first_defect_error
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.loader import resolve_format, scan_dataset
-from kdcicam.errors import KdcicamError
 
 
 @dataclass(frozen=True)

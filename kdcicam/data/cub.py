@@ -22,11 +22,11 @@ from pathlib import Path
 
 from kdcicam.data._io import (
     Defects,
+    PathGuard,
     ScanResult,
     box_problem,
     fingerprint,
     index_or_raise,
-    PathGuard,
     parse_rows,
     probe_image,
     read_text,

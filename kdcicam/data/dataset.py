@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from kdcicam.core.errors import DataError
 from kdcicam.data.base import Sample
-from kdcicam.errors import DataError
 
 # transform(img, boxes (K, 4) xyxy in img's pixels) -> (image (3, H, W), boxes (K, 4) in its frame)
 Transform = Callable[[Image.Image, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -33,12 +33,12 @@ from pathlib import Path
 
 from kdcicam.data._io import (
     Defects,
+    PathGuard,
     ScanResult,
     box_problem,
     fingerprint,
     index_or_raise,
     is_image_name,
-    PathGuard,
     parse_int,
     probe_image,
     read_text,

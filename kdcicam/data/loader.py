@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kdcicam.core.errors import ConfigError, DataError
 from kdcicam.data._io import ScanResult, index_or_raise
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.cub import scan_cub
 from kdcicam.data.ilsvrc import MAPPING_FILE, scan_ilsvrc
 from kdcicam.data.split import carve_validation
 from kdcicam.data.wsol import EXTRA_FILE, scan_wsol
-from kdcicam.errors import ConfigError, DataError
 
 FORMATS = ("cub", "ilsvrc", "wsol")
 _ALIASES = {"synthetic": "cub"}  # the embedded benchmark is written in the CUB layout

@@ -7,10 +7,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from kdcicam.config import DataConfig, SynthConfig, config_hash
+from kdcicam.core.config import DataConfig, SynthConfig, config_hash
+from kdcicam.core.errors import ConfigError
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.loader import load_dataset
-from kdcicam.errors import ConfigError
 
 
 def synthetic_root(cache_dir: Path, synth: SynthConfig) -> Path:

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from kdcicam.config import SynthConfig, to_dict
+from kdcicam.core.config import SynthConfig, to_dict
+from kdcicam.core.errors import DataError
 from kdcicam.data.base import Box
-from kdcicam.errors import ConfigError, DataError
 
 GENERATOR_VERSION = "1.0"  # bump whenever the bytes written for a given config change
 
@@ -142,39 +142,6 @@ def body_colour(cfg: SynthConfig, label: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- validation
-
-def validate(cfg: SynthConfig) -> SynthConfig:
-    """Check every field's range; raise a one-line ConfigError naming the option.
-
-    Args:
-        cfg: the config to check.
-
-    Returns:
-        ``cfg`` unchanged.
-    """
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise ConfigError(f"data.synth.{key} = {getattr(cfg, key)!r}: {why}")
-
-    need(cfg.classes >= 2, "classes", "must be >= 2")
-    need(cfg.per_class >= 4, "per_class", "must be >= 4")
-    need(cfg.size >= 32, "size", "must be >= 32")
-    need(0.0 <= cfg.context_correlation <= 1.0, "context_correlation", "must be in [0, 1]")
-    need(0.0 <= cfg.test_context_correlation <= 1.0, "test_context_correlation", "must be in [0, 1]")
-    need(0.0 < cfg.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
-    need(cfg.seed >= 0, "seed", "must be >= 0")
-    need(0.0 <= cfg.body_class_evidence <= 1.0, "body_class_evidence", "must be in [0, 1]")
-    need(0.0 < cfg.part_scale <= 0.5, "part_scale", "must be in (0, 0.5]")
-    lo, hi = cfg.body_scale
-    need(0.0 < lo <= hi <= 0.7, "body_scale", "must be (low, high) with 0 < low <= high <= 0.7")
-    lo, hi = cfg.body_aspect
-    need(0.0 < lo <= hi <= 1.0, "body_aspect", "must be (low, high) with 0 < low <= high <= 1")
-    need(1.0 <= cfg.side_jitter <= 2.0, "side_jitter", "must be in [1, 2]")
-    need(0.0 <= cfg.grayscale_fraction <= 1.0, "grayscale_fraction", "must be in [0, 1]")
-    need(cfg.noise >= 0.0, "noise", "must be >= 0")
-    need(1 <= cfg.jpeg_quality <= 100, "jpeg_quality", "must be in [1, 100]")
-    return cfg
-
 
 def split_sizes(cfg: SynthConfig) -> tuple[int, int]:
     """Train and test images per class: ``per_class * test_fraction`` test (half rounds up), >= 1 each.
@@ -447,7 +414,7 @@ def generate(out: Path, cfg: SynthConfig, overwrite: bool = False) -> dict[str, 
     Returns:
         ``{"num_images", "num_classes", "num_train", "num_test", "root", "version"}``.
     """
-    validate(cfg)
+    cfg.validate()
     out = Path(out).resolve()  # "." or "x/" still get a named sibling for the temporary folder
     _check_destination(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)

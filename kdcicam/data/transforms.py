@@ -26,7 +26,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from kdcicam.errors import ConfigError
+from kdcicam.core.errors import ConfigError
 
 Size = tuple[int, int]  # (width, height) in pixels
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from kdcicam.data._io import (
     Defects,
+    PathGuard,
     ScanResult,
     box_problem,
     fingerprint,
     format_number,
     index_or_raise,
-    PathGuard,
     parse_rows,
     probe_image,
     read_image_info,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs as _TORCHVISION_VGG_CFGS
 
-from kdcicam.errors import ConfigError
+from kdcicam.core.errors import ConfigError
 from kdcicam.model.nonlocal_block import NonLocalBlock
 
 # Where non-local blocks go, lowest level first ("before every bottleneck layer excluding the first one",

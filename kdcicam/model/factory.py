@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from kdcicam.config import VARIANTS, ModelConfig
-from kdcicam.errors import ConfigError
+from kdcicam.core.config import VARIANTS, ModelConfig
+from kdcicam.core.errors import ConfigError
 from kdcicam.model.backbones import build_backbone
 from kdcicam.model.cicam import CICAM
 from kdcicam.model.context_pool import POOL_RULES, CausalContextPool

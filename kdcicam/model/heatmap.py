@@ -20,11 +20,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdcicam.config import VARIANTS
+from kdcicam.core.config import VARIANTS
 
 
 def check_variant(variant: str) -> None:
-    """Raise ValueError unless ``variant`` is one of :data:`kdcicam.config.VARIANTS`."""
+    """Raise ValueError unless ``variant`` is one of :data:`kdcicam.core.config.VARIANTS`."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 

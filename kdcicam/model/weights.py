@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcicam.errors import ConfigError, RunError
+from kdcicam.core.errors import ConfigError, RunError
 from kdcicam.model.backbones import CHECKPOINT_FILES
 
 _OPTIONAL_SUFFIX = "num_batches_tracked"

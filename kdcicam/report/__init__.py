@@ -19,10 +19,13 @@ import pandas as pd
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from kdcicam.registry import Registry
+from kdcicam.analysis.claims import test_records
+from kdcicam.analysis.results import PROTOCOL_NAMES
+from kdcicam.evaluation.selection import EpochAudit, epoch_audit
+from kdcicam.registry.ablations import Registry
+from kdcicam.report.collect import collect, report_json
 from kdcicam.report.render import FORMATS, Rendered, render
-from kdcicam.report.tables import AUDIT_METRICS, PROTOCOL_NAMES, ReportData, collect, report_json
-from kdcicam.selection import EpochAudit, epoch_audit
+from kdcicam.report.tables import AUDIT_METRICS, ReportData
 from kdcicam.store import RunInfo, Store
 
 __all__ = ["FORMATS", "PROTOCOL_NAMES", "Rendered", "ReportData", "build_report", "render", "report_json"]
@@ -58,8 +61,6 @@ def build_report(store: Store | None, reg: Registry, *, protocols: Sequence[str]
     finals = store.final_metrics(finished) if store is not None and finished else pd.DataFrame(
         columns=["run_id", "protocol", "selection", "threshold_policy", "split", "name", "value"])
     audits = _epoch_audits(store, reg, runs, keys) if store is not None else {}
-    from kdcicam.claims import test_records  # claims.py builds on kdcicam.report's modules
-
     records = test_records(store) if store is not None else None
     return collect(reg, runs, finals, store_url=url, protocols=protocols, table_keys=keys, generated=generated,
                    epoch_audits=audits, threshold_policy=threshold_policy, records=records)

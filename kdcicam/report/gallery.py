@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from kdcicam.registry import Table
+from kdcicam.registry.ablations import Table
 from kdcicam.report.figures import new_figure, to_png
 from kdcicam.store import RunInfo
 

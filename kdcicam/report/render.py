@@ -16,12 +16,14 @@ from importlib import resources
 import jinja2
 from markupsafe import Markup
 
-from kdcicam.fmt import fmt_signed, fmt_value, interval_text
-from kdcicam.registry import Registry
+from kdcicam.analysis.claims import LEDGER_NOTE
+from kdcicam.analysis.results import paper_points
+from kdcicam.core.fmt import fmt_signed, fmt_value, interval_text
+from kdcicam.registry.ablations import Registry
 from kdcicam.report.gallery import GALLERY_CELLS, GALLERY_TABLE, common_sample, gallery_columns, gallery_figure
 from kdcicam.report.scatter import cl_scatter, scatter_description
 from kdcicam.report.sweep import SweepData, sweep_figure
-from kdcicam.report.tables import METRIC_LABELS, MetricValue, ReportData, RowData, ScopeData, paper_points
+from kdcicam.report.tables import METRIC_LABELS, MetricValue, ReportData, RowData, ScopeData
 
 FORMATS = {"html": "report.html", "md": "report.md", "latex": "report.tex"}
 REDUCED_BANNER = "reduced setting — not a reproduction of the paper's numbers"
@@ -224,8 +226,6 @@ class Rendered:
 
 
 def _environment() -> jinja2.Environment:
-    from kdcicam.claims import LEDGER_NOTE  # claims.py builds on the report's tables
-
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("kdcicam.report", "templates"),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=True,
@@ -251,7 +251,7 @@ def render(data: ReportData, reg: Registry, fmt: str, *, figures: bool = True) -
     """Render the report.
 
     Args:
-        data: from :func:`kdcicam.report.tables.collect`.
+        data: from :func:`kdcicam.report.collect.collect`.
         reg: the registry (paper points, gallery cells).
         fmt: "html" | "md" | "latex".
         figures: draw the figures (HTML embeds them; md/latex link to files returned in ``files``).

@@ -13,9 +13,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
+from kdcicam.analysis.results import METHODS
+from kdcicam.analysis.stats import pareto_front
 from kdcicam.report.figures import new_figure, to_png
-from kdcicam.report.stats import pareto_front
-from kdcicam.report.tables import METHODS
 
 PANELS = (("top1_loc", "Top-1 Loc (%)"), ("gt_known_loc", "GT-known Loc (%)"))
 
@@ -29,7 +29,7 @@ def setting_means(points: pd.DataFrame) -> pd.DataFrame:
     """One point per training setting read at one checkpoint: the mean of its seeds' runs.
 
     Args:
-        points: :func:`kdcicam.report.tables.scatter_points`.
+        points: :func:`kdcicam.analysis.results.scatter_points`.
 
     Returns:
         Columns method, selection, setting, n_seeds and the mean of each metric (NaN where no
@@ -60,8 +60,8 @@ def cl_scatter(points: pd.DataFrame, paper: pd.DataFrame, *, title: str, paper_l
     """Draw the two-panel C-L scatter.
 
     Args:
-        points: :func:`kdcicam.report.tables.scatter_points` (percent).
-        paper: :func:`kdcicam.report.tables.paper_points` for the scope's paper scope.
+        points: :func:`kdcicam.analysis.results.scatter_points` (percent).
+        paper: :func:`kdcicam.analysis.results.paper_points` for the scope's paper scope.
         title: figure title (scope and protocol).
         paper_label: how the paper's points are named, e.g. "CUB, VGG16".
         subtitle: a second, smaller title line (provenance, reduced-setting warning).

@@ -6,9 +6,9 @@ correlation), so a sweep is grouped by dataset name, backbone, profile, variant 
 not by dataset fingerprint, and read from each run's own config (the value it actually ran at).
 
 The gap of a cell at one value is paired by seed: ``cell(seed) - reference(seed)`` over the seeds
-that have both, with its mean and Student-t 95 % interval (:func:`kdcicam.report.stats.mean_std_ci`).
+that have both, with its mean and Student-t 95 % interval (:func:`kdcicam.analysis.stats.mean_std_ci`).
 Whether the gap grows with the swept value is a least-squares line through every (value, seed) gap
-(:func:`kdcicam.report.stats.linear_trend`), given as the change it predicts from the lowest swept
+(:func:`kdcicam.analysis.stats.linear_trend`), given as the change it predicts from the lowest swept
 value to the highest, with its 95 % interval.
 """
 
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from kdcicam.registry import Registry, Table
-from kdcicam.report.stats import linear_trend, mean_std_ci
-from kdcicam.report.tables import config_value, latest_per
-from kdcicam.selection import select_on_of
+from kdcicam.analysis.results import config_value, latest_per
+from kdcicam.analysis.stats import linear_trend, mean_std_ci
+from kdcicam.evaluation.selection import select_on_of
+from kdcicam.registry.ablations import Registry, Table
 from kdcicam.store import RunInfo
 
 SWEEP_THRESHOLD_POLICY = "fixed"

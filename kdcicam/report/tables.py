@@ -10,145 +10,53 @@ Beside each mean: what the best of the N seeds would have printed, and "≈" on 
 the reference row smaller than the two rows' seed spread. The *selection audit*
 (:func:`build_audit`) puts each cell's number next to what test-split choices would have printed:
 the checkpoint picked on the test split (max over the per-epoch test numbers) and θ chosen on the
-validation split or on the test split itself (oracle) (:mod:`kdcicam.selection`).
+validation split or on the test split itself (oracle) (:mod:`kdcicam.evaluation.selection`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
-import json
-
 import math
-import re
-from collections.abc import Callable, Iterable, Sequence
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from kdcicam.config import IDENTITY_IF_SET_KEYS, NON_IDENTITY_KEYS, RunConfig, to_dict
-from kdcicam.registry import METRICS, Cell, Registry, Scope, Table
-from kdcicam.report.stats import mean_std_ci
-from kdcicam.selection import DECISION_METRIC, TEACHER_DECISION_METRIC, EpochAudit, select_on_of
+from kdcicam.analysis.stats import mean_std_ci
+from kdcicam.evaluation.selection import (
+    DECISION_METRIC,
+    TEACHER_DECISION_METRIC,
+    EpochAudit,
+    select_on_of,
+)
+from kdcicam.registry.ablations import Cell, Table
 from kdcicam.store import RunInfo
 
 if TYPE_CHECKING:
     from kdcicam.report.sweep import SweepData
+from kdcicam.analysis.results import (
+    DEFAULT_THRESHOLD_POLICY,
+    POINT_METRICS,
+    PolicyLookup,
+    ScopeKey,
+    ablate_command,
+    config_value,
+)
 
-PROTOCOL_NAMES: tuple[str, ...] = ("paper", "standard")
 METRIC_LABELS = {
     "top1_cls": "Top-1 Cls", "top5_cls": "Top-5 Cls", "top1_loc": "Top-1 Loc",
     "top5_loc": "Top-5 Loc", "gt_known_loc": "GT-known Loc", "maxboxacc_v2": "MaxBoxAccV2",
 }
+
+
 EXTRA_METRIC = "maxboxacc_v2"  # shown in every table although the paper's tables lack it
-METHODS: tuple[str, ...] = ("Base (NL-CCAM)", "CI-CAM", "KD-CI-CAM", "cls teacher", "loc teacher")
-POINT_METRICS: tuple[str, ...] = ("top1_cls", "top1_loc", "gt_known_loc")
+
+
 AUDIT_METRICS: tuple[str, ...] = POINT_METRICS  # the selection audit's metrics
+
+
 AUDIT_PROTOCOL = "paper"  # per-epoch numbers (checkpoint choice) are measured under this protocol
-_DATASET_LABELS = {"cub": "CUB", "ilsvrc": "ILSVRC", "synthetic": "synthetic", "wsol": "WSOL"}
-_BACKBONE_LABELS = {"vgg16": "VGG16", "inceptionv3": "InceptionV3"}
-_DEFAULT_VARIANT = "reference"  # RunConfig's default: the ablate command need not name it
-_THRESHOLD_POLICY = "fixed"
-_SPLIT = "test"
 
-
-# ------------------------------------------------------------------------------------ scopes
-
-@dataclass(frozen=True)
-class ScopeKey:
-    """Where runs are comparable: same data, backbone, profile, variant and checkpoint-selection split."""
-
-    dataset: str
-    backbone: str
-    profile: str
-    variant: str
-    fingerprint: str | None = None
-    select_on: str = "val"  # eval.select_on: "test" runs picked checkpoints on the test split
-
-    @property
-    def paper_scope(self) -> str:
-        """The paper's scope whose numbers stand beside ours ("cub/vgg16" for synthetic/vgg16)."""
-        return Scope(self.dataset, self.backbone).paper_scope
-
-    @property
-    def paper_label(self) -> str:
-        """The paper scope in words, e.g. "CUB, VGG16"."""
-        dataset, backbone = self.paper_scope.split("/")
-        return f"{_DATASET_LABELS.get(dataset, dataset)}, {_BACKBONE_LABELS.get(backbone, backbone)}"
-
-    @property
-    def reduced(self) -> bool:
-        """Only the paper profile on real data is the paper's setting; everything else is reduced."""
-        return self.profile != "paper" or self.dataset == "synthetic"
-
-    @property
-    def title(self) -> str:
-        fp = f" (data {self.fingerprint[:10]})" if self.fingerprint else ""
-        selected = "" if self.select_on == "val" else f" / checkpoints selected on {self.select_on.upper()}"
-        return (f"{self.dataset}{fp} / {self.backbone} / profile {self.profile} / "
-                f"variant {self.variant}{selected}")
-
-    @property
-    def slug(self) -> str:
-        """A file-name-safe identifier of the scope."""
-        parts = [self.dataset, self.backbone, self.profile, self.variant]
-        if self.fingerprint:
-            parts.append(self.fingerprint[:10])
-        if self.select_on != "val":
-            parts.append(f"selected-on-{self.select_on}")
-        return re.sub(r"[^A-Za-z0-9]+", "-", "-".join(parts)).strip("-").lower()
-
-    def sort_key(self) -> tuple[str, ...]:
-        return (self.dataset, self.backbone, self.profile, self.variant, self.fingerprint or "", self.select_on)
-
-
-def scope_of(run: RunInfo) -> ScopeKey:
-    """The scope a run belongs to (backbone from its resolved config)."""
-    backbone = str(run.config.get("model", {}).get("backbone", "?"))
-    return ScopeKey(dataset=run.dataset, backbone=backbone, profile=run.profile, variant=run.variant,
-                    fingerprint=run.dataset_fingerprint, select_on=select_on_of(run.config))
-
-
-def ablate_command(table: str, scope: ScopeKey, n_seeds: int = 1) -> str:
-    """The ``kdcicam ablate`` command that would run a table's cells in a scope.
-
-    Args:
-        table: registry table key.
-        scope: where the cells are missing.
-        n_seeds: seeds 0..n-1 the scope's other cells ran at (``--seeds``; 1 is the default).
-    """
-    cmd = f"kdcicam ablate {table}"
-    if scope.dataset != "synthetic":
-        cmd += f" --dataset {scope.dataset} --data PATH"
-    cmd += f" --backbone {scope.backbone} --profile {scope.profile}"
-    if scope.variant != _DEFAULT_VARIANT:
-        cmd += f" --variant {scope.variant}"
-    if scope.select_on != "val":
-        cmd += f" --set eval.select_on={scope.select_on}"
-    if n_seeds > 1:
-        cmd += f" --seeds {n_seeds}"
-    return cmd
-
-
-def method_of(role: str | None, context_pool: bool = True) -> str:
-    """The method a run (or a registry cell) stands for, as the C-L scatter colours it."""
-    if role == "cls_teacher":
-        return "cls teacher"
-    if role == "loc_teacher":
-        return "loc teacher"
-    if role == "distilled":
-        return "KD-CI-CAM"
-    return "CI-CAM" if context_pool else "Base (NL-CCAM)"
-
-
-def run_method(run: RunInfo) -> str:
-    return method_of(run.role, bool(run.config.get("model", {}).get("context_pool", True)))
-
-
-# -------------------------------------------------------------------------------- provenance
 
 def _distinct(values: Iterable[Any]) -> tuple[str, ...]:
     out: list[str] = []
@@ -157,16 +65,6 @@ def _distinct(values: Iterable[Any]) -> tuple[str, ...]:
         if text not in out:
             out.append(text)
     return tuple(sorted(out))
-
-
-def config_value(config: dict[str, Any], dotted: str) -> Any:
-    """A stored run config's value at a dotted key (None where it has none)."""
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _short_commit(commit: str) -> str:
@@ -242,8 +140,6 @@ def provenance(scope: ScopeKey, runs: Sequence[RunInfo], generated: str) -> Prov
         generated=generated,
     )
 
-
-# ------------------------------------------------------------------------------ cell values
 
 @dataclass(frozen=True)
 class MetricValue:
@@ -361,7 +257,7 @@ class ScopeData:
     points: dict[str, pd.DataFrame]  # protocol -> C-L scatter points
     runs: tuple[RunInfo, ...]
     audit: dict[str, AuditTable] = field(default_factory=dict)  # protocol -> selection audit
-    claims: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # protocol -> ClaimResult rows (kdcicam.claims)
+    claims: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # protocol -> ClaimResult rows (kdcicam.analysis.claims)
 
 
 @dataclass(frozen=True)
@@ -373,73 +269,8 @@ class ReportData:
     scopes: tuple[ScopeData, ...]
     n_unfinished: int = 0  # runs in the store not finished (not shown)
     sweeps: tuple[SweepData, ...] = ()  # the registry's sweep tables (kind = "sweep"), across scopes
-    threshold_policy: str = _THRESHOLD_POLICY  # whose θ the localization numbers use: fixed | val
-    variants: dict[str, Any] = field(default_factory=dict)  # protocol -> VariantAgreement (kdcicam.variants)
-
-
-def _finals_index(finals: pd.DataFrame,
-                  threshold_policy: str = _THRESHOLD_POLICY) -> dict[tuple[str, str, str], dict[str, float]]:
-    """(run_id, protocol, selection) -> {metric: value in percent} under a θ policy on the test split."""
-    out: dict[tuple[str, str, str], dict[str, float]] = {}
-    if finals.empty:
-        return out
-    rows = finals[(finals["threshold_policy"] == threshold_policy) & (finals["split"] == _SPLIT)]
-    for run_id, protocol, selection, name, value in rows[
-            ["run_id", "protocol", "selection", "name", "value"]].itertuples(index=False):
-        if name in METRICS and not math.isnan(value):
-            out.setdefault((run_id, protocol, selection), {})[name] = 100.0 * float(value)
-    return out
-
-
-def cell_frame(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
-               threshold_policy: str = _THRESHOLD_POLICY) -> pd.DataFrame:
-    """Every labelled cell value of every finished run, in long format.
-
-    Args:
-        reg: the registry (cells give the checkpoint selection to read).
-        runs: finished runs.
-        finals: :meth:`Store.final_metrics` of those runs.
-        threshold_policy: which θ policy's numbers ("fixed", "val", "oracle").
-
-    Returns:
-        Columns scope (ScopeKey), table, cell, seed, run_id, finished (ISO time), protocol, metric,
-        value (percent), setting (:func:`training_setting`: the same for every seed of one training).
-        Labels naming a table or cell the registry lacks are skipped.
-    """
-    index = _finals_index(finals, threshold_policy)
-    rows = []
-    for run in runs:
-        scope = scope_of(run)
-        finished = run.finished_at.isoformat() if run.finished_at else ""
-        setting = training_setting(run.config)
-        for table_key, cells in run.labels.items():
-            table = reg.tables.get(table_key)
-            if table is None:
-                continue
-            for cell_key in cells:
-                cell = next((c for c in table.cells if c.key == cell_key), None)
-                if cell is None:
-                    continue
-                for protocol in PROTOCOL_NAMES:
-                    for metric, value in index.get((run.id, protocol, cell.select), {}).items():
-                        rows.append((scope, table_key, cell_key, run.seed, run.id, finished, protocol,
-                                     metric, value, setting))
-    return pd.DataFrame(rows, columns=["scope", "table", "cell", "seed", "run_id", "finished", "protocol",
-                                       "metric", "value", "setting"])
-
-
-def latest_per(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """Keep the rows of one run per ``keys`` (e.g. cell and seed): the run finished last (a rerun
-    supersedes; ties by run id). ``frame`` has columns ``finished`` and ``run_id``, any rows per run."""
-    if frame.empty:
-        return frame
-    latest = frame.sort_values(["finished", "run_id"]).drop_duplicates(list(keys), keep="last")[[*keys, "run_id"]]
-    return frame.merge(latest, on=[*keys, "run_id"])
-
-
-def latest_per_seed(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep one run per (scope, table, cell, seed): the one finished last (a rerun supersedes)."""
-    return latest_per(frame, ["scope", "table", "cell", "seed"])
+    threshold_policy: str = DEFAULT_THRESHOLD_POLICY  # whose θ the localization numbers use: fixed | val
+    variants: dict[str, Any] = field(default_factory=dict)  # protocol -> VariantAgreement (kdcicam.analysis.variants)
 
 
 def _sign(x: float) -> int:
@@ -547,110 +378,6 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
         provenance=provenance(scope, runs, generated) if runs else None, notes=tuple(notes))
 
 
-def scatter_points(runs: Sequence[RunInfo], finals: pd.DataFrame, reg: Registry, protocol: str,
-                   threshold_policy: str = _THRESHOLD_POLICY) -> pd.DataFrame:
-    """One C-L scatter point per (run, checkpoint selection) the run is reported at.
-
-    A run is read at the selections its labelled cells use (a loc teacher at both Table 5
-    selections), else at its last checkpoint; selections without Top-1 Cls are skipped.
-
-    Returns:
-        Columns run_id, method, seed, selection, setting (:func:`training_setting`), top1_cls,
-        top1_loc, gt_known_loc (percent; NaN where missing).
-    """
-    index = _finals_index(finals, threshold_policy)
-    rows = []
-    for run in runs:
-        selections = set()
-        for table_key, cells in run.labels.items():
-            table = reg.tables.get(table_key)
-            for cell in (table.cells if table else ()):
-                if cell.key in cells:
-                    selections.add(cell.select)
-        if not selections:
-            selections = {"last"}
-        for selection in sorted(selections):
-            values = index.get((run.id, protocol, selection), {})
-            if "top1_cls" not in values:
-                continue
-            rows.append((run.id, run_method(run), f"seed {run.seed}", selection, training_setting(run.config),
-                         *(values.get(m, math.nan) for m in POINT_METRICS)))
-    return pd.DataFrame(rows, columns=["run_id", "method", "seed", "selection", "setting", *POINT_METRICS])
-
-
-# what differs between the seeds of one training setting: the seed, and the teacher runs of that seed
-# (whether a teacher is there is part of the setting)
-_SEED_KEY = "train.seed"
-_TEACHER_RUN_KEYS = ("teachers.cls_run", "teachers.loc_run")
-
-
-@functools.cache
-def _default_config() -> dict[str, Any]:
-    return to_dict(RunConfig())
-
-
-def training_setting(config: dict[str, Any]) -> str:
-    """A short key naming a run's training setting, the same for every seed of it: the hash of its
-    stored config without the seed, with each teacher run reduced to whether there is one, and
-    without what is not part of a run's identity (:data:`kdcicam.config.NON_IDENTITY_KEYS`, and
-    :data:`kdcicam.config.IDENTITY_IF_SET_KEYS` at their defaults or not stored)."""
-    defaults = _default_config()
-
-    def strip(node: Any, prefix: str) -> Any:
-        if not isinstance(node, dict):
-            return node
-        out = {}
-        for k, v in node.items():
-            dotted = f"{prefix}{k}"
-            if dotted == _SEED_KEY or dotted in NON_IDENTITY_KEYS:
-                continue
-            if dotted in IDENTITY_IF_SET_KEYS and v == config_value(defaults, dotted):
-                continue
-            out[k] = (v is not None) if dotted in _TEACHER_RUN_KEYS else strip(v, f"{dotted}.")
-        return out
-
-    text = json.dumps(strip(config, ""), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def paper_points(reg: Registry, paper_scope: str, table_keys: Sequence[str]) -> pd.DataFrame:
-    """The paper's (Top-1 Cls, Top-1 Loc, GT-known Loc) points for a scope, one per distinct cell.
-
-    Returns:
-        Columns name, method, top1_cls, top1_loc, gt_known_loc (percent; NaN where missing),
-        without duplicate points (Table 3's "+KD" is Table 4's last row).
-    """
-    rows = []
-    for key in table_keys:
-        for cell in reg.tables[key].cells:
-            numbers = cell.paper.get(paper_scope, {})
-            if "top1_cls" not in numbers:
-                continue
-            role = reg.teachers[cell.teacher].role if cell.teacher else cell.role
-            rows.append((cell.name, method_of(role, cell.context_pool),
-                         *(numbers.get(m, math.nan) for m in POINT_METRICS)))
-    frame = pd.DataFrame(rows, columns=["name", "method", *POINT_METRICS])
-    return frame.drop_duplicates(subset=list(POINT_METRICS)).reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------- selection audit
-
-PolicyLookup = Mapping[tuple[str, str, str, str], Mapping[str, float]]
-
-
-def policy_lookup(finals: pd.DataFrame) -> dict[tuple[str, str, str, str], dict[str, float]]:
-    """(run_id, protocol, selection, threshold policy) -> {name: value as stored} on the test split."""
-    out: dict[tuple[str, str, str, str], dict[str, float]] = {}
-    if finals.empty:
-        return out
-    rows = finals[finals["split"] == _SPLIT]
-    for run_id, protocol, selection, policy, name, value in rows[
-            ["run_id", "protocol", "selection", "threshold_policy", "name", "value"]].itertuples(index=False):
-        if not math.isnan(value):
-            out.setdefault((run_id, protocol, selection, policy), {})[name] = float(value)
-    return out
-
-
 def _mean(values: Sequence[float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
@@ -732,7 +459,7 @@ def build_audit(tables: Sequence[Table], protocol: str, values: pd.DataFrame, ru
         values: the scope's :func:`cell_frame` rows at the fixed θ, one run per seed.
         runs_by_id: the scope's finished runs.
         lookup: :func:`policy_lookup` of the final metrics.
-        audits: run id -> its per-epoch test audit (:func:`kdcicam.selection.epoch_audit`).
+        audits: run id -> its per-epoch test audit (:func:`kdcicam.evaluation.selection.epoch_audit`).
 
     Returns:
         One row per (cell that ran, metric of :data:`AUDIT_METRICS`).
@@ -762,168 +489,3 @@ def build_audit(tables: Sequence[Table], protocol: str, values: pd.DataFrame, ru
         notes.append("select_on test: the run picked its checkpoints on the TEST split (the authors' behaviour); "
                      "its reported number is already test-selected.")
     return AuditTable(protocol=protocol, rows=tuple(rows), notes=tuple(notes))
-
-
-# -------------------------------------------------------------------------------- collection
-
-def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, store_url: str,
-            protocols: Sequence[str], table_keys: Sequence[str], generated: str,
-            epoch_audits: Mapping[str, EpochAudit] | None = None,
-            threshold_policy: str = _THRESHOLD_POLICY,
-            records: Callable[..., pd.DataFrame] | None = None) -> ReportData:
-    """Everything the report shows, from the store's runs and final metrics.
-
-    Args:
-        reg: the registry.
-        runs: every run in the store (unfinished ones are counted, not shown).
-        finals: :meth:`Store.final_metrics` of the finished runs.
-        store_url: for the report's header.
-        protocols: which protocols to build tables for.
-        table_keys: which registry tables (in order).
-        generated: timestamp text.
-        epoch_audits: run id -> the run's per-epoch test audit, for the selection audit.
-        threshold_policy: whose θ the tables, scatter and sweeps use: "fixed" (each run's own θ) or
-            "val" (θ chosen on the validation split). Classification numbers do not depend on it.
-        records: ``records(run_id, protocol, selection, policy)`` -> per-image test records, for the
-            claims ledger's per-image intervals (None: the ledger is left out).
-
-    Returns:
-        The report's data, one :class:`ScopeData` per scope with a finished run.
-    """
-    from kdcicam.report.sweep import build_sweeps  # sweep.py reads run configs with this module's helpers
-
-    sweep_tables = {k for k, t in reg.tables.items() if t.kind == "sweep"}
-    sweep_keys = [k for k in table_keys if k in sweep_tables]
-    table_keys = [k for k in table_keys if k not in sweep_tables]
-    all_finished = [r for r in runs if r.status == "finished"]
-    # a run only a sweep asked for (another correlation, another dataset) belongs to no scope's tables
-    finished = [r for r in all_finished if not r.labels or set(r.labels) - sweep_tables]
-    frame = cell_frame(reg, finished, finals, threshold_policy)
-    frame = frame[~frame["table"].isin(sweep_tables)]
-    scatter_keys = {k for k in reg.tables if reg.tables[k].kind == "scatter"}
-    is_scatter = frame["table"].isin(scatter_keys)
-    runs_per_seed = frame[~is_scatter].groupby(["scope", "table", "cell", "seed"], sort=False)["run_id"].nunique()
-    superseded = {(scope, table) for (scope, table, _, _), n in runs_per_seed.items() if n > 1}
-    frame = pd.concat([latest_per_seed(frame[~is_scatter]), frame[is_scatter]], ignore_index=True)
-    by_scope: dict[ScopeKey, list[RunInfo]] = {}
-    for run in finished:
-        by_scope.setdefault(scope_of(run), []).append(run)
-    lookup = policy_lookup(finals)
-    audit_tables = [reg.tables[k] for k in table_keys if reg.tables[k].kind == "table"]
-    ledgers = _ledgers(reg, finished, finals, records, protocols, threshold_policy)
-    claims = _claims_by_scope(ledgers, table_keys)
-    scopes = []
-    for scope in sorted(by_scope, key=ScopeKey.sort_key):
-        scope_runs = by_scope[scope]
-        ids = {r.id for r in scope_runs}
-        scope_values = frame[frame["run_id"].isin(ids)]
-        tables = {
-            protocol: tuple(build_table(reg.tables[key], scope, protocol,
-                                        scope_values[scope_values["table"] == key], scope_runs, generated,
-                                        superseded=(scope, key) in superseded)
-                            for key in table_keys)
-            for protocol in protocols
-        }
-        points = {protocol: scatter_points(scope_runs, finals, reg, protocol, threshold_policy)
-                  for protocol in protocols}
-        runs_by_id = {r.id: r for r in scope_runs}
-        audit = {protocol: build_audit(audit_tables, protocol, scope_values, runs_by_id, lookup,
-                                       epoch_audits or {}) for protocol in protocols}
-        scopes.append(ScopeData(key=scope, provenance=provenance(scope, scope_runs, generated),
-                                tables=tables, points=points, runs=tuple(scope_runs), audit=audit,
-                                claims={p: claims.get((scope.title, p), ()) for p in protocols}))
-    return ReportData(generated=generated, store_url=store_url, protocols=tuple(protocols),
-                      table_keys=tuple(table_keys), scopes=tuple(scopes),
-                      n_unfinished=len(runs) - len(all_finished),
-                      sweeps=build_sweeps(reg, sweep_keys, all_finished, finals, protocols, threshold_policy),
-                      threshold_policy=threshold_policy,
-                      variants=_variants(reg, finished, finals, records, ledgers, threshold_policy, table_keys))
-
-
-def _ledgers(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
-             records: Callable[..., pd.DataFrame] | None, protocols: Sequence[str],
-             threshold_policy: str) -> dict[str, list[Any]]:
-    """protocol -> the claims ledger (kdcicam.claims) of every table; {} without per-image records."""
-    if records is None or not runs:
-        return {}
-    from kdcicam.claims import evaluate_claims  # claims.py builds on this module
-
-    return {protocol: evaluate_claims(reg, runs, finals, records, protocol=protocol, threshold_policy=threshold_policy)
-            for protocol in protocols}
-
-
-def _claims_by_scope(ledgers: dict[str, list[Any]],
-                     table_keys: Sequence[str]) -> dict[tuple[str, str], tuple[Any, ...]]:
-    """(scope title, protocol) -> the ledger's rows of the shown tables that ran."""
-    out: dict[tuple[str, str], list[Any]] = {}
-    for protocol, ledger in ledgers.items():
-        for r in ledger:
-            if r.table in table_keys and r.status != "not run":
-                out.setdefault((r.scope, protocol), []).append(r)
-    return {k: tuple(v) for k, v in out.items()}
-
-
-def _variants(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
-              records: Callable[..., pd.DataFrame] | None, ledgers: dict[str, list[Any]], threshold_policy: str,
-              table_keys: Sequence[str]) -> dict[str, Any]:
-    """protocol -> the paper-vs-reference comparison of the shown tables (kdcicam.variants), reusing the
-    ledgers' verdicts; only protocols where some scope ran both variants."""
-    if records is None or not runs:
-        return {}
-    from kdcicam.variants import VariantAgreement, variant_agreement  # variants.py builds on this module
-
-    out = {}
-    for protocol, ledger in ledgers.items():
-        a = variant_agreement(reg, runs, finals, records, protocol=protocol, threshold_policy=threshold_policy,
-                              ledger=ledger)
-        shown = VariantAgreement(tuple(d for d in a.deltas if d.table in table_keys),
-                                 tuple(v for v in a.verdicts if v.table in table_keys))
-        if shown:
-            out[protocol] = shown
-    return out
-
-
-def report_json(data: ReportData) -> dict[str, Any]:
-    """The report's table data as a JSON-ready dict (values in percent)."""
-    def value(v: MetricValue) -> dict[str, Any]:
-        return {"mean": v.mean, "std": v.std, "n": v.n, "ci95": list(v.ci) if v.ci else None,
-                "paper": v.paper, "delta": v.delta, "paper_delta": v.paper_delta, "sign_agrees": v.agree,
-                "best_of_n": v.best, "within_seed_spread": v.within_noise}
-
-    def audit_row(r: AuditRow) -> dict[str, Any]:
-        return {"table": r.table, "cell": r.cell, "select": r.select, "metric": r.metric, "n": r.n,
-                "reported": r.reported, "best_of_n": r.best_of_n, "test_selected": r.test_selected,
-                "test_selected_delta": r.d_test_selected, "n_audited": r.n_audited,
-                "val_theta": r.val_theta, "val_theta_delta": r.d_val_theta,
-                "oracle_theta": r.oracle_theta, "oracle_theta_delta": r.d_oracle_theta,
-                "theta": dict(zip(("fixed", "val", "oracle"), r.thetas)), "select_on": r.select_on,
-                "test_decisions": r.test_decisions}
-
-    scopes = []
-    for scope in data.scopes:
-        k = scope.key
-        tables = []
-        for protocol, items in scope.tables.items():
-            for t in items:
-                tables.append({
-                    "table": t.key, "title": t.title, "protocol": t.protocol, "kind": t.kind,
-                    "reference_cell": t.reference_cell, "metrics": list(t.metrics),
-                    "not_run_command": t.not_run_command,
-                    "rows": [{"cell": r.cell, "name": r.name, "select": r.select, "reference": r.reference,
-                              "ran": r.ran, "seeds": list(r.seeds), "run_ids": list(r.run_ids),
-                              "values": {m: value(v) for m, v in r.values.items()}} for r in t.rows],
-                })
-        audit = [{"protocol": p, "rows": [audit_row(r) for r in a.rows]} for p, a in scope.audit.items()]
-        scopes.append({"dataset": k.dataset, "dataset_fingerprint": k.fingerprint, "backbone": k.backbone,
-                       "profile": k.profile, "variant": k.variant, "paper_scope": k.paper_scope,
-                       "reduced": k.reduced, "provenance": dict(scope.provenance.items()), "tables": tables,
-                       "selection_audit": audit,
-                       "claims": {p: [c.to_dict() for c in rows] for p, rows in scope.claims.items()}})
-    sweeps = [{"table": w.key, "title": w.title, "protocol": w.protocol, "group": w.group, "x": w.x_key,
-               "reference": w.reference, "reduced": w.reduced, "missing": list(w.missing),
-               "values": [dataclasses.asdict(p) for p in w.values], "gaps": [dataclasses.asdict(p) for p in w.gaps],
-               "trends": [dataclasses.asdict(t) for t in w.trends]}
-              for w in data.sweeps]
-    return {"generated": data.generated, "store": data.store_url, "unit": "percent",
-            "threshold_policy": data.threshold_policy, "protocols": list(data.protocols), "n_unfinished_runs": data.n_unfinished, "scopes": scopes,
-            "sweeps": sweeps, "variants": {p: a.to_dict() for p, a in data.variants.items()}}

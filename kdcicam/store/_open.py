@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from kdcicam.errors import StoreError
+from kdcicam.core.errors import StoreError
 
 DEFAULT_DB_URL = "sqlite:///runs.db"
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's transaction
@@ -88,7 +88,7 @@ def display_url(url: str) -> str:
 
 @functools.cache
 def _migrations_dir() -> str:
-    return str(resources.files("kdcicam").joinpath("store_migrations"))
+    return str(resources.files("kdcicam.store").joinpath("migrations"))
 
 
 def _alembic_config() -> Config:

@@ -45,8 +45,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from kdcicam.config import PROTOCOLS, SELECTIONS
-from kdcicam.errors import StoreError
+from kdcicam.core.config import PROTOCOLS, SELECTIONS
+from kdcicam.core.errors import StoreError
 from kdcicam.store._open import begin_mode, display_url, one_line
 from kdcicam.store.schema import (
     EVAL_SPLITS,

@@ -9,7 +9,7 @@ client (``psql``, ``sqlite3``).
 Timestamps are naive UTC ``DateTime`` columns (PostgreSQL: ``timestamp without time zone``, so the
 server's and session's time zone never shift them); the API hands them out as aware UTC datetimes.
 PostgreSQL enforces the ``String(n)`` lengths and 32-bit ``Integer`` that SQLite ignores; the API
-checks them on both backends. The migrations in ``kdcicam/store_migrations`` create exactly these
+checks them on both backends. The migrations in ``kdcicam/store/migrations`` create exactly these
 tables (a test compares them, on each backend).
 """
 

@@ -6,7 +6,7 @@ Where the printed equation and the authors' code differ, ``variant`` selects ``"
 ``"reference"``; docs/fidelity.md lists every such choice and why.
 
 Which tensors feed each term (enhanced vs entangled branch, which heatmap) is decided by the
-caller, :func:`kdcicam.recipes.compute_loss`; the docstrings say what it passes.
+caller, :func:`kdcicam.training.recipes.compute_loss`; the docstrings say what it passes.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ checkpoint (epoch) and which split picked them. The authors' code picked θ, the
 the teacher epochs on the test set (reference-notes.md, "Evaluation protocol").
 
 Threshold policies (``final_metrics.threshold_policy``), all from one forward pass per image
-(:func:`kdcicam.evaluate.evaluate` with ``thetas``):
+(:func:`kdcicam.evaluation.evaluator.evaluate` with ``thetas``):
 
 - ``fixed``: the run's θ (``eval.theta``: the paper's per dataset and backbone);
 - ``val``: the θ of the candidates (:func:`candidate_thetas`) that maximises ``eval.theta_metric``
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kdcicam.config import RunConfig
-from kdcicam.evaluate import EvalResult, at_theta, sweep_metrics
+from kdcicam.core.config import RunConfig
+from kdcicam.evaluation.evaluator import EvalResult, at_theta, sweep_metrics
 
 # epoch-metric split of the per-epoch numbers that pick checkpoints, by eval.select_on
 DECISION_SPLIT = {"val": "val", "test": "test_decision"}
@@ -54,7 +54,7 @@ def choose_theta(result: EvalResult, metric: str, iou_threshold: float) -> float
     """The θ of ``result.sweep`` that maximises ``metric`` on the result's split (ties: the smallest θ).
 
     Args:
-        result: an evaluation made with ``thetas`` (see :func:`kdcicam.evaluate.evaluate`).
+        result: an evaluation made with ``thetas`` (see :func:`kdcicam.evaluation.evaluator.evaluate`).
         metric: ``"gt_known_loc"``, ``"top1_loc"`` or ``"top5_loc"``.
         iou_threshold: the IoU a box must reach.
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kdcicam.boxes import iou_matrix
-from kdcicam.config import RunConfig
+from kdcicam.core.config import RunConfig
 from kdcicam.data.base import Sample
-from kdcicam.evaluate import protocol_transform
+from kdcicam.evaluation.boxes import iou_matrix
+from kdcicam.evaluation.evaluator import protocol_transform
 
 CENTRED_SIZES: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(2, 21))  # 0.10 .. 1.00
 PIXEL_INCLUSIVE = {"paper": True, "standard": False}

@@ -20,7 +20,7 @@ ground-truth class's own map (the enhanced branch's CAM of the label).
 Degenerate cases, in both protocols:
 
 - a heatmap with nothing above the threshold (all-zero or constant map) gives the documented
-  fallback box (0, 0, 0, 0) (:data:`kdcicam.boxes.EMPTY_BOX`) with IoU 0, whatever the IoU
+  fallback box (0, 0, 0, 0) (:data:`kdcicam.evaluation.boxes.EMPTY_BOX`) with IoU 0, whatever the IoU
   convention (under "+1" that box would read as the pixel (0, 0)): it never counts as localised;
 - a GT box with no area in the frame (an object the centre crop cuts away entirely) cannot be
   matched: IoU 0 with it. The image still counts in every denominator.
@@ -39,7 +39,7 @@ Threshold sweep (``evaluate(..., thetas=grid)``): each image's heatmap is comput
 taken at every θ of the grid (:func:`boxes_at_thresholds`, the map's components labelled once for
 all θ); :func:`sweep_metrics` gives the metrics per θ and :func:`at_theta` the metrics and records
 at any θ of the grid, without running the model again. The threshold *policies* (fixed / chosen on
-validation / oracle) that pick a θ from these live in :mod:`kdcicam.selection`.
+validation / oracle) that pick a θ from these live in :mod:`kdcicam.evaluation.selection`.
 """
 
 from __future__ import annotations
@@ -53,15 +53,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from kdcicam.boxes import box_from_heatmap, check_heatmap, get_policy, iou_matrix, sweep_components
-from kdcicam.config import PROTOCOLS, RunConfig
+from kdcicam.core.config import PROTOCOLS, RunConfig
+from kdcicam.core.errors import ConfigError
 from kdcicam.data.base import Sample
 from kdcicam.data.cache import FrameStore, test_batches
 from kdcicam.data.dataset import WSOLDataset, collate_wsol
-from kdcicam.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, TestFrame, TestTransform, test_transform_paper,
-                                     test_transform_standard)
-from kdcicam.errors import ConfigError
-from kdcicam.metrics import MaxBoxAccV2Meter
+from kdcicam.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TestFrame,
+    TestTransform,
+    test_transform_paper,
+    test_transform_standard,
+)
+from kdcicam.evaluation.boxes import box_from_heatmap, check_heatmap, get_policy, iou_matrix, sweep_components
+from kdcicam.evaluation.metrics import MaxBoxAccV2Meter
 from kdcicam.model.heatmap import class_heatmap, combinational_heatmap, normalize_heatmap, upsample_heatmap
 
 # the box rule each variant uses under the paper protocol (the standard protocol always uses "standard")
@@ -194,9 +200,9 @@ def boxes_at_thresholds(h: Any, thetas: Sequence[float], policy: str = "standard
     Each θ's foreground is ``h > c(θ)`` for one cutoff c: θ itself (``"standard"``), or under the
     authors' rule (``"reference"``: keep h > θ·max, then > the kept map's mean m) max(θ·max, m)
     whenever m >= 0 (a θ where m < 0 is labelled on its own). Cutoffs are computed in the map's
-    dtype exactly as :func:`kdcicam.boxes.foreground_mask` compares, so every box is identical to
+    dtype exactly as :func:`kdcicam.evaluation.boxes.foreground_mask` compares, so every box is identical to
     ``box_from_heatmap``'s; the nested foregrounds are then labelled in one pass
-    (:func:`kdcicam.boxes.sweep_components`) and each θ's box picked by the policy's rule
+    (:func:`kdcicam.evaluation.boxes.sweep_components`) and each θ's box picked by the policy's rule
     (most pixels / largest bounding box, ties to the raster-first component).
 
     Args:

@@ -21,11 +21,11 @@ from typing import Any
 
 import pandas as pd
 
-from kdcicam.config import RunConfig, to_dict
-from kdcicam.errors import DataError, RunError, StoreError
-from kdcicam.registry import METRICS
-from kdcicam.report.stats import mcnemar_exact, paired_bootstrap_ci, verdict
-from kdcicam.selection import select_on_of
+from kdcicam.analysis.stats import mcnemar_exact, paired_bootstrap_ci, verdict
+from kdcicam.core.config import RunConfig, to_dict
+from kdcicam.core.errors import DataError, RunError, StoreError
+from kdcicam.evaluation.selection import select_on_of
+from kdcicam.registry.ablations import METRICS
 from kdcicam.store import RunInfo, Store
 
 # per-image record column -> the metric it is the per-image form of

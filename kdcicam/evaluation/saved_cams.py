@@ -6,7 +6,7 @@ CAM for image id ``<dir>/<name>.jpg`` is looked up as ``CAM_DIR/<dir>/<name>.jpg
 wsolevaluation writes: ``np.save`` appends ``.npy`` to the image id) or
 ``CAM_DIR/<dir>/<name>.npy`` (extension replaced).
 
-Per image, exactly what :func:`kdcicam.evaluate.evaluate` does under the ``standard`` protocol with
+Per image, exactly what :func:`kdcicam.evaluation.evaluator.evaluate` does under the ``standard`` protocol with
 the GT class's map: the CAM resized bilinearly (align_corners=False) to ``size x size`` and min-max
 normalised (a constant CAM becomes all zeros); for each θ the box of the largest 8-connected
 component of ``cam > θ`` mapped back to original image coordinates and matched against every GT box
@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kdcicam.boxes import check_heatmap
+from kdcicam.core.errors import ConfigError, DataError
 from kdcicam.data.base import Sample
 from kdcicam.data.transforms import test_transform_standard
-from kdcicam.errors import ConfigError, DataError
-from kdcicam.evaluate import locate_standard, minmax
-from kdcicam.metrics import MaxBoxAccV2Meter
+from kdcicam.evaluation.boxes import check_heatmap
+from kdcicam.evaluation.evaluator import locate_standard, minmax
+from kdcicam.evaluation.metrics import MaxBoxAccV2Meter
 from kdcicam.model.heatmap import upsample_heatmap
 
 CAM_SUFFIX = ".npy"

@@ -33,25 +33,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdcicam.checkpoint import load_checkpoint
-from kdcicam.config import PROTOCOLS, RunConfig, config_hash, from_dict, to_dict
+from kdcicam.core.config import PROTOCOLS, RunConfig, config_hash, from_dict, to_dict
+from kdcicam.core.errors import KdcicamError, RunError, StoreError
+from kdcicam.core.runtime import crash_point, provenance, set_seed
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.cache import FrameStore, train_view
 from kdcicam.data.dataset import WSOLDataset
 from kdcicam.data.transforms import train_transform
-from kdcicam.distributed import DistContext, broadcast_object
-from kdcicam.errors import KdcicamError, RunError, StoreError
-from kdcicam.evaluate import EvalResult, evaluate
+from kdcicam.evaluation.evaluator import EvalResult, evaluate
+from kdcicam.evaluation.selection import (
+    AUDIT_SPLIT,
+    DECISION_METRIC,
+    DECISION_SPLIT,
+    TEACHER_DECISION_METRIC,
+    candidate_resizes,
+    candidate_thetas,
+    count_test_decisions,
+    resize_policies,
+    select_on_of,
+    threshold_policies,
+)
+from kdcicam.execution.holders import STALE_AFTER_S, holder_gone
+from kdcicam.execution.plan import PlannedRun
 from kdcicam.model.factory import build_model
-from kdcicam.plan import PlannedRun
-from kdcicam.recipes import TeacherSet, recipe_for
-from kdcicam.holders import STALE_AFTER_S, holder_gone
-from kdcicam.runtime import crash_point, provenance, set_seed
-from kdcicam.selection import (AUDIT_SPLIT, DECISION_METRIC, DECISION_SPLIT, TEACHER_DECISION_METRIC,
-                               candidate_resizes, candidate_thetas, count_test_decisions, resize_policies,
-                               select_on_of, threshold_policies)
 from kdcicam.store import RunInfo, Store, sqlite_file, utc_now
-from kdcicam.train import CRITERIA, EpochLog, Position, fit
+from kdcicam.training.checkpoint import load_checkpoint
+from kdcicam.training.distributed import DistContext, broadcast_object
+from kdcicam.training.recipes import TeacherSet, recipe_for
+from kdcicam.training.trainer import CRITERIA, EpochLog, Position, fit
 
 SELECTIONS_EVALUATED = ("last", *CRITERIA)  # every run is evaluated at each kept checkpoint
 VAL_PROTOCOL = "paper"  # checkpoint selection reads validation metrics under this protocol
@@ -445,7 +454,7 @@ def evaluate_checkpoints(model: torch.nn.Module, run_id: str, cfg: RunConfig, in
                          ctx: RunContext, best: dict[str, dict[str, float]],
                          beat: _Heartbeat | None = None) -> dict[str, float]:
     """Evaluate the test split at every kept checkpoint (each distinct epoch once), both protocols,
-    under every threshold policy (:mod:`kdcicam.selection`).
+    under every threshold policy (:mod:`kdcicam.evaluation.selection`).
 
     Each image's heatmap is computed once per split and read at every candidate θ: the fixed θ,
     the θ chosen on the validation split (when there is one) and the oracle θ of the test split.
@@ -619,7 +628,7 @@ def execute_plan(runs: list[PlannedRun], ctx: RunContext,
 
     Args:
         execute_one: how one run is carried out (default: :func:`execute` in this process; the CLI's
-            ``--gpus N`` runs each in a torchrun child, :func:`kdcicam.launch.execute_in_child`).
+            ``--gpus N`` runs each in a torchrun child, :func:`kdcicam.execution.launch.execute_in_child`).
 
     Under ``ctx.dist`` every rank calls this with the same runs; rank 0 decides the order and tells
     the others which run is next.

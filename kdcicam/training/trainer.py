@@ -1,6 +1,6 @@
 """The shared trainer: one loop for every role (student, both teachers, distilled student).
 
-The role only changes the loss recipe (:mod:`kdcicam.recipes`); the loop, the optimizer, the
+The role only changes the loss recipe (:mod:`kdcicam.training.recipes`); the loop, the optimizer, the
 checkpoints and the per-epoch validation are the same for all. Shaped like torchvision's
 classification reference: :func:`train_one_epoch` receives everything it uses, :func:`fit` owns the
 epoch loop, resume and checkpoint selection.
@@ -19,7 +19,7 @@ committed as ``last.pt`` (the previous one kept as ``prev.pt``); the best checkp
 after the commit and repaired from it on resume. ``checkpoint_every`` N also commits the position
 inside an epoch every N steps, and Ctrl-C stops at the next step boundary with such a checkpoint.
 
-One run on many processes (``fit(..., dist=...)``, :mod:`kdcicam.distributed`): rank r trains on the
+One run on many processes (``fit(..., dist=...)``, :mod:`kdcicam.training.distributed`): rank r trains on the
 r-th slice of every global batch of the same epoch order, in DistributedDataParallel with synchronised
 BatchNorm, and the context pool all-reduces its contributions, so the N ranks take the steps one process
 with the global batch would take. Only rank 0 validates, calls back and writes checkpoints; a resumed
@@ -40,17 +40,32 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kdcicam.checkpoint import (LAST, load_checkpoint, load_resume_state, remove_stale_temps, rotate_last,
-                                save_checkpoint)
-from kdcicam.config import RunConfig, to_dict
+from kdcicam.core.config import RunConfig, to_dict
+from kdcicam.core.errors import ConfigError, RunError
+from kdcicam.core.runtime import crash_point, derive_seed
+from kdcicam.core.signals import terminate_as_interrupt
 from kdcicam.data.cache import CachedBatches, CachedTrainSet
-from kdcicam.distributed import (DistContext, any_rank, barrier, broadcast_object, convert_sync_batchnorm,
-                                 gather_objects, local_batch_size, shard_order, wrap_ddp)
-from kdcicam.errors import ConfigError, RunError
 from kdcicam.model.factory import param_groups
-from kdcicam.recipes import Recipe, TeacherSet, compute_loss
-from kdcicam.runtime import crash_point, derive_seed
-from kdcicam.signals import terminate_as_interrupt
+from kdcicam.training.checkpoint import (
+    LAST,
+    load_checkpoint,
+    load_resume_state,
+    remove_stale_temps,
+    rotate_last,
+    save_checkpoint,
+)
+from kdcicam.training.distributed import (
+    DistContext,
+    any_rank,
+    barrier,
+    broadcast_object,
+    convert_sync_batchnorm,
+    gather_objects,
+    local_batch_size,
+    shard_order,
+    wrap_ddp,
+)
+from kdcicam.training.recipes import Recipe, TeacherSet, compute_loss
 
 # Selection criteria: which validation metric picks each kept checkpoint (Table 5 selects the
 # loc teacher by GT-known vs Top-1 Loc; "last" is the final epoch).
@@ -178,7 +193,7 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
 
 
 def skip_draws(generator: torch.Generator, count: int) -> None:
-    """Advance ``generator`` past ``count`` per-sample draws of ε (:func:`kdcicam.recipes.draw_epsilon`).
+    """Advance ``generator`` past ``count`` per-sample draws of ε (:func:`kdcicam.training.recipes.draw_epsilon`).
 
     Rank r of N draws the ε of its slice of the global batch: the ``r * B / N`` draws of the slices
     before it are skipped, so its values are those one process draws for the same samples. Each
@@ -329,13 +344,13 @@ class _InterruptGuard:
     step boundary: the position is saved and the run stops, to be resumed by the same command.
 
     Each handler is installed only over the default one (Python's for SIGINT, the system's or the CLI's
-    :func:`kdcicam.signals.terminate_as_interrupt` for SIGTERM), in the main thread: a process that
+    :func:`kdcicam.core.signals.terminate_as_interrupt` for SIGTERM), in the main thread: a process that
     ignores SIGINT (a background job) or has its own SIGTERM handler
     (a SLURM job under submitit) keeps it. A second Ctrl-C stops at once.
     """
 
     _DEFAULTS = {signal.SIGINT: (signal.default_int_handler,),
-                 signal.SIGTERM: (signal.SIG_DFL, terminate_as_interrupt)}  # kdcicam.signals: the CLI's
+                 signal.SIGTERM: (signal.SIG_DFL, terminate_as_interrupt)}  # kdcicam.core.signals: the CLI's
 
     def __init__(self) -> None:
         self.pending = False
@@ -450,7 +465,7 @@ def _rank_share(order: list[int], batch_size: int, dist: DistContext | None) -> 
     """This rank's images of an epoch slice, its batch size, and its per-sample ε draws to skip.
 
     One process: everything, in batches of B. Rank r of N: its slice of every global batch
-    (:func:`kdcicam.distributed.shard_order`) in batches of B / N, skipping the draws of slices 0..r-1.
+    (:func:`kdcicam.training.distributed.shard_order`) in batches of B / N, skipping the draws of slices 0..r-1.
     """
     if dist is None:
         return order, batch_size, 0

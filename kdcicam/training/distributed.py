@@ -5,7 +5,7 @@ the trainer needs (DistributedDataParallel, synchronised BatchNorm, rank 0's dec
 compute what one process with the same global batch computes, step by step:
 
 - **data**: step s of epoch e trains on the global batch ``order[s*B:(s+1)*B]`` of
-  :func:`kdcicam.train.epoch_order` (a pure function of (seed, e)); rank r takes the r-th of N equal,
+  :func:`kdcicam.training.trainer.epoch_order` (a pure function of (seed, e)); rank r takes the r-th of N equal,
   contiguous slices of it (:func:`shard_order`), so B must be a multiple of N (:func:`local_batch_size`);
 - **gradients**: every loss term is a mean over the batch, and DDP averages the N ranks' gradients,
   which is the gradient of the global batch's mean;
@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kdcicam.errors import ConfigError
+from kdcicam.core.errors import ConfigError
 
 CONTROL_TIMEOUT = datetime.timedelta(days=7)  # rank 0 may wait this long for another job's run, or evaluate
 TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # set by torchrun for every process it starts

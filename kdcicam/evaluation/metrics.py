@@ -6,7 +6,7 @@ so memory stays flat over a dataset; ``compute()`` returns plain numbers and nev
 Accuracies are percentages in [0, 100].
 
 Box conventions (continuous xyxy, strict ``>`` masks, the empty-mask fallback, the
-``pixel_inclusive`` "+1" IoU) are those of :mod:`kdcicam.boxes`. With several GT boxes per image a
+``pixel_inclusive`` "+1" IoU) are those of :mod:`kdcicam.evaluation.boxes`. With several GT boxes per image a
 box is correct if its IoU with ANY of them reaches the threshold.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcicam.boxes import (
+from kdcicam.evaluation.boxes import (
     SweepWorkspace,
     check_boxes,
     check_heatmap,
@@ -228,7 +228,7 @@ class MaxBoxAccV2Meter:
     Two ways to read a CAM:
 
     - default (this harness's convention): foreground = cam > t, continuous boxes and IoU, the
-      same rule as :func:`kdcicam.boxes.box_from_heatmap` (``"standard"``);
+      same rule as :func:`kdcicam.evaluation.boxes.box_from_heatmap` (``"standard"``);
     - ``wsolevaluation=True`` reproduces that code's numbers: the map is quantised to uint8
       (``floor(255·cam)``), foreground = q > floor(t·max q), boxes (x0, y0, min(x1, W-1),
       min(y1, H-1)) scored with the "+1" IoU, an empty foreground gives box (0, 0, 0, 0); pass
@@ -247,7 +247,7 @@ class MaxBoxAccV2Meter:
         multi_contour: all components' boxes compete (MaxBoxAccV2) or only the largest.
         wsolevaluation: reproduce wsolevaluation's quantisation and box convention.
         connectivity: 8 (default, as OpenCV contours) or 4.
-        fast: use :func:`kdcicam.boxes.sweep_components` (one pass for all thresholds) rather
+        fast: use :func:`kdcicam.evaluation.boxes.sweep_components` (one pass for all thresholds) rather
             than labelling at every threshold; the results are identical.
     """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kdcicam.store import RunInfo, utc_now
 
-STALE_AFTER_S = 120.0  # a running run whose heartbeat is older than this is taken over (kdcicam.runner)
+STALE_AFTER_S = 120.0  # a running run whose heartbeat is older than this is taken over (kdcicam.execution.runner)
 
 
 def process_alive(pid: int) -> bool:

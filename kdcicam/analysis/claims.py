@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kdcicam.registry import Claim, Registry
-from kdcicam.report.stats import mean_std_ci, paired_bootstrap_ci, seeds_needed
-from kdcicam.report.tables import ScopeKey, cell_frame, latest_per, latest_per_seed
+from kdcicam.analysis.results import ScopeKey, cell_frame, latest_per, latest_per_seed
+from kdcicam.analysis.stats import mean_std_ci, paired_bootstrap_ci, seeds_needed
+from kdcicam.registry.ablations import Claim, Registry
 from kdcicam.store import RunInfo
 
 # How the ledger's numbers read: the legend under every claims table (report, ``kdcicam claims --md``)
@@ -241,7 +241,7 @@ def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Calla
     """``a − b`` paired by seed, with the seed interval and the paired per-image interval.
 
     Args:
-        a, b: one metric's rows of :func:`~kdcicam.report.tables.cell_frame` for the two sides
+        a, b: one metric's rows of :func:`~kdcicam.analysis.results.cell_frame` for the two sides
             (a rerun supersedes: the latest run per seed counts).
         metric: the metric (per-image intervals exist for those in :data:`FLAG_OF`).
         records_a, records_b: run id -> that run's per-image test records, for each side.

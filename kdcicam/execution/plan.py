@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from kdcicam.config import DataConfig, RunConfig, TeacherRefs, config_hash
+from kdcicam.core.config import DataConfig, RunConfig, TeacherRefs, config_hash
 from kdcicam.data.base import DatasetIndex
-from kdcicam.registry import Cell, Registry, Scope, apply_multipliers, grid_points, resolve_config
+from kdcicam.registry.ablations import Cell, Registry, Scope, apply_multipliers, grid_points, resolve_config
 
 
 def run_id_for(cfg: RunConfig, dataset_fingerprint: str) -> str:

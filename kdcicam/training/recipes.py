@@ -26,12 +26,17 @@ from typing import Literal
 import torch
 from torch import nn
 
-from kdcicam.config import ROLES, LossConfig
-from kdcicam.errors import ConfigError, RunError
-from kdcicam.losses import activation_kd, area_loss, diff_loss, fore_loss, logit_kd, student_loss
-from kdcicam.model.heatmap import (check_variant, combinational_heatmap, foreground_mask,
-                                   normalize_heatmap, upsample_heatmap)
+from kdcicam.core.config import ROLES, LossConfig
+from kdcicam.core.errors import ConfigError, RunError
+from kdcicam.model.heatmap import (
+    check_variant,
+    combinational_heatmap,
+    foreground_mask,
+    normalize_heatmap,
+    upsample_heatmap,
+)
 from kdcicam.model.output import CICAMOutput
+from kdcicam.training.losses import activation_kd, area_loss, diff_loss, fore_loss, logit_kd, student_loss
 
 EpsilonMode = Literal["none", "step", "sample"]
 TEACHER_EPSILON = {"cls": 1, "loc": 2}  # ε value that selects each teacher (Eq. 16)

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from kdcicam.errors import RunError
-from kdcicam.runtime import crash_point
+from kdcicam.core.errors import RunError
+from kdcicam.core.runtime import crash_point
 
 MANIFEST = "checksums.json"
 LAST = "last.pt"

@@ -1,7 +1,7 @@
 """How a kdcicam process is stopped: SIGTERM (``kill PID``) is read as Ctrl-C.
 
 A background job ignores SIGINT, and schedulers and containers stop processes with SIGTERM; read as
-a Ctrl-C, it stops a training run at the next step with its position saved (:mod:`kdcicam.train`),
+a Ctrl-C, it stops a training run at the next step with its position saved (:mod:`kdcicam.training.trainer`),
 records the run as interrupted, stops ``ablate``'s worker processes and exits with one line and
 status 130. Installed only over the system's default (a SLURM job's own handler stays in charge).
 """

@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from kdcicam.errors import ConfigError
+from kdcicam.core.errors import ConfigError
 
 Variant = Literal["paper", "reference"]
 Role = Literal["student", "cls_teacher", "loc_teacher", "distilled"]
@@ -65,6 +65,35 @@ class SynthConfig:
     grayscale_fraction: float = 0.02  # share of images written as single-channel JPEGs
     noise: float = 0.03  # std of additive Gaussian pixel noise (intensities in [0, 1])
     jpeg_quality: int = 90  # JPEG quality of the written images
+
+    def validate(self) -> SynthConfig:
+        """Check every field's range; raise a one-line ConfigError naming the option.
+
+        Returns:
+            ``self`` unchanged.
+        """
+        def need(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise ConfigError(f"data.synth.{key} = {getattr(self, key)!r}: {why}")
+
+        need(self.classes >= 2, "classes", "must be >= 2")
+        need(self.per_class >= 4, "per_class", "must be >= 4")
+        need(self.size >= 32, "size", "must be >= 32")
+        need(0.0 <= self.context_correlation <= 1.0, "context_correlation", "must be in [0, 1]")
+        need(0.0 <= self.test_context_correlation <= 1.0, "test_context_correlation", "must be in [0, 1]")
+        need(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
+        need(self.seed >= 0, "seed", "must be >= 0")
+        need(0.0 <= self.body_class_evidence <= 1.0, "body_class_evidence", "must be in [0, 1]")
+        need(0.0 < self.part_scale <= 0.5, "part_scale", "must be in (0, 0.5]")
+        lo, hi = self.body_scale
+        need(0.0 < lo <= hi <= 0.7, "body_scale", "must be (low, high) with 0 < low <= high <= 0.7")
+        lo, hi = self.body_aspect
+        need(0.0 < lo <= hi <= 1.0, "body_aspect", "must be (low, high) with 0 < low <= high <= 1")
+        need(1.0 <= self.side_jitter <= 2.0, "side_jitter", "must be in [1, 2]")
+        need(0.0 <= self.grayscale_fraction <= 1.0, "grayscale_fraction", "must be in [0, 1]")
+        need(self.noise >= 0.0, "noise", "must be >= 0")
+        need(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in [1, 100]")
+        return self
 
 
 @dataclass(frozen=True)
@@ -189,9 +218,7 @@ class RunConfig:
         _check(0.0 <= self.data.val_fraction < 1.0, "data.val_fraction", self.data.val_fraction,
                "must be in [0, 1)")
         if self.data.dataset == "synthetic":
-            from kdcicam.data.synthetic import validate as validate_synth  # avoids an import cycle
-
-            validate_synth(self.data.synth)
+            self.data.synth.validate()
         _check(0 <= self.data.randaugment_magnitude <= 30, "data.randaugment_magnitude",
                self.data.randaugment_magnitude, "must be in [0, 30]")
         _check(self.data.randaugment_ops >= 0, "data.randaugment_ops", self.data.randaugment_ops, "must be >= 0")

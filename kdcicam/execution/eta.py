@@ -59,7 +59,7 @@ def makespan(durations: Sequence[float], deps: Sequence[Sequence[int]], jobs: in
     """Wall time of running a plan with ``jobs`` processes, as the runner orders it.
 
     Each process, when free, starts the first run in plan order whose dependencies (indices of
-    earlier runs) have finished, and waits for one when none has (:func:`kdcicam.runner.execute_plan`).
+    earlier runs) have finished, and waits for one when none has (:func:`kdcicam.execution.runner.execute_plan`).
 
     Args:
         durations: seconds per run, in plan order (0 for a run that is already finished).
@@ -107,10 +107,10 @@ def estimate_plan(runs: Sequence, history: Sequence[RunInfo], *, profile: str, d
     """Estimate each planned run and the plan's wall time.
 
     Args:
-        runs: the plan's :class:`~kdcicam.plan.PlannedRun` objects, in plan order.
+        runs: the plan's :class:`~kdcicam.execution.plan.PlannedRun` objects, in plan order.
         history: the store's runs.
         profile: the plan's profile.
-        device: the device string runs of this invocation will store (:func:`kdcicam.runtime.device_name`).
+        device: the device string runs of this invocation will store (:func:`kdcicam.core.runtime.device_name`).
         jobs: processes (``--jobs``).
         epochs_done: run id -> epochs an unfinished run has completed (it resumes after them).
     """

@@ -1,16 +1,16 @@
 """Do the method's two fidelity variants agree? (``paper``: the printed equations; ``reference``: the
 authors' released code; ``reference-notes.md``.)
 
-Runs of the two variants are different scopes (:class:`~kdcicam.report.tables.ScopeKey`), so neither
+Runs of the two variants are different scopes (:class:`~kdcicam.analysis.results.ScopeKey`), so neither
 the claims ledger nor ``kdcicam compare`` sets them side by side. This module does, for every pair of
 scopes that differ only in the variant:
 
 - per cell and metric: each variant's mean over seeds and the difference ``paper − reference`` with a
   95 % interval over the seeds both variants ran (Student t over the per-seed differences; one seed: a
   paired bootstrap over test images) and the paired per-image interval (per-image differences averaged
-  over the seeds, bootstrapped over images, as in :mod:`kdcicam.claims`). Seed s of both variants
+  over the seeds, bootstrapped over images, as in :mod:`kdcicam.analysis.claims`). Seed s of both variants
   trains on the same data in the same order, so the pairing is by seed;
-- per claim of the paper: its verdict under each variant (:func:`kdcicam.claims.evaluate_claims`'s
+- per claim of the paper: its verdict under each variant (:func:`kdcicam.analysis.claims.evaluate_claims`'s
   rule) and whether the two verdicts are the same.
 
 Only tables of kind ``table`` are compared: a scatter's grid points and a sweep's datasets are not
@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
-from kdcicam.claims import ClaimResult, claim_result, paired_delta
-from kdcicam.registry import Registry
-from kdcicam.report.tables import POINT_METRICS, ScopeKey, cell_frame, latest_per_seed
+from kdcicam.analysis.claims import ClaimResult, claim_result, paired_delta
+from kdcicam.analysis.results import POINT_METRICS, ScopeKey, cell_frame, latest_per_seed
+from kdcicam.registry.ablations import Registry
 from kdcicam.store import RunInfo
 
 PAIR: tuple[str, str] = ("paper", "reference")  # the difference is first minus second
@@ -146,13 +146,13 @@ def variant_agreement(
         runs: the store's runs (only finished ones count).
         finals: :meth:`Store.final_metrics` of those runs.
         records: ``records(run_id, protocol, selection, policy)`` -> per-image test records
-            (:func:`kdcicam.claims.test_records`).
+            (:func:`kdcicam.analysis.claims.test_records`).
         protocol: evaluation protocol whose numbers are compared.
-        threshold_policy: "fixed", "val" or "oracle" (see :mod:`kdcicam.claims`).
+        threshold_policy: "fixed", "val" or "oracle" (see :mod:`kdcicam.analysis.claims`).
         metrics: the metrics compared per cell.
         n_resamples: bootstrap resamples of the per-image intervals.
         ledger: claims already judged under this protocol and threshold policy
-            (:func:`kdcicam.claims.evaluate_claims`); a claim found there is not judged again.
+            (:func:`kdcicam.analysis.claims.evaluate_claims`); a claim found there is not judged again.
     """
     judged = {(r.scope, r.claim, r.metric): r for r in ledger
               if (r.protocol, r.threshold_policy) == (protocol, threshold_policy)}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdcicam.errors import ConfigError
+from kdcicam.core.errors import ConfigError
 
 CRASH_ENV = "KDCICAM_CRASH_AT"  # test hook: "<point>[@<n>]" (see crash_point)
 CRASH_SIGNAL_ENV = "KDCICAM_CRASH_SIGNAL"  # the signal it sends: KILL (default) or INT

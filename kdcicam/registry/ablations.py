@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdcicam.config import (
+from kdcicam.core.config import (
     ROLES,
     SELECTIONS,
     RunConfig,
@@ -26,14 +26,14 @@ from kdcicam.config import (
     to_dict,
     with_overrides,
 )
-from kdcicam.errors import ConfigError
+from kdcicam.core.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "ablations"
+DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "ablations"
 METRICS = ("top1_cls", "top5_cls", "top1_loc", "top5_loc", "gt_known_loc", "maxboxacc_v2")
 NON_TABLE_FILES = {"teachers.toml", "profiles.toml"}
 TABLE_KINDS = ("table", "scatter", "sweep")

@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdcicam.errors import ConfigError, RunError
+from kdcicam.core.errors import ConfigError, RunError
 
 if TYPE_CHECKING:
     from kdcicam.data.base import DatasetIndex
-    from kdcicam.plan import PlannedRun
+    from kdcicam.execution.plan import PlannedRun
 
 # A job's process unpickles TrainJob from this module: its imports stay light (no torch) so a job
 # starts in a fraction of a second; the training child imports what it needs.
@@ -63,7 +63,7 @@ class RunSpec:
 
 def spec_for(run: PlannedRun, data_cache: Path) -> RunSpec:
     """The spec of a planned run."""
-    from kdcicam.config import to_dict
+    from kdcicam.core.config import to_dict
 
     return RunSpec(run_id=run.run_id, config=to_dict(run.cfg), dataset_fingerprint=run.dataset.fingerprint,
                    data_cache=str(Path(data_cache).resolve()), labels=[list(label) for label in run.labels],
@@ -76,7 +76,7 @@ def spec_path(artifacts: Path, run_id: str) -> Path:
 
 def write_spec(spec: RunSpec, artifacts: Path) -> Path:
     """Write ``spec`` atomically as ``<artifacts>/jobs/<run_id>.json``; returns the absolute path."""
-    from kdcicam.checkpoint import atomic_write_bytes
+    from kdcicam.training.checkpoint import atomic_write_bytes
 
     path = spec_path(artifacts, spec.run_id)
     atomic_write_bytes(path, json.dumps(asdict(spec), indent=1, sort_keys=True).encode())
@@ -109,8 +109,8 @@ def planned_run(spec: RunSpec, open_data: Callable[[Any], DatasetIndex], where: 
     Raises:
         ConfigError: the config does not parse, or the data (hence the run id) is not the one planned.
     """
-    from kdcicam.config import RunConfig, from_dict
-    from kdcicam.plan import PlannedRun, run_id_for
+    from kdcicam.core.config import RunConfig, from_dict
+    from kdcicam.execution.plan import PlannedRun, run_id_for
 
     cfg = from_dict(RunConfig, spec.config, where=f"{where} config").validate()
     index = open_data(cfg.data)
@@ -144,10 +144,10 @@ def train_args(spec_file: Path, db_url: str, artifacts: Path, device: str, quiet
 
 def execute_in_child(nproc: int, data_cache: Path, device: str,
                      python: str = sys.executable) -> Callable[[PlannedRun, Any], Any]:
-    """An ``execute_one`` for :func:`kdcicam.runner.execute_plan`: each run in a child process, on
+    """An ``execute_one`` for :func:`kdcicam.execution.runner.execute_plan`: each run in a child process, on
     ``nproc`` processes (torchrun) when ``nproc > 1``; the outcome is read back from the store."""
-    from kdcicam.distributed import launch_command
-    from kdcicam.runner import RunOutcome
+    from kdcicam.execution.runner import RunOutcome
+    from kdcicam.training.distributed import launch_command
 
     def run_one(run: PlannedRun, ctx: Any) -> RunOutcome:
         spec_file = write_spec(spec_for(run, data_cache), ctx.artifacts_root)

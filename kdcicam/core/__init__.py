@@ -1,0 +1,1 @@
+"""Lowest layer: typed configs, run identity, errors, process-level runtime settings, number formatting."""

@@ -1,0 +1,1 @@
+"""Training: the loss terms, the role recipes, the shared trainer loop, checkpoints, DDP collectives."""
