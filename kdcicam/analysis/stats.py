@@ -181,7 +181,8 @@ def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
 
 
 def verdict(delta: float, p: float, alpha: float = 0.05) -> str:
-    """A plain-words reading of a paired test: "A better", "B better" or no significant difference."""
+    """A plain-words reading of one test's p: "A better", "B better" or no significant difference
+    (``compare`` reads two tests at once: :func:`kdcicam.analysis.verdicts.paired_verdict`)."""
     if not math.isnan(p) and p < alpha and delta != 0:
         return "A better" if delta > 0 else "B better"
     return f"no significant difference at {alpha:.0%}"
