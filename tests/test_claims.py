@@ -330,3 +330,69 @@ def test_tally_counts_each_status():
 
     rows = [NS(status=s) for s in ("holds", "holds", "inconclusive", "not run", "does not hold")]
     assert tally(rows) == "5 rows: 2 holds, 1 does not hold, 1 inconclusive, 1 not run"
+
+
+def test_holm_within_a_claims_metrics_and_protocols(store, capsys):
+    from kdcicam.analysis.ledger import evaluate_ledger
+    from kdcicam.cli import main
+
+    # +ConPool - Base Top-1 Loc per seed +4, +6, +8: t = 6 / (2 / sqrt 3) = 5.20, p = 0.035 < 5 %: holds alone.
+    # GT-known +1, -2, +1.5: no effect. The claim's family is its two metrics (the standard protocol has no
+    # numbers): Holm doubles the smaller p to 0.070 -> inconclusive, the uncorrected p shown beside it.
+    for seed, (loc, gt) in enumerate([(0.44, 0.61), (0.46, 0.58), (0.48, 0.615)]):
+        _run(store, f"base{seed}000", "table3", "base", seed, {"top1_loc": 0.40, "gt_known_loc": 0.60})
+        _run(store, f"pool{seed}000", "table3", "conpool", seed, {"top1_loc": loc, "gt_known_loc": gt})
+    raw = _pick(_ledger(store), "conpool-improves-loc", "top1_loc")
+    assert raw.status == "holds" and raw.p_value == pytest.approx(0.0351, abs=5e-4)
+    runs = store.list_runs()
+    ledgers = evaluate_ledger(load_registry(), runs, store.final_metrics([r.id for r in runs]),
+                              lambda rid, p, s: store.get_image_records(rid, p, s, "test"), n_resamples=200)
+    assert set(ledgers) == {"paper", "standard"} and ledgers["standard"] == []
+    loc = _pick(ledgers["paper"], "conpool-improves-loc", "top1_loc")
+    assert (loc.status, loc.family_size) == ("inconclusive", 2)
+    assert loc.p_holm == pytest.approx(2 * raw.p_value, abs=1e-4) and loc.p_value == raw.p_value
+    with pytest.raises(SystemExit):
+        main(["claims", "--db", store.url, "--md"])
+    md = capsys.readouterr().out
+    assert "Holm-adjusted within each claim's family" in md
+    assert f"| {loc.p_value:.3g} ({loc.p_holm:.3g}, 2) | inconclusive |" in md
+
+
+def _scatter_run(store, run_id, cell, seed, lr, cls, loc):
+    _run(store, run_id, "figure1b", cell, seed, {"top1_cls": cls, "top1_loc": loc}, lr=lr)
+
+
+def test_a_pareto_claim_over_three_seeds_is_judged_by_the_seed_bootstrap_and_every_seed(store):
+    # CI-CAM trades cls (80 %) against loc (50 %) over its two settings; KD-CI-CAM's one setting is ~6 points
+    # ahead of both bests on both axes in every seed (seed noise ±1): holds, the interval over the seeds
+    for seed, jitter in enumerate((0.0, 0.01, -0.01)):
+        _scatter_run(store, f"ci1{seed}", "ci-cam", seed, 0.001, 0.80 + jitter, 0.30)
+        _scatter_run(store, f"ci2{seed}", "ci-cam", seed, 0.002, 0.60, 0.50 - jitter)
+        _scatter_run(store, f"kd1{seed}", "kd-ci-cam", seed, 0.001, 0.86 - jitter, 0.56 + jitter)
+    r = _pick(_ledger(store), "kd-escapes-cl-dilemma", "top1_cls & top1_loc")
+    assert r.ours_delta == pytest.approx(6.0) and r.n_seeds == 3 and r.per_seed is not None
+    assert r.interval == "best-of-settings (mean of 3 seeds); holds in 3 of 3 seeds; bootstrap over seeds"
+    assert r.status == "holds" and r.ci_lo > 0 and r.p_value < 0.05
+    # a seed in which KD-CI-CAM trails CI-CAM's loc: it no longer holds in every seed -> no verdict
+    _scatter_run(store, "ci13", "ci-cam", 3, 0.001, 0.80, 0.30)
+    _scatter_run(store, "ci23", "ci-cam", 3, 0.002, 0.60, 0.58)
+    _scatter_run(store, "kd13", "kd-ci-cam", 3, 0.001, 0.86, 0.55)
+    r = _pick(_ledger(store), "kd-escapes-cl-dilemma", "top1_cls & top1_loc")
+    assert r.status == "inconclusive" and "holds in 3 of 4 seeds" in r.interval
+
+
+def test_no_seed_with_every_setting_gives_no_scatter_estimate(store):
+    # seed 0 ran only lr 0.001, seed 1 only lr 0.002: mixing them would compare settings on different seeds
+    _scatter_run(store, "ci10", "ci-cam", 0, 0.001, 0.80, 0.30)
+    _scatter_run(store, "ci21", "ci-cam", 1, 0.002, 0.60, 0.50)
+    r = _pick(_ledger(store), "ci-cam-cl-dilemma", "top1_cls & top1_loc")
+    assert (r.ours_delta, r.status) == (None, "inconclusive (no seed ran every setting)")
+
+
+def test_a_scatter_claims_direction_is_applied():
+    from kdcicam.analysis.best_of_settings import status_from
+
+    # a claim that the margin is below zero ("decrease") holds where the margin and every seed's are negative
+    assert status_from("decrease", -5.0, 0.001, [-4.0, -5.0, -6.0]) == "holds"
+    assert status_from("increase", -5.0, 0.001, [-4.0, -5.0, -6.0]) == "does not hold"
+    assert status_from("increase", 5.0, 0.001, [4.0, -1.0, 6.0]) == "inconclusive"  # a seed disagrees

@@ -150,7 +150,9 @@ def best_of_settings_verdict(direction: str, estimate: float, replicates: np.nda
 
 def too_few_seeds(k: int) -> str:
     """The status of a Figure 1(b) claim judged on ``k`` < :data:`MIN_SCATTER_SEEDS` seeds."""
-    return ONE_SEED if k <= 1 else f"{INCONCLUSIVE} ({k} seeds)"
+    if k == 0:
+        return f"{INCONCLUSIVE} (no seed ran every setting)"
+    return ONE_SEED if k == 1 else f"{INCONCLUSIVE} ({k} seeds)"
 
 
 def status_from(direction: str, estimate: float, p: float | None, per_seed: list[float],
