@@ -187,9 +187,11 @@ def _agree(agree: bool | None) -> str:
 def agreement_markdown(agreement, protocol: str, threshold_policy: str, oracle: str = "") -> str:
     """The variant comparison in Markdown: per scope, a table cell by cell, then one claim by claim."""
     lines = [f"Variant paper vs reference: {protocol} protocol, θ {threshold_policy}{oracle}. Δ = paper − reference "
-             "in percentage points, paired by seed; seed interval: Student t over the per-seed differences (one "
-             "seed: paired bootstrap over images); per-image: paired bootstrap over test images of the per-image "
-             "difference averaged over seeds."]
+             "in percentage points, paired by seed; seed interval: Student t over the per-seed differences (none "
+             "with one seed); per-image: paired bootstrap over test images of the per-image difference averaged "
+             "over seeds (a description of the test set). \"differ\": two or more seeds and a t test significant "
+             "at 5 % after Holm's adjustment over the cell's metrics; the claims' verdicts follow the ledger's rule "
+             "(Holm within each claim's metrics under this protocol)."]
     for scope in dict.fromkeys(d.scope for d in agreement.deltas):
         lines += ["", f"**{scope}**", "",
                   "| table | cell | metric | paper | reference | Δ | 95 % interval (seeds) | n | "
@@ -219,7 +221,7 @@ def _side(r) -> str:
     """One protocol's result in one cell: "Δ [interval] status"."""
     if r.status == "not run":
         return "not run"
-    if r.ci_lo is None and r.image_ci_lo is not None:  # best-of-settings: the margin's per-image interval
+    if r.ci_lo is None and r.image_ci_lo is not None:  # no seed interval: the per-image one, labelled as such
         return (f"{fmt_signed(r.ours_delta)} {interval_text(r.image_ci_lo, r.image_ci_hi)} per image"
                 f"{_interval_kind(r.interval)} {r.status}")
     return f"{fmt_signed(r.ours_delta)} {interval_text(r.ci_lo, r.ci_hi)}{_interval_kind(r.interval)} {r.status}"
@@ -243,9 +245,10 @@ def _print_protocol_pairs(pairs, threshold_policy: str, oracle: str, as_md: bool
 def protocols_markdown(pairs, threshold_policy: str, oracle: str = "") -> str:
     """Each claim under the paper and the standard protocol, side by side, as a Markdown table."""
     lines = [f"Claims under both evaluation protocols: θ {threshold_policy}{oracle}. Ours: Δ in percentage points "
-             "(claimed cell minus the other), mean over seeds, [95 % interval over seeds] (one seed: paired "
-             "bootstrap over images; Figure 1(b)'s margins: per image), then the status; kept = standard-protocol "
-             "Δ / paper-protocol Δ."]
+             "(claimed cell minus the other), mean over seeds, [95 % interval over seeds] (none with one seed; "
+             "Figure 1(b)'s margins: the hierarchical bootstrap over seeds and images), then the status (Holm "
+             "within each claim's metrics and both protocols; see kdcicam claims --md for the rules and p-values); "
+             "kept = standard-protocol Δ / paper-protocol Δ."]
     for scope in dict.fromkeys(pair.paper.scope for pair in pairs):
         lines += ["", f"**{scope}**", "",
                   "| claim | metric | Δ printed in the paper | ours, paper protocol | ours, standard protocol | kept | "
