@@ -193,3 +193,20 @@ def test_compare_without_a_difference_stays_at_the_nominal_level():
 def test_compare_finds_a_large_difference():
     statuses = _compare_trials(0.15, 100)
     assert statuses.count("A better") / len(statuses) >= 0.95
+
+
+def test_the_hierarchical_bootstrap_is_chunked_and_keeps_runs_paired_by_image(monkeypatch):
+    import kdcicam.analysis.best_of_settings as bos
+
+    def first(k: int) -> np.ndarray:  # (K, N): right on the first k of 200 images, in each of 3 seeds
+        return np.tile(100.0 * (np.arange(200) < k), (3, 1))
+
+    # setting 0 is right on the first 122 images in cls and 98 in loc, setting 1 on 120 and 100: a +1 point
+    # dilemma carried by two images per axis. Drawn for both settings at once, an image draw can tie the two
+    # (margin 0: images 120-121 or 98-99 not drawn) but never reverse them; drawn per run, about half would.
+    x = {"a": np.stack([first(122), first(120)])}
+    y = {"a": np.stack([first(98), first(100)])}
+    monkeypatch.setattr(bos, "_CHUNK", 1000)  # 5 resamples per chunk
+    reps = hierarchical_margins("dilemma", "a", "", x, y, n_resamples=203, resample_seeds=False)
+    assert reps.shape == (203,) and (reps >= 0).all() and (reps > 0).any()
+    assert margin("dilemma", "a", "", {"a": np.array([[61.0, 60.0]])}, {"a": np.array([[49.0, 50.0]])}).tolist() == [1.0]

@@ -93,9 +93,10 @@ class ClaimResult:
     ci_lo: float | None
     ci_hi: float | None
     n_seeds: int
-    # "seeds (t)", "images (bootstrap, 1 seed)", "best-of-settings[ (mean of n seeds); holds in k of n seeds]", "none"
+    # "seeds (t)", "1 seed", "no spread (identical per-seed differences)", "none", or
+    # "best-of-settings[ (mean of n seeds); holds in k of n seeds][; bootstrap over seeds[ and images]]"
     interval: str
-    status: str  # holds | does not hold | inconclusive | not run
+    status: str  # holds | does not hold | inconclusive | inconclusive (k seed[s]) | not run
     image_ci_lo: float | None = None  # paired per-image bootstrap over the seeds' mean differences, points
     image_ci_hi: float | None = None
     seeds_needed: int | None = None  # paired seeds a t test needs to detect the paper's Δ (80 % power, our seed sd)
