@@ -12,7 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from kdcicam.analysis.compare import compare_runs, config_diff, format_comparison, resolve_name
-from kdcicam.analysis.stats import mcnemar_exact, paired_bootstrap_ci, verdict
+from kdcicam.analysis.stats import mcnemar_exact, paired_bootstrap_ci
+from kdcicam.analysis.verdicts import paired_verdict
 from kdcicam.cli.report import register
 from kdcicam.core.errors import DataError, KdcicamError, RunError, StoreError
 from kdcicam.store import open_store
@@ -95,7 +96,7 @@ def test_identical_runs_show_no_difference():
     b01, b10, p = mcnemar_exact(A_CORRECT, A_CORRECT)
     delta, lo, hi = paired_bootstrap_ci(A_CORRECT, A_CORRECT, n_resamples=500, seed=0)
     assert (b01, b10, p) == (0, 0, 1.0) and (delta, lo, hi) == (0.0, 0.0, 0.0)
-    assert verdict(delta, p) == "no significant difference at 5%"
+    assert paired_verdict(delta, p, lo, hi) == "no significant difference at 5%"
 
 
 def test_a_clear_win_is_significant():
@@ -104,7 +105,7 @@ def test_a_clear_win_is_significant():
     delta, lo, hi = paired_bootstrap_ci(A_CORRECT, B_CORRECT, n_resamples=2000, seed=0)
     # per-image differences: 40 ones, 60 zeros -> delta 0.4, bootstrap sd sqrt(0.4 * 0.6 / 100) ~ 0.049
     assert delta == pytest.approx(0.4) and 0.28 < lo < 0.35 and 0.45 < hi < 0.52
-    assert verdict(delta, p) == "A better" and verdict(-delta, p) == "B better"
+    assert paired_verdict(delta, p, lo, hi) == "A better" and paired_verdict(-delta, p, -hi, -lo) == "B better"
     assert paired_bootstrap_ci(A_CORRECT, B_CORRECT, n_resamples=2000, seed=0) == (delta, lo, hi)
 
 

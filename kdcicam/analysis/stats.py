@@ -179,10 +179,3 @@ def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
             front.append(int(i))
     return sorted(front, key=lambda i: (p[i, 0], -p[i, 1]))
 
-
-def verdict(delta: float, p: float, alpha: float = 0.05) -> str:
-    """A plain-words reading of one test's p: "A better", "B better" or no significant difference
-    (``compare`` reads two tests at once: :func:`kdcicam.analysis.verdicts.paired_verdict`)."""
-    if not math.isnan(p) and p < alpha and delta != 0:
-        return "A better" if delta > 0 else "B better"
-    return f"no significant difference at {alpha:.0%}"
