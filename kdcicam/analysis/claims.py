@@ -201,10 +201,13 @@ def evaluate_claims(
         runs: the store's runs (only finished ones count).
         finals: :meth:`Store.final_metrics` of those runs.
         records: ``records(run_id, protocol, selection)`` -> per-image records at the fixed θ (for
-            one-seed intervals); for another threshold policy it is called with the policy as a
-            fourth argument.
+            the per-image intervals and Figure 1(b)'s bootstrap); for another threshold policy it is
+            called with the policy as a fourth argument.
         protocol: evaluation protocol whose numbers are compared.
-        n_resamples: bootstrap resamples for one-seed intervals.
+        n_resamples: bootstrap resamples.
+
+    Each status here reads its own test's p alone; :func:`kdcicam.analysis.ledger.evaluate_ledger`
+    adjusts them within each claim's family.
         threshold_policy: whose numbers: "fixed" (the run's θ), "val" (θ chosen on validation)
             or "oracle" (θ chosen on the test split: an upper bound).
     """
