@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from kdcicam.analysis.compare import compare_runs, config_diff, resolve_name
-from kdcicam.analysis.stats import mcnemar_exact, paired_bootstrap_ci, verdict
+from kdcicam.analysis.compare import compare_runs, config_diff, format_comparison, resolve_name
+from kdcicam.analysis.stats import mcnemar_exact, paired_bootstrap_ci
+from kdcicam.analysis.verdicts import paired_verdict
 from kdcicam.cli.report import register
 from kdcicam.core.errors import DataError, KdcicamError, RunError, StoreError
 from kdcicam.store import open_store
@@ -94,7 +96,7 @@ def test_identical_runs_show_no_difference():
     b01, b10, p = mcnemar_exact(A_CORRECT, A_CORRECT)
     delta, lo, hi = paired_bootstrap_ci(A_CORRECT, A_CORRECT, n_resamples=500, seed=0)
     assert (b01, b10, p) == (0, 0, 1.0) and (delta, lo, hi) == (0.0, 0.0, 0.0)
-    assert verdict(delta, p) == "no significant difference at 5%"
+    assert paired_verdict(delta, p, lo, hi) == "no significant difference at 5%"
 
 
 def test_a_clear_win_is_significant():
@@ -103,7 +105,7 @@ def test_a_clear_win_is_significant():
     delta, lo, hi = paired_bootstrap_ci(A_CORRECT, B_CORRECT, n_resamples=2000, seed=0)
     # per-image differences: 40 ones, 60 zeros -> delta 0.4, bootstrap sd sqrt(0.4 * 0.6 / 100) ~ 0.049
     assert delta == pytest.approx(0.4) and 0.28 < lo < 0.35 and 0.45 < hi < 0.52
-    assert verdict(delta, p) == "A better" and verdict(-delta, p) == "B better"
+    assert paired_verdict(delta, p, lo, hi) == "A better" and paired_verdict(-delta, p, -hi, -lo) == "B better"
     assert paired_bootstrap_ci(A_CORRECT, B_CORRECT, n_resamples=2000, seed=0) == (delta, lo, hi)
 
 
@@ -214,3 +216,39 @@ def test_cli_refusal_is_a_user_error(db):
     assert isinstance(result.exception, KdcicamError) and "\n" not in str(result.exception)
     missing = CliRunner().invoke(make_app(), ["compare", "aaaa", "bbbb", "--db", str(Path(db[10:]).parent / "x.db")])
     assert isinstance(missing.exception, StoreError) and "no run store" in str(missing.exception)
+
+
+def test_one_rule_reads_both_tests_and_says_when_they_disagree():
+    from kdcicam.analysis.compare import paired_tests
+
+    # 1000 images, A right and B wrong on 35, A wrong and B right on 20: McNemar p = 0.058 while the bootstrap
+    # interval of +1.5 points (per-image sd ~0.23, se ~0.74 points) excludes zero: one verdict, not two
+    n = 1000
+    a = np.array([True] * 35 + [False] * 20 + [True] * 500 + [False] * 445)
+    b = np.array([False] * 35 + [True] * 20 + [True] * 500 + [False] * 445)
+    frame = {f"correct_{k}": None for k in ("top1_cls", "top5_cls", "top1_loc", "top5_loc", "gt_known")}
+    ra = pd.DataFrame({"image_id": range(n), **{k: a for k in frame}})
+    rb = pd.DataFrame({"image_id": range(n), **{k: b for k in frame}})
+    tests = paired_tests(ra, rb, n_resamples=2000, seed=0)
+    t = tests[0]
+    assert (t.b01, t.b10) == (20, 35) and 0.05 < t.p_value < 0.06 and t.ci_lo > 0
+    assert t.verdict == "tests disagree: no verdict"
+    # five identical flags: Holm multiplies the smallest p by 5 (all equal here, so every adjusted p is 5p)
+    assert t.p_holm == pytest.approx(min(1.0, 5 * t.p_value))
+
+
+def test_paired_verdict_needs_both_tests():
+    from kdcicam.analysis.verdicts import paired_verdict
+
+    assert paired_verdict(2.0, 0.001, 0.5, 3.5) == "A better"
+    assert paired_verdict(-2.0, 0.001, -3.5, -0.5) == "B better"
+    assert paired_verdict(2.0, 0.2, 0.5, 3.5) == "tests disagree: no verdict"
+    assert paired_verdict(2.0, 0.001, -0.5, 3.5) == "tests disagree: no verdict"
+    assert paired_verdict(0.5, 0.4, -0.5, 1.5) == "no significant difference at 5%"
+
+
+def test_compare_a_run_with_itself_says_so(db):
+    with open_store(db) as store:
+        result = compare_runs(store, "aaaa0000", "aaaa", n_resamples=200)
+    assert "A and B are one run: every difference is zero by construction" in result.notes
+    assert "A and B are one run" in format_comparison(result)

@@ -5,23 +5,23 @@ A claim (``[[claims]]`` in ``ablations/*.toml``) says that one cell beats anothe
 paper's difference, ours (mean over seeds), a 95% interval, what the interval rests on, and a
 status:
 
-- ``holds``: the interval lies entirely on the claimed side of zero;
-- ``does not hold``: the interval lies entirely on the other side;
-- ``inconclusive``: the interval contains zero (or cannot be formed).
+- ``holds``: the verdict's test (below) is significant at 5 % after Holm's adjustment
+  (:mod:`kdcicam.analysis.ledger`) and the estimate is on the claimed side of zero;
+- ``does not hold``: significant, on the other side;
+- ``inconclusive``: not significant, or no test can be formed; ``inconclusive (1 seed)`` below
+  two seeds whatever the test images say (:mod:`kdcicam.analysis.verdicts`).
 
-With two or more paired seeds the interval is a Student-t interval over the per-seed differences;
-with one seed it is a paired bootstrap over the test images (the randomness of training is then
-not covered, and the ledger says so). Beside it, for every per-image metric, the paired per-image
-test: each test image's difference (claimed cell minus the other, 0/1 correctness) averaged over the
-paired seeds, bootstrapped over images (``image_ci_lo`` / ``image_ci_hi``): it asks whether the same
-images are won and lost consistently, which the seed interval cannot see with three seeds. And with
-two or more seeds, how many paired seeds a t test would need to detect the paper's own Δ with 80 %
-power at our seed-to-seed spread (``seeds_needed``): whether "inconclusive" means "no such effect
-here" or "too few seeds to tell". A
-``pareto`` claim (Figure 1(b)) holds when one training setting of the claimed cell beats every setting of
-the other cell on both metrics at once; a ``dilemma`` claim holds when no setting of its cell is the best
-on both: each setting at its mean over seeds, with a per-image bootstrap interval of the margin (the
-status rests on it), and each seed's runs alone.
+A difference claim's test is a Student t test over the per-seed differences (its interval beside).
+Beside it, for every per-image metric, the paired per-image interval: each test image's difference
+(claimed cell minus the other, 0/1 correctness) averaged over the paired seeds, bootstrapped over
+images (``image_ci_lo`` / ``image_ci_hi``): a description of the test set, never the verdict's
+evidence (at three seeds it is 5-10 times narrower than the seed interval). And with two or more
+seeds, how many paired seeds a t test would need to detect the paper's own Δ with 80 % power at our
+seed-to-seed spread (``seeds_needed``). A ``pareto`` claim (Figure 1(b)) holds when one training
+setting of the claimed cell beats every setting of the other cell on both metrics at once; a
+``dilemma`` claim holds when no setting of its cell is the best on both: each setting at its mean
+over seeds, judged by :mod:`kdcicam.analysis.best_of_settings` (a hierarchical bootstrap over seeds
+and images, and each seed alone).
 
 Every result names what it was measured under: the protocol, the threshold policy (``fixed`` θ,
 θ chosen on ``val``idation, or the test-chosen ``oracle`` θ: an upper bound, never a verdict a
@@ -39,20 +39,38 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kdcicam.analysis.best_of_settings import (
+    MIN_SCATTER_SEEDS,
+    best_of_settings_verdict,
+    hierarchical_margins,
+    margin,
+    per_seed_margins,
+    too_few_seeds,
+)
 from kdcicam.analysis.results import ScopeKey, cell_frame, latest_per, latest_per_seed
-from kdcicam.analysis.stats import mean_std_ci, paired_bootstrap_ci, seeds_needed
+from kdcicam.analysis.stats import paired_bootstrap_ci, seeds_needed
+from kdcicam.analysis.verdicts import claim_status, seed_test
 from kdcicam.registry.ablations import Claim, Registry
 from kdcicam.store import RunInfo
 
 # How the ledger's numbers read: the legend under every claims table (report, ``kdcicam claims --md``)
-LEDGER_NOTE = ("Δ in percentage points, claimed cell minus the other; ours = mean over seeds; 95 % intervals over "
-               "the per-seed differences (Student t; one seed: paired bootstrap over images) and, paired per image, "
-               "over the test images (the per-image difference averaged over seeds); seeds for paper Δ: paired "
-               "seeds a t test needs to detect the paper's Δ with 80 % power at our seed-to-seed spread; holds / "
-               "does not hold: the seed interval lies on one side of zero. Figure 1(b)'s claims (best-of-settings): "
-               "ours Δ is the margin in points by which the claim holds (> 0) or fails, on each training setting's "
-               "mean over the seeds that ran every setting; its per-image interval resamples the test images of "
-               "every run at once and the status rests on it; \"holds in k of n seeds\" judges each seed alone.")
+LEDGER_NOTE = ("Δ in percentage points, claimed cell minus the other; ours = mean over seeds, paired by seed. "
+               "Verdict rule: a two-sided test at 5 %, Holm-adjusted within each claim's family (its metrics "
+               "under both protocols, one scope and θ policy): holds / does not hold when the adjusted p is below "
+               "5 % on the claimed / the other side of zero, else inconclusive; p and p (Holm) are shown side by "
+               "side, the intervals are uncorrected 95 % intervals. Difference claims: Student t over the per-seed "
+               "differences; no verdict below two seeds (\"inconclusive (1 seed)\") or when every seed gives the "
+               "same difference (no interval). The per-image interval (paired bootstrap over the test images of "
+               "the per-image difference averaged over seeds) describes the test set and is never a verdict's "
+               "evidence. Seeds for paper Δ: paired seeds a t test needs to detect the paper's Δ with 80 % power "
+               "at our seed-to-seed spread. Figure 1(b)'s claims (best-of-settings): ours Δ is the margin in "
+               "points by which the claim holds (> 0) or fails (< 0), on each training setting's mean over the "
+               "seeds that ran every setting; its 95 % interval and p come from a hierarchical bootstrap (seeds "
+               "drawn jointly for every setting, then test images for every run; seeds alone without per-image "
+               "records), bias-corrected for the maxima over settings (basic bootstrap), widened for few seeds "
+               "(√(K/(K−1))·t/z) and Bonferroni-corrected over the two metrics (the tie bias); holds / does not "
+               "hold needs that test, at least 3 seeds and every seed alone on the same side; its per-image "
+               "interval keeps the seeds fixed.")
 
 FLAG_OF = {"top1_cls": "correct_top1_cls", "top5_cls": "correct_top5_cls", "top1_loc": "correct_top1_loc",
            "top5_loc": "correct_top5_loc", "gt_known_loc": "correct_gt_known"}
@@ -75,12 +93,18 @@ class ClaimResult:
     ci_lo: float | None
     ci_hi: float | None
     n_seeds: int
-    # "seeds (t)", "images (bootstrap, 1 seed)", "best-of-settings[ (mean of n seeds); holds in k of n seeds]", "none"
+    # "seeds (t)", "1 seed", "no spread (identical per-seed differences)", "none", or
+    # "best-of-settings[ (mean of n seeds); holds in k of n seeds][; bootstrap over seeds[ and images]]"
     interval: str
-    status: str  # holds | does not hold | inconclusive | not run
+    status: str  # holds | does not hold | inconclusive | inconclusive (k seed[s]) | not run
     image_ci_lo: float | None = None  # paired per-image bootstrap over the seeds' mean differences, points
     image_ci_hi: float | None = None
     seeds_needed: int | None = None  # paired seeds a t test needs to detect the paper's Δ (80 % power, our seed sd)
+    direction: str = "increase"  # the claimed side of zero
+    p_value: float | None = None  # the verdict's test, uncorrected (seed t test; Figure 1(b): bootstrap)
+    p_holm: float | None = None  # p_value Holm-adjusted within the claim's family (kdcicam.analysis.ledger)
+    family_size: int | None = None  # tests in that family
+    per_seed: tuple[float, ...] | None = None  # Figure 1(b): each seed's own margin
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,18 +177,6 @@ def pair_protocols(paper: Sequence[ClaimResult], standard: Sequence[ClaimResult]
     return [ProtocolPair(r, by_key[key(r)]) for r in paper if key(r) in by_key]
 
 
-def _status(direction: str, lo: float | None, hi: float | None) -> str:
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return "inconclusive"
-    sign = 1.0 if direction == "increase" else -1.0
-    lo, hi = sorted((sign * lo, sign * hi))
-    if lo > 0:
-        return "holds"
-    if hi < 0:
-        return "does not hold"
-    return "inconclusive"
-
-
 def _paper_delta(reg: Registry, claim: Claim, scope: ScopeKey, metric: str) -> float | None:
     table = reg.tables[claim.table]
     a = table.cell(claim.cell).paper.get(scope.paper_scope, {}).get(metric)
@@ -189,10 +201,13 @@ def evaluate_claims(
         runs: the store's runs (only finished ones count).
         finals: :meth:`Store.final_metrics` of those runs.
         records: ``records(run_id, protocol, selection)`` -> per-image records at the fixed θ (for
-            one-seed intervals); for another threshold policy it is called with the policy as a
-            fourth argument.
+            the per-image intervals and Figure 1(b)'s bootstrap); for another threshold policy it is
+            called with the policy as a fourth argument.
         protocol: evaluation protocol whose numbers are compared.
-        n_resamples: bootstrap resamples for one-seed intervals.
+        n_resamples: bootstrap resamples.
+
+    Each status here reads its own test's p alone; :func:`kdcicam.analysis.ledger.evaluate_ledger`
+    adjusts them within each claim's family.
         threshold_policy: whose numbers: "fixed" (the run's θ), "val" (θ chosen on validation)
             or "oracle" (θ chosen on the test split: an upper bound).
     """
@@ -227,13 +242,14 @@ class PairedDelta:
     """The difference of two cells' metric over the seeds both ran, in percentage points."""
 
     mean: float | None  # mean of the per-seed differences; None when no seed pairs
-    ci_lo: float | None
+    ci_lo: float | None  # Student-t interval over the seeds; None below two seeds or without spread
     ci_hi: float | None
     n_seeds: int
-    interval: str  # "seeds (t)", "images (bootstrap, 1 seed)" or "none"
+    interval: str  # "seeds (t)", "1 seed", "no spread (identical per-seed differences)" or "none"
     image_ci_lo: float | None = None  # paired per-image interval (see per_image_interval)
     image_ci_hi: float | None = None
     std: float | None = None  # sample standard deviation of the per-seed differences (two or more seeds)
+    p_value: float | None = None  # two-sided t test of the per-seed differences (where there is an interval)
 
 
 def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Callable[[str], pd.DataFrame],
@@ -247,28 +263,30 @@ def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Calla
         records_a, records_b: run id -> that run's per-image test records, for each side.
         n_resamples: bootstrap resamples.
 
-    With two or more seeds the interval is Student t over the per-seed differences; with one, the
-    per-image bootstrap stands in for it (``interval`` says which).
+    The interval and p are the Student t test over the per-seed differences
+    (:func:`~kdcicam.analysis.verdicts.seed_test`): none with one seed (the per-image interval then
+    describes the test set, not the training's noise) or with identical differences.
     """
     if a.empty or b.empty:
         return PairedDelta(None, None, None, 0, "none")
     a = latest_per_seed(a).set_index("seed")
     b = latest_per_seed(b).set_index("seed")
     seeds = sorted(set(a.index) & set(b.index))
-    mean, std, n, lo, hi = mean_std_ci([float(a.loc[s, "value"]) - float(b.loc[s, "value"]) for s in seeds])
-    if n == 0:
+    t = seed_test([float(a.loc[s, "value"]) - float(b.loc[s, "value"]) for s in seeds])
+    if t.mean is None or math.isnan(t.mean):
         return PairedDelta(None, None, None, 0, "none")
-    interval = "seeds (t)"
     image_lo = image_hi = None
     if metric in FLAG_OF:
         pairs = [(records_a(str(a.loc[s, "run_id"])), records_b(str(b.loc[s, "run_id"]))) for s in seeds]
         image_lo, image_hi = per_image_interval(pairs, FLAG_OF[metric], n_resamples)
-        if n == 1 and image_lo is not None:
-            lo, hi, interval = image_lo, image_hi, "images (bootstrap, 1 seed)"
-    lo = None if lo is None or math.isnan(lo) else round(lo, 4)
-    hi = None if hi is None or math.isnan(hi) else round(hi, 4)
-    return PairedDelta(round(mean, 4), lo, hi, n, interval if lo is not None else "none", image_lo, image_hi,
-                       None if math.isnan(std) else round(std, 4))
+    interval = ("seeds (t)" if t.ci_lo is not None else "1 seed" if t.n == 1
+                else "no spread (identical per-seed differences)")
+    return PairedDelta(round(t.mean, 4), _round(t.ci_lo), _round(t.ci_hi), t.n, interval, image_lo, image_hi,
+                       _round(t.std), t.p_value)
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else round(x, 4)
 
 
 def claim_result(reg: Registry, claim: Claim, scope: ScopeKey, sub: pd.DataFrame, metric: str, protocol: str,
@@ -304,8 +322,9 @@ def claim_result(reg: Registry, claim: Claim, scope: ScopeKey, sub: pd.DataFrame
     needed = (seeds_needed(d.std, base["paper_delta"])
               if d.std is not None and base["paper_delta"] is not None else None)
     return ClaimResult(**base, ours_delta=d.mean, ci_lo=d.ci_lo, ci_hi=d.ci_hi, n_seeds=d.n_seeds,
-                       interval=d.interval, status=_status(claim.direction, d.ci_lo, d.ci_hi),
-                       image_ci_lo=d.image_ci_lo, image_ci_hi=d.image_ci_hi, seeds_needed=needed)
+                       interval=d.interval, status=claim_status(claim.direction, d.mean, d.p_value, d.n_seeds),
+                       image_ci_lo=d.image_ci_lo, image_ci_hi=d.image_ci_hi, seeds_needed=needed,
+                       direction=claim.direction, p_value=d.p_value)
 
 
 def per_image_interval(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], flag: str,
@@ -336,91 +355,45 @@ def _latest_runs(sub: pd.DataFrame) -> pd.DataFrame:
     return latest_per(sub, keys)[[*keys, "run_id"]].drop_duplicates()
 
 
-def _setting_arrays(values: pd.DataFrame, cells: Sequence[str]) -> dict[str, np.ndarray] | None:
-    """``values`` (columns cell, setting, value: one (R,) array per run) averaged over seeds per setting:
-    cell -> (R, S) setting means. None when a cell has no run."""
-    out = {}
-    for cell in cells:
-        rows = values[values["cell"] == cell]
-        if rows.empty:
-            return None
-        out[cell] = np.stack([np.stack(list(g["value"])).mean(axis=0)
-                              for _, g in rows.groupby("setting", sort=True)], axis=-1)  # (R, S)
-    return out
-
-
-def _margin(claim: Claim, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The Figure 1(b) margin (points) for R draws at once: ``x[cell]``, ``y[cell]`` are (R, S) setting means.
-
-    pareto: by how much the claimed cell's best setting beats every setting of ``claim.versus`` on its
-    weaker axis (> 0: one setting is better at both). dilemma: the smaller of the best-x setting's
-    shortfall in y and the best-y setting's shortfall in x (ties taken in favour of one setting being
-    the best at both; > 0: none is). None for a dilemma of fewer than two settings.
-    """
-    if claim.kind == "pareto":
-        ours_x, ours_y, theirs_x, theirs_y = x[claim.cell], y[claim.cell], x[claim.versus], y[claim.versus]
-        return np.minimum(ours_x - theirs_x.max(axis=1, keepdims=True),
-                          ours_y - theirs_y.max(axis=1, keepdims=True)).max(axis=1)  # (R,)
-    xs, ys = x[claim.cell], y[claim.cell]  # (R, S)
-    if xs.shape[1] < 2:
-        return None
-    y_at_best_x = np.where(xs == xs.max(axis=1, keepdims=True), ys, -np.inf).max(axis=1)  # (R,)
-    x_at_best_y = np.where(ys == ys.max(axis=1, keepdims=True), xs, -np.inf).max(axis=1)
-    return np.minimum(ys.max(axis=1) - y_at_best_x, xs.max(axis=1) - x_at_best_y)
-
-
-def _stored_margin(claim: Claim, sub: pd.DataFrame, cells: Sequence[str]) -> float | None:
-    """The margin on the stored metrics (percent) of ``sub``'s runs, each setting at its mean over seeds."""
-    runs = _latest_runs(sub)
-    wide = sub.pivot_table(index="run_id", columns="metric", values="value", aggfunc="last")
-    if any(m not in wide for m in claim.metrics[:2]):
-        return None
-    wide = wide[list(claim.metrics[:2])].dropna()
-    runs = runs[runs["run_id"].isin(wide.index)]
-    x, y = (_setting_arrays(runs.assign(value=[wide.loc[r, m:m].to_numpy(float) for r in runs["run_id"]]), cells)
-            for m in claim.metrics[:2])
-    margin = None if x is None or y is None else _margin(claim, x, y)
-    return None if margin is None else float(margin[0])
-
-
-def _margin_interval(claim: Claim, sub: pd.DataFrame, cells: Sequence[str],
-                     records: Callable[[str, str], pd.DataFrame],
-                     n_resamples: int) -> tuple[float | None, float | None]:
-    """Percentile bootstrap interval (points) of the margin over the test images: each resample draws
-    the same images for every run, then every run's two metrics, each setting's mean over seeds and
-    the margin are computed again. (None, None) unless every run has per-image records."""
-    flags = [FLAG_OF.get(m) for m in claim.metrics[:2]]
-    runs = _latest_runs(sub)
-    if None in flags or runs.empty:
-        return None, None
-    frames = [records(str(r.run_id), str(r.cell)) for r in runs.itertuples()]
-    if any(not len(f) for f in frames):
-        return None, None
-    ids = sorted(set.intersection(*(set(f["image_id"]) for f in frames)))
-    if not ids:
-        return None, None
-    idx = np.random.default_rng(0).integers(0, len(ids), size=(n_resamples, len(ids)))  # (R, N)
-    x, y = (_setting_arrays(runs.assign(value=[100.0 * f.set_index("image_id").loc[ids, flag].to_numpy(float)[idx]
-                                               .mean(axis=1) for f in frames]), cells)  # per run: (R,)
-            for flag in flags)
-    margin = None if x is None or y is None else _margin(claim, x, y)
-    if margin is None:
-        return None, None
-    lo, hi = np.percentile(margin, [2.5, 97.5])
-    return round(float(lo), 4), round(float(hi), 4)
-
-
 def _complete_seeds(sub: pd.DataFrame, cells: Sequence[str]) -> pd.DataFrame:
     """``sub``'s rows of ``cells`` from the seeds in which each of them ran every one of its settings (a
-    seed still training would tilt the setting means and, for a pareto claim, one side's best); when no
-    seed is complete yet, the seeds in which each of them ran at least one."""
+    seed still training would tilt the setting means and, for a pareto claim, one side's best; seeds
+    with uneven settings are never mixed): empty when no seed is complete."""
     sub = sub[sub["cell"].isin(cells)]
     settings = {cell: set(sub.loc[sub["cell"] == cell, "setting"]) for cell in cells}
     ran = {seed: {cell: set(sub.loc[(sub["seed"] == seed) & (sub["cell"] == cell), "setting"]) for cell in cells}
            for seed in set(sub["seed"])}
-    complete = {seed for seed, done in ran.items() if all(done[cell] == settings[cell] for cell in cells)}
-    started = {seed for seed, done in ran.items() if all(done[cell] for cell in cells)}
-    return sub[sub["seed"].isin(complete or started)]
+    complete = {seed for seed, done in ran.items() if all(done[cell] and done[cell] == settings[cell] for cell in cells)}
+    return sub[sub["seed"].isin(complete)]
+
+
+def _scatter_arrays(claim: Claim, runs: pd.DataFrame, cells: Sequence[str],
+                    value: Callable[[str, int], np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """cell -> (S, K, N) values of the claim's two metrics: setting × seed (sorted) × ``value(run_id, axis)``."""
+    seeds = sorted(set(runs["seed"]))
+    arrays: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
+    for cell in cells:
+        rows = runs[runs["cell"] == cell].set_index(["setting", "seed"])["run_id"]
+        for axis, out in enumerate(arrays):
+            out[cell] = np.stack([np.stack([value(str(rows.loc[(setting, seed)]), axis) for seed in seeds])
+                                  for setting in sorted(set(rows.index.get_level_values(0)))])
+    return arrays
+
+
+def _per_image_values(claim: Claim, runs: pd.DataFrame,
+                      records: Callable[[str, str], pd.DataFrame]) -> Callable[[str, int], np.ndarray] | None:
+    """run id, axis -> that run's per-image correctness (points) on the images every run has; None
+    unless every run has per-image records of both metrics."""
+    flags = [FLAG_OF.get(m) for m in claim.metrics[:2]]
+    if None in flags:
+        return None
+    frames = {str(r.run_id): records(str(r.run_id), str(r.cell)) for r in runs.itertuples()}
+    if any(not len(f) for f in frames.values()):
+        return None
+    ids = sorted(set.intersection(*(set(f["image_id"]) for f in frames.values())))
+    if not ids:
+        return None
+    return lambda run_id, axis: 100.0 * frames[run_id].set_index("image_id").loc[ids, flags[axis]].to_numpy(float)
 
 
 def _best_of_settings(base: dict, claim: Claim, sub: pd.DataFrame, records: Callable[[str, str], pd.DataFrame],
@@ -429,30 +402,50 @@ def _best_of_settings(base: dict, claim: Claim, sub: pd.DataFrame, records: Call
     every setting of ``claim.versus`` on both metrics at once; ``dilemma``: no setting of ``claim.cell``
     is the best on both), as the paper's figure draws one point per training.
 
-    Judged on each setting's mean over the seeds (pooling every seed's run as a point of its own would
-    add the seed-to-seed spread to the settings' spread), with a per-image interval of the margin
-    (test-sample noise; the status rests on it when every run has per-image records) and, with several
-    seeds, on each seed's runs alone ("holds in k of n seeds": training noise). Only the seeds in which
-    the claim's cells ran every setting count (:func:`_complete_seeds`).
+    Judged on each setting's mean over the seeds in which the claim's cells ran every setting
+    (:func:`_complete_seeds`), by :func:`~kdcicam.analysis.best_of_settings.best_of_settings_verdict`:
+    a hierarchical bootstrap (seeds, then test images when every run has per-image records; seeds
+    alone otherwise) and each seed alone. The per-image interval beside it keeps the seeds fixed and
+    resamples the images only: a description of the test set's noise, not the verdict's evidence.
 
     ``records(run_id, cell)``: the run's per-image test records at the cell's checkpoint selection.
     """
-    base = {**base, "metric": " & ".join(claim.metrics[:2])}
+    base = {**base, "metric": " & ".join(claim.metrics[:2]), "direction": claim.direction}
     cells = [claim.cell] + ([claim.versus] if claim.kind == "pareto" else [])
-    sub = _complete_seeds(sub[sub["metric"].isin(claim.metrics[:2])], cells)
-    margin = _stored_margin(claim, sub, cells)
-    if margin is None:
+    sub = sub[sub["metric"].isin(claim.metrics[:2]) & sub["value"].notna()]
+    wide = sub.pivot_table(index="run_id", columns="metric", values="value", aggfunc="last")
+    if any(m not in wide for m in claim.metrics[:2]):
         return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
                            status="not run")
-    per_seed = [m for seed in sorted(set(sub["seed"]))
-                if (m := _stored_margin(claim, sub[sub["seed"] == seed], cells)) is not None]
-    interval = ("best-of-settings" + (f" (mean of {len(per_seed)} seeds); holds in {sum(m > 0 for m in per_seed)}"
-                                      f" of {len(per_seed)} seeds" if len(per_seed) > 1 else ""))
-    lo, hi = _margin_interval(claim, sub, cells, records, n_resamples)
-    if lo is not None and hi is not None:
-        status = "holds" if lo > 0 else "does not hold" if hi <= 0 else "inconclusive"
-    else:  # a margin of 0: a tie (pareto), or one setting is the best at both (dilemma: does not hold)
-        status = ("holds" if margin > 0 else "does not hold" if margin < 0 or claim.kind == "dilemma"
-                  else "inconclusive")
-    return ClaimResult(**base, ours_delta=round(margin, 4), ci_lo=None, ci_hi=None, n_seeds=len(per_seed),
-                       interval=interval, status=status, image_ci_lo=lo, image_ci_hi=hi)
+    sub = _complete_seeds(sub[sub["run_id"].isin(wide[list(claim.metrics[:2])].dropna().index)], cells)
+    runs = _latest_runs(sub)
+    if runs.empty:
+        return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
+                           status=too_few_seeds(0) if not sub.empty or not wide.empty else "not run")
+    stored = _scatter_arrays(claim, runs, cells,
+                             lambda run_id, axis: wide.loc[run_id, claim.metrics[axis]:claim.metrics[axis]].to_numpy(float))
+    means = [{c: v.mean(axis=(1, 2))[None] for c, v in arrays.items()} for arrays in stored]
+    estimate = margin(claim.kind, claim.cell, claim.versus, *means)
+    if estimate is None:  # a dilemma of one setting
+        return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
+                           status="not run")
+    ours = float(estimate[0])
+    per_seed = per_seed_margins(claim.kind, claim.cell, claim.versus, *stored)
+    per_image = _per_image_values(claim, runs, records)
+    arrays = stored if per_image is None else _scatter_arrays(claim, runs, cells, per_image)
+    k = len(per_seed)
+    replicates = (hierarchical_margins(claim.kind, claim.cell, claim.versus, *arrays, n_resamples,
+                                       images=per_image is not None) if k >= MIN_SCATTER_SEEDS else None)
+    status, p, interval = best_of_settings_verdict(claim.direction, ours, replicates, per_seed)
+    image_lo = image_hi = None
+    if per_image is not None:
+        fixed = hierarchical_margins(claim.kind, claim.cell, claim.versus, *arrays, n_resamples, resample_seeds=False)
+        image_lo, image_hi = (round(float(v), 4) for v in np.percentile(fixed, [2.5, 97.5]))
+    kind = ("best-of-settings" + (f" (mean of {k} seeds); holds in {sum(m > 0 for m in per_seed)} of {k} seeds"
+                                  if k > 1 else ""))
+    if interval is not None:
+        kind += "; bootstrap over seeds" + (" and images" if per_image is not None else "")
+    return ClaimResult(**base, ours_delta=round(ours, 4), ci_lo=None if interval is None else interval[0],
+                       ci_hi=None if interval is None else interval[1], n_seeds=k, interval=kind, status=status,
+                       image_ci_lo=image_lo, image_ci_hi=image_hi, p_value=p,
+                       per_seed=tuple(round(m, 4) for m in per_seed))

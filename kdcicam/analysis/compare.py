@@ -6,6 +6,12 @@ correctness flag a paired test on the images both runs were scored on (McNemar's
 paired bootstrap interval of the accuracy difference). Runs evaluated on different test sets are
 refused.
 
+One rule gives each metric's verdict (:func:`kdcicam.analysis.verdicts.paired_verdict`): "A better"
+/ "B better" when McNemar's p, Holm-adjusted over the metrics compared, is below 5 % and the
+bootstrap interval excludes zero on the same side; "tests disagree: no verdict" when only one of
+the two excludes zero. It is a verdict on these two runs on this test set: one seed each, so the
+training's noise is not in it (``kdcicam claims`` judges cells over seeds).
+
 A verdict ("A better", ...) is given only when the two numbers were produced the same way: the
 same evaluation protocol, variant, threshold policy (fixed / val / oracle θ) and selection policy
 (``eval.select_on``). Otherwise the numbers are printed with "no verdict: the runs differ in ...",
@@ -21,7 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from kdcicam.analysis.stats import mcnemar_exact, paired_bootstrap_ci, verdict
+from kdcicam.analysis.stats import mcnemar_exact, paired_bootstrap_ci
+from kdcicam.analysis.verdicts import holm, paired_verdict
 from kdcicam.core.config import RunConfig, to_dict
 from kdcicam.core.errors import DataError, RunError, StoreError
 from kdcicam.evaluation.selection import select_on_of
@@ -50,11 +57,12 @@ class PairedTest:
     acc_b: float
     b01: int  # images A got wrong and B right
     b10: int  # images A got right and B wrong
-    p_value: float  # McNemar exact, two-sided
+    p_value: float  # McNemar exact, two-sided, uncorrected
     delta: float  # acc_a - acc_b, percent
     ci_lo: float  # paired bootstrap 95% interval of delta, percent
     ci_hi: float
     verdict: str
+    p_holm: float | None = None  # p_value Holm-adjusted over the metrics compared
 
 
 @dataclass(frozen=True)
@@ -222,7 +230,8 @@ def _check_same_test_set(a: RunInfo, b: RunInfo, ra: pd.DataFrame, rb: pd.DataFr
 
 
 def paired_tests(ra: pd.DataFrame, rb: pd.DataFrame, n_resamples: int, seed: int) -> list[PairedTest]:
-    """McNemar + paired bootstrap for each per-image correctness flag, images joined on image_id."""
+    """McNemar + paired bootstrap for each per-image correctness flag, images joined on image_id; the
+    verdict from both (:func:`~kdcicam.analysis.verdicts.paired_verdict`, Holm over the flags)."""
     both = ra.merge(rb, on="image_id", suffixes=("_a", "_b"))
     tests = []
     for column, metric in PER_IMAGE.items():
@@ -232,8 +241,10 @@ def paired_tests(ra: pd.DataFrame, rb: pd.DataFrame, n_resamples: int, seed: int
         delta, lo, hi = paired_bootstrap_ci(a, b, n_resamples=n_resamples, seed=seed)
         tests.append(PairedTest(metric=metric, n_images=len(a), acc_a=100.0 * a.mean(), acc_b=100.0 * b.mean(),
                                 b01=b01, b10=b10, p_value=p, delta=100.0 * delta, ci_lo=100.0 * lo,
-                                ci_hi=100.0 * hi, verdict=verdict(delta, p, ALPHA)))
-    return tests
+                                ci_hi=100.0 * hi, verdict=""))
+    adjusted = holm([t.p_value for t in tests])
+    return [dataclasses.replace(t, p_holm=p, verdict=paired_verdict(t.delta, p, t.ci_lo, t.ci_hi, ALPHA))
+            for t, p in zip(tests, adjusted)]
 
 
 def compare_runs(store: Store, name_a: str, name_b: str, *, protocol: str = "paper", selection: str = "last",
@@ -283,6 +294,11 @@ def compare_runs(store: Store, name_a: str, name_b: str, *, protocol: str = "pap
                         "way")
     mismatch = mismatches(a, b, protocol, proto_b, threshold_policy, policy_b)
     notes = []
+    if a.id == b.id:
+        notes.append("A and B are one run: every difference is zero by construction")
+    elif not mismatch:
+        notes.append("one run on each side: the verdicts are about these two runs on this test set, not about "
+                     "their configurations (for those, over seeds: kdcicam claims)")
     if threshold_policy == "oracle" or policy_b == "oracle":
         notes.append("oracle θ: chosen on the test split itself, an upper bound, not a result to report")
     if ra.empty or rb.empty:
@@ -313,7 +329,9 @@ def _raw(x: float | None) -> str:
     return "-" if x is None or math.isnan(x) else f"{x:.4g}"
 
 
-def _p(p: float) -> str:
+def _p(p: float | None) -> str:
+    if p is None:
+        return "-"
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
@@ -347,14 +365,16 @@ def format_comparison(c: Comparison) -> str:
     for name, va, vb in c.other:
         lines.append(f"  {name:<14} {_raw(va):>8} {_raw(vb):>8}   (as stored)")
     if c.tests:
-        lines += ["", f"paired per-image tests on {c.tests[0].n_images} images (McNemar exact test; "
-                      f"paired bootstrap 95% CI of A-B, {c.n_resamples} resamples):",
+        lines += ["", f"paired per-image tests on {c.tests[0].n_images} images (McNemar exact test, p and p "
+                      f"Holm-adjusted over the {len(c.tests)} metrics; paired bootstrap 95% CI of A-B, "
+                      f"{c.n_resamples} resamples). Verdict: A or B better when p (Holm) < {ALPHA:.0%} and the CI "
+                      "excludes 0 on the same side:",
                   f"  {'metric':<14} {'A %':>7} {'B %':>7} {'A-B':>7}  {'95% CI':<17} {'b01':>5} {'b10':>5} "
-                  f"{'p':>8}  verdict"]
+                  f"{'p':>8} {'p (Holm)':>8}  verdict"]
         for t in c.tests:
             ci = f"[{_num(t.ci_lo, True)}, {_num(t.ci_hi, True)}]"
             lines.append(f"  {t.metric:<14} {_num(t.acc_a):>7} {_num(t.acc_b):>7} {_num(t.delta, True):>7}  "
-                         f"{ci:<17} {t.b01:>5} {t.b10:>5} {_p(t.p_value):>8}  {t.verdict}")
+                         f"{ci:<17} {t.b01:>5} {t.b10:>5} {_p(t.p_value):>8} {_p(t.p_holm):>8}  {t.verdict}")
         lines.append("  (b01: A wrong and B right; b10: A right and B wrong)")
     for note in c.notes:
         lines.append(f"note: {note}")

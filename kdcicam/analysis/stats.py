@@ -30,7 +30,8 @@ def mean_std_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, fl
 
     Returns:
         (mean, std, n, ci_lo, ci_hi); std and the interval are NaN for n < 2, everything but n is
-        NaN for n = 0.
+        NaN for n = 0; the interval is NaN when every value is the same (std 0: the t interval would
+        have zero width, however few the seeds; scipy returns NaN there too).
     """
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
@@ -41,6 +42,8 @@ def mean_std_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, fl
     if n == 1:
         return mean, math.nan, 1, math.nan, math.nan
     std = float(x.std(ddof=1))
+    if std <= 1e-12 * max(1.0, abs(mean)):  # identical up to rounding
+        return mean, std, n, math.nan, math.nan
     half = float(stats.t.ppf(0.5 + level / 2, df=n - 1)) * std / math.sqrt(n)
     return mean, std, n, mean - half, mean + half
 
@@ -176,9 +179,3 @@ def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
             front.append(int(i))
     return sorted(front, key=lambda i: (p[i, 0], -p[i, 1]))
 
-
-def verdict(delta: float, p: float, alpha: float = 0.05) -> str:
-    """A plain-words reading of a paired test: "A better", "B better" or no significant difference."""
-    if not math.isnan(p) and p < alpha and delta != 0:
-        return "A better" if delta > 0 else "B better"
-    return f"no significant difference at {alpha:.0%}"

@@ -6,12 +6,14 @@ the claims ledger nor ``kdcicam compare`` sets them side by side. This module do
 scopes that differ only in the variant:
 
 - per cell and metric: each variant's mean over seeds and the difference ``paper − reference`` with a
-  95 % interval over the seeds both variants ran (Student t over the per-seed differences; one seed: a
-  paired bootstrap over test images) and the paired per-image interval (per-image differences averaged
-  over the seeds, bootstrapped over images, as in :mod:`kdcicam.analysis.claims`). Seed s of both variants
-  trains on the same data in the same order, so the pairing is by seed;
-- per claim of the paper: its verdict under each variant (:func:`kdcicam.analysis.claims.evaluate_claims`'s
-  rule) and whether the two verdicts are the same.
+  95 % interval over the seeds both variants ran (Student t over the per-seed differences; none with one
+  seed) and the paired per-image interval (per-image differences averaged over the seeds, bootstrapped
+  over images, as in :mod:`kdcicam.analysis.claims`: a description of the test set). "differ" needs two
+  seeds and a t test significant at 5 % after Holm's adjustment over the cell's metrics. Seed s of both
+  variants trains on the same data in the same order, so the pairing is by seed;
+- per claim of the paper: its verdict under each variant (the ledger's rule, Holm within each claim's
+  metrics under this protocol) and whether the two verdicts are the same (two different verdicts are
+  not a significant difference between the variants: that is the cell-by-cell table's question).
 
 Only tables of kind ``table`` are compared: a scatter's grid points and a sweep's datasets are not
 one run per seed and cell.
@@ -31,7 +33,9 @@ from dataclasses import asdict, dataclass, replace
 import pandas as pd
 
 from kdcicam.analysis.claims import ClaimResult, claim_result, paired_delta
+from kdcicam.analysis.ledger import holm_adjust
 from kdcicam.analysis.results import POINT_METRICS, ScopeKey, cell_frame, latest_per_seed
+from kdcicam.analysis.verdicts import ALPHA, MIN_SEEDS, ONE_SEED, holm
 from kdcicam.registry.ablations import Registry
 from kdcicam.store import RunInfo
 
@@ -55,18 +59,24 @@ class VariantDelta:
     ci_lo: float | None
     ci_hi: float | None
     n_seeds: int  # seeds both variants ran
-    interval: str  # "seeds (t)", "images (bootstrap, 1 seed)" or "none"
+    interval: str  # see PairedDelta.interval
     image_ci_lo: float | None = None
     image_ci_hi: float | None = None
+    p_value: float | None = None  # t test of the per-seed differences, uncorrected
+    p_holm: float | None = None  # Holm-adjusted over the cell's metrics in this scope
 
     @property
     def status(self) -> str:
-        """"differ" when the interval excludes 0, "no difference detected" when it contains it."""
+        """"differ" when the Holm-adjusted t test is significant at 5 %, "no difference detected" when
+        not; no verdict from one seed or without an interval."""
         if self.delta is None:
             return "not run"
-        if self.ci_lo is None or self.ci_hi is None:
+        if self.n_seeds < MIN_SEEDS:
+            return ONE_SEED
+        if self.p_value is None:
             return "no interval"
-        return "differ" if self.ci_lo > 0 or self.ci_hi < 0 else "no difference detected"
+        p = self.p_value if self.p_holm is None else self.p_holm
+        return "differ" if p < ALPHA else "no difference detected"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "status": self.status}
@@ -192,7 +202,22 @@ def variant_agreement(
                             for scope, sub in ((paper_scope, sub_p), (ref_scope, sub_r))]
                     verdicts.append(VerdictPair(title, table.key, claim.key, claim.text, protocol, threshold_policy,
                                                 metric, *pair))
-    return VariantAgreement(tuple(deltas), tuple(verdicts))
+    paper_side, reference_side = (holm_adjust([v.paper for v in verdicts]), holm_adjust([v.reference for v in verdicts]))
+    verdicts = [replace(v, paper=p, reference=r) for v, p, r in zip(verdicts, paper_side, reference_side)]
+    return VariantAgreement(tuple(_holm_per_cell(deltas)), tuple(verdicts))
+
+
+def _holm_per_cell(deltas: Sequence[VariantDelta]) -> list[VariantDelta]:
+    """``deltas`` with ``p_holm``: Holm over each (scope, table, cell)'s metrics that have a test."""
+    out = list(deltas)
+    families: dict[tuple[str, str, str], list[int]] = {}
+    for i, d in enumerate(out):
+        if d.p_value is not None:
+            families.setdefault((d.scope, d.table, d.cell), []).append(i)
+    for members in families.values():
+        for i, p in zip(members, holm([out[i].p_value for i in members])):
+            out[i] = replace(out[i], p_holm=round(p, 6))
+    return out
 
 
 def _mean(frame: pd.DataFrame) -> float | None:
@@ -213,4 +238,4 @@ def _cell_delta(title: str, table: str, cell: str, name: str, select: str, metri
     return VariantDelta(scope=title, table=table, cell=cell, name=name, protocol=protocol,
                         threshold_policy=threshold_policy, metric=metric, paper_value=_mean(a),
                         reference_value=_mean(b), delta=d.mean, ci_lo=d.ci_lo, ci_hi=d.ci_hi, n_seeds=d.n_seeds,
-                        interval=d.interval, image_ci_lo=d.image_ci_lo, image_ci_hi=d.image_ci_hi)
+                        interval=d.interval, image_ci_lo=d.image_ci_lo, image_ci_hi=d.image_ci_hi, p_value=d.p_value)

@@ -18,6 +18,11 @@ from kdcicam.store.schema import THRESHOLD_POLICIES
 _STYLE = {"holds": "green", "does not hold": "red", "inconclusive": "yellow", "not run": "dim"}
 
 
+def _style(status: str) -> str:
+    """The colour of a status ("inconclusive (1 seed)" is an inconclusive)."""
+    return _STYLE.get(status.split(" (")[0], "yellow")
+
+
 def claims_cmd(
     protocol: str = typer.Option(
         "paper", help="Evaluation protocol whose numbers are compared (paper | standard), or both: each claim "
@@ -36,7 +41,8 @@ def claims_cmd(
              "reference, paired by seed) and claim by claim (the verdict under each), where both ran."),
 ) -> None:
     """List each claim of the paper the registry encodes, with ours, its interval and a status."""
-    from kdcicam.analysis.claims import evaluate_claims, pair_protocols, test_records
+    from kdcicam.analysis.claims import pair_protocols, test_records
+    from kdcicam.analysis.ledger import evaluate_ledger
     from kdcicam.analysis.variants import VariantAgreement, variant_agreement
     from kdcicam.registry.ablations import load_registry
     from kdcicam.store import open_store, sqlite_file
@@ -62,9 +68,8 @@ def claims_cmd(
                                               threshold_policy=threshold_policy)
             else:
                 records = test_records(store)
-                results = [evaluate_claims(reg, runs, finals, records, protocol=p, threshold_policy=threshold_policy)
-                           for p in (PROTOCOLS if protocol == "both" else (protocol,))]
-                results = pair_protocols(*results) if protocol == "both" else results[0]
+                ledgers = evaluate_ledger(reg, runs, finals, records, threshold_policy=threshold_policy)
+                results = pair_protocols(*ledgers.values()) if protocol == "both" else ledgers[protocol]
     oracle = " — ORACLE θ (chosen on the test split): an upper bound, not a result" if threshold_policy == "oracle" else ""
     if variants:
         _print_agreement(agreement, protocol, threshold_policy, oracle, as_json, as_md)
@@ -87,14 +92,14 @@ def claims_cmd(
         t = Table(title=f"claims ledger: {scope}\n({protocol} protocol, θ {threshold_policy}; Δ in percentage "
                         f"points, ours = mean over seeds, 95% interval){oracle}")
         for col in ("claim", "metric", "selection", "paper Δ", "ours Δ", "95% interval", "n",
-                    "per-image paired 95%", "seeds for paper Δ", "status"):
+                    "per-image paired 95% (test set)", "seeds for paper Δ", "p (Holm)", "status"):
             t.add_column(col)
         for r in (r for r in results if r.scope == scope):
             interval = f"{interval_text(r.ci_lo, r.ci_hi)} {r.interval}" if r.ci_lo is not None else r.interval
             images = interval_text(r.image_ci_lo, r.image_ci_hi)
             t.add_row(r.text, r.metric, f"{r.selection} on {r.select_on}", fmt_signed(r.paper_delta),
-                      fmt_signed(r.ours_delta), interval, str(r.n_seeds), images, _needed(r),
-                      f"[{_STYLE[r.status]}]{r.status}[/]")
+                      fmt_signed(r.ours_delta), interval, str(r.n_seeds), images, _needed(r), p_text(r),
+                      f"[{_style(r.status)}]{r.status}[/]")
         console.print(t)
     console.print(tally(results), highlight=False)
 
@@ -102,7 +107,17 @@ def claims_cmd(
 def tally(results) -> str:
     """One line: how many ledger rows hold, do not hold, are inconclusive or did not run."""
     counts = {status: sum(r.status == status for r in results) for status in _STYLE}
+    counts["inconclusive"] += sum(r.status not in _STYLE for r in results)  # "inconclusive (1 seed)"
     return f"{len(results)} rows: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+
+
+def p_text(r) -> str:
+    """"p (p Holm, family of m)": the verdict's test uncorrected and adjusted; "—" without a test."""
+    if r.p_value is None:
+        return "—"
+    if r.p_holm is None:
+        return f"{r.p_value:.3g}"
+    return f"{r.p_value:.3g} ({r.p_holm:.3g}, {r.family_size})"
 
 
 def ledger_markdown(results, protocol: str, threshold_policy: str, oracle: str = "") -> str:
@@ -113,14 +128,14 @@ def ledger_markdown(results, protocol: str, threshold_policy: str, oracle: str =
     for scope in dict.fromkeys(r.scope for r in results):  # one table per scope, in the ledger's order
         lines += ["", f"**{scope}**", "",
                   "| claim | metric | selection | paper Δ | ours Δ | 95 % interval (seeds) | n | "
-                  "95 % interval (per image) | seeds for paper Δ | status |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "95 % interval (per image: the test set) | seeds for paper Δ | p (Holm, family) | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in results if r.scope == scope):
             seeds = interval_text(r.ci_lo, r.ci_hi) + _interval_kind(r.interval)
             images = interval_text(r.image_ci_lo, r.image_ci_hi)
             lines.append(f"| {r.text} | {r.metric} | {r.selection} on {r.select_on} | {fmt_signed(r.paper_delta)} | "
                          f"{fmt_signed(r.ours_delta)} | {seeds} | {r.n_seeds} | {images} | {_needed(r)} | "
-                         f"{r.status} |")
+                         f"{p_text(r)} | {r.status} |")
     return "\n".join(lines)
 
 
@@ -172,9 +187,11 @@ def _agree(agree: bool | None) -> str:
 def agreement_markdown(agreement, protocol: str, threshold_policy: str, oracle: str = "") -> str:
     """The variant comparison in Markdown: per scope, a table cell by cell, then one claim by claim."""
     lines = [f"Variant paper vs reference: {protocol} protocol, θ {threshold_policy}{oracle}. Δ = paper − reference "
-             "in percentage points, paired by seed; seed interval: Student t over the per-seed differences (one "
-             "seed: paired bootstrap over images); per-image: paired bootstrap over test images of the per-image "
-             "difference averaged over seeds."]
+             "in percentage points, paired by seed; seed interval: Student t over the per-seed differences (none "
+             "with one seed); per-image: paired bootstrap over test images of the per-image difference averaged "
+             "over seeds (a description of the test set). \"differ\": two or more seeds and a t test significant "
+             "at 5 % after Holm's adjustment over the cell's metrics; the claims' verdicts follow the ledger's rule "
+             "(Holm within each claim's metrics under this protocol)."]
     for scope in dict.fromkeys(d.scope for d in agreement.deltas):
         lines += ["", f"**{scope}**", "",
                   "| table | cell | metric | paper | reference | Δ | 95 % interval (seeds) | n | "
@@ -204,7 +221,7 @@ def _side(r) -> str:
     """One protocol's result in one cell: "Δ [interval] status"."""
     if r.status == "not run":
         return "not run"
-    if r.ci_lo is None and r.image_ci_lo is not None:  # best-of-settings: the margin's per-image interval
+    if r.ci_lo is None and r.image_ci_lo is not None:  # no seed interval: the per-image one, labelled as such
         return (f"{fmt_signed(r.ours_delta)} {interval_text(r.image_ci_lo, r.image_ci_hi)} per image"
                 f"{_interval_kind(r.interval)} {r.status}")
     return f"{fmt_signed(r.ours_delta)} {interval_text(r.ci_lo, r.ci_hi)}{_interval_kind(r.interval)} {r.status}"
@@ -228,9 +245,10 @@ def _print_protocol_pairs(pairs, threshold_policy: str, oracle: str, as_md: bool
 def protocols_markdown(pairs, threshold_policy: str, oracle: str = "") -> str:
     """Each claim under the paper and the standard protocol, side by side, as a Markdown table."""
     lines = [f"Claims under both evaluation protocols: θ {threshold_policy}{oracle}. Ours: Δ in percentage points "
-             "(claimed cell minus the other), mean over seeds, [95 % interval over seeds] (one seed: paired "
-             "bootstrap over images; Figure 1(b)'s margins: per image), then the status; kept = standard-protocol "
-             "Δ / paper-protocol Δ."]
+             "(claimed cell minus the other), mean over seeds, [95 % interval over seeds] (none with one seed; "
+             "Figure 1(b)'s margins: the hierarchical bootstrap over seeds and images), then the status (Holm "
+             "within each claim's metrics and both protocols; see kdcicam claims --md for the rules and p-values); "
+             "kept = standard-protocol Δ / paper-protocol Δ."]
     for scope in dict.fromkeys(pair.paper.scope for pair in pairs):
         lines += ["", f"**{scope}**", "",
                   "| claim | metric | Δ printed in the paper | ours, paper protocol | ours, standard protocol | kept | "

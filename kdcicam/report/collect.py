@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdcicam.analysis.claims import evaluate_claims
+from kdcicam.analysis.ledger import evaluate_ledger
 from kdcicam.analysis.results import (
     DEFAULT_THRESHOLD_POLICY,
     ScopeKey,
@@ -117,8 +117,7 @@ def _ledgers(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
     if records is None or not runs:
         return {}
 
-    return {protocol: evaluate_claims(reg, runs, finals, records, protocol=protocol, threshold_policy=threshold_policy)
-            for protocol in protocols}
+    return evaluate_ledger(reg, runs, finals, records, protocols=protocols, threshold_policy=threshold_policy)
 
 
 def _claims_by_scope(ledgers: dict[str, list[Any]],

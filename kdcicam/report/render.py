@@ -12,6 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 import jinja2
 from markupsafe import Markup
@@ -225,6 +226,15 @@ class Rendered:
     files: dict[str, bytes]  # figure files to save beside the report (md/latex)
 
 
+def p_holm_text(r: Any) -> str:
+    """A ledger row's test: "p (p Holm, family of m)", uncorrected then adjusted; "—" without a test."""
+    if r.p_value is None:
+        return "—"
+    if r.p_holm is None:
+        return f"{r.p_value:.3g}"
+    return f"{r.p_value:.3g} ({r.p_holm:.3g}, {r.family_size})"
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("kdcicam.report", "templates"),
@@ -235,7 +245,7 @@ def _environment() -> jinja2.Environment:
     env.filters.update(tex=tex_escape, md=md_escape, value=fmt_value, signed=fmt_signed, mark=mark,
                        ours=ours_text, delta=delta_text, paper=paper_text, best=best_text, audit=audit_text,
                        thetas=thetas_text, count=count_text, interval=interval_text,
-                       label=metric_label, trim_float=lambda x: f"{x:g}")
+                       label=metric_label, trim_float=lambda x: f"{x:g}", p_holm=p_holm_text)
     env.globals["ledger_note"] = LEDGER_NOTE
     return env
 

@@ -325,7 +325,7 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
                 continue
             mean, std, n, lo, hi = mean_std_ci(vals)
             per_metric[metric] = (None if n == 0 else mean, None if n < 2 else std, n,
-                                  None if n < 2 else (lo, hi))
+                                  None if n < 2 or math.isnan(lo) else (lo, hi))  # no interval without spread
             bests[(cell.key, metric)] = float(vals.max()) if n >= 2 else None  # "best of N seeds"
         stats[cell.key] = per_metric
     ref = None if scatter else table.reference_cell
