@@ -63,7 +63,7 @@ CFG = {role: LossConfig(role=role, mu=1.0, eta=0.04, beta=0.5, delta=0.1, alpha=
 @pytest.mark.parametrize("variant", ["paper", "reference"])
 def test_recipe_terms_and_passes_per_role(variant):
     r = recipe_for(CFG["student"], variant)
-    assert (r.weights, r.rho, r.needs_heatmap, r.teachers) == ((("stu", 1.0),), 1.0, False, ())
+    assert (r.weights, r.needs_heatmap, r.teachers) == ((("stu", 1.0),), False, ())
     r = recipe_for(CFG["cls_teacher"], variant)
     assert r.weights == (("stu", 1.0), ("fore", 1.0), ("area", 0.04))
     assert (r.rho, r.fore_pass, r.back_pass, r.fg_threshold) == (1.0, True, False, 0.3)
@@ -75,6 +75,24 @@ def test_recipe_terms_and_passes_per_role(variant):
     assert [w for _, w in r.weights] == pytest.approx([0.2, 0.8, 0.8])
     assert r.epsilon == ("step" if variant == "paper" else "sample")
     assert r.epsilon_choices == (0, 1, 2)
+
+
+def test_plain_student_rho_per_variant():
+    """paper: ρ = 1 (both classifiers, §3.2.4); reference: CE(S^e) alone (--kd_alpha 0.0, flag 0)."""
+    assert recipe_for(CFG["student"], "paper").rho == 1.0
+    assert recipe_for(CFG["student"], "reference").rho == 0.0
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_plain_student_loss_is_eq9_with_the_variants_rho(variant):
+    model = FakeCICAM().train()
+    images, labels = _batch()
+    res = compute_loss(model, images, labels, recipe_for(CFG["student"], variant), variant)
+    ce = nn.functional.cross_entropy
+    expected = ce(res.output.logits_e, labels)
+    if variant == "paper":
+        expected = expected + ce(res.output.logits, labels)
+    assert res.total.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_distilled_recipe_with_one_teacher():

@@ -40,6 +40,11 @@ from kdcicam.training.losses import activation_kd, area_loss, diff_loss, fore_lo
 
 EpsilonMode = Literal["none", "step", "sample"]
 TEACHER_EPSILON = {"cls": 1, "loc": 2}  # ε value that selects each teacher (Eq. 16)
+# ρ of Eq. 9 for the plain student (Table 3 "Base" / "+ConPool", Table 4 "Stu"). "paper": both
+# classifiers trained (§3.2.4). "reference": the KD student script run with --kd_alpha 0.0
+# --distillation none, whose dataset gives every sample flag 0, so the loss is CE(S^e) alone
+# (docs/fidelity.md L4).
+STUDENT_RHO = {"paper": 1.0, "reference": 0.0}
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,7 @@ def recipe_for(loss_cfg: LossConfig, variant: str, teachers: tuple[str, ...] = (
     check_variant(variant)
     role = loss_cfg.role
     if role == "student":
-        # ρ = 1: the plain CI-CAM student trains both classifiers (§3.2.4; CI-CAM code).
-        return Recipe(role, variant, rho=1.0, weights=(("stu", 1.0),))
+        return Recipe(role, variant, rho=STUDENT_RHO[variant], weights=(("stu", 1.0),))
     if role == "cls_teacher":
         return Recipe(role, variant, rho=1.0,  # Eq. 19
                       weights=(("stu", 1.0), ("fore", loss_cfg.mu), ("area", loss_cfg.eta)),
