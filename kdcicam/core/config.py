@@ -105,6 +105,8 @@ class DataConfig:
     randaugment: bool = True  # RandAugment on train images, as the paper says (§4.2)
     randaugment_ops: int = 2  # RandAugment N
     randaugment_magnitude: int = 9  # RandAugment M
+    random_resized_crop_scale: tuple[float, float] | None = None  # train: RandomResizedCrop(crop, scale)
+    # replaces resize + random crop (the released code's crops); None = resize + random crop
     val_fraction: float = 0.1  # share of each class's train images held out for validation
     split_seed: int = 0  # seed of the validation split (independent of the run seed)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -150,6 +152,8 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine", "reference"] = "constant"  # reference: poly(0.9) + halving
     halve_every: int = 0  # reference schedule: lr x 0.5 every this many epochs (0 = never)
     backbone_lr_mult: float = 1.0  # lr of backbone + context conv relative to the classifier's
+    decay_rate: float = 0.5  # reference schedule: lr x decay_rate every halve_every epochs
+    late_drop_epoch: int = 0  # reference schedule: lr x 0.1 from this (0-based) epoch on; 0 = never
     seed: int = 0
     deterministic: bool = False  # bit-identical CPU runs for the same seed
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -235,6 +239,11 @@ class RunConfig:
         for key in ("mu", "eta", "beta", "delta"):
             _check(getattr(self.loss, key) >= 0, f"loss.{key}", getattr(self.loss, key), "must be >= 0")
         _check(self.train.lr > 0, "train.lr", self.train.lr, "must be > 0")
+        _check(0.0 < self.train.decay_rate <= 1.0, "train.decay_rate", self.train.decay_rate, "must be in (0, 1]")
+        _check(self.train.late_drop_epoch >= 0, "train.late_drop_epoch", self.train.late_drop_epoch, "must be >= 0")
+        scale = self.data.random_resized_crop_scale
+        _check(scale is None or 0.0 < scale[0] <= scale[1] <= 1.0, "data.random_resized_crop_scale", scale,
+               "must be [min, max] with 0 < min <= max <= 1")
         _check(self.train.batch_size >= 1, "train.batch_size", self.train.batch_size, "must be >= 1")
         _check(self.train.epochs >= 1, "train.epochs", self.train.epochs, "must be >= 1")
         _check(self.train.checkpoint_every >= 0, "train.checkpoint_every", self.train.checkpoint_every, "must be >= 0")
@@ -360,7 +369,8 @@ NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "trai
 # Keys added after runs were stored: part of a run's identity only when they differ from their
 # default, so every run stored before they existed keeps its id (and is reused, not retrained).
 IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric", "eval.select_on",
-                                         "model.batch_norm")
+                                         "model.batch_norm", "data.random_resized_crop_scale",
+                                         "train.decay_rate", "train.late_drop_epoch")
 
 
 def identity_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from kdcicam.core.config import (
     with_overrides,
 )
 from kdcicam.core.errors import ConfigError
+from kdcicam.registry.released import ReleasedSetting, read_released_settings, released_layers
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,7 +36,7 @@ else:  # pragma: no cover - Python 3.10
 
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "ablations"
 METRICS = ("top1_cls", "top5_cls", "top1_loc", "top5_loc", "gt_known_loc", "maxboxacc_v2")
-NON_TABLE_FILES = {"teachers.toml", "profiles.toml"}
+NON_TABLE_FILES = {"teachers.toml", "profiles.toml", "released-settings.toml"}
 TABLE_KINDS = ("table", "scatter", "sweep")
 # "difference": cell minus versus, per seed; "pareto": one run of cell beats every run of versus on two metrics;
 # "dilemma": no run of the cell is the best on both metrics at once (no versus)
@@ -151,6 +152,7 @@ class Registry:
     teachers: dict[str, TeacherDef]
     profiles: dict[str, Profile]
     paper_settings: dict[tuple[str, str], dict[str, Any]]  # (dataset, backbone) -> config overrides
+    released: tuple[ReleasedSetting, ...] = ()  # the released scripts' settings (variant "reference")
 
     def table(self, key: str) -> Table:
         if key not in self.tables:
@@ -468,9 +470,13 @@ def load_registry(root: Path | None = None) -> Registry:
         if path.name in NON_TABLE_FILES:
             continue
         tables[path.stem] = _read_table(path, teachers)
+    released_path = root / "released-settings.toml"
+    released = (read_released_settings(released_path, _read_toml(released_path), set(teachers))
+                if released_path.is_file() else ())
     return Registry(root=root, tables=tables, teachers=teachers,
                     profiles=_read_profiles(root / "profiles.toml"),
-                    paper_settings=_read_paper_settings(root / "paper-hyperparameters.csv"))
+                    paper_settings=_read_paper_settings(root / "paper-hyperparameters.csv"),
+                    released=released)
 
 
 # ------------------------------------------------------------------------ config resolution
@@ -502,17 +508,20 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     teachers: TeacherRefs | None = None,
     cli_overrides: dict[str, Any] | None = None,
+    teacher: str | None = None,
 ) -> RunConfig:
-    """Resolve one run's config: defaults < paper settings < profile < cell < command line."""
+    """Resolve one run's config: defaults < paper settings < released settings (variant
+    ``reference`` only) < profile < cell < command line. ``teacher``: the teacher definition the
+    run trains, if any (released settings may be limited to one)."""
     prof = reg.profile(profile)
     key = (SETTINGS_FROM.get(scope.dataset, scope.dataset), scope.backbone)
     if key not in reg.paper_settings:
         known = ", ".join(f"{d}/{b}" for d, b in sorted(reg.paper_settings))
         raise ConfigError(f"no paper settings for {key[0]}/{key[1]} (known: {known})")
-    layers: list[tuple[str, dict[str, Any]]] = [
-        ("paper-hyperparameters.csv", reg.paper_settings[key]),
-        (f"profile {profile}", prof.overrides),
-    ]
+    layers: list[tuple[str, dict[str, Any]]] = [("paper-hyperparameters.csv", reg.paper_settings[key])]
+    if variant == "reference":
+        layers += released_layers(reg.released, f"{key[0]}/{key[1]}", role, context_pool, teacher)
+    layers.append((f"profile {profile}", prof.overrides))
     vover = dict(prof.variant.get(variant, {}))
     role_over = vover.pop("role", {}).get(role, {})
     layers += [(f"profile {profile} variant {variant}", vover),
