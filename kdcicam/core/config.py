@@ -32,6 +32,7 @@ SelectOn = Literal["val", "test"]
 ThetaMetric = Literal["gt_known_loc", "top1_loc"]
 
 VARIANTS: tuple[str, ...] = get_args(Variant)
+BACKBONES: tuple[str, ...] = get_args(Backbone)
 ROLES: tuple[str, ...] = get_args(Role)
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 SELECTIONS: tuple[str, ...] = get_args(Selection)
@@ -231,6 +232,13 @@ class RunConfig:
                "ImageNet weights (model.weights) need width 1.0")
         _check(self.model.output_stride in (4, 8, 16), "model.output_stride",
                self.model.output_stride, "must be 4, 8 or 16")
+        if self.model.backbone == "inceptionv3":  # its stride is fixed; Mixed_6a needs >= 43 px (model/backbones.py)
+            _check(self.model.output_stride == 16, "model.output_stride", self.model.output_stride,
+                   "inceptionv3 supports only 16 (the profiles set it per backbone; or --set model.output_stride=16)")
+            for key in ("data.crop", "eval.test_crop"):
+                section, name = key.split(".")
+                size = getattr(getattr(self, section), name)
+                _check(size >= 43, key, size, "inceptionv3 needs inputs of at least 43 px")
         _check(self.model.update_rate >= 0, "model.update_rate", self.model.update_rate,
                "must be >= 0 (λ of Eq. 7)")
         _check(0.0 <= self.loss.alpha <= 1.0, "loss.alpha", self.loss.alpha, "must be in [0, 1]")

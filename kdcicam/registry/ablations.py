@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcicam.core.config import (
+    BACKBONES,
     ROLES,
     SELECTIONS,
     RunConfig,
@@ -143,6 +144,7 @@ class Profile:
     overrides: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)
     variant: dict[str, Any] = field(default_factory=dict)  # variant -> overrides (+ "role" -> role -> overrides)
+    backbone: dict[str, dict[str, Any]] = field(default_factory=dict)  # backbone -> overrides (after ``overrides``)
 
 
 @dataclass(frozen=True)
@@ -386,7 +388,7 @@ def _read_profiles(path: Path) -> dict[str, Profile]:
     for name, p in raw.items():
         where = f"{path.name}: profile {name!r}"
         _keys(where, p, {"description", "reduced"},
-              {"extends", "needs_real_data", "needs_weights", "needs_gpu", "overrides", "synth", "variant"})
+              {"extends", "needs_real_data", "needs_weights", "needs_gpu", "overrides", "synth", "variant", "backbone"})
         synth = _merged(raw, name, "synth", path.name)
         from_dict(SynthConfig, synth, where=f"{where}: synth")
         variant = _merged(raw, name, "variant", path.name)
@@ -398,11 +400,16 @@ def _read_profiles(path: Path) -> dict[str, Profile]:
                 if rname not in ROLES:
                     raise ConfigError(f"{where}: variant.{vname}.role.{rname}: unknown role")
                 _check_overrides(f"{where}: variant.{vname}.role.{rname}", r)
+        backbone = _merged(raw, name, "backbone", path.name)
+        for bname, b in backbone.items():
+            if bname not in BACKBONES:
+                raise ConfigError(f"{where}: backbone.{bname}: unknown backbone (known: {', '.join(BACKBONES)})")
+            backbone[bname] = _check_overrides(f"{where}: backbone.{bname}", b)
         out[name] = Profile(name=name, description=p["description"], reduced=bool(p["reduced"]),
                             needs_real_data=p.get("needs_real_data", False),
                             needs_weights=p.get("needs_weights", False), needs_gpu=p.get("needs_gpu", False),
                             overrides=_check_overrides(f"{where}: overrides", _merged(raw, name, "overrides", path.name)),
-                            synth=synth, variant=variant)
+                            synth=synth, variant=variant, backbone=backbone)
     return out
 
 
@@ -522,6 +529,7 @@ def resolve_config(
     if variant == "reference":
         layers += released_layers(reg.released, f"{key[0]}/{key[1]}", role, context_pool, teacher)
     layers.append((f"profile {profile}", prof.overrides))
+    layers.append((f"profile {profile} backbone {scope.backbone}", prof.backbone.get(scope.backbone, {})))
     vover = dict(prof.variant.get(variant, {}))
     role_over = vover.pop("role", {}).get(role, {})
     layers += [(f"profile {profile} variant {variant}", vover),
