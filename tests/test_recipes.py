@@ -95,6 +95,21 @@ def test_plain_student_loss_is_eq9_with_the_variants_rho(variant):
     assert res.total.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_the_masks_and_area_loss_use_the_configured_heatmap_function(variant):
+    recipe = recipe_for(CFG["cls_teacher"], variant, heatmap_function="sum_1")
+    assert recipe.heatmap_function == "sum_1" and recipe.weights == recipe_for(CFG["cls_teacher"], variant).weights
+    model = FakeCICAM().train()
+    images, labels = _batch()
+    res = compute_loss(model, images, labels, recipe, variant)
+    out = res.output
+    heat = combinational_heatmap(out.cams_e, out.logits_e, variant, "sum_1")
+    heat = upsample_heatmap(normalize_heatmap(heat, variant), tuple(images.shape[-2:]))
+    assert res.terms["area"].item() == pytest.approx(heat.mean().item(), rel=1e-6)
+    quadratic = combinational_heatmap(out.cams_e, out.logits_e, variant)
+    assert not torch.allclose(heat, upsample_heatmap(normalize_heatmap(quadratic, variant), tuple(images.shape[-2:])))
+
+
 def test_distilled_recipe_with_one_teacher():
     r = recipe_for(CFG["distilled"], "reference", teachers=("loc",))
     assert r.term_names == ("stu", "ad") and r.epsilon_choices == (0, 2)

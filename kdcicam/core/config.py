@@ -123,6 +123,8 @@ class ModelConfig:
     batch_norm: bool = False  # VGG16 only: BN after every conv (vgg16_bn); the paper's VGG16 has none
     context_pool: bool = True  # False = Base (NL-CCAM): X^e = X, no pool
     update_rate: float = 0.01  # λ of Eq. 7
+    heatmap_function: Literal["quadratic", "sum_1"] = "quadratic"  # γ of Eq. 3: the variant's quadratic,
+    # or the released ILSVRC scripts' sum_1 (top-1 map minus a weighted mean of the last 20)
     weights: str | None = None  # torchvision ImageNet checkpoint file; None = random init
 
 
@@ -378,7 +380,7 @@ NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "trai
 # default, so every run stored before they existed keeps its id (and is reused, not retrained).
 IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric", "eval.select_on",
                                          "model.batch_norm", "data.random_resized_crop_scale",
-                                         "train.decay_rate", "train.late_drop_epoch")
+                                         "train.decay_rate", "train.late_drop_epoch", "model.heatmap_function")
 
 
 def identity_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -368,7 +368,7 @@ def evaluate(
         # probabilities of logits one float step apart can tie and flip the order); ties: lower class first
         top_idx = logits.sort(dim=1, descending=True, stable=True).indices[:, :k]  # (B, k)
         top_scores = logits.softmax(dim=1).gather(1, top_idx)  # (B, k) their probabilities
-        heat = combinational_heatmap(out.cams_e.float(), logits, cfg.variant)  # (B, h, w) Eq. 3
+        heat = combinational_heatmap(out.cams_e.float(), logits, cfg.variant, cfg.model.heatmap_function)  # Eq. 3
         heat = zero_flat_maps(heat)  # flat up to rounding: no location, the empty box
         if protocol == "paper":
             heat = normalize_heatmap(heat, cfg.variant)  # (B, h, w) min-max (paper) / min-subtracted (reference)

@@ -377,7 +377,8 @@ def _training_inputs(run: PlannedRun, index: DatasetIndex, ctx: RunContext,
     teachers = build_teachers(sources, ctx.device)
     present = tuple(name for name, m in (("cls", teachers and teachers.cls_model),
                                          ("loc", teachers and teachers.loc_model)) if m is not None)
-    recipe = recipe_for(cfg.loss, cfg.variant, teachers=present or ("cls", "loc"))
+    recipe = recipe_for(cfg.loss, cfg.variant, teachers=present or ("cls", "loc"),
+                        heatmap_function=cfg.model.heatmap_function)
     transform = train_transform_for(cfg.data)
     frames = ctx.frames_for(cfg)
     cached = train_view(index.train, transform, frames) if frames is not None else None

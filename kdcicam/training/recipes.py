@@ -20,6 +20,7 @@ through the fore/back passes' parameters; not through the hard threshold of the 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,6 +61,7 @@ class Recipe:
     back_pass: bool = False  # run the model on the background images
     teachers: tuple[str, ...] = ()  # teachers distilled from: "cls" (ε = 1), "loc" (ε = 2)
     epsilon: EpsilonMode = "none"  # ε granularity: one per step or one per sample
+    heatmap_function: str = "quadratic"  # γ of Eq. 3 for the masks and the area loss (model.heatmap_function)
 
     @property
     def term_names(self) -> tuple[str, ...]:
@@ -90,7 +92,8 @@ class LossResult:
     output: CICAMOutput  # the model's output on the batch (for accuracy, logging)
 
 
-def recipe_for(loss_cfg: LossConfig, variant: str, teachers: tuple[str, ...] = ("cls", "loc")) -> Recipe:
+def recipe_for(loss_cfg: LossConfig, variant: str, teachers: tuple[str, ...] = ("cls", "loc"),
+               heatmap_function: str = "quadratic") -> Recipe:
     """The recipe of ``loss_cfg.role`` with the weights of ``loss_cfg``.
 
     Args:
@@ -98,11 +101,17 @@ def recipe_for(loss_cfg: LossConfig, variant: str, teachers: tuple[str, ...] = (
         variant: ``"paper"`` (ε per step) or ``"reference"`` (ε per sample).
         teachers: for the distilled role, the teachers available ("cls", "loc" or both); ε is
             drawn uniformly from 0 and the values of these teachers (Table 4's one-teacher rows).
+        heatmap_function: γ of Eq. 3 behind the teachers' masks and area loss.
 
     Returns:
         The frozen recipe.
     """
     check_variant(variant)
+    recipe = _role_recipe(loss_cfg, variant, teachers)
+    return dataclasses.replace(recipe, heatmap_function=heatmap_function)
+
+
+def _role_recipe(loss_cfg: LossConfig, variant: str, teachers: tuple[str, ...]) -> Recipe:
     role = loss_cfg.role
     if role == "student":
         return Recipe(role, variant, rho=STUDENT_RHO[variant], weights=(("stu", 1.0),))
@@ -189,7 +198,7 @@ def compute_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, r
 def _mask_terms(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, out: CICAMOutput,
                 recipe: Recipe, variant: str, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Area, Fore and Diff terms (Eq. 17, 18, 20) from the heatmap and the fore/back passes."""
-    heat = combinational_heatmap(out.cams_e, out.logits_e, variant)  # (B, h, w) Eq. 3 on M^e
+    heat = combinational_heatmap(out.cams_e, out.logits_e, variant, recipe.heatmap_function)  # (B, h, w) Eq. 3 on M^e
     heat = upsample_heatmap(normalize_heatmap(heat, variant), tuple(images.shape[-2:]))  # (B, H, W)
     terms: dict[str, torch.Tensor] = {}
     if "area" in recipe.term_names:
