@@ -48,3 +48,14 @@ def test_logit_distillation_gradients_at_T15_without_T_squared(scale, ce_grad):
     assert reference < 1e-5 and reference / ce_grad < 1e-4  # probabilities as log-probabilities: ~3e-6
     assert 1e-6 < paper < 1e-2 and paper / ce_grad < 1e-2  # KL without T²: ~1e-5 to ~6e-4
     assert paper > 10 * reference
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_activation_distillation_is_computed_in_float32_from_bf16_maps(variant):
+    # Under bf16 autocast the CAMs arrive in bf16; sigmoid(A/T) in bf16 would round to steps of 2^-8
+    # near 0.5, coarser than the student-teacher differences. The loss upcasts first.
+    g = torch.Generator().manual_seed(3)
+    student, teacher = (torch.randn(2, 4, 3, 3, generator=g).to(torch.bfloat16) for _ in range(2))
+    loss = activation_kd(student, teacher, T, variant)
+    assert loss.dtype == torch.float32
+    assert loss.item() == activation_kd(student.float(), teacher.float(), T, variant).item()

@@ -212,6 +212,12 @@ def test_resize_policies_choose_s_on_val_and_on_test():
     # the metric maximised is eval.theta_metric: Top-1 Loc picks S = 384 on val
     by_top1 = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, theta_metric="top1_loc"))
     assert resize_policies({256: _at(0.9, 0.1), 384: _at(0.1, 0.2)}, test, by_top1)["resize_val_S"] == 384.0
+    # a NaN metric at one S is never chosen, wherever it stands in the dict (NaN compares false both ways)
+    nan = float("nan")
+    for order in ((256, 344), (344, 256)):
+        with_nan = {s: {256: _at(nan, 0.1), 344: _at(0.4, 0.2)}[s] for s in order}
+        assert resize_policies(with_nan, test, cfg)["resize_val_S"] == 344.0
+    assert "resize_val_S" not in resize_policies({256: _at(nan, 0.1)}, test, cfg)
 
 
 def test_resize_grid_below_the_crop_is_refused():

@@ -29,6 +29,7 @@ final metric ``test_decisions``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -159,14 +160,15 @@ def resize_policies(val: Mapping[int, EvalResult], test: Mapping[int, EvalResult
 
     Returns:
         ``resize_val_S``, ``<metric>@resize_val``, ``resize_oracle_S``, ``<metric>@resize_oracle``
-        (ties go to the smallest S).
+        (ties go to the smallest S; an S whose metric is NaN is never chosen; none when every S's is).
     """
     key = cfg.eval.theta_metric
     out: dict[str, float] = {}
     for name, source in (("resize_val", val), ("resize_oracle", test)):
-        if not source:
+        scored = [s for s in source if not math.isnan(float(source[s].metrics[key]))]
+        if not scored:
             continue
-        best = min(source, key=lambda s: (-source[s].metrics[key], s))
+        best = min(scored, key=lambda s: (-source[s].metrics[key], s))
         out[f"{name}_S"] = float(best)
         for m in metrics:
             out[f"{m}@{name}"] = float(test[best].metrics[m])
