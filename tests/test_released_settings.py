@@ -85,7 +85,7 @@ def test_released_values_per_backbone_dataset_and_role():
     assert ref["cub", "vgg16", "student", True, None].train.halve_every == 40
     # crops: RandomResizedCrop for the student, resize + random crop for the CUB/VGG16 GT-known teacher
     assert ref["cub", "vgg16", "student", True, None].data.random_resized_crop_scale == (0.2, 1.0)
-    assert ref["cub", "vgg16", "loc_teacher", True, "loc_teacher"].data.random_resized_crop_scale is None
+    assert ref["cub", "vgg16", "loc_teacher", True, "loc_teacher"].data.random_resized_crop_scale == ()
     assert ref["cub", "vgg16", "loc_teacher", True, "loc_teacher_top1"].data.random_resized_crop_scale == (0.1, 1.0)
 
 
@@ -129,6 +129,7 @@ def test_new_fields_enter_the_identity_only_when_set():
 
 def test_bad_new_fields_are_one_line_config_errors():
     for key, value in (("data.random_resized_crop_scale", [0.0, 1.0]), ("data.random_resized_crop_scale", [0.5, 0.2]),
+                       ("data.random_resized_crop_scale", [0.5]),
                        ("train.decay_rate", 0.0), ("train.late_drop_epoch", -1)):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             with_overrides(RunConfig(), {key: value}).validate()

@@ -106,8 +106,8 @@ class DataConfig:
     randaugment: bool = True  # RandAugment on train images, as the paper says (§4.2)
     randaugment_ops: int = 2  # RandAugment N
     randaugment_magnitude: int = 9  # RandAugment M
-    random_resized_crop_scale: tuple[float, float] | None = None  # train: RandomResizedCrop(crop, scale)
-    # replaces resize + random crop (the released code's crops); None = resize + random crop
+    random_resized_crop_scale: tuple[float, ...] = ()  # train: (min, max) = RandomResizedCrop(crop, scale)
+    # replaces resize + random crop (the released code's crops); () = resize + random crop
     val_fraction: float = 0.1  # share of each class's train images held out for validation
     split_seed: int = 0  # seed of the validation split (independent of the run seed)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -252,8 +252,8 @@ class RunConfig:
         _check(0.0 < self.train.decay_rate <= 1.0, "train.decay_rate", self.train.decay_rate, "must be in (0, 1]")
         _check(self.train.late_drop_epoch >= 0, "train.late_drop_epoch", self.train.late_drop_epoch, "must be >= 0")
         scale = self.data.random_resized_crop_scale
-        _check(scale is None or 0.0 < scale[0] <= scale[1] <= 1.0, "data.random_resized_crop_scale", scale,
-               "must be [min, max] with 0 < min <= max <= 1")
+        _check(scale == () or (len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0), "data.random_resized_crop_scale",
+               scale, "must be [] (resize + random crop) or [min, max] with 0 < min <= max <= 1")
         _check(self.train.batch_size >= 1, "train.batch_size", self.train.batch_size, "must be >= 1")
         _check(self.train.epochs >= 1, "train.epochs", self.train.epochs, "must be >= 1")
         _check(self.train.checkpoint_every >= 0, "train.checkpoint_every", self.train.checkpoint_every, "must be >= 0")

@@ -23,4 +23,4 @@ def train_transform_for(data: DataConfig) -> TrainTransform:
     scale = data.random_resized_crop_scale
     return train_transform(data.train_resize, data.crop, data.randaugment, data.randaugment_ops,
                            data.randaugment_magnitude,
-                           random_resized_crop_scale=tuple(scale) if scale is not None else None)
+                           random_resized_crop_scale=(scale[0], scale[1]) if scale else None)
