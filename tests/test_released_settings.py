@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _runs import smoke_cache  # noqa: F401
 
 from kdcicam.core.config import DataConfig, RunConfig, TeacherRefs, config_hash, identity_dict, with_overrides
 from kdcicam.core.errors import ConfigError
@@ -176,3 +177,21 @@ def test_the_runner_builds_its_training_set_with_the_config_transform(monkeypatc
     with pytest.raises(RuntimeError, match="stop"):
         runner._training_inputs(run, None, Ctx(), {})
     assert seen == [cfg.data]
+
+
+def test_dry_run_json_shows_each_runs_resolved_config(smoke_cache, tmp_path):  # noqa: F811
+    import json
+    import subprocess
+    import sys
+
+    from _runs import kdcicam_env
+
+    proc = subprocess.run([sys.executable, "-m", "kdcicam", "ablate", "table5", "--profile", "smoke", "--variant",
+                           "reference", "--dry-run", "--json", "--db", f"sqlite:///{tmp_path / 'runs.db'}"],
+                          capture_output=True, text=True, env=kdcicam_env(smoke_cache), cwd=tmp_path, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = json.loads(proc.stdout)["runs"]
+    assert {tuple(r["config"]["train"]["betas"]) for r in runs} == {(0.9, 0.999)}
+    top1 = [r for r in runs if any("loc_teacher_by_top1_loc" in c for c in r["cells"])]
+    assert top1 and top1[0]["config"]["data"]["random_resized_crop_scale"] == [0.1, 1.0]

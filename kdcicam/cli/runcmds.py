@@ -568,6 +568,7 @@ def _print_plan(plan, store, as_json: bool, *, jobs: int = 1, device: str = "cpu
     console = Console(width=160)
     console.print(t)
     console.print(_estimate_line(est, plan.profile, device), highlight=False, soft_wrap=True)
+    console.print("Each run's resolved config: the same command with --json.", highlight=False)
 
 
 def _epochs_done(store, history, run_ids: set[str]) -> dict[str, int]:
