@@ -110,6 +110,21 @@ def test_the_masks_and_area_loss_use_the_configured_heatmap_function(variant):
     assert not torch.allclose(heat, upsample_heatmap(normalize_heatmap(quadratic, variant), tuple(images.shape[-2:])))
 
 
+@pytest.mark.parametrize("eps, present", [([0] * 6, set()), ([2] * 6, {"ad"}), ([1, 0, 2, 0, 1, 2], {"ld", "ad"})])
+def test_distillation_uses_the_epsilon_drawn_with_the_data(eps, present):
+    model = FakeCICAM().train()
+    images, labels = _batch()
+    recipe = recipe_for(CFG["distilled"], "reference")
+    g = torch.Generator().manual_seed(0)
+    res = compute_loss(model, images, labels, recipe, "reference", teachers=_teachers(), generator=g,
+                       epsilon=torch.tensor(eps))
+    assert set(res.terms) & {"ld", "ad"} == present
+    assert g.initial_seed() == 0 and torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
+    with pytest.raises(ValueError, match="does not fit"):
+        compute_loss(model, images, labels, recipe_for(CFG["distilled"], "reference", teachers=("cls",)),
+                     "reference", teachers=_teachers(), generator=g, epsilon=torch.tensor([2] * 6))
+
+
 def test_distilled_recipe_with_one_teacher():
     r = recipe_for(CFG["distilled"], "reference", teachers=("loc",))
     assert r.term_names == ("stu", "ad") and r.epsilon_choices == (0, 2)

@@ -161,8 +161,8 @@ def test_the_runner_builds_its_training_set_with_the_config_transform(monkeypatc
     from kdcicam.execution import runner
 
     seen = []
-    monkeypatch.setattr(runner, "train_transform_for", lambda data: seen.append(data) or (_ for _ in ()).throw(
-        RuntimeError("stop")))
+    monkeypatch.setattr(runner, "train_transform_for", lambda data, choices=(): seen.append(data) or (
+        _ for _ in ()).throw(RuntimeError("stop")))
     cfg = with_overrides(RunConfig(), {"data.random_resized_crop_scale": [0.3, 1.0], "model.width": 0.0625,
                                        "model.output_stride": 4, "model.nonlocal_blocks": 2, "model.num_classes": 2,
                                        "data.crop": 32, "data.train_resize": 36})

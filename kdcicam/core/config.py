@@ -108,6 +108,10 @@ class DataConfig:
     randaugment_magnitude: int = 9  # RandAugment M
     random_resized_crop_scale: tuple[float, ...] = ()  # train: (min, max) = RandomResizedCrop(crop, scale)
     # replaces resize + random crop (the released code's crops); () = resize + random crop
+    epsilon_augment: bool = False  # distilled, ε per sample: ε drawn with each image's augmentation, per ε:
+    # RandAugment on ε = 0 only (and ε = 2 with randaugment_loc), loc_crop_scale for ε = 2 (the released student)
+    loc_crop_scale: tuple[float, ...] = ()  # epsilon_augment: the ε = 2 samples' RandomResizedCrop scale; () = the same
+    randaugment_loc: bool = False  # epsilon_augment: RandAugment on the ε = 2 samples too
     val_fraction: float = 0.1  # share of each class's train images held out for validation
     split_seed: int = 0  # seed of the validation split (independent of the run seed)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -251,9 +255,10 @@ class RunConfig:
         _check(self.train.lr > 0, "train.lr", self.train.lr, "must be > 0")
         _check(0.0 < self.train.decay_rate <= 1.0, "train.decay_rate", self.train.decay_rate, "must be in (0, 1]")
         _check(self.train.late_drop_epoch >= 0, "train.late_drop_epoch", self.train.late_drop_epoch, "must be >= 0")
-        scale = self.data.random_resized_crop_scale
-        _check(scale == () or (len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0), "data.random_resized_crop_scale",
-               scale, "must be [] (resize + random crop) or [min, max] with 0 < min <= max <= 1")
+        for key in ("random_resized_crop_scale", "loc_crop_scale"):
+            scale = getattr(self.data, key)
+            _check(scale == () or (len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0), f"data.{key}",
+                   scale, "must be [] (resize + random crop) or [min, max] with 0 < min <= max <= 1")
         _check(self.train.batch_size >= 1, "train.batch_size", self.train.batch_size, "must be >= 1")
         _check(self.train.epochs >= 1, "train.epochs", self.train.epochs, "must be >= 1")
         _check(self.train.checkpoint_every >= 0, "train.checkpoint_every", self.train.checkpoint_every, "must be >= 0")
@@ -380,7 +385,8 @@ NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "trai
 # default, so every run stored before they existed keeps its id (and is reused, not retrained).
 IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric", "eval.select_on",
                                          "model.batch_norm", "data.random_resized_crop_scale",
-                                         "train.decay_rate", "train.late_drop_epoch", "model.heatmap_function")
+                                         "train.decay_rate", "train.late_drop_epoch", "model.heatmap_function",
+                                         "data.epsilon_augment", "data.loc_crop_scale", "data.randaugment_loc")
 
 
 def identity_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -379,7 +379,7 @@ def _training_inputs(run: PlannedRun, index: DatasetIndex, ctx: RunContext,
                                          ("loc", teachers and teachers.loc_model)) if m is not None)
     recipe = recipe_for(cfg.loss, cfg.variant, teachers=present or ("cls", "loc"),
                         heatmap_function=cfg.model.heatmap_function)
-    transform = train_transform_for(cfg.data)
+    transform = train_transform_for(cfg.data, recipe.epsilon_choices if recipe.epsilon == "sample" else ())
     frames = ctx.frames_for(cfg)
     cached = train_view(index.train, transform, frames) if frames is not None else None
     train_set = cached if cached is not None else WSOLDataset(index.train, transform)

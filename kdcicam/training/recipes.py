@@ -158,7 +158,7 @@ def draw_epsilon(batch_size: int, recipe: Recipe, generator: torch.Generator | N
 
 def compute_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, variant: str,
                  teachers: TeacherSet | None = None, generator: torch.Generator | None = None,
-                 loss_cfg: LossConfig | None = None) -> LossResult:
+                 loss_cfg: LossConfig | None = None, epsilon: torch.Tensor | None = None) -> LossResult:
     """Run the forward passes ``recipe`` needs and sum its weighted loss terms.
 
     Args:
@@ -170,6 +170,8 @@ def compute_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, r
         teachers: the teachers of a distilling recipe (put in eval mode here).
         generator: the run's RNG, used to draw ε.
         loss_cfg: source of T_cls, T_loc and log_eps (None = :class:`LossConfig` defaults).
+        epsilon: (B,) ε per sample already drawn with the data (``data.epsilon_augment``); None =
+            drawn here from ``generator``.
 
     Returns:
         :class:`LossResult` with the total, the detached terms and the model's output.
@@ -185,7 +187,7 @@ def compute_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, r
     if recipe.needs_heatmap:
         terms.update(_mask_terms(model, images, labels, out, recipe, variant, cfg))
     if recipe.teachers:
-        terms.update(_distillation_terms(images, out, recipe, variant, teacher_models, generator, cfg))
+        terms.update(_distillation_terms(images, out, recipe, variant, teacher_models, generator, cfg, epsilon))
 
     weighted = [w * terms[name] for name, w in recipe.weights if name in terms and w != 0]
     # Nothing weighted (α = 1 and ε = 0 drawn): a zero that still has a graph to backpropagate.
@@ -240,9 +242,15 @@ def _teacher_forward(teacher: nn.Module, images: torch.Tensor) -> CICAMOutput:
 
 def _distillation_terms(images: torch.Tensor, out: CICAMOutput, recipe: Recipe, variant: str,
                         teacher_models: dict[str, nn.Module], generator: torch.Generator | None,
-                        cfg: LossConfig) -> dict[str, torch.Tensor]:
+                        cfg: LossConfig, epsilon: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """L^ld and L^ad of Eq. 16, each over the samples whose ε selected it (absent if none did)."""
-    eps = draw_epsilon(images.shape[0], recipe, generator)  # (B,) CPU
+    if epsilon is None:
+        eps = draw_epsilon(images.shape[0], recipe, generator)  # (B,) CPU
+    else:
+        eps = epsilon.detach().cpu().long()  # (B,) drawn with the data
+        if eps.shape != (images.shape[0],) or not set(eps.tolist()) <= set(recipe.epsilon_choices):
+            raise ValueError(f"epsilon {eps.tolist()} does not fit the batch of {images.shape[0]} "
+                             f"or the recipe's choices {recipe.epsilon_choices}")
     terms: dict[str, torch.Tensor] = {}
     for name in recipe.teachers:
         rows = torch.nonzero(eps == TEACHER_EPSILON[name]).squeeze(1)  # (k,) CPU

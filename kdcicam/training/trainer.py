@@ -308,7 +308,7 @@ def train_one_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(device, cfg.train.amp):
             result = compute_loss(model, images, labels, recipe, cfg.variant, teachers=teachers,
-                                  generator=generator, loss_cfg=cfg.loss)
+                                  generator=generator, loss_cfg=cfg.loss, epsilon=batch.get("epsilon"))
         optimizer.zero_grad(set_to_none=True)
         result.total.backward()
         optimizer.step()
