@@ -278,6 +278,10 @@ CASES = [
          "eval.resize_grid[0] = 32: must be >= eval.test_crop (36): give larger sizes, or --set eval.resize_grid=[]"),
     Case("C15-jobs-not-a-number", lambda w: ["ablate", "table3", "--profile", "smoke", "--jobs", "0", "--db", w["url"]],
          "--jobs '0': expected a whole number >= 1, or auto"),
+    Case("C16-inceptionv3-impossible-stride", lambda w: ["ablate", "table3", "--profile", "smoke", "--backbone",
+                                                         "inceptionv3", "--set", "model.output_stride=8",
+                                                         "--db", w["url"]],
+         "model.output_stride = 8: inceptionv3 supports only 16"),
     # ---- runs (R)
     Case("R01-unknown-run", lambda w: ["runs", "show", "zzzz9999", "--db", w["url"]], "no run matches 'zzzz9999'"),
     Case("R02-ambiguous-prefix", lambda w: ["runs", "show", "abcd", "--db", w["url"]], "abcd"),

@@ -173,13 +173,27 @@ def test_tied_scores_rank_the_lower_class_first(bench):
     assert rec["correct_top5_cls"] and not rec["correct_top1_cls"]
 
 
-def test_paper_counts_only_the_first_gt_box(bench):
+def test_paper_scores_every_gt_box_and_keeps_the_best(bench):
     # Box 1 (0, 0, 12, 12) -> resized (0, 0, 6, 6) -> crop (-4, -4, 2, 2) -> clipped (0, 0, 2, 2).
-    # Box 2 (16, 16, 40, 40) -> crop (4, 4, 16, 16): the heatmap is perfect on box 2 only.
+    # Box 2 (16, 16, 40, 40) -> crop (4, 4, 16, 16): the heatmap is perfect on box 2 only. The authors'
+    # test loop scores the image's whole box list and keeps the maximum IoU: box 2 counts.
     bench.add(0, [(0.0, 0.0, 12.0, 12.0), (16.0, 16.0, 40.0, 40.0)], RANKED, heat_is(block(4, 4, 16, 16)))
     (rec,) = bench.run("paper").records
-    # "+1" IoU of (4, 4, 16, 16) with (0, 0, 2, 2): the overlap is 2 - 4 + 1 = -1 wide -> 0
-    assert rec["iou"] == 0.0 and not rec["correct_gt_known"] and not rec["correct_top1_loc"]
+    # "+1" IoU of (4, 4, 16, 16) with (0, 0, 2, 2) is 0; with (4, 4, 16, 16) it is 1
+    assert rec["iou"] == 1.0 and rec["correct_gt_known"] and rec["correct_top1_loc"]
+
+
+@pytest.mark.parametrize("protocol", ["paper", "standard"])
+def test_top5_is_ranked_by_logits_even_when_softmax_ties(bench, protocol):
+    # Logits 1e-8 apart: exp(-1e-8) == 1 in float32, so the two probabilities tie exactly and a
+    # stable sort of probabilities would put class 0 first; the logits rank class 1 first.
+    bench.add(1, [(16.0, 16.0, 40.0, 40.0)], RANKED, heat_is(block(4, 4, 16, 16)))
+    logits = torch.tensor([0.0, 1e-8, -1.0, -2.0, -3.0, -4.0])
+    probs = logits.softmax(dim=0)
+    assert probs[0] == probs[1]  # the premise: a tie after the softmax
+    bench.table[0] = (logits, bench.table[0][1])
+    (rec,) = bench.run(protocol).records
+    assert rec["top5"] == [1, 0, 2, 3, 4] and rec["correct_top1_cls"]
 
 
 def test_paper_iou_uses_the_authors_plus_one_convention(bench):
@@ -332,6 +346,21 @@ def test_empty_and_constant_maps_give_the_fallback_box_never_a_hit(bench, varian
         assert rec["box"] == [0.0, 0.0, 0.0, 0.0] and rec["iou"] == 0.0
         assert not rec["correct_top1_loc"] and not rec["correct_gt_known"] and rec["correct_top1_cls"]
         assert res.metrics["maxboxacc_v2"] == 0.0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_map_flat_up_to_rounding_gives_the_fallback_box(bench, variant):
+    # The last-ranked class's CAM: 3.0 everywhere but one float step lower in (4, 4, 16, 16), so H = -CAM
+    # (heat_is) is one step higher there. Min-max would stretch that rounding step to [0, 1] and find the
+    # block exactly on the GT box (16, 16, 40, 40) -> crop (4, 4, 16, 16). The map carries no location: it
+    # must give the empty box, as an exactly constant map does.
+    cam = torch.full((C, C), 3.0)
+    cam[4:16, 4:16] = torch.nextafter(torch.tensor(3.0), torch.tensor(2.0))
+    bench.add(0, [(16.0, 16.0, 40.0, 40.0)], RANKED, {RANKED[-1]: cam})
+    for protocol in ("paper", "standard"):
+        (rec,) = bench.run(protocol, variant).records
+        assert rec["box"] == [0.0, 0.0, 0.0, 0.0] and rec["iou"] == 0.0, protocol
+        assert not rec["correct_gt_known"] and not rec["correct_top1_loc"]
 
 
 # --------------------------------------------------------------------------- gallery, loader, misc

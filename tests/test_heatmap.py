@@ -174,3 +174,32 @@ def test_mask_does_not_depend_on_the_normalisation():
              for v in ("paper", "reference")]
     assert torch.equal(masks[0], masks[1])
     assert 0 < float(masks[0].float().mean()) < 1
+
+
+# ------------------------------------------------------------------ sum_1 (the released ILSVRC scripts)
+
+def test_sum1_weights_by_hand():
+    from kdcicam.model.heatmap import sum1_weights
+
+    # n = 5, m = 3: linspace(0, 2, 3) = [0, 1, 2] on ranks 2, 3, 4, divided by m; +1 on the top-1 map
+    assert sum1_weights(5, mean_num=3).tolist() == pytest.approx([1.0, 0.0, 0.0, -1 / 3, -2 / 3])
+    # n = m = 3: the top-1 map is also the first of the last m (weight 0 there): 1 - 0
+    assert sum1_weights(3, mean_num=3).tolist() == pytest.approx([1.0, -1 / 3, -2 / 3])
+    # n = 200, m = 20: only the top-1 and the last 20 ranks count; the last gets -2/20
+    g = sum1_weights(200)
+    assert g[0] == 1.0 and g[1:181].abs().sum() == 0 and g[-1].item() == pytest.approx(-0.1)
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_sum1_heatmap_is_the_same_in_both_variants(variant):
+    from kdcicam.model.heatmap import sum1_weights
+
+    g = torch.Generator().manual_seed(0)
+    cams, logits = torch.randn(2, 25, 3, 3, generator=g), torch.randn(2, 25, generator=g)
+    heat = combinational_heatmap(cams, logits, variant, "sum_1")
+    order = logits.argsort(dim=1, descending=True, stable=True)  # (2, 25)
+    gamma = sum1_weights(25)
+    expected = torch.stack([torch.einsum("k,khw->hw", gamma, cams[b, order[b]]) for b in range(2)])
+    assert torch.allclose(heat, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="function must be one of"):
+        combinational_heatmap(cams, logits, variant, "linear")

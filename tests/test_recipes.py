@@ -63,7 +63,7 @@ CFG = {role: LossConfig(role=role, mu=1.0, eta=0.04, beta=0.5, delta=0.1, alpha=
 @pytest.mark.parametrize("variant", ["paper", "reference"])
 def test_recipe_terms_and_passes_per_role(variant):
     r = recipe_for(CFG["student"], variant)
-    assert (r.weights, r.rho, r.needs_heatmap, r.teachers) == ((("stu", 1.0),), 1.0, False, ())
+    assert (r.weights, r.needs_heatmap, r.teachers) == ((("stu", 1.0),), False, ())
     r = recipe_for(CFG["cls_teacher"], variant)
     assert r.weights == (("stu", 1.0), ("fore", 1.0), ("area", 0.04))
     assert (r.rho, r.fore_pass, r.back_pass, r.fg_threshold) == (1.0, True, False, 0.3)
@@ -75,6 +75,54 @@ def test_recipe_terms_and_passes_per_role(variant):
     assert [w for _, w in r.weights] == pytest.approx([0.2, 0.8, 0.8])
     assert r.epsilon == ("step" if variant == "paper" else "sample")
     assert r.epsilon_choices == (0, 1, 2)
+
+
+def test_plain_student_rho_per_variant():
+    """paper: ρ = 1 (both classifiers, §3.2.4); reference: CE(S^e) alone (--kd_alpha 0.0, flag 0)."""
+    assert recipe_for(CFG["student"], "paper").rho == 1.0
+    assert recipe_for(CFG["student"], "reference").rho == 0.0
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_plain_student_loss_is_eq9_with_the_variants_rho(variant):
+    model = FakeCICAM().train()
+    images, labels = _batch()
+    res = compute_loss(model, images, labels, recipe_for(CFG["student"], variant), variant)
+    ce = nn.functional.cross_entropy
+    expected = ce(res.output.logits_e, labels)
+    if variant == "paper":
+        expected = expected + ce(res.output.logits, labels)
+    assert res.total.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_the_masks_and_area_loss_use_the_configured_heatmap_function(variant):
+    recipe = recipe_for(CFG["cls_teacher"], variant, heatmap_function="sum_1")
+    assert recipe.heatmap_function == "sum_1" and recipe.weights == recipe_for(CFG["cls_teacher"], variant).weights
+    model = FakeCICAM().train()
+    images, labels = _batch()
+    res = compute_loss(model, images, labels, recipe, variant)
+    out = res.output
+    heat = combinational_heatmap(out.cams_e, out.logits_e, variant, "sum_1")
+    heat = upsample_heatmap(normalize_heatmap(heat, variant), tuple(images.shape[-2:]))
+    assert res.terms["area"].item() == pytest.approx(heat.mean().item(), rel=1e-6)
+    quadratic = combinational_heatmap(out.cams_e, out.logits_e, variant)
+    assert not torch.allclose(heat, upsample_heatmap(normalize_heatmap(quadratic, variant), tuple(images.shape[-2:])))
+
+
+@pytest.mark.parametrize("eps, present", [([0] * 6, set()), ([2] * 6, {"ad"}), ([1, 0, 2, 0, 1, 2], {"ld", "ad"})])
+def test_distillation_uses_the_epsilon_drawn_with_the_data(eps, present):
+    model = FakeCICAM().train()
+    images, labels = _batch()
+    recipe = recipe_for(CFG["distilled"], "reference")
+    g = torch.Generator().manual_seed(0)
+    res = compute_loss(model, images, labels, recipe, "reference", teachers=_teachers(), generator=g,
+                       epsilon=torch.tensor(eps))
+    assert set(res.terms) & {"ld", "ad"} == present
+    assert g.initial_seed() == 0 and torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
+    with pytest.raises(ValueError, match="does not fit"):
+        compute_loss(model, images, labels, recipe_for(CFG["distilled"], "reference", teachers=("cls",)),
+                     "reference", teachers=_teachers(), generator=g, epsilon=torch.tensor([2] * 6))
 
 
 def test_distilled_recipe_with_one_teacher():

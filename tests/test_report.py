@@ -575,3 +575,19 @@ def test_seeds_needed_matches_the_standard_power_tables():
     assert (seeds_needed(1.0, 1.0), seeds_needed(2.0, 1.0), seeds_needed(5.0, -1.0)) == (10, 34, 199)
     assert seeds_needed(0.0, 1.0) is None and seeds_needed(1.0, 0.0) is None and seeds_needed(math.nan, 1.0) is None
     assert seeds_needed(1.0, 0.001, max_n=1000) is None  # more than max_n
+
+
+def test_paper_variant_tables_with_a_loc_teacher_say_the_activation_distillation_is_inert(filled):
+    t, _ = _row(_report(filled, table_keys=["table3"])[1], "table3", "base")
+    assert not any("numerically inert" in note for note in t.notes)  # variant reference
+    with open_store(filled, clock=lambda: T0 + timedelta(days=1)) as store:
+        store.get_or_create_run("base-paper", config_hash="hp", role="student", profile="quick", variant="paper",
+                                dataset="synthetic", dataset_fingerprint=FINGERPRINT, seed=0,
+                                config=_config("student", False, 0), labels={"table3": ["base"]})
+        store.claim_run("base-paper", pid=1, host="box")
+        store.set_final_metrics("base-paper", "paper", "last", "fixed", "test", {"top1_cls": 0.5})
+        store.finish_run("base-paper")
+    _, data = _report(filled, table_keys=["table3"])
+    scope = next(s for s in data.scopes if s.key.variant == "paper")
+    t = next(t for t in scope.tables["paper"] if t.key == "table3")
+    assert any("numerically inert" in note for note in t.notes)

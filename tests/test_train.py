@@ -206,6 +206,21 @@ def test_every_role_trains_a_step(role, terms, variant):
     assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
 
 
+def test_the_trainer_distils_with_the_batchs_epsilon():
+    cfg = _tiny_cfg("distilled")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.variant, input_size=32)
+    teachers = TeacherSet(*(build_model(cfg.model, cfg.variant, input_size=32) for _ in range(2)))
+    batches = [{**b, "epsilon": torch.zeros(4, dtype=torch.long)} for b in _two_batches()]  # no sample distils
+    log = train_one_epoch(model, recipe_for(cfg.loss, cfg.variant), build_optimizer(model, cfg, CPU), batches, CPU,
+                          0, cfg=cfg, teachers=teachers, generator=torch.Generator())
+    assert set(log.terms) == {"stu", "total"}
+    batches = [{**b, "epsilon": torch.full((4,), 2, dtype=torch.long)} for b in _two_batches()]  # all: loc teacher
+    log = train_one_epoch(model, recipe_for(cfg.loss, cfg.variant), build_optimizer(model, cfg, CPU), batches, CPU,
+                          0, cfg=cfg, teachers=teachers, generator=torch.Generator())
+    assert set(log.terms) == {"stu", "ad", "total"}
+
+
 def test_a_non_finite_loss_names_the_term_epoch_and_step():
     cfg = _tiny_cfg()
     torch.manual_seed(0)

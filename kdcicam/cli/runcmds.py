@@ -537,6 +537,7 @@ def _status_of(info, done: int | None) -> str:
 
 
 def _print_plan(plan, store, as_json: bool, *, jobs: int = 1, device: str = "cpu") -> None:
+    from kdcicam.core.config import to_dict
     from kdcicam.execution.eta import estimate_plan
 
     history = store.list_runs()
@@ -548,7 +549,8 @@ def _print_plan(plan, store, as_json: bool, *, jobs: int = 1, device: str = "cpu
         rows.append({"order": i, "run_id": run.run_id, "role": run.role, "pool": run.cfg.model.context_pool,
                      "seed": run.cfg.train.seed, "epochs": run.cfg.train.epochs, "status": _status_of(by_id.get(run.run_id), done.get(run.run_id)),
                      "needs": [d[:12] for d in run.deps], "estimated_seconds": seconds,
-                     "cells": [f"{t}/{c}@{s}" + (f" [{p}]" if p else "") for t, c, s, p in run.labels]})
+                     "cells": [f"{t}/{c}@{s}" + (f" [{p}]" if p else "") for t, c, s, p in run.labels],
+                     "config": to_dict(run.cfg)})
     estimate = {"total_seconds": est.total, "wall_seconds": est.wall, "jobs": jobs, "device": device,
                 "not_estimated_roles": list(est.unknown_roles), "based_on": list(est.based_on)}
     if as_json:
@@ -566,6 +568,7 @@ def _print_plan(plan, store, as_json: bool, *, jobs: int = 1, device: str = "cpu
     console = Console(width=160)
     console.print(t)
     console.print(_estimate_line(est, plan.profile, device), highlight=False, soft_wrap=True)
+    console.print("Each run's resolved config: the same command with --json.", highlight=False)
 
 
 def _epochs_done(store, history, run_ids: set[str]) -> dict[str, int]:

@@ -32,6 +32,7 @@ SelectOn = Literal["val", "test"]
 ThetaMetric = Literal["gt_known_loc", "top1_loc"]
 
 VARIANTS: tuple[str, ...] = get_args(Variant)
+BACKBONES: tuple[str, ...] = get_args(Backbone)
 ROLES: tuple[str, ...] = get_args(Role)
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 SELECTIONS: tuple[str, ...] = get_args(Selection)
@@ -105,6 +106,12 @@ class DataConfig:
     randaugment: bool = True  # RandAugment on train images, as the paper says (§4.2)
     randaugment_ops: int = 2  # RandAugment N
     randaugment_magnitude: int = 9  # RandAugment M
+    random_resized_crop_scale: tuple[float, ...] = ()  # train: (min, max) = RandomResizedCrop(crop, scale)
+    # replaces resize + random crop (the released code's crops); () = resize + random crop
+    epsilon_augment: bool = False  # distilled, ε per sample: ε drawn with each image's augmentation, per ε:
+    # RandAugment on ε = 0 only (and ε = 2 with randaugment_loc), loc_crop_scale for ε = 2 (the released student)
+    loc_crop_scale: tuple[float, ...] = ()  # epsilon_augment: the ε = 2 samples' RandomResizedCrop scale; () = the same
+    randaugment_loc: bool = False  # epsilon_augment: RandAugment on the ε = 2 samples too
     val_fraction: float = 0.1  # share of each class's train images held out for validation
     split_seed: int = 0  # seed of the validation split (independent of the run seed)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -120,6 +127,8 @@ class ModelConfig:
     batch_norm: bool = False  # VGG16 only: BN after every conv (vgg16_bn); the paper's VGG16 has none
     context_pool: bool = True  # False = Base (NL-CCAM): X^e = X, no pool
     update_rate: float = 0.01  # λ of Eq. 7
+    heatmap_function: Literal["quadratic", "sum_1"] = "quadratic"  # γ of Eq. 3: the variant's quadratic,
+    # or the released ILSVRC scripts' sum_1 (top-1 map minus a weighted mean of the last 20)
     weights: str | None = None  # torchvision ImageNet checkpoint file; None = random init
 
 
@@ -150,6 +159,8 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine", "reference"] = "constant"  # reference: poly(0.9) + halving
     halve_every: int = 0  # reference schedule: lr x 0.5 every this many epochs (0 = never)
     backbone_lr_mult: float = 1.0  # lr of backbone + context conv relative to the classifier's
+    decay_rate: float = 0.5  # reference schedule: lr x decay_rate every halve_every epochs
+    late_drop_epoch: int = 0  # reference schedule: lr x 0.1 from this (0-based) epoch on; 0 = never
     seed: int = 0
     deterministic: bool = False  # bit-identical CPU runs for the same seed
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -227,6 +238,13 @@ class RunConfig:
                "ImageNet weights (model.weights) need width 1.0")
         _check(self.model.output_stride in (4, 8, 16), "model.output_stride",
                self.model.output_stride, "must be 4, 8 or 16")
+        if self.model.backbone == "inceptionv3":  # its stride is fixed; Mixed_6a needs >= 43 px (model/backbones.py)
+            _check(self.model.output_stride == 16, "model.output_stride", self.model.output_stride,
+                   "inceptionv3 supports only 16 (the profiles set it per backbone; or --set model.output_stride=16)")
+            for key in ("data.crop", "eval.test_crop"):
+                section, name = key.split(".")
+                size = getattr(getattr(self, section), name)
+                _check(size >= 43, key, size, "inceptionv3 needs inputs of at least 43 px")
         _check(self.model.update_rate >= 0, "model.update_rate", self.model.update_rate,
                "must be >= 0 (λ of Eq. 7)")
         _check(0.0 <= self.loss.alpha <= 1.0, "loss.alpha", self.loss.alpha, "must be in [0, 1]")
@@ -235,6 +253,12 @@ class RunConfig:
         for key in ("mu", "eta", "beta", "delta"):
             _check(getattr(self.loss, key) >= 0, f"loss.{key}", getattr(self.loss, key), "must be >= 0")
         _check(self.train.lr > 0, "train.lr", self.train.lr, "must be > 0")
+        _check(0.0 < self.train.decay_rate <= 1.0, "train.decay_rate", self.train.decay_rate, "must be in (0, 1]")
+        _check(self.train.late_drop_epoch >= 0, "train.late_drop_epoch", self.train.late_drop_epoch, "must be >= 0")
+        for key in ("random_resized_crop_scale", "loc_crop_scale"):
+            scale = getattr(self.data, key)
+            _check(scale == () or (len(scale) == 2 and 0.0 < scale[0] <= scale[1] <= 1.0), f"data.{key}",
+                   scale, "must be [] (resize + random crop) or [min, max] with 0 < min <= max <= 1")
         _check(self.train.batch_size >= 1, "train.batch_size", self.train.batch_size, "must be >= 1")
         _check(self.train.epochs >= 1, "train.epochs", self.train.epochs, "must be >= 1")
         _check(self.train.checkpoint_every >= 0, "train.checkpoint_every", self.train.checkpoint_every, "must be >= 0")
@@ -360,7 +384,9 @@ NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "trai
 # Keys added after runs were stored: part of a run's identity only when they differ from their
 # default, so every run stored before they existed keeps its id (and is reused, not retrained).
 IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric", "eval.select_on",
-                                         "model.batch_norm")
+                                         "model.batch_norm", "data.random_resized_crop_scale",
+                                         "train.decay_rate", "train.late_drop_epoch", "model.heatmap_function",
+                                         "data.epsilon_augment", "data.loc_crop_scale", "data.randaugment_loc")
 
 
 def identity_dict(cfg: RunConfig) -> dict[str, Any]:

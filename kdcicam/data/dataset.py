@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from kdcicam.core.errors import DataError
 from kdcicam.data.base import Sample
+from kdcicam.data.train_augment import EpsilonTransform
 
 # transform(img, boxes (K, 4) xyxy in img's pixels) -> (image (3, H, W), boxes (K, 4) in its frame)
 Transform = Callable[[Image.Image, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -71,7 +72,12 @@ class WSOLDataset(Dataset):
             raise DataError(f"{sample.path}: image is {img.width}x{img.height} but the index says "
                             f"{sample.size[0]}x{sample.size[1]} (its boxes would be misplaced)")
         orig_boxes = torch.tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4)  # (K, 4)
-        image, boxes = self.transform(img, orig_boxes.clone())  # (3, H, W), (K, 4)
+        extra = {}
+        if isinstance(self.transform, EpsilonTransform):  # ε of Eq. 16 drawn with the augmentation
+            extra["epsilon"] = self.transform.draw()
+            image, boxes = self.transform.apply(extra["epsilon"], img, orig_boxes.clone())
+        else:
+            image, boxes = self.transform(img, orig_boxes.clone())  # (3, H, W), (K, 4)
         if image.dim() != 3 or image.shape[0] != 3 or boxes.shape != orig_boxes.shape:
             raise ValueError(f"transform returned image {tuple(image.shape)} and boxes {tuple(boxes.shape)}; "
                              f"expected (3, H, W) and {tuple(orig_boxes.shape)}")
@@ -83,6 +89,7 @@ class WSOLDataset(Dataset):
             "orig_size": img.size,
             "index": i,
             "image_id": sample.image_id,
+            **extra,
         }
 
 
@@ -91,9 +98,14 @@ def collate_wsol(batch: list[dict]) -> dict:
 
     Returns:
         ``{"image": (B, 3, H, W), "label": (B,) long, "index": (B,) long, "boxes": [(K_b, 4)...],
-        "orig_boxes": [(K_b, 4)...], "orig_size": [(W, H)...], "image_id": [str...]}``.
+        "orig_boxes": [(K_b, 4)...], "orig_size": [(W, H)...], "image_id": [str...]}``, plus
+        ``"epsilon": (B,) long`` when the items carry an ε (:class:`EpsilonTransform`).
     """
+    extra = {}
+    if "epsilon" in batch[0]:  # per-sample ε drawn by an EpsilonTransform
+        extra["epsilon"] = torch.tensor([item["epsilon"] for item in batch], dtype=torch.long)  # (B,)
     return {
+        **extra,
         "image": torch.stack([item["image"] for item in batch]),  # (B, 3, H, W)
         "label": torch.tensor([item["label"] for item in batch], dtype=torch.long),  # (B,)
         "index": torch.tensor([item["index"] for item in batch], dtype=torch.long),  # (B,)

@@ -6,7 +6,7 @@
   height), with ``s`` chosen on the *validation* split, then applied to the test split.
 
 Both are scored like the evaluator scores a method's box: IoU >= the run's threshold with any GT box
-in original coordinates (``standard``), or with the first GT box clipped to the crop in crop
+in original coordinates (``standard``), or with every GT box clipped to the crop in crop
 coordinates and the "+1" pixel convention (``paper``). The number reported is GT-known Loc (a
 baseline has no class prediction; Top-1 Loc would multiply it by the classification accuracy).
 """
@@ -56,7 +56,7 @@ def _gt_and_frame(samples: Sequence[Sample], cfg: RunConfig, protocol: str) -> l
         boxes = torch.tensor(s.boxes, dtype=torch.float32)
         if protocol == "paper":
             frame = transform.frame((w, h))
-            gt = frame.to_frame(boxes[:1]).numpy()  # first GT box, in the crop, clipped
+            gt = frame.to_frame(boxes).numpy()  # every GT box, in the crop, clipped (the best IoU counts)
             out.append((gt, (float(frame.crop_size[0]), float(frame.crop_size[1]))))
         else:
             out.append((boxes.numpy(), (float(w), float(h))))

@@ -2,7 +2,8 @@
 
 ``paper`` — the protocol behind the published tables (reference-notes.md, "Evaluation protocol";
 the authors' ``test_center_crop.py``): the test image resized to a square S x S, centre crop C;
-the *first* GT box mapped into the crop and clipped to it; the box from the method's
+every GT box mapped into the crop and clipped to it, the best IoU counting (their test loop
+scores one image's whole box list; one box per image on CUB); the box from the method's
 combinational heatmap (Eq. 3) normalised and thresholded as the variant says
 (:data:`VARIANT_BOX_POLICY`); IoU in crop coordinates with the authors' "+1" pixel convention
 (``IoU`` in their ``utils.py``: areas (x1 - x0 + 1)(y1 - y0 + 1) of the ``find_objects`` box
@@ -19,7 +20,8 @@ ground-truth class's own map (the enhanced branch's CAM of the label).
 
 Degenerate cases, in both protocols:
 
-- a heatmap with nothing above the threshold (all-zero or constant map) gives the documented
+- a heatmap with nothing above the threshold (all-zero or constant map, or a map constant up to
+  float rounding: :mod:`kdcicam.evaluation.flat_maps`) gives the documented
   fallback box (0, 0, 0, 0) (:data:`kdcicam.evaluation.boxes.EMPTY_BOX`) with IoU 0, whatever the IoU
   convention (under "+1" that box would read as the pixel (0, 0)): it never counts as localised;
 - a GT box with no area in the frame (an object the centre crop cuts away entirely) cannot be
@@ -28,7 +30,7 @@ Degenerate cases, in both protocols:
 MaxBoxAccV2 (Choe et al., CVPR 2020) sweeps the CAM threshold on a min-max normalised map at the
 network's input size, with continuous IoU against the GT boxes in that frame: under ``standard``
 the GT class's map and every GT box (as wsolevaluation, which resizes boxes to 224 x 224); under
-``paper`` the combinational heatmap and the first GT box in the crop (MaxBoxAccV2 is not part of
+``paper`` the combinational heatmap and every GT box in the crop (MaxBoxAccV2 is not part of
 the authors' protocol; it is reported under both for comparison).
 
 Every image yields a record (true class, top-5 with scores, box, IoU with the best GT box, correct
@@ -67,6 +69,7 @@ from kdcicam.data.transforms import (
     test_transform_standard,
 )
 from kdcicam.evaluation.boxes import box_from_heatmap, check_heatmap, get_policy, iou_matrix, sweep_components
+from kdcicam.evaluation.flat_maps import zero_flat_maps
 from kdcicam.evaluation.metrics import MaxBoxAccV2Meter
 from kdcicam.model.heatmap import class_heatmap, combinational_heatmap, normalize_heatmap, upsample_heatmap
 
@@ -359,17 +362,21 @@ def evaluate(
         images = batch["image"].to(device)
         labels = batch["label"].to(device)
         out = model(images, update_pool=False)
-        probs = out.logits_e.float().softmax(dim=1)  # (B, n)
-        k = min(5, probs.shape[1])
-        top_scores, top_idx = probs.sort(dim=1, descending=True, stable=True)  # (B, n) ties: lower class first
-        top_scores, top_idx = top_scores[:, :k], top_idx[:, :k]  # (B, k) as Eq. 3 ranks the maps
-        heat = combinational_heatmap(out.cams_e.float(), out.logits_e.float(), cfg.variant)  # (B, h, w) Eq. 3
+        logits = out.logits_e.float()  # (B, n)
+        k = min(5, logits.shape[1])
+        # ranked by logits, as the authors' torch.sort of the outputs and as Eq. 3 ranks the maps (softmax
+        # probabilities of logits one float step apart can tie and flip the order); ties: lower class first
+        top_idx = logits.sort(dim=1, descending=True, stable=True).indices[:, :k]  # (B, k)
+        top_scores = logits.softmax(dim=1).gather(1, top_idx)  # (B, k) their probabilities
+        heat = combinational_heatmap(out.cams_e.float(), logits, cfg.variant, cfg.model.heatmap_function)  # Eq. 3
+        heat = zero_flat_maps(heat)  # flat up to rounding: no location, the empty box
         if protocol == "paper":
             heat = normalize_heatmap(heat, cfg.variant)  # (B, h, w) min-max (paper) / min-subtracted (reference)
         heat = upsample_heatmap(heat, (side, side))  # (B, C, C)
         if protocol == "standard":
             heat = minmax(heat)  # (B, C, C) in [0, 1]
-            gt_map = minmax(upsample_heatmap(class_heatmap(out.cams_e.float(), labels), (side, side)))  # (B, C, C)
+            class_map = zero_flat_maps(class_heatmap(out.cams_e.float(), labels))  # (B, h, w)
+            gt_map = minmax(upsample_heatmap(class_map, (side, side)))  # (B, C, C)
         else:
             if cfg.variant == "paper":
                 heat = heat.clamp(0.0, 1.0)  # bilinear keeps [0, 1] up to float rounding
@@ -382,7 +389,7 @@ def evaluate(
             crop_box = box_from_heatmap(heat_np[i], theta, policy)  # (4,) in the C x C frame
             if protocol == "paper":
                 box_out = crop_box
-                gt = batch["boxes"][i][:1].numpy()  # (1, 4) first GT box, in the crop frame, clipped
+                gt = batch["boxes"][i].numpy()  # (G, 4) every GT box in the crop frame, clipped: the best IoU counts
                 iou = best_iou(box_out, gt, PROTOCOL_PIXEL_INCLUSIVE["paper"])
                 gt_known_iou = iou  # the same class-independent box, no class check
                 sweep_gt = gt
@@ -440,10 +447,10 @@ def _sweep_image(swept: dict[str, list[np.ndarray]], heat: np.ndarray, gt_map: n
                  policy: str, gt: np.ndarray, frame: TestFrame | None) -> None:
     """Append one image's boxes and IoUs at every θ of ``grid`` (the record's rules, vectorised over θ).
 
-    ``frame`` None: the paper protocol (crop frame, first GT box, "+1" IoU); else the standard one.
+    ``frame`` None: the paper protocol (crop frame, every GT box, "+1" IoU); else the standard one.
     """
     crop_boxes = boxes_at_thresholds(heat, grid, policy)  # (T, 4) in the C x C frame
-    if frame is None:  # paper: crop frame, first GT box, "+1" IoU, GT-known = the same box
+    if frame is None:  # paper: crop frame, every GT box, "+1" IoU, GT-known = the same box
         ious = best_ious(crop_boxes, gt, PROTOCOL_PIXEL_INCLUSIVE["paper"])  # (T,)
         swept["boxes"].append(crop_boxes)
         swept["ious"].append(ious)

@@ -93,10 +93,11 @@ def make_plan(
             runs[rid] = PlannedRun(run_id=rid, cfg=cfg, dataset=index, deps=deps)
         return runs[rid]
 
-    def resolve(role: str, context_pool: bool, seed: int, overrides: dict, teachers: TeacherRefs | None = None):
+    def resolve(role: str, context_pool: bool, seed: int, overrides: dict, teachers: TeacherRefs | None = None,
+                teacher: str | None = None):
         return resolve_config(reg, scope=scope, profile=profile, variant=variant, role=role,
                               context_pool=context_pool, seed=seed, num_classes=2,
-                              overrides=overrides, teachers=teachers, cli_overrides=cli_overrides)
+                              overrides=overrides, teachers=teachers, cli_overrides=cli_overrides, teacher=teacher)
 
     for key in table_keys:
         table = reg.table(key)
@@ -106,7 +107,7 @@ def make_plan(
             for setting in settings:
                 def teacher_run(name: str, seed: int, setting: dict = setting) -> PlannedRun:
                     t = reg.teachers[name]
-                    return add(resolve(t.role, t.context_pool, seed, {**t.overrides, **setting}))
+                    return add(resolve(t.role, t.context_pool, seed, {**t.overrides, **setting}, teacher=name))
 
                 for cell in table.cells:
                     for point in grid_points(cell):

@@ -39,7 +39,7 @@ from kdcicam.core.runtime import crash_point, provenance, set_seed
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.cache import FrameStore, train_view
 from kdcicam.data.dataset import WSOLDataset
-from kdcicam.data.transforms import train_transform
+from kdcicam.data.train_augment import train_transform_for
 from kdcicam.evaluation.evaluator import EvalResult, evaluate
 from kdcicam.evaluation.selection import (
     AUDIT_SPLIT,
@@ -377,9 +377,9 @@ def _training_inputs(run: PlannedRun, index: DatasetIndex, ctx: RunContext,
     teachers = build_teachers(sources, ctx.device)
     present = tuple(name for name, m in (("cls", teachers and teachers.cls_model),
                                          ("loc", teachers and teachers.loc_model)) if m is not None)
-    recipe = recipe_for(cfg.loss, cfg.variant, teachers=present or ("cls", "loc"))
-    d = cfg.data
-    transform = train_transform(d.train_resize, d.crop, d.randaugment, d.randaugment_ops, d.randaugment_magnitude)
+    recipe = recipe_for(cfg.loss, cfg.variant, teachers=present or ("cls", "loc"),
+                        heatmap_function=cfg.model.heatmap_function)
+    transform = train_transform_for(cfg.data, recipe.epsilon_choices if recipe.epsilon == "sample" else ())
     frames = ctx.frames_for(cfg)
     cached = train_view(index.train, transform, frames) if frames is not None else None
     train_set = cached if cached is not None else WSOLDataset(index.train, transform)

@@ -22,6 +22,9 @@ import torch.nn.functional as F
 
 from kdcicam.core.config import VARIANTS
 
+HEATMAP_FUNCTIONS = ("quadratic", "sum_1")
+SUM1_MEAN_NUM = 20  # --mean_num of every released script
+
 
 def check_variant(variant: str) -> None:
     """Raise ValueError unless ``variant`` is one of :data:`kdcicam.core.config.VARIANTS`."""
@@ -29,8 +32,30 @@ def check_variant(variant: str) -> None:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
-def combination_weights(n: int, variant: str) -> torch.Tensor:
+def sum1_weights(n: int, mean_num: int = SUM1_MEAN_NUM) -> torch.Tensor:
+    """γ(k) of the released ILSVRC scripts' ``sum_1`` combination (``torch_cam_combination``).
+
+    H = M_{t_0} - (1/m) Σ_j 2j/(m-1) · M_{t_{n-m+j}}, j = 0 ... m-1: the top-1 map minus a weighted
+    mean of the m last-ranked maps (weights linspace(0, 2, m), the last map's largest), m = min(mean_num, n)
+    (the code needs n >= mean_num; capping m is this harness's generalisation). Both variants.
+
+    Returns:
+        Float32 CPU tensor of shape (n,).
+    """
+    if n < 2:
+        raise ValueError(f"the combinational heatmap needs at least 2 classes, got n={n}")
+    m = min(mean_num, n)
+    gamma = torch.zeros(n)
+    gamma[n - m:] -= torch.linspace(0.0, 2.0, m) / m  # (m,) the last m ranks
+    gamma[0] += 1.0  # the top-1 map
+    return gamma
+
+
+def combination_weights(n: int, variant: str, function: str = "quadratic") -> torch.Tensor:
     """Weights γ(k) of Eq. 3 for the 0-based ranks k = 0 (top-1 class) ... n-1 (last class).
+
+    ``function = "sum_1"`` gives :func:`sum1_weights` whatever the variant; ``"quadratic"`` the
+    variant's form below.
 
     Args:
         n: number of classes (>= 2).
@@ -43,6 +68,10 @@ def combination_weights(n: int, variant: str) -> torch.Tensor:
         Float32 CPU tensor of shape (n,).
     """
     check_variant(variant)
+    if function not in HEATMAP_FUNCTIONS:
+        raise ValueError(f"function must be one of {HEATMAP_FUNCTIONS}, got {function!r}")
+    if function == "sum_1":
+        return sum1_weights(n)
     if n < 2:
         raise ValueError(f"the combinational heatmap needs at least 2 classes, got n={n}")
     if variant == "reference":
@@ -55,7 +84,8 @@ def combination_weights(n: int, variant: str) -> torch.Tensor:
     return torch.cat([upper, lower])
 
 
-def combinational_heatmap(cams_e: torch.Tensor, logits_e: torch.Tensor, variant: str) -> torch.Tensor:
+def combinational_heatmap(cams_e: torch.Tensor, logits_e: torch.Tensor, variant: str,
+                          function: str = "quadratic") -> torch.Tensor:
     """Eq. 2-3: combine all class maps, ranked by score, into one heatmap per image.
 
     Ranking by the logits equals ranking by the softmax probabilities (monotone); ties keep the
@@ -65,6 +95,7 @@ def combinational_heatmap(cams_e: torch.Tensor, logits_e: torch.Tensor, variant:
         cams_e: (B, n, h, w) class activation maps M^e of the enhanced branch.
         logits_e: (B, n) scores S^e that rank the maps.
         variant: ``"paper"`` or ``"reference"`` (selects γ, see :func:`combination_weights`).
+        function: ``"quadratic"`` (the variant's γ) or ``"sum_1"`` (``model.heatmap_function``).
 
     Returns:
         (B, h, w) unnormalised heatmap H.
@@ -73,7 +104,7 @@ def combinational_heatmap(cams_e: torch.Tensor, logits_e: torch.Tensor, variant:
         raise ValueError(f"expected cams (B, n, h, w) and logits (B, n), got {tuple(cams_e.shape)} "
                          f"and {tuple(logits_e.shape)}")
     n = cams_e.shape[1]
-    gamma = combination_weights(n, variant).to(device=cams_e.device, dtype=cams_e.dtype)  # (n,)
+    gamma = combination_weights(n, variant, function).to(device=cams_e.device, dtype=cams_e.dtype)  # (n,)
     order = torch.sort(logits_e.detach(), dim=1, descending=True, stable=True).indices  # (B, n) t_k
     # Eq. 3: class t_k gets γ(k); scatter the rank weights back to class positions.
     class_weights = torch.empty_like(logits_e, dtype=cams_e.dtype)  # (B, n)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcicam.core.config import (
+    BACKBONES,
     ROLES,
     SELECTIONS,
     RunConfig,
@@ -27,6 +28,7 @@ from kdcicam.core.config import (
     with_overrides,
 )
 from kdcicam.core.errors import ConfigError
+from kdcicam.registry.released import ReleasedSetting, read_released_settings, released_layers
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,7 +37,7 @@ else:  # pragma: no cover - Python 3.10
 
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "ablations"
 METRICS = ("top1_cls", "top5_cls", "top1_loc", "top5_loc", "gt_known_loc", "maxboxacc_v2")
-NON_TABLE_FILES = {"teachers.toml", "profiles.toml"}
+NON_TABLE_FILES = {"teachers.toml", "profiles.toml", "released-settings.toml"}
 TABLE_KINDS = ("table", "scatter", "sweep")
 # "difference": cell minus versus, per seed; "pareto": one run of cell beats every run of versus on two metrics;
 # "dilemma": no run of the cell is the best on both metrics at once (no versus)
@@ -142,6 +144,7 @@ class Profile:
     overrides: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)
     variant: dict[str, Any] = field(default_factory=dict)  # variant -> overrides (+ "role" -> role -> overrides)
+    backbone: dict[str, dict[str, Any]] = field(default_factory=dict)  # backbone -> overrides (after ``overrides``)
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class Registry:
     teachers: dict[str, TeacherDef]
     profiles: dict[str, Profile]
     paper_settings: dict[tuple[str, str], dict[str, Any]]  # (dataset, backbone) -> config overrides
+    released: tuple[ReleasedSetting, ...] = ()  # the released scripts' settings (variant "reference")
 
     def table(self, key: str) -> Table:
         if key not in self.tables:
@@ -384,7 +388,7 @@ def _read_profiles(path: Path) -> dict[str, Profile]:
     for name, p in raw.items():
         where = f"{path.name}: profile {name!r}"
         _keys(where, p, {"description", "reduced"},
-              {"extends", "needs_real_data", "needs_weights", "needs_gpu", "overrides", "synth", "variant"})
+              {"extends", "needs_real_data", "needs_weights", "needs_gpu", "overrides", "synth", "variant", "backbone"})
         synth = _merged(raw, name, "synth", path.name)
         from_dict(SynthConfig, synth, where=f"{where}: synth")
         variant = _merged(raw, name, "variant", path.name)
@@ -396,11 +400,16 @@ def _read_profiles(path: Path) -> dict[str, Profile]:
                 if rname not in ROLES:
                     raise ConfigError(f"{where}: variant.{vname}.role.{rname}: unknown role")
                 _check_overrides(f"{where}: variant.{vname}.role.{rname}", r)
+        backbone = _merged(raw, name, "backbone", path.name)
+        for bname, b in backbone.items():
+            if bname not in BACKBONES:
+                raise ConfigError(f"{where}: backbone.{bname}: unknown backbone (known: {', '.join(BACKBONES)})")
+            backbone[bname] = _check_overrides(f"{where}: backbone.{bname}", b)
         out[name] = Profile(name=name, description=p["description"], reduced=bool(p["reduced"]),
                             needs_real_data=p.get("needs_real_data", False),
                             needs_weights=p.get("needs_weights", False), needs_gpu=p.get("needs_gpu", False),
                             overrides=_check_overrides(f"{where}: overrides", _merged(raw, name, "overrides", path.name)),
-                            synth=synth, variant=variant)
+                            synth=synth, variant=variant, backbone=backbone)
     return out
 
 
@@ -468,9 +477,13 @@ def load_registry(root: Path | None = None) -> Registry:
         if path.name in NON_TABLE_FILES:
             continue
         tables[path.stem] = _read_table(path, teachers)
+    released_path = root / "released-settings.toml"
+    released = (read_released_settings(released_path, _read_toml(released_path), set(teachers))
+                if released_path.is_file() else ())
     return Registry(root=root, tables=tables, teachers=teachers,
                     profiles=_read_profiles(root / "profiles.toml"),
-                    paper_settings=_read_paper_settings(root / "paper-hyperparameters.csv"))
+                    paper_settings=_read_paper_settings(root / "paper-hyperparameters.csv"),
+                    released=released)
 
 
 # ------------------------------------------------------------------------ config resolution
@@ -502,17 +515,21 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     teachers: TeacherRefs | None = None,
     cli_overrides: dict[str, Any] | None = None,
+    teacher: str | None = None,
 ) -> RunConfig:
-    """Resolve one run's config: defaults < paper settings < profile < cell < command line."""
+    """Resolve one run's config: defaults < paper settings < released settings (variant
+    ``reference`` only) < profile < cell < command line. ``teacher``: the teacher definition the
+    run trains, if any (released settings may be limited to one)."""
     prof = reg.profile(profile)
     key = (SETTINGS_FROM.get(scope.dataset, scope.dataset), scope.backbone)
     if key not in reg.paper_settings:
         known = ", ".join(f"{d}/{b}" for d, b in sorted(reg.paper_settings))
         raise ConfigError(f"no paper settings for {key[0]}/{key[1]} (known: {known})")
-    layers: list[tuple[str, dict[str, Any]]] = [
-        ("paper-hyperparameters.csv", reg.paper_settings[key]),
-        (f"profile {profile}", prof.overrides),
-    ]
+    layers: list[tuple[str, dict[str, Any]]] = [("paper-hyperparameters.csv", reg.paper_settings[key])]
+    if variant == "reference":
+        layers += released_layers(reg.released, f"{key[0]}/{key[1]}", role, context_pool, teacher)
+    layers.append((f"profile {profile}", prof.overrides))
+    layers.append((f"profile {profile} backbone {scope.backbone}", prof.backbone.get(scope.backbone, {})))
     vover = dict(prof.variant.get(variant, {}))
     role_over = vover.pop("role", {}).get(role, {})
     layers += [(f"profile {profile} variant {variant}", vover),

@@ -369,6 +369,8 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
         notes.append("Some seeds have several runs; the one finished last is shown.")
     if any(v.within_noise for row in out_rows for v in row.values.values()):
         notes.append(NOISE_NOTE)
+    if any(r.variant == "paper" for r in runs) and any(c.teachers and c.teachers.loc for c in table.cells):
+        notes.append(INERT_AD_NOTE)
     return TableData(
         key=table.key, title=table.title, caption=table.caption, kind=table.kind, protocol=protocol,
         reference_cell=ref, reference_name=ref_cell.name if ref_cell else None, metrics=metrics,
@@ -436,6 +438,11 @@ def _audit_row(table: Table, cell: Cell, metric: str, protocol: str, runs: dict[
         oracle_resize=_mean([v for v in oracle_s.values() if v is not None]),
         d_oracle_resize=_mean_delta([(rep[s], oracle_s[s]) for s in seeds]),
         select_on=select_on or "val", test_decisions=_mean(decisions))
+
+
+INERT_AD_NOTE = ("Variant paper: the activation distillation of Eq. 13-15 is numerically inert (at 200 classes, "
+                 "14x14 maps and T = 15 its gradient is ~1e-13 against ~0.2 for the cross-entropy), so a row "
+                 "with the loc teacher trains as the same row without it (docs/fidelity.md L9).")
 
 
 AUDIT_NOTES = (

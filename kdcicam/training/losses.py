@@ -20,9 +20,9 @@ from kdcicam.model.heatmap import check_variant
 def student_loss(logits: torch.Tensor, logits_e: torch.Tensor, labels: torch.Tensor, rho: float) -> torch.Tensor:
     """Eq. 9, Stu Loss: ρ·CE(S) + CE(S^e).
 
-    ρ = 1 inside the teachers' losses (Eq. 19, 21) and for the plain CI-CAM student (both
-    classifiers trained, §3.2.4 and the CI-CAM code); ρ = 0 inside the distillation loss
-    (Eq. 16). With ρ = 0 the entangled term is not computed at all (0·inf would be NaN).
+    ρ = 1 inside the teachers' losses (Eq. 19, 21) and for the plain student of the ``paper``
+    variant (both classifiers trained, §3.2.4); ρ = 0 inside the distillation loss (Eq. 16) and
+    for the plain student of the ``reference`` variant (``recipes.STUDENT_RHO``). With ρ = 0 the entangled term is not computed at all (0·inf would be NaN).
 
     Args:
         logits: (B, n) entangled-branch logits S.

@@ -20,6 +20,7 @@ through the fore/back passes' parameters; not through the hard threshold of the 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,11 @@ from kdcicam.training.losses import activation_kd, area_loss, diff_loss, fore_lo
 
 EpsilonMode = Literal["none", "step", "sample"]
 TEACHER_EPSILON = {"cls": 1, "loc": 2}  # ε value that selects each teacher (Eq. 16)
+# ρ of Eq. 9 for the plain student (Table 3 "Base" / "+ConPool", Table 4 "Stu"). "paper": both
+# classifiers trained (§3.2.4). "reference": the KD student script run with --kd_alpha 0.0
+# --distillation none, whose dataset gives every sample flag 0, so the loss is CE(S^e) alone
+# (docs/fidelity.md L4).
+STUDENT_RHO = {"paper": 1.0, "reference": 0.0}
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Recipe:
     back_pass: bool = False  # run the model on the background images
     teachers: tuple[str, ...] = ()  # teachers distilled from: "cls" (ε = 1), "loc" (ε = 2)
     epsilon: EpsilonMode = "none"  # ε granularity: one per step or one per sample
+    heatmap_function: str = "quadratic"  # γ of Eq. 3 for the masks and the area loss (model.heatmap_function)
 
     @property
     def term_names(self) -> tuple[str, ...]:
@@ -85,7 +92,8 @@ class LossResult:
     output: CICAMOutput  # the model's output on the batch (for accuracy, logging)
 
 
-def recipe_for(loss_cfg: LossConfig, variant: str, teachers: tuple[str, ...] = ("cls", "loc")) -> Recipe:
+def recipe_for(loss_cfg: LossConfig, variant: str, teachers: tuple[str, ...] = ("cls", "loc"),
+               heatmap_function: str = "quadratic") -> Recipe:
     """The recipe of ``loss_cfg.role`` with the weights of ``loss_cfg``.
 
     Args:
@@ -93,15 +101,20 @@ def recipe_for(loss_cfg: LossConfig, variant: str, teachers: tuple[str, ...] = (
         variant: ``"paper"`` (ε per step) or ``"reference"`` (ε per sample).
         teachers: for the distilled role, the teachers available ("cls", "loc" or both); ε is
             drawn uniformly from 0 and the values of these teachers (Table 4's one-teacher rows).
+        heatmap_function: γ of Eq. 3 behind the teachers' masks and area loss.
 
     Returns:
         The frozen recipe.
     """
     check_variant(variant)
+    recipe = _role_recipe(loss_cfg, variant, teachers)
+    return dataclasses.replace(recipe, heatmap_function=heatmap_function)
+
+
+def _role_recipe(loss_cfg: LossConfig, variant: str, teachers: tuple[str, ...]) -> Recipe:
     role = loss_cfg.role
     if role == "student":
-        # ρ = 1: the plain CI-CAM student trains both classifiers (§3.2.4; CI-CAM code).
-        return Recipe(role, variant, rho=1.0, weights=(("stu", 1.0),))
+        return Recipe(role, variant, rho=STUDENT_RHO[variant], weights=(("stu", 1.0),))
     if role == "cls_teacher":
         return Recipe(role, variant, rho=1.0,  # Eq. 19
                       weights=(("stu", 1.0), ("fore", loss_cfg.mu), ("area", loss_cfg.eta)),
@@ -145,7 +158,7 @@ def draw_epsilon(batch_size: int, recipe: Recipe, generator: torch.Generator | N
 
 def compute_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, variant: str,
                  teachers: TeacherSet | None = None, generator: torch.Generator | None = None,
-                 loss_cfg: LossConfig | None = None) -> LossResult:
+                 loss_cfg: LossConfig | None = None, epsilon: torch.Tensor | None = None) -> LossResult:
     """Run the forward passes ``recipe`` needs and sum its weighted loss terms.
 
     Args:
@@ -157,6 +170,8 @@ def compute_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, r
         teachers: the teachers of a distilling recipe (put in eval mode here).
         generator: the run's RNG, used to draw ε.
         loss_cfg: source of T_cls, T_loc and log_eps (None = :class:`LossConfig` defaults).
+        epsilon: (B,) ε per sample already drawn with the data (``data.epsilon_augment``); None =
+            drawn here from ``generator``.
 
     Returns:
         :class:`LossResult` with the total, the detached terms and the model's output.
@@ -172,7 +187,7 @@ def compute_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, r
     if recipe.needs_heatmap:
         terms.update(_mask_terms(model, images, labels, out, recipe, variant, cfg))
     if recipe.teachers:
-        terms.update(_distillation_terms(images, out, recipe, variant, teacher_models, generator, cfg))
+        terms.update(_distillation_terms(images, out, recipe, variant, teacher_models, generator, cfg, epsilon))
 
     weighted = [w * terms[name] for name, w in recipe.weights if name in terms and w != 0]
     # Nothing weighted (α = 1 and ε = 0 drawn): a zero that still has a graph to backpropagate.
@@ -185,7 +200,7 @@ def compute_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, r
 def _mask_terms(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, out: CICAMOutput,
                 recipe: Recipe, variant: str, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Area, Fore and Diff terms (Eq. 17, 18, 20) from the heatmap and the fore/back passes."""
-    heat = combinational_heatmap(out.cams_e, out.logits_e, variant)  # (B, h, w) Eq. 3 on M^e
+    heat = combinational_heatmap(out.cams_e, out.logits_e, variant, recipe.heatmap_function)  # (B, h, w) Eq. 3 on M^e
     heat = upsample_heatmap(normalize_heatmap(heat, variant), tuple(images.shape[-2:]))  # (B, H, W)
     terms: dict[str, torch.Tensor] = {}
     if "area" in recipe.term_names:
@@ -227,9 +242,15 @@ def _teacher_forward(teacher: nn.Module, images: torch.Tensor) -> CICAMOutput:
 
 def _distillation_terms(images: torch.Tensor, out: CICAMOutput, recipe: Recipe, variant: str,
                         teacher_models: dict[str, nn.Module], generator: torch.Generator | None,
-                        cfg: LossConfig) -> dict[str, torch.Tensor]:
+                        cfg: LossConfig, epsilon: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """L^ld and L^ad of Eq. 16, each over the samples whose ε selected it (absent if none did)."""
-    eps = draw_epsilon(images.shape[0], recipe, generator)  # (B,) CPU
+    if epsilon is None:
+        eps = draw_epsilon(images.shape[0], recipe, generator)  # (B,) CPU
+    else:
+        eps = epsilon.detach().cpu().long()  # (B,) drawn with the data
+        if eps.shape != (images.shape[0],) or not set(eps.tolist()) <= set(recipe.epsilon_choices):
+            raise ValueError(f"epsilon {eps.tolist()} does not fit the batch of {images.shape[0]} "
+                             f"or the recipe's choices {recipe.epsilon_choices}")
     terms: dict[str, torch.Tensor] = {}
     for name in recipe.teachers:
         rows = torch.nonzero(eps == TEACHER_EPSILON[name]).squeeze(1)  # (k,) CPU

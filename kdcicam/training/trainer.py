@@ -141,7 +141,8 @@ def lr_factor(epoch: int, cfg: RunConfig) -> float:
     """Multiplier of the base learning rate at (0-based) ``epoch``.
 
     ``constant``: 1. ``cosine``: half-cosine to 0 over the run. ``reference`` (the authors' code):
-    poly decay (1 - e/E)^0.9, times 0.5 every ``halve_every`` epochs.
+    poly decay (1 - e/E)^0.9, times ``decay_rate`` every ``halve_every`` epochs, times 0.1 from
+    ``late_drop_epoch`` on (when set).
     """
     t = cfg.train
     if t.lr_schedule == "constant":
@@ -150,7 +151,9 @@ def lr_factor(epoch: int, cfg: RunConfig) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * epoch / t.epochs))
     factor = (1.0 - epoch / t.epochs) ** 0.9
     if t.halve_every > 0:
-        factor *= 0.5 ** (epoch // t.halve_every)
+        factor *= t.decay_rate ** (epoch // t.halve_every)
+    if 0 < t.late_drop_epoch <= epoch:
+        factor *= 0.1
     return factor
 
 
@@ -305,7 +308,7 @@ def train_one_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(device, cfg.train.amp):
             result = compute_loss(model, images, labels, recipe, cfg.variant, teachers=teachers,
-                                  generator=generator, loss_cfg=cfg.loss)
+                                  generator=generator, loss_cfg=cfg.loss, epsilon=batch.get("epsilon"))
         optimizer.zero_grad(set_to_none=True)
         result.total.backward()
         optimizer.step()
