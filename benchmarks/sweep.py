@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from kdcicam.evaluation.boxes import SweepWorkspace, sweep_components, sweep_reference
 from kdcicam.evaluation.metrics import MaxBoxAccV2Meter, cam_threshold_grid
+from kdcicam.evaluation.sweep import SweepWorkspace, sweep_components, sweep_reference
 
 
 def make_cams(n: int, size: int, seed: int) -> np.ndarray:

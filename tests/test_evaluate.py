@@ -38,9 +38,9 @@ RANKED = [0, 1, 2, 3, 4, 5]  # class 0 best ... class 5 last
 CPU = torch.device("cpu")
 
 
-def cfg(variant: str = "reference", theta: float = 0.5) -> RunConfig:
+def cfg(variant: str = "reference", theta: float = 0.5, box_rule: str = "wsolevaluation") -> RunConfig:
     return RunConfig(variant=variant, eval=EvalConfig(theta=theta, test_resize=24, test_crop=C,
-                                                       maxbox_thresholds=10)).validate()
+                                                       maxbox_thresholds=10, box_rule=box_rule)).validate()
 
 
 def block(x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
@@ -102,9 +102,10 @@ class Bench:
         self.table[key] = entry(ranking, maps)
         return image_id
 
-    def run(self, protocol: str, variant: str = "reference", theta: float = 0.5, **kwargs):
+    def run(self, protocol: str, variant: str = "reference", theta: float = 0.5, box_rule: str = "wsolevaluation",
+            **kwargs):
         model = TableModel(self.table)
-        result = evaluate(model, self.samples, cfg(variant, theta), protocol, CPU, batch_size=2, **kwargs)
+        result = evaluate(model, self.samples, cfg(variant, theta, box_rule), protocol, CPU, batch_size=2, **kwargs)
         assert model.seen_sizes == {(C, C)}
         return result
 
@@ -192,13 +193,23 @@ def test_paper_iou_uses_the_authors_plus_one_convention(bench):
     assert rec["iou"] == pytest.approx(9 / 16) and rec["correct_top1_loc"] and rec["correct_gt_known"]
 
 
-def test_standard_iou_is_continuous(bench):
-    # The same picture under the standard protocol, on a 32 x 32 image (x -> x / 2): GT (0, 0, 6, 6)
-    # -> (0, 0, 3, 3) in the 16-frame; block (0, 0, 2, 2) -> back to (0, 0, 4, 4) in the image.
-    # Continuous IoU 16 / 36 = 0.444 < 0.5: incorrect (the "+1" reading would give 25 / 49 = 0.51).
+def test_standard_wsolevaluation_rule_scores_in_the_frame_with_plus_one_iou(bench):
+    # 32 x 32 image, 16-frame: GT (0, 0, 6, 6) -> resize_bbox (0, 0, 3, 3). The block of pixels 0..1
+    # is one contour, boundingRect (0, 0, w=2, h=2) -> box (0, 0, 2, 2). "+1" IoU: inter 3 x 3 = 9,
+    # areas 9 and 4 x 4 = 16 -> 9 / 16 = 0.5625 >= 0.5: correct (wsolevaluation's reading).
     bench.add(0, [(0.0, 0.0, 6.0, 6.0)], RANKED, {0: block(0, 0, 2, 2), **heat_is(block(0, 0, 2, 2))},
               size=(32, 32))
     (rec,) = bench.run("standard").records
+    assert rec["box"] == [0.0, 0.0, 4.0, 4.0]  # (0, 0, 2, 2) mapped back to the image, for display
+    assert rec["iou"] == pytest.approx(9 / 16) and rec["correct_top1_loc"] and rec["correct_gt_known"]
+
+
+def test_standard_continuous_rule_iou_is_continuous(bench):
+    # The same picture under the continuous box rule: block (0, 0, 2, 2) -> back to (0, 0, 4, 4) in
+    # the image. Continuous IoU 16 / 36 = 0.444 < 0.5: incorrect.
+    bench.add(0, [(0.0, 0.0, 6.0, 6.0)], RANKED, {0: block(0, 0, 2, 2), **heat_is(block(0, 0, 2, 2))},
+              size=(32, 32))
+    (rec,) = bench.run("standard", box_rule="continuous").records
     assert rec["box"] == [0.0, 0.0, 4.0, 4.0]
     assert rec["iou"] == pytest.approx(16 / 36) and not rec["correct_top1_loc"] and not rec["correct_gt_known"]
 
@@ -274,7 +285,7 @@ def test_standard_box_back_in_original_coordinates_on_a_non_square_image(bench):
     bench.add(0, [(12.0, 2.0, 36.0, 26.0)], RANKED, {0: b, **heat_is(b)}, size=(64, 32))
     # Second image: GT (12, 2, 36, 14) is the top half of the box: IoU 288 / 576 = 0.5 exactly -> correct (>=).
     bench.add(0, [(12.0, 2.0, 36.0, 14.0)], RANKED, {0: b, **heat_is(b)}, size=(64, 32))
-    res = bench.run("standard")
+    res = bench.run("standard", box_rule="continuous")
     assert [r["box"] for r in res.records] == [[12.0, 2.0, 36.0, 26.0]] * 2
     assert [r["iou"] for r in res.records] == [1.0, 0.5]
     assert res.metrics["top1_loc"] == 1.0 and res.metrics["gt_known_loc"] == 1.0
@@ -285,11 +296,16 @@ def test_standard_matches_every_gt_box(bench):
     # right and top edges -> original (32, 0, 64, 32): IoU 1 with GT 2 only.
     b = block(8, 0, 16, 16)
     bench.add(0, [(0.0, 0.0, 8.0, 8.0), (32.0, 0.0, 64.0, 32.0)], RANKED, {0: b, **heat_is(b)}, size=(64, 32))
-    res = bench.run("standard")
+    res = bench.run("standard", box_rule="continuous")
     (rec,) = res.records
     assert rec["box"] == [32.0, 0.0, 64.0, 32.0] and rec["iou"] == 1.0
     assert rec["correct_top1_loc"] and rec["correct_gt_known"]
     assert res.metrics["maxboxacc_v2"] == 1.0  # GT boxes in the 16-frame: (0, 0, 2, 4) and (8, 0, 16, 16)
+    # wsolevaluation's rule: GT 2 -> resize_bbox (8, 0, 16, 16); the block's contour box is
+    # (8, 0, min(16, 15), min(16, 15)) = (8, 0, 15, 15). "+1" areas 8 x 16 = 128 and 9 x 17 = 153,
+    # overlap 128: IoU 128 / 153 = 0.84.
+    (rec,) = bench.run("standard").records
+    assert rec["iou"] == pytest.approx(128 / 153) and rec["correct_gt_known"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

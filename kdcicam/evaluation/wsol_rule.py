@@ -162,3 +162,33 @@ def best_iou_all_contours(q: np.ndarray, cutoffs: np.ndarray, gt: np.ndarray,
     if empty.any():
         best[empty] = float(iou_matrix(NO_CONTOUR_BOX, gt, pixel_inclusive=True).max())
     return best
+
+
+def largest_contour_boxes(cam: Any, thetas: Any) -> np.ndarray:
+    """The legacy box (largest contour) at every θ: what GT-known Loc at θ scores.
+
+    Args:
+        cam: (H, W) CAM in [0, 1].
+        thetas: (T,) CAM thresholds in [0, 1].
+
+    Returns:
+        (T, 4) float64 integer boxes; (0, 0, 0, 0) where nothing is foreground.
+    """
+    q = quantize(cam)
+    cutoffs = integer_cutoffs(q, thetas)
+    seen: dict[float, np.ndarray] = {}
+    out = np.zeros((len(cutoffs), 4))
+    for i, c in enumerate(cutoffs.tolist()):
+        if c not in seen:
+            seen[c] = contour_boxes(q, c, True)[0]
+        out[i] = seen[c]
+    return out
+
+
+def best_pixel_ious(boxes: Any, gt: Any) -> np.ndarray:
+    """(K,) best "+1" IoU of each box with any GT box; 0 when there is no GT box."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    g = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+    if len(g) == 0 or len(b) == 0:
+        return np.zeros(len(b))
+    return iou_matrix(b, g, pixel_inclusive=True).max(axis=1)
