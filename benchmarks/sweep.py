@@ -7,8 +7,8 @@ The CAMs mimic the model's: a 14x14 map of smoothed noise, upsampled bilinearly 
 ``upsample_heatmap``), min-max normalised to [0, 1], float32. Two comparisons, each checked for
 identical results:
 
-- sweep: :func:`kdcicam.evaluation.boxes.sweep_components` (one reused workspace) vs
-  :func:`kdcicam.evaluation.boxes.sweep_reference` (``scipy.ndimage.label`` + ``find_objects`` per threshold);
+- sweep: :func:`kdcicam.evaluation.sweep.sweep_components` (one reused workspace) vs
+  :func:`kdcicam.evaluation.sweep.sweep_reference` (``scipy.ndimage.label`` + ``find_objects`` per threshold);
 - meter: ``MaxBoxAccV2Meter.update`` with ``fast=True`` vs ``fast=False`` (adds validation and
   the IoU with two GT boxes, shared by both).
 
