@@ -420,3 +420,34 @@ def test_decoded_frames_evaluate_exactly_as_the_per_image_path(bench, protocol):
         assert got.records == plain.records and got.metrics == plain.metrics and got.curve == plain.curve
         assert np.array_equal(got.sweep.ious, plain.sweep.ious) and np.array_equal(got.sweep.boxes, plain.sweep.boxes)
         assert all(np.array_equal(np.asarray(got.gallery[k]), np.asarray(plain.gallery[k])) for k in plain.gallery)
+
+
+def test_standard_protocol_scores_pxap_when_the_dataset_has_masks(tmp_path):
+    # The CUB layout of the test above plus masks.txt (wsolevaluation's OpenImages columns). The
+    # test image's object mask covers original pixels 12..47 of 48; OpenCV's nearest resize to 16
+    # reads original pixel 3i for frame pixel i: frame 4..15 = the GT class's map block(4, 4, 16, 16).
+    # Every object pixel scores 1, every background pixel 0: PxAP 100, pixel F1 and IoU 100 at θ = 1.
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": [], "bounding_boxes.txt": []}
+    for i in range(N + 1):
+        Image.new("RGB", (48, 48), (10 * i + 5, 100, 100)).save(images / f"i{i}.png")
+        lines["images.txt"].append(f"{i + 1} i{i}.png")
+        lines["image_class_labels.txt"].append(f"{i + 1} {max(i, 1)}")
+        lines["train_test_split.txt"].append(f"{i + 1} {int(i > 0)}")
+        lines["bounding_boxes.txt"].append(f"{i + 1} 12 12 36 36")
+    for name, rows in lines.items():
+        (tmp_path / name).write_text("\n".join(rows) + "\n")
+    (tmp_path / "classes.txt").write_text("".join(f"{k} c{k}\n" for k in range(1, N + 1)))
+    index = load_cub(tmp_path)
+    model = TableModel({0: entry(RANKED, {0: block(4, 4, 16, 16), **heat_is(block(4, 4, 16, 16))})})
+    assert "pxap" not in evaluate(model, index.test, cfg(), "standard", CPU).metrics  # no masks.txt
+    mask = np.zeros((48, 48), dtype=np.uint8)
+    mask[12:, 12:] = 255
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "masks" / "i0.png")
+    (tmp_path / "masks.txt").write_text("i0.png,masks/i0.png,\n")
+    res = evaluate(model, index.test, cfg(), "standard", CPU)
+    assert res.metrics["pxap"] == pytest.approx(1.0) and res.metrics["pixel_f1"] == pytest.approx(1.0)
+    assert res.metrics["pixel_iou"] == pytest.approx(1.0) and res.curve["pxap_precision"][0] == 1.0
+    assert "pxap" not in evaluate(model, index.test, cfg(), "paper", CPU).metrics

@@ -62,6 +62,7 @@ from kdcicam.core.errors import ConfigError
 from kdcicam.data.base import Sample
 from kdcicam.data.cache import FrameStore, test_batches
 from kdcicam.data.dataset import WSOLDataset, collate_wsol
+from kdcicam.data.object_masks import object_masks
 from kdcicam.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -72,6 +73,7 @@ from kdcicam.data.transforms import (
 )
 from kdcicam.evaluation.boxes import box_from_heatmap, check_heatmap, get_policy, iou_matrix
 from kdcicam.evaluation.metrics import MaxBoxAccV2Meter
+from kdcicam.evaluation.pxap import PxAPMeter, gt_mask
 from kdcicam.evaluation.sweep import sweep_components
 from kdcicam.evaluation.wsol_rule import best_pixel_ious, largest_contour_boxes, resize_gt_boxes
 from kdcicam.model.heatmap import class_heatmap, combinational_heatmap, normalize_heatmap, upsample_heatmap
@@ -353,6 +355,8 @@ def evaluate(
     side = cfg.eval.test_crop
     policy = VARIANT_BOX_POLICY[cfg.variant] if protocol == "paper" else "standard"
     wsol_rule = protocol == "standard" and cfg.eval.box_rule == "wsolevaluation"
+    masks = object_masks(samples) if protocol == "standard" else None  # (root, id -> paths) or None
+    pxap = PxAPMeter(cfg.eval.maxbox_thresholds) if masks is not None else None
     maxbox = MaxBoxAccV2Meter(cam_thresholds=cfg.eval.maxbox_thresholds, iou_thresholds=tuple(cfg.eval.maxbox_ious),
                               box_rule="wsolevaluation" if wsol_rule else "continuous")
     wanted = set(gallery_ids or ())
@@ -415,6 +419,8 @@ def evaluate(
                              wsol_rule)
             if len(sweep_gt):
                 maxbox.update(gt_np[i], sweep_gt)
+            if pxap is not None:  # the GT class's map against the object mask, as wsolevaluation's PxAP
+                pxap.update(gt_np[i], gt_mask(masks[0], *masks[1][str(batch["image_id"][i])], (side, side)))
             hit = iou >= cfg.eval.iou_threshold
             records.append({
                 "image_id": str(batch["image_id"][i]),
@@ -442,6 +448,13 @@ def evaluate(
         metrics["maxboxacc_v2"] = box_stats["maxboxacc_v2"] / 100.0
         curve = {f"iou_{t:g}": [a / 100.0 for a in acc]
                  for t, acc in zip(box_stats["iou_thresholds"], box_stats["curve"])}
+    if pxap is not None and pxap.count:
+        try:
+            px = pxap.compute()  # percentages
+        except ValueError:  # no object pixel / nothing predicted: PxAP undefined
+            px = {"pxap": float("nan"), "pixel_f1": float("nan"), "pixel_iou": float("nan"), "pr_curve": {}}
+        metrics.update({k: px[k] / 100.0 for k in ("pxap", "pixel_f1", "pixel_iou")})
+        curve.update({f"pxap_{k}": v for k, v in px["pr_curve"].items()})
     metrics["theta"] = float(theta)
     sweep = None
     if grid is not None:
