@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from kdcicam.evaluation.contours import find_contours
+from kdcicam.evaluation.contours import find_contours, largest_contour_box
 from kdcicam.evaluation.metrics import MaxBoxAccV2Meter, cam_threshold_grid
 
 
@@ -70,6 +70,12 @@ def test_contours_equal_opencvs_on_fuzzed_masks():
         got = find_contours(m)
         assert want == [(int(b[0]), int(b[1]), int(b[2] - b[0]), int(b[3] - b[1]), float(a))
                         for b, a in zip(got.boxes, got.areas)], m.astype(int)
+        largest = largest_contour_box(m)  # the legacy pick, without tracing every contour
+        if contours:
+            x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+            assert largest.tolist() == [x, y, x + w, y + h], m.astype(int)
+        else:
+            assert largest is None
 
 
 def _opencv_best_ious(cv2, cam, thresholds, gt, multi_contour):

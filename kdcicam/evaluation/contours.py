@@ -33,6 +33,7 @@ from scipy import ndimage
 
 _EIGHT = ndimage.generate_binary_structure(2, 2)  # foreground: 8-connected
 _FOUR = ndimage.generate_binary_structure(2, 1)  # background: 4-connected
+_TWICE_AREA = np.array([0, 0, 0, 1, 2], dtype=np.int8)  # by foreground corners of a 2x2 window
 
 
 @dataclass(frozen=True)
@@ -130,3 +131,40 @@ def _opencv_order(alive: np.ndarray, parent: np.ndarray, found: np.ndarray) -> l
         out.append(r)
         stack.extend(sorted(children.get(r, []), key=lambda c: found[c]))
     return out
+
+
+def largest_contour_box(mask: np.ndarray) -> np.ndarray | None:
+    """The bounding rectangle of ``max(contours, key=cv2.contourArea)``, without tracing every contour.
+
+    A contour encloses all of its descendants, and comes before them in OpenCV's order, so the first
+    contour of largest area is always a top-level outer contour: a component of the mask with its
+    holes filled, whose area is its share of the 2x2 windows (1 for four foreground corners, 1/2
+    for three). Ties go to the component found last (OpenCV lists top-level contours that way).
+
+    Args:
+        mask: (H, W) bool foreground.
+
+    Returns:
+        (4,) float64 continuous xyxy box, or None when the mask is empty.
+    """
+    padded = np.pad(np.asarray(mask, dtype=bool), 1)  # (H+2, W+2)
+    bg, _ = ndimage.label(~padded, structure=_FOUR)
+    filled = bg != bg[0, 0]  # the foreground and its holes
+    comp, n = ndimage.label(filled, structure=_EIGHT)
+    if n == 0:
+        return None
+    on = filled.astype(np.int8)
+    count = on[:-1, :-1] + on[:-1, 1:] + on[1:, :-1] + on[1:, 1:]  # (H+1, W+1) foreground corners
+    lab = np.maximum(np.maximum(comp[:-1, :-1], comp[:-1, 1:]), np.maximum(comp[1:, :-1], comp[1:, 1:]))
+    weight = _TWICE_AREA[count]  # (H+1, W+1) twice the window's foreground area: exact integers
+    area = np.bincount(lab.ravel(), weights=weight.ravel(), minlength=n + 1)[1:]  # (n,)
+    best = np.flatnonzero(area == area.max()) + 1  # candidate labels
+    if len(best) > 1:  # the last found: the largest raster index of the first pixel
+        firsts = []
+        for label in best.tolist():
+            rows = np.flatnonzero((comp == label).any(axis=1))
+            top = int(rows[0])
+            firsts.append(top * comp.shape[1] + int(np.argmax(comp[top] == label)))
+        best = best[[int(np.argmax(firsts))]]
+    sy, sx = ndimage.find_objects(comp, max_label=int(best[0]))[-1]  # padded coordinates
+    return np.array([sx.start - 1, sy.start - 1, sx.stop - 1, sy.stop - 1], dtype=np.float64)

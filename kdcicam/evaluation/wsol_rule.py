@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from kdcicam.evaluation.boxes import check_boxes, check_heatmap, iou_matrix
-from kdcicam.evaluation.contours import find_contours
+from kdcicam.evaluation.contours import find_contours, largest_contour_box
 from kdcicam.evaluation.sweep import SweepWorkspace, sweep_components
 
 NO_CONTOUR_BOX = np.zeros((1, 4))  # wsolevaluation's box when nothing is foreground
@@ -98,11 +98,13 @@ def contour_boxes(q: np.ndarray, cutoff: float, largest_only: bool) -> np.ndarra
     Returns:
         (K, 4) float64 integer boxes; :data:`NO_CONTOUR_BOX` when nothing is foreground.
     """
+    if largest_only:
+        box = largest_contour_box(q > cutoff)
+        return NO_CONTOUR_BOX.copy() if box is None else to_wsol_boxes(box, q.shape)
     found = find_contours(q > cutoff)
     if len(found.areas) == 0:
         return NO_CONTOUR_BOX.copy()
-    boxes = found.boxes[[int(np.argmax(found.areas))]] if largest_only else found.boxes
-    return to_wsol_boxes(boxes, q.shape)
+    return to_wsol_boxes(found.boxes, q.shape)
 
 
 def best_iou_largest_contour(q: np.ndarray, cutoffs: np.ndarray, gt: np.ndarray) -> np.ndarray:
