@@ -17,6 +17,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -370,6 +371,19 @@ NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "trai
 # default, so every run stored before they existed keeps its id (and is reused, not retrained).
 IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric", "eval.select_on",
                                          "model.batch_norm", "eval.box_rule")
+
+
+def metric_version_of(config: Mapping[str, Any]) -> int:
+    """The metric version of a stored run config: its ``eval.metric_version``.
+
+    A resolved config always holds an ``eval`` section; one without ``metric_version`` was stored
+    before the key existed: version 1. A partial config without an ``eval`` section says nothing
+    about it: the current version.
+    """
+    section = config.get("eval")
+    if not isinstance(section, Mapping):
+        return METRIC_VERSION
+    return int(section.get("metric_version", 1))
 
 
 def identity_dict(cfg: RunConfig) -> dict[str, Any]:
