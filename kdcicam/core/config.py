@@ -376,14 +376,16 @@ IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric",
 def metric_version_of(config: Mapping[str, Any]) -> int:
     """The metric version of a stored run config: its ``eval.metric_version``.
 
-    A resolved config always holds an ``eval`` section; one without ``metric_version`` was stored
-    before the key existed: version 1. A partial config without an ``eval`` section says nothing
-    about it: the current version.
+    A resolved config stored before the key existed holds every other ``eval`` key (e.g.
+    ``maxbox_ious``) but not this one: version 1. A partial config (hand-written, tests) says
+    nothing about it: the current version.
     """
     section = config.get("eval")
     if not isinstance(section, Mapping):
         return METRIC_VERSION
-    return int(section.get("metric_version", 1))
+    if "metric_version" in section:
+        return int(section["metric_version"])
+    return 1 if "maxbox_ious" in section else METRIC_VERSION
 
 
 def identity_dict(cfg: RunConfig) -> dict[str, Any]:
