@@ -146,11 +146,13 @@ def test_box_accuracy_equals_wsolevaluations_on_fuzzed_224_cams():
     thresholds = cam_threshold_grid(100)
     mine = {m: MaxBoxAccV2Meter(cam_thresholds=100, multi_contour=m) for m in (True, False)}
     theirs = {m: np.zeros((3, 100)) for m in (True, False)}
-    for it in range(300):
+    count = {True: 0, False: 0}
+    for it in range(150):
         cam, gt = _fuzzed_cam(rng, it, 224), _fuzzed_gt(rng, 224)
-        for multi in (True, False):
+        for multi in (True, False) if it % 3 == 0 else (True,):  # the legacy rule on every third
             best = _opencv_best_ious(cv2, cam, thresholds, gt, multi)
             theirs[multi] += best[None, :] >= np.array([0.3, 0.5, 0.7])[:, None]
+            count[multi] += 1
             np.testing.assert_array_equal(mine[multi].update(cam, gt), best)
     for multi in (True, False):
-        assert mine[multi].compute()["curve"] == (theirs[multi] * 100.0 / 300).tolist()
+        assert mine[multi].compute()["curve"] == (theirs[multi] * 100.0 / count[multi]).tolist()
