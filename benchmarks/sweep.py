@@ -7,8 +7,8 @@ The CAMs mimic the model's: a 14x14 map of smoothed noise, upsampled bilinearly 
 ``upsample_heatmap``), min-max normalised to [0, 1], float32. Two comparisons, each checked for
 identical results:
 
-- sweep: :func:`kdcicam.evaluation.boxes.sweep_components` (one reused workspace) vs
-  :func:`kdcicam.evaluation.boxes.sweep_reference` (``scipy.ndimage.label`` + ``find_objects`` per threshold);
+- sweep: :func:`kdcicam.evaluation.sweep.sweep_components` (one reused workspace) vs
+  :func:`kdcicam.evaluation.sweep.sweep_reference` (``scipy.ndimage.label`` + ``find_objects`` per threshold);
 - meter: ``MaxBoxAccV2Meter.update`` with ``fast=True`` vs ``fast=False`` (adds validation and
   the IoU with two GT boxes, shared by both).
 
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from kdcicam.evaluation.boxes import SweepWorkspace, sweep_components, sweep_reference
 from kdcicam.evaluation.metrics import MaxBoxAccV2Meter, cam_threshold_grid
+from kdcicam.evaluation.sweep import SweepWorkspace, sweep_components, sweep_reference
 
 
 def make_cams(n: int, size: int, seed: int) -> np.ndarray:

@@ -10,18 +10,19 @@ from kdcicam.evaluation.boxes import (
     REFERENCE,
     STANDARD,
     BoxPolicy,
-    SweepWorkspace,
     all_component_boxes,
     box_from_heatmap,
     check_boxes,
     check_heatmap,
     foreground_mask,
     iou_matrix,
+)
+from kdcicam.evaluation.sweep import (
+    SweepWorkspace,
     largest_per_level,
     sweep_best_iou,
     sweep_components,
     sweep_reference,
-    to_wsolevaluation_boxes,
 )
 
 # Two blobs on a 4x5 map (rows = y, columns = x):
@@ -93,13 +94,6 @@ def test_iou_accepts_torch_and_rejects_bad_boxes():
         check_boxes(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="finite"):
         check_boxes([0, 0, np.nan, 1])
-
-
-def test_wsolevaluation_box_clips_right_and_bottom_edges():
-    # A component at columns 2..3, rows 1..2 of a 3x4 map: continuous (2, 1, 4, 3); wsolevaluation
-    # clips x1 to W-1 = 3 and y1 to H-1 = 2.
-    np.testing.assert_array_equal(to_wsolevaluation_boxes([2, 1, 4, 3], (3, 4)), [[2, 1, 3, 2]])
-    np.testing.assert_array_equal(to_wsolevaluation_boxes(EMPTY_BOX, (3, 4)), [[0, 0, 0, 0]])
 
 
 # --------------------------------------------------------------------------- heatmap checks
@@ -292,8 +286,6 @@ def test_best_iou_multi_contour_vs_largest():
     sweep = sweep_components(TWO_BLOBS, [0.5])
     assert sweep_best_iou(sweep, [3, 0, 5, 4], multi_contour=True)[0] == 1
     assert sweep_best_iou(sweep, [3, 0, 5, 4], multi_contour=False)[0] == 0
-    # an empty level scores the fallback box: continuous 0; "+1" the pixel (0,0) vs a GT
-    # (0,0,1,1) read inclusively as 2x2 pixels -> 1/4
+    # an empty level scores the fallback box: continuous IoU 0
     empty = sweep_components(np.zeros((3, 3)), [0.5])
     assert sweep_best_iou(empty, [0, 0, 1, 1])[0] == 0
-    assert sweep_best_iou(empty, [0, 0, 1, 1], wsolevaluation=True)[0] == pytest.approx(0.25)

@@ -1,8 +1,8 @@
-"""``kdcicam eval-cams``: saved CAMs of any method scored on a tiny wsolevaluation metadata folder.
+"""``kdcicam eval-cams``: saved CAMs scored from a wsolevaluation split folder alone (no images).
 
-Test split, scored at ``size`` 16:
-- ``a/t0.png``, 40 x 20, GT (10, 5, 30, 15); the 16-frame maps (x, y) -> (0.4 x, 0.8 y): GT (4, 4, 12, 12).
-- ``b/t1.png``, 32 x 32, GT (0, 0, 16, 16) and (16, 16, 32, 32); frame x -> x / 2: (0, 0, 8, 8), (8, 8, 16, 16).
+Test split, scored at ``size`` 16 (``resize_bbox``: x * 16 / W, truncated):
+- ``a/t0.png``, 40 x 20, GT (10, 5, 30, 15) -> (4, 4, 12, 12).
+- ``b/t1.png``, 32 x 32, GT (0, 0, 16, 16) and (16, 16, 32, 32) -> (0, 0, 8, 8) and (8, 8, 16, 16).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from kdcicam.cli.evalcams import register
 from kdcicam.core.errors import ConfigError, DataError
-from kdcicam.data.base import DatasetIndex, Sample
-from kdcicam.data.wsol import export_wsol, load_wsol
-from kdcicam.evaluation.saved_cams import cam_candidates, load_cam, normalize_cam, score_cams
+from kdcicam.data.wsol_split import read_split, split_folder
+from kdcicam.evaluation.cam_files import cam_candidates, load_cam, normalize_cam
+from kdcicam.evaluation.saved_cams import CamProblemsError, score_cams
 
 T0, T1 = "a/t0.png", "b/t1.png"
 
@@ -31,27 +31,23 @@ def block(side: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     return m
 
 
-def _sample(root: Path, image_id: str, label: int, size: tuple[int, int], boxes) -> Sample:
-    path = root / image_id
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (90, 90, 90)).save(path)
-    return Sample(image_id=image_id, path=path, label=label, boxes=tuple(boxes), size=size)
+def write_split(folder: Path, ids, sizes=None, localization=()) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "image_ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    if sizes:
+        (folder / "image_sizes.txt").write_text("".join(f"{i},{w},{h}\n" for i, (w, h) in sizes.items()))
+    (folder / "localization.txt").write_text("".join(f"{line}\n" for line in localization))
+    return folder
 
 
 @pytest.fixture
 def meta(tmp_path) -> Path:
-    """A wsolevaluation metadata folder written by export_wsol (train: one image per class)."""
-    images = tmp_path / "images"
-    train = (_sample(images, "a/r0.png", 0, (8, 8), [(0, 0, 8, 8)]),
-             _sample(images, "b/r1.png", 1, (8, 8), [(0, 0, 8, 8)]))
-    test = (_sample(images, T0, 0, (40, 20), [(10, 5, 30, 15)]),
-            _sample(images, T1, 1, (32, 32), [(0, 0, 16, 16), (16, 16, 32, 32)]))
-    index = DatasetIndex(name="cub", root=tmp_path, classes=("a", "b"), train=train, test=test)
-    export_wsol(index, tmp_path / "meta")
-    return tmp_path / "meta"
+    """metadata/test of the two images; no images, no train split."""
+    return write_split(tmp_path / "metadata" / "test", [T0, T1], {T0: (40, 20), T1: (32, 32)},
+                       [f"{T0},10,5,30,15", f"{T1},0,0,16,16", f"{T1},16,16,32,32"])
 
 
-def save(cam_dir: Path, name: str, cam: np.ndarray) -> Path:
+def save(cam_dir: Path, name: str, cam) -> Path:
     path = cam_dir / name
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, cam)
@@ -59,84 +55,150 @@ def save(cam_dir: Path, name: str, cam: np.ndarray) -> Path:
 
 
 def perfect_cams(cam_dir: Path) -> Path:
-    # t0: an 8x8 CAM, block cols/rows 2-5, saved wsolevaluation-style as <image_id>.npy.
-    # Bilinear 8 -> 16 (source x = i / 2 - 0.25) gives the column profile
-    #   col 3: 0.25, col 4: 0.75, cols 5-10: 1, col 11: 0.75, col 12: 0.25 (rows alike, map = product).
-    save(cam_dir, "a/t0.png.npy", block(8, 2, 2, 6, 6))
-    # t1: a 16x16 CAM exactly on GT box 2, saved with the extension replaced.
-    save(cam_dir, "b/t1.npy", block(16, 8, 8, 16, 16))
+    save(cam_dir, "a/t0.png.npy", block(16, 4, 4, 12, 12))  # wsolevaluation's name: <image_id>.npy
+    save(cam_dir, "b/t1.npy", block(16, 8, 8, 16, 16))  # the extension replaced
     return cam_dir
 
 
 def test_perfect_cams_by_hand(meta, tmp_path):
-    index = load_wsol(meta)
-    scores = score_cams(perfect_cams(tmp_path / "cams"), index.test, thetas=(0.2, 0.5), size=16,
+    scores = score_cams(perfect_cams(tmp_path / "cams"), read_split(meta), thetas=(0.2, 0.5), size=16,
                         cam_thresholds=10)
     r0, r1 = scores.records
-    # t0 at θ = 0.5: > 0.5 keeps cols/rows 4-11 (corner 0.75² = 0.5625) -> frame (4, 4, 12, 12)
-    # -> original (4 / 0.4, 4 / 0.8, 12 / 0.4, 12 / 0.8) = (10, 5, 30, 15): IoU 1.
-    # At θ = 0.2 the 0.25 edges join: (3, 3, 13, 13) -> (7.5, 3.75, 32.5, 16.25):
-    # IoU = (20 x 10) / (25 x 12.5) = 0.64 >= 0.5.
-    assert r0["box"] == [[7.5, 3.75, 32.5, 16.25], [10.0, 5.0, 30.0, 15.0]]
-    assert r0["iou"] == [pytest.approx(0.64), 1.0] and r0["correct_gt_known"] == [True, True]
-    # t1: (8, 8, 16, 16) -> (16, 16, 32, 32): IoU 1 with the *second* GT box.
-    assert r1["box"] == [[16.0, 16.0, 32.0, 32.0]] * 2 and r1["iou"] == [1.0, 1.0]
-    assert scores.gt_known_loc == (1.0, 1.0) and scores.images == 2
-    # MaxBoxAccV2 over t = 0, 0.1, ..., 0.9. t1 is right everywhere. t0: t <= 0.2 -> IoU 0.64;
-    # 0.3 <= t <= 0.7 -> IoU 1; t >= 0.8 -> only the 1-plateau, (5, 5, 11, 11) -> IoU 36/64 = 0.5625.
-    assert scores.curve["iou_0.3"] == [1.0] * 10
-    assert scores.curve["iou_0.5"] == [1.0] * 10
-    assert scores.curve["iou_0.7"] == [0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
-    assert scores.maxboxacc == {"iou_0.3": 1.0, "iou_0.5": 1.0, "iou_0.7": 1.0}
-    assert scores.best_threshold["iou_0.7"] == pytest.approx(0.3) and scores.best_threshold["iou_0.3"] == 0.0
-    assert scores.maxboxacc_v2 == 1.0
+    # t0: one contour, boundingRect (4, 4, 8, 8) -> box (4, 4, 12, 12) = the GT: "+1" IoU 1 at every θ.
+    assert r0["box"] == [[4.0, 4.0, 12.0, 12.0]] * 2 and r0["iou"] == [1.0, 1.0]
+    # t1: the block touches the right/bottom edge: (8, 8, min(16, 15), min(16, 15)) = (8, 8, 15, 15);
+    # against GT 2 (8, 8, 16, 16): 8 x 8 = 64 over 9 x 9 = 81 -> 0.79 (GT 1: no overlap).
+    assert r1["box"] == [[8.0, 8.0, 15.0, 15.0]] * 2 and r1["iou"] == [pytest.approx(64 / 81)] * 2
+    assert scores.gt_known_loc == (1.0, 1.0) and scores.images == 2 and scores.box_rule == "wsolevaluation"
+    # every threshold finds the same boxes: 100 % at IoU .3, .5, .7 everywhere; best θ = the first
+    assert scores.curve["iou_0.7"] == [1.0] * 10 and scores.maxboxacc_v2 == 1.0
+    assert scores.best_threshold == {"iou_0.3": 0.0, "iou_0.5": 0.0, "iou_0.7": 0.0}
     out = json.loads(json.dumps(scores.to_dict(records=True)))
-    assert out["gt_known_loc"] == {"0.2": 1.0, "0.5": 1.0}
-    assert out["top1_cls"] is None and out["top1_loc"] is None and out["records"][1]["image_id"] == T1
+    assert out["gt_known_loc"] == {"0.2": 1.0, "0.5": 1.0} and out["metric_version"] == 2
+    assert out["top1_cls"] is None and out["records"][1]["image_id"] == T1
 
 
-def test_all_zero_cams_give_the_fallback(meta, tmp_path):
+def test_zero_size_box_and_legacy(tmp_path):
+    # GT (10, 5, 10, 5) of a 40 x 20 image -> (4, 4, 4, 4): one pixel under "+1". A CAM of that one
+    # pixel: boundingRect (4, 4, 1, 1) -> box (4, 4, 5, 5), 2 x 2 pixels: IoU 1 / 4.
+    meta = write_split(tmp_path / "test", [T0], {T0: (40, 20)}, [f"{T0},10,5,10,5"])
     cam_dir = tmp_path / "cams"
-    save(cam_dir, "a/t0.npy", np.zeros((7, 5)))
-    save(cam_dir, "b/t1.npy", np.full((4, 4), 2.5))  # constant: min-max makes it all zeros
-    scores = score_cams(cam_dir, load_wsol(meta).test, size=16, cam_thresholds=10)
-    assert [r["box"] for r in scores.records] == [[[0.0, 0.0, 0.0, 0.0]]] * 2
-    assert [r["iou"] for r in scores.records] == [[0.0], [0.0]]
-    assert scores.gt_known_loc == (0.0,) and scores.thetas == (0.2,)
-    assert scores.maxboxacc_v2 == 0.0 and scores.curve["iou_0.3"] == [0.0] * 10
+    save(cam_dir, "a/t0.npy", block(16, 4, 4, 5, 5))
+    scores = score_cams(cam_dir, read_split(meta), size=16, cam_thresholds=4, legacy=True)
+    assert scores.records[0]["iou"] == [0.25] and scores.maxboxacc["iou_0.3"] == 0.0
+    assert scores.legacy_maxboxacc == {"iou_0.3": 0.0, "iou_0.5": 0.0, "iou_0.7": 0.0}
+    assert score_cams(cam_dir, read_split(meta), size=16, iou_levels=(0.25,)).maxboxacc == {"iou_0.25": 1.0}
+
+
+def test_cams_of_another_size_or_range_are_adjusted_and_counted(meta, tmp_path):
+    cam_dir = tmp_path / "cams"
+    save(cam_dir, "a/t0.npy", block(8, 2, 2, 6, 6))  # 8 x 8: resized to 16 x 16 and min-max normalised
+    save(cam_dir, "b/t1.npy", 3 * block(16, 8, 8, 16, 16))  # values up to 3: min-max normalised
+    scores = score_cams(cam_dir, read_split(meta), size=16, cam_thresholds=10)
+    assert scores.adjusted == {"resized": 1, "normalised": 1}
+    assert scores.records[1]["box"] == [[8.0, 8.0, 15.0, 15.0]]
+
+
+def test_every_missing_or_malformed_cam_is_one_line(meta, tmp_path):
+    cam_dir = tmp_path / "cams"
+    nan = block(16, 0, 0, 4, 4)
+    nan[3, 5] = np.nan
+    save(cam_dir, "a/t0.npy", nan)
+    with pytest.raises(CamProblemsError) as caught:
+        score_cams(cam_dir, read_split(meta), size=16)
+    lines = caught.value.lines
+    assert len(lines) == 2 and "2 of 2 images" in str(caught.value)
+    assert "b/t1.png: no CAM" in lines[0] and "NaN at row 3, column 5" in lines[1]
 
 
 def test_cam_files_named_both_ways_and_validated(tmp_path):
     assert cam_candidates(tmp_path, "a/x.jpg") == (tmp_path / "a/x.jpg.npy", tmp_path / "a/x.npy")
     assert cam_candidates(tmp_path, "noext") == (tmp_path / "noext.npy",)
-    bad_ndim = save(tmp_path, "c.npy", np.zeros((1, 4, 4)))
     with pytest.raises(DataError, match=r"c\.npy: unusable CAM: .*2-D.*\(1, 4, 4\)"):
-        load_cam(bad_ndim)
+        load_cam(save(tmp_path, "c.npy", np.zeros((1, 4, 4))))
+    with pytest.raises(DataError, match=r"p\.npy: not a plain \.npy array: a pickled object"):
+        load_cam(save(tmp_path, "p.npy", np.array([{"a": 1}], dtype=object)))
+    with pytest.raises(DataError, match="real numeric dtype"):
+        load_cam(save(tmp_path, "b.npy", np.ones((3, 3), dtype=bool)))
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
-    with pytest.raises(DataError, match=r"junk\.npy: not a readable \.npy array"):
+    with pytest.raises(DataError, match=r"junk\.npy: not a plain \.npy array"):
         load_cam(tmp_path / "junk.npy")
     assert load_cam(save(tmp_path, "ok.npy", np.eye(3, dtype=np.float16))).dtype == np.float64
     # bilinear, align_corners=False: [[0, 1]] 1x2 -> 1x4 is 0, 0.25, 0.75, 1 (then min-max)
     assert normalize_cam(np.array([[0.0, 2.0], [0.0, 2.0]]), 4)[0].tolist() == [0.0, 0.25, 0.75, 1.0]
 
 
-def test_both_candidate_files_is_an_error(meta, tmp_path):
+def test_both_candidate_files_is_a_problem_line(meta, tmp_path):
     cam_dir = perfect_cams(tmp_path / "cams")
     save(cam_dir, "a/t0.npy", np.zeros((4, 4)))
-    with pytest.raises(DataError, match="two CAM files"):
-        score_cams(cam_dir, load_wsol(meta).test, size=16)
+    with pytest.raises(CamProblemsError) as caught:
+        score_cams(cam_dir, read_split(meta), size=16)
+    assert "two CAM files" in caught.value.lines[0]
 
 
 def test_bad_settings(meta, tmp_path):
-    test = load_wsol(meta).test
+    split = read_split(meta)
     with pytest.raises(ConfigError, match="theta = 1.5"):
-        score_cams(tmp_path, test, thetas=(1.5,))
+        score_cams(tmp_path, split, thetas=(1.5,))
     with pytest.raises(ConfigError, match="size = 0"):
-        score_cams(tmp_path, test, size=0)
-    with pytest.raises(ConfigError, match="cam_thresholds = 0"):
-        score_cams(tmp_path, test, cam_thresholds=0)
+        score_cams(tmp_path, split, size=0)
+    with pytest.raises(ConfigError, match="box_rule"):
+        score_cams(tmp_path, split, box_rule="opencv")
     with pytest.raises(DataError, match="no such folder"):
-        score_cams(tmp_path / "none", test)
+        score_cams(tmp_path / "none", split)
+
+
+def test_split_folder_from_root_and_split(meta):
+    root = meta.parent
+    assert split_folder(meta, None) == meta and split_folder(root, "test") == meta
+    with pytest.raises(DataError, match="--split"):
+        split_folder(root, None)
+    with pytest.raises(DataError, match="val: no image_ids.txt"):
+        split_folder(root, "val")
+
+
+def test_bad_metadata_lines_name_file_and_line(tmp_path):
+    write_split(tmp_path / "a", [T0], {T0: (40, 20)}, [f"{T0},10,5,x,15"])
+    with pytest.raises(DataError, match=r"localization\.txt:1: 'x' is not a number"):
+        read_split(tmp_path / "a")
+    write_split(tmp_path / "b", [T0], {T0: (40, 20)}, [f"{T0},10,5,3,15"])
+    with pytest.raises(DataError, match=r"localization\.txt:1: .* x1 < x0"):
+        read_split(tmp_path / "b")
+
+
+# --------------------------------------------------------------------------- PxAP
+
+def _mask(path: Path, array: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8) * 255).save(path)
+    return path.name
+
+
+def test_pxap_by_hand_with_an_ignore_region(tmp_path):
+    # A 4 x 4 frame; the object = the top-left 2 x 2 (4 pixels, from an 8 x 8 mask: nearest takes
+    # every second pixel); the ignore box = the right column. CAM: 1 on the object, on (3, 0) (in the
+    # ignore region: not counted) and on (0, 3) (background); 0 elsewhere.
+    # At the edge 1: TP 4, FP 1 -> precision 0.8, recall 1; lower edges add background only, recall
+    # no longer grows: PxAP = 0.8 x 1 = 80. Best pixel F1 = 2·4 / (2·4 + 1) = 88.9, IoU 4 / 5 = 80.
+    obj = np.zeros((8, 8), bool)
+    obj[:4, :4] = True
+    ignore = np.zeros((8, 8), bool)
+    ignore[:, 6:] = True
+    masks = tmp_path / "masks"
+    _mask(masks / "m0.png", obj)
+    _mask(masks / "i0.png", ignore)
+    meta = write_split(tmp_path / "test", ["x.jpg"], localization=["x.jpg,m0.png,i0.png"])
+    cam = np.zeros((4, 4))
+    cam[:2, :2] = cam[0, 3] = cam[3, 0] = 1.0
+    save(tmp_path / "cams", "x.jpg.npy", cam)
+    scores = score_cams(tmp_path / "cams", read_split(meta), size=4, cam_thresholds=10, mask_root=masks)
+    assert scores.pxap["pxap"] == pytest.approx(80.0)
+    assert scores.pxap["pixel_f1"] == pytest.approx(800 / 9) and scores.pxap["pixel_iou"] == pytest.approx(80.0)
+    assert scores.pxap["pixel_f1_threshold"] == 1.0 and scores.maxboxacc_v2 is None
+    # the ignored pixel counts as background without the ignore mask: FP 2 -> PxAP 4 / 6
+    meta = write_split(tmp_path / "test2", ["x.jpg"], localization=["x.jpg,m0.png,"])
+    scores = score_cams(tmp_path / "cams", read_split(meta), size=4, cam_thresholds=10, mask_root=masks)
+    assert scores.pxap["pxap"] == pytest.approx(400 / 6)
 
 
 # --------------------------------------------------------------------------- the command
@@ -159,39 +221,28 @@ def invoke(app, *args: str):
 
 def test_command_json_and_table(app, meta, tmp_path):
     cam_dir = perfect_cams(tmp_path / "cams")
-    result = invoke(app, cam_dir, "--metadata", meta, "--size", 16, "--theta", 0.2, "--theta", 0.5, "--json")
+    result = invoke(app, cam_dir, "--metadata", meta.parent, "--split", "test", "--size", 16, "--theta", 0.2,
+                    "--theta", 0.5, "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["images"] == 2 and out["gt_known_loc"] == {"0.2": 1.0, "0.5": 1.0}
-    assert out["maxboxacc_v2"] == 1.0 and out["top5_loc"] is None
-    assert out["not_available"]["metrics"] == ["top1_cls", "top5_cls", "top1_loc", "top5_loc"]
-    table = invoke(app, cam_dir, "--metadata", meta, "--size", 16)
+    assert out["maxboxacc_v2"] == 1.0 and out["top5_loc"] is None and out["box_rule"] == "wsolevaluation"
+    table = invoke(app, cam_dir, "--metadata", meta, "--size", 16, "--box-rule", "continuous")
     assert table.exit_code == 0, table.output
-    assert "GT-known Loc (θ = 0.2)" in table.output and "100.00" in table.output and "n/a" in table.output
+    assert "NOT wsolevaluation's numbers" in table.output and "GT-known Loc (θ = 0.2" in table.output
 
 
-def test_command_nan_cam_is_one_line_exit_2(app, meta, tmp_path):
-    cam_dir = perfect_cams(tmp_path / "cams")
-    cam = block(16, 8, 8, 16, 16)
-    cam[3, 5] = np.nan
-    save(cam_dir, "b/t1.npy", cam)
-    result = invoke(app, cam_dir, "--metadata", meta, "--size", 16)
-    assert result.exit_code == 2
-    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
-    assert "b/t1.npy: unusable CAM" in result.output and "NaN at row 3, column 5" in result.output
-
-
-def test_command_missing_cam_is_one_line_exit_2(app, meta, tmp_path):
+def test_command_problems_one_line_each_then_exit_2(app, meta, tmp_path):
     cam_dir = tmp_path / "cams"
-    save(cam_dir, "b/t1.npy", block(16, 8, 8, 16, 16))
-    result = invoke(app, cam_dir, "--metadata", meta)
-    assert result.exit_code == 2 and result.output.count("\n") == 1
-    assert "no CAM for test image 'a/t0.png'" in result.output
-    assert "1 of 2 test images have no CAM" in result.output
+    save(cam_dir, "b/t1.npy", np.array([{"x": 1}], dtype=object))
+    result = invoke(app, cam_dir, "--metadata", meta, "--size", 16)
+    assert result.exit_code == 2 and result.output.count("\n") == 3
+    assert "a/t0.png: no CAM" in result.output and "pickled object" in result.output
+    assert result.output.splitlines()[-1].startswith("error: 2 of 2 images cannot be scored")
 
 
 def test_command_bad_metadata_and_theta_are_one_line(app, meta, tmp_path):
     result = invoke(app, tmp_path, "--metadata", tmp_path / "nowhere")
-    assert result.exit_code == 2 and result.output.count("\n") == 1 and "no such folder" in result.output
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "no image_ids.txt" in result.output
     result = invoke(app, perfect_cams(tmp_path / "cams"), "--metadata", meta, "--theta", -0.1)
     assert result.exit_code == 2 and "theta = -0.1: must be in [0, 1]" in result.output

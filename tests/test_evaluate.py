@@ -38,9 +38,9 @@ RANKED = [0, 1, 2, 3, 4, 5]  # class 0 best ... class 5 last
 CPU = torch.device("cpu")
 
 
-def cfg(variant: str = "reference", theta: float = 0.5) -> RunConfig:
+def cfg(variant: str = "reference", theta: float = 0.5, box_rule: str = "wsolevaluation") -> RunConfig:
     return RunConfig(variant=variant, eval=EvalConfig(theta=theta, test_resize=24, test_crop=C,
-                                                       maxbox_thresholds=10)).validate()
+                                                       maxbox_thresholds=10, box_rule=box_rule)).validate()
 
 
 def block(x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
@@ -102,9 +102,10 @@ class Bench:
         self.table[key] = entry(ranking, maps)
         return image_id
 
-    def run(self, protocol: str, variant: str = "reference", theta: float = 0.5, **kwargs):
+    def run(self, protocol: str, variant: str = "reference", theta: float = 0.5, box_rule: str = "wsolevaluation",
+            **kwargs):
         model = TableModel(self.table)
-        result = evaluate(model, self.samples, cfg(variant, theta), protocol, CPU, batch_size=2, **kwargs)
+        result = evaluate(model, self.samples, cfg(variant, theta, box_rule), protocol, CPU, batch_size=2, **kwargs)
         assert model.seen_sizes == {(C, C)}
         return result
 
@@ -206,13 +207,23 @@ def test_paper_iou_uses_the_authors_plus_one_convention(bench):
     assert rec["iou"] == pytest.approx(9 / 16) and rec["correct_top1_loc"] and rec["correct_gt_known"]
 
 
-def test_standard_iou_is_continuous(bench):
-    # The same picture under the standard protocol, on a 32 x 32 image (x -> x / 2): GT (0, 0, 6, 6)
-    # -> (0, 0, 3, 3) in the 16-frame; block (0, 0, 2, 2) -> back to (0, 0, 4, 4) in the image.
-    # Continuous IoU 16 / 36 = 0.444 < 0.5: incorrect (the "+1" reading would give 25 / 49 = 0.51).
+def test_standard_wsolevaluation_rule_scores_in_the_frame_with_plus_one_iou(bench):
+    # 32 x 32 image, 16-frame: GT (0, 0, 6, 6) -> resize_bbox (0, 0, 3, 3). The block of pixels 0..1
+    # is one contour, boundingRect (0, 0, w=2, h=2) -> box (0, 0, 2, 2). "+1" IoU: inter 3 x 3 = 9,
+    # areas 9 and 4 x 4 = 16 -> 9 / 16 = 0.5625 >= 0.5: correct (wsolevaluation's reading).
     bench.add(0, [(0.0, 0.0, 6.0, 6.0)], RANKED, {0: block(0, 0, 2, 2), **heat_is(block(0, 0, 2, 2))},
               size=(32, 32))
     (rec,) = bench.run("standard").records
+    assert rec["box"] == [0.0, 0.0, 4.0, 4.0]  # (0, 0, 2, 2) mapped back to the image, for display
+    assert rec["iou"] == pytest.approx(9 / 16) and rec["correct_top1_loc"] and rec["correct_gt_known"]
+
+
+def test_standard_continuous_rule_iou_is_continuous(bench):
+    # The same picture under the continuous box rule: block (0, 0, 2, 2) -> back to (0, 0, 4, 4) in
+    # the image. Continuous IoU 16 / 36 = 0.444 < 0.5: incorrect.
+    bench.add(0, [(0.0, 0.0, 6.0, 6.0)], RANKED, {0: block(0, 0, 2, 2), **heat_is(block(0, 0, 2, 2))},
+              size=(32, 32))
+    (rec,) = bench.run("standard", box_rule="continuous").records
     assert rec["box"] == [0.0, 0.0, 4.0, 4.0]
     assert rec["iou"] == pytest.approx(16 / 36) and not rec["correct_top1_loc"] and not rec["correct_gt_known"]
 
@@ -288,7 +299,7 @@ def test_standard_box_back_in_original_coordinates_on_a_non_square_image(bench):
     bench.add(0, [(12.0, 2.0, 36.0, 26.0)], RANKED, {0: b, **heat_is(b)}, size=(64, 32))
     # Second image: GT (12, 2, 36, 14) is the top half of the box: IoU 288 / 576 = 0.5 exactly -> correct (>=).
     bench.add(0, [(12.0, 2.0, 36.0, 14.0)], RANKED, {0: b, **heat_is(b)}, size=(64, 32))
-    res = bench.run("standard")
+    res = bench.run("standard", box_rule="continuous")
     assert [r["box"] for r in res.records] == [[12.0, 2.0, 36.0, 26.0]] * 2
     assert [r["iou"] for r in res.records] == [1.0, 0.5]
     assert res.metrics["top1_loc"] == 1.0 and res.metrics["gt_known_loc"] == 1.0
@@ -299,11 +310,16 @@ def test_standard_matches_every_gt_box(bench):
     # right and top edges -> original (32, 0, 64, 32): IoU 1 with GT 2 only.
     b = block(8, 0, 16, 16)
     bench.add(0, [(0.0, 0.0, 8.0, 8.0), (32.0, 0.0, 64.0, 32.0)], RANKED, {0: b, **heat_is(b)}, size=(64, 32))
-    res = bench.run("standard")
+    res = bench.run("standard", box_rule="continuous")
     (rec,) = res.records
     assert rec["box"] == [32.0, 0.0, 64.0, 32.0] and rec["iou"] == 1.0
     assert rec["correct_top1_loc"] and rec["correct_gt_known"]
     assert res.metrics["maxboxacc_v2"] == 1.0  # GT boxes in the 16-frame: (0, 0, 2, 4) and (8, 0, 16, 16)
+    # wsolevaluation's rule: GT 2 -> resize_bbox (8, 0, 16, 16); the block's contour box is
+    # (8, 0, min(16, 15), min(16, 15)) = (8, 0, 15, 15). "+1" areas 8 x 16 = 128 and 9 x 17 = 153,
+    # overlap 128: IoU 128 / 153 = 0.84.
+    (rec,) = bench.run("standard").records
+    assert rec["iou"] == pytest.approx(128 / 153) and rec["correct_gt_known"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -433,3 +449,34 @@ def test_decoded_frames_evaluate_exactly_as_the_per_image_path(bench, protocol):
         assert got.records == plain.records and got.metrics == plain.metrics and got.curve == plain.curve
         assert np.array_equal(got.sweep.ious, plain.sweep.ious) and np.array_equal(got.sweep.boxes, plain.sweep.boxes)
         assert all(np.array_equal(np.asarray(got.gallery[k]), np.asarray(plain.gallery[k])) for k in plain.gallery)
+
+
+def test_standard_protocol_scores_pxap_when_the_dataset_has_masks(tmp_path):
+    # The CUB layout of the test above plus masks.txt (wsolevaluation's OpenImages columns). The
+    # test image's object mask covers original pixels 12..47 of 48; OpenCV's nearest resize to 16
+    # reads original pixel 3i for frame pixel i: frame 4..15 = the GT class's map block(4, 4, 16, 16).
+    # Every object pixel scores 1, every background pixel 0: PxAP 100, pixel F1 and IoU 100 at θ = 1.
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": [], "bounding_boxes.txt": []}
+    for i in range(N + 1):
+        Image.new("RGB", (48, 48), (10 * i + 5, 100, 100)).save(images / f"i{i}.png")
+        lines["images.txt"].append(f"{i + 1} i{i}.png")
+        lines["image_class_labels.txt"].append(f"{i + 1} {max(i, 1)}")
+        lines["train_test_split.txt"].append(f"{i + 1} {int(i > 0)}")
+        lines["bounding_boxes.txt"].append(f"{i + 1} 12 12 36 36")
+    for name, rows in lines.items():
+        (tmp_path / name).write_text("\n".join(rows) + "\n")
+    (tmp_path / "classes.txt").write_text("".join(f"{k} c{k}\n" for k in range(1, N + 1)))
+    index = load_cub(tmp_path)
+    model = TableModel({0: entry(RANKED, {0: block(4, 4, 16, 16), **heat_is(block(4, 4, 16, 16))})})
+    assert "pxap" not in evaluate(model, index.test, cfg(), "standard", CPU).metrics  # no masks.txt
+    mask = np.zeros((48, 48), dtype=np.uint8)
+    mask[12:, 12:] = 255
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "masks" / "i0.png")
+    (tmp_path / "masks.txt").write_text("i0.png,masks/i0.png,\n")
+    res = evaluate(model, index.test, cfg(), "standard", CPU)
+    assert res.metrics["pxap"] == pytest.approx(1.0) and res.metrics["pixel_f1"] == pytest.approx(1.0)
+    assert res.metrics["pixel_iou"] == pytest.approx(1.0) and res.curve["pxap_precision"][0] == 1.0
+    assert "pxap" not in evaluate(model, index.test, cfg(), "paper", CPU).metrics

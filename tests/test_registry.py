@@ -186,3 +186,24 @@ def test_extended_variant_and_role_overrides_merge_key_by_key(reg_dir):
 
     assert [halve_every("medium", r) for r in ("student", "cls_teacher", "loc_teacher")] == [3, 2, 5]
     assert [halve_every("quick", r) for r in ("student", "cls_teacher", "loc_teacher")] == [3, 2, 3]  # nothing leaks back
+
+
+def test_metric_version_is_always_identity_and_old_configs_read_as_version_1():
+    from kdcicam.core.config import METRIC_VERSION, RunConfig, identity_dict, metric_version_of, to_dict
+
+    # in the hashed dict at its default too: every run id differs from those of version-1 runs
+    assert identity_dict(RunConfig())["eval"]["metric_version"] == METRIC_VERSION == 2
+    stored_before = to_dict(RunConfig())
+    stored_before["eval"].pop("metric_version")  # a resolved config written before the key existed
+    assert metric_version_of(to_dict(RunConfig())) == 2 and metric_version_of(stored_before) == 1
+    assert metric_version_of({"eval": {"theta": 0.2}}) == 2  # a partial config: the current version
+    assert "box_rule" not in identity_dict(RunConfig())["eval"]  # identity only when set
+
+
+def test_runs_of_another_metric_version_form_their_own_scope():
+    from kdcicam.analysis.results import ScopeKey
+
+    new, old = ScopeKey("synthetic", "vgg16", "quick", "reference"), ScopeKey("synthetic", "vgg16", "quick",
+                                                                              "reference", metric_version=1)
+    assert new != old and "metric version 1" in old.title and "metric version" not in new.title
+    assert old.slug.endswith("metrics-v1") and new.sort_key() != old.sort_key()

@@ -52,8 +52,24 @@ def small(tmp_path_factory) -> Path:
 
 # --------------------------------------------------------------------------- layout
 
+
+def test_object_masks_in_wsolevaluation_layout_match_the_boxes(small):
+    from kdcicam.data.cub import load_cub
+    from kdcicam.data.object_masks import object_masks
+
+    index = load_cub(small)
+    root, masks = object_masks(index.test)
+    assert root == small and set(masks) == {s.image_id for s in index.test}
+    for sample in index.test:
+        (mask,), ignore = masks[sample.image_id]
+        assert ignore == "" and mask == f"masks/{sample.image_id[:-4]}.png"
+        on = np.asarray(Image.open(root / mask)) > 127  # (H, W) the object
+        ys, xs = np.nonzero(on)
+        x0, y0, x1, y1 = sample.boxes[0]  # the GT box is tight around the object mask
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+
 def test_layout_files_parse_and_agree(small):
-    assert sorted(p.name for p in small.iterdir()) == sorted((*LAYOUT_FILES, "images"))
+    assert sorted(p.name for p in small.iterdir()) == sorted((*LAYOUT_FILES, "images", "masks"))
     classes = _rows(small / "classes.txt")
     assert [int(r[0]) for r in classes] == [1, 2, 3]
     dirs = {int(r[0]): r[1] for r in classes}

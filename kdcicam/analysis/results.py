@@ -20,8 +20,10 @@ import pandas as pd
 
 from kdcicam.core.config import (
     IDENTITY_IF_SET_KEYS,
+    METRIC_VERSION,
     NON_IDENTITY_KEYS,
     RunConfig,
+    metric_version_of,
     to_dict,
 )
 from kdcicam.evaluation.selection import (
@@ -68,6 +70,7 @@ class ScopeKey:
     variant: str
     fingerprint: str | None = None
     select_on: str = "val"  # eval.select_on: "test" runs picked checkpoints on the test split
+    metric_version: int = METRIC_VERSION  # eval.metric_version: runs of another metric definition apart
 
     @property
     def paper_scope(self) -> str:
@@ -89,8 +92,9 @@ class ScopeKey:
     def title(self) -> str:
         fp = f" (data {self.fingerprint[:10]})" if self.fingerprint else ""
         selected = "" if self.select_on == "val" else f" / checkpoints selected on {self.select_on.upper()}"
+        version = "" if self.metric_version == METRIC_VERSION else f" / metric version {self.metric_version}"
         return (f"{self.dataset}{fp} / {self.backbone} / profile {self.profile} / "
-                f"variant {self.variant}{selected}")
+                f"variant {self.variant}{selected}{version}")
 
     @property
     def slug(self) -> str:
@@ -100,17 +104,21 @@ class ScopeKey:
             parts.append(self.fingerprint[:10])
         if self.select_on != "val":
             parts.append(f"selected-on-{self.select_on}")
+        if self.metric_version != METRIC_VERSION:
+            parts.append(f"metrics-v{self.metric_version}")
         return re.sub(r"[^A-Za-z0-9]+", "-", "-".join(parts)).strip("-").lower()
 
     def sort_key(self) -> tuple[str, ...]:
-        return (self.dataset, self.backbone, self.profile, self.variant, self.fingerprint or "", self.select_on)
+        return (self.dataset, self.backbone, self.profile, self.variant, self.fingerprint or "", self.select_on,
+                str(self.metric_version))
 
 
 def scope_of(run: RunInfo) -> ScopeKey:
     """The scope a run belongs to (backbone from its resolved config)."""
     backbone = str(run.config.get("model", {}).get("backbone", "?"))
     return ScopeKey(dataset=run.dataset, backbone=backbone, profile=run.profile, variant=run.variant,
-                    fingerprint=run.dataset_fingerprint, select_on=select_on_of(run.config))
+                    fingerprint=run.dataset_fingerprint, select_on=select_on_of(run.config),
+                    metric_version=metric_version_of(run.config))
 
 
 def ablate_command(table: str, scope: ScopeKey, n_seeds: int = 1) -> str:

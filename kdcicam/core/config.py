@@ -17,6 +17,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -30,11 +31,16 @@ Protocol = Literal["paper", "standard"]
 Selection = Literal["top1_loc", "gt_known_loc", "top1_cls", "last"]
 SelectOn = Literal["val", "test"]
 ThetaMetric = Literal["gt_known_loc", "top1_loc"]
+BoxRule = Literal["wsolevaluation", "continuous"]  # the standard protocol's box rule (evaluation/metrics.py)
 
 VARIANTS: tuple[str, ...] = get_args(Variant)
 BACKBONES: tuple[str, ...] = get_args(Backbone)
 ROLES: tuple[str, ...] = get_args(Role)
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+BOX_RULES: tuple[str, ...] = get_args(BoxRule)
+# Version of the standard protocol's box metrics: 1 = continuous IoU, largest 8-connected component
+# (runs stored before eval.metric_version existed); 2 = wsolevaluation's contours and "+1" IoU.
+METRIC_VERSION = 2
 SELECTIONS: tuple[str, ...] = get_args(Selection)
 SELECT_ON: tuple[str, ...] = get_args(SelectOn)
 # θ candidates of the "val" and "oracle" threshold policies: 0.00, 0.05, ..., 0.95
@@ -186,6 +192,8 @@ class EvalConfig:
     select_on: SelectOn = "val"  # split whose per-epoch metrics pick best_* checkpoints ("test": the authors')
     audit_epochs: bool = False  # also score the test split every epoch, for the report's audit only
     resize_grid: tuple[int, ...] = ()  # paper protocol: test resizes S to audit (S chosen on val vs on test)
+    box_rule: BoxRule = "wsolevaluation"  # standard protocol: wsolevaluation's boxes, or "continuous"
+    metric_version: int = METRIC_VERSION  # which definition produced the stored metrics (always identity)
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,8 @@ class RunConfig:
         _check(0.0 <= self.eval.theta <= 1.0, "eval.theta", self.eval.theta, "must be in [0, 1]")
         _check(0.0 < self.eval.iou_threshold <= 1.0, "eval.iou_threshold", self.eval.iou_threshold,
                "must be in (0, 1]")
+        _check(self.eval.metric_version == METRIC_VERSION, "eval.metric_version", self.eval.metric_version,
+               f"must be {METRIC_VERSION} (the only definition this version computes)")
         for i, size in enumerate(self.eval.resize_grid):
             _check(size >= self.eval.test_crop, f"eval.resize_grid[{i}]", size,
                    f"must be >= eval.test_crop ({self.eval.test_crop}): give larger sizes, or "
@@ -386,7 +396,23 @@ NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "trai
 IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric", "eval.select_on",
                                          "model.batch_norm", "data.random_resized_crop_scale",
                                          "train.decay_rate", "train.late_drop_epoch", "model.heatmap_function",
-                                         "data.epsilon_augment", "data.loc_crop_scale", "data.randaugment_loc")
+                                         "data.epsilon_augment", "data.loc_crop_scale", "data.randaugment_loc",
+                                         "eval.box_rule")
+
+
+def metric_version_of(config: Mapping[str, Any]) -> int:
+    """The metric version of a stored run config: its ``eval.metric_version``.
+
+    A resolved config stored before the key existed holds every other ``eval`` key (e.g.
+    ``maxbox_ious``) but not this one: version 1. A partial config (hand-written, tests) says
+    nothing about it: the current version.
+    """
+    section = config.get("eval")
+    if not isinstance(section, Mapping):
+        return METRIC_VERSION
+    if "metric_version" in section:
+        return int(section["metric_version"])
+    return 1 if "maxbox_ious" in section else METRIC_VERSION
 
 
 def identity_dict(cfg: RunConfig) -> dict[str, Any]:

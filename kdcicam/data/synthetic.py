@@ -38,12 +38,12 @@ from kdcicam.core.config import SynthConfig, to_dict
 from kdcicam.core.errors import DataError
 from kdcicam.data.base import Box
 
-GENERATOR_VERSION = "1.0"  # bump whenever the bytes written for a given config change
+GENERATOR_VERSION = "1.1"  # bump whenever the bytes written for a given config change (1.1: masks)
 
 PART_SHAPES: tuple[str, ...] = ("disk", "square", "diamond")  # class c's part shape: c % 3
 LAYOUT_FILES: tuple[str, ...] = (
     "images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt",
-    "classes.txt", "generator.json", "latents.csv",
+    "classes.txt", "generator.json", "latents.csv", "masks.txt",
 )
 
 # Fixed appearance constants. They define what the benchmark looks like; none is a knob, and none
@@ -453,7 +453,7 @@ def _write_all(root: Path, cfg: SynthConfig) -> tuple[int, int]:
     dirs = class_dirs(cfg.classes)
     styles = class_styles(cfg.classes)
     digits = max(4, len(str(cfg.per_class)))
-    images, labels, split, boxes, latent_rows = [], [], [], [], []
+    images, labels, split, boxes, latent_rows, masks = [], [], [], [], [], []
     for label in range(cfg.classes):
         (root / "images" / dirs[label]).mkdir(parents=True)
         for index in range(cfg.per_class):
@@ -462,6 +462,10 @@ def _write_all(root: Path, cfg: SynthConfig) -> tuple[int, int]:
             lat = sample_latents(cfg, label, index)
             rendering = render(cfg, lat)
             (root / "images" / rel).write_bytes(encode_jpeg(rendering.pixels, cfg.jpeg_quality))
+            mask_rel = f"masks/{rel[:-len('.jpg')]}.png"  # the object mask, wsolevaluation's PNG layout
+            (root / mask_rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rendering.object.astype(np.uint8) * 255).save(root / mask_rel)
+            masks.append(f"{rel},{mask_rel},")
             box = mask_box(rendering.object)
             images.append(f"{image_id} {rel}")
             labels.append(f"{image_id} {label + 1}")
@@ -476,6 +480,7 @@ def _write_all(root: Path, cfg: SynthConfig) -> tuple[int, int]:
     _write_lines(root / "bounding_boxes.txt", boxes)
     _write_lines(root / "classes.txt", [f"{c + 1} {d}" for c, d in enumerate(dirs)])
     _write_lines(root / "latents.csv", [",".join(_LATENT_COLUMNS)] + latent_rows)
+    _write_lines(root / "masks.txt", masks)  # <image_id>,<mask>,<ignore> (data/object_masks.py)
     n_train, n_test = split_sizes(cfg)
     meta = _generator_meta(cfg, dirs, n_train, n_test)
     (root / "generator.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

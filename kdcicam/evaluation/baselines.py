@@ -23,10 +23,10 @@ from PIL import Image
 from kdcicam.core.config import RunConfig
 from kdcicam.data.base import Sample
 from kdcicam.evaluation.boxes import iou_matrix
+from kdcicam.evaluation.evaluator import PROTOCOL_PIXEL_INCLUSIVE as PIXEL_INCLUSIVE
 from kdcicam.evaluation.evaluator import protocol_transform
 
 CENTRED_SIZES: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(2, 21))  # 0.10 .. 1.00
-PIXEL_INCLUSIVE = {"paper": True, "standard": False}
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,15 @@ on this harness's continuous boxes — it reproduces their numbers, and it rates
 pixel larger than it is, which helps small boxes); Top-5 Loc uses the same class-independent box
 for all five classes; "GT-known" is that same box counted without the class check.
 
-``standard`` — the CAM / wsolevaluation protocol: the whole image resized to C x C (no crop); the
-box mapped back to original image coordinates and matched against *every* GT box; boxes from a
-min-max normalised map with the standard rule (threshold, largest 8-connected component); IoU of
-continuous boxes (pixel exact: equal to the "+1" IoU of inclusive pixel indices); GT-known from the
-ground-truth class's own map (the enhanced branch's CAM of the label).
+``standard`` — the CAM / wsolevaluation protocol: the whole image resized to C x C (no crop), the
+map min-max normalised, every GT box counted. Its box rule is ``eval.box_rule``:
+``"wsolevaluation"`` (default) scores exactly as wsolevaluation does
+(:mod:`kdcicam.evaluation.wsol_rule`): GT boxes resized to C x C and truncated (``resize_bbox``), the
+box at θ from the largest OpenCV contour of the uint8-quantised map, the "+1" pixel IoU, all in the
+C x C frame (the record's "box" is that box mapped back to the original image, for display);
+``"continuous"`` is this harness's cleaner reading (threshold, largest 8-connected component,
+continuous IoU in original image coordinates). GT-known Loc uses the ground-truth class's own map
+(the enhanced branch's CAM of the label).
 
 Degenerate cases, in both protocols:
 
@@ -28,10 +32,10 @@ Degenerate cases, in both protocols:
   matched: IoU 0 with it. The image still counts in every denominator.
 
 MaxBoxAccV2 (Choe et al., CVPR 2020) sweeps the CAM threshold on a min-max normalised map at the
-network's input size, with continuous IoU against the GT boxes in that frame: under ``standard``
-the GT class's map and every GT box (as wsolevaluation, which resizes boxes to 224 x 224); under
-``paper`` the combinational heatmap and every GT box in the crop (MaxBoxAccV2 is not part of
-the authors' protocol; it is reported under both for comparison).
+network's input size: under ``standard`` the GT class's map against every GT box in that frame, with
+the protocol's box rule (every contour's box competes); under ``paper`` the combinational heatmap and
+the first GT box in the crop, continuous rule (MaxBoxAccV2 is not part of the authors' protocol; it
+is reported under both for comparison).
 
 Every image yields a record (true class, top-5 with scores, box, IoU with the best GT box, correct
 flags; plain Python types, JSON-serialisable), and every metric is the mean of its flag, so later
@@ -60,6 +64,7 @@ from kdcicam.core.errors import ConfigError
 from kdcicam.data.base import Sample
 from kdcicam.data.cache import FrameStore, test_batches
 from kdcicam.data.dataset import WSOLDataset, collate_wsol
+from kdcicam.data.object_masks import object_masks
 from kdcicam.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -68,9 +73,12 @@ from kdcicam.data.transforms import (
     test_transform_paper,
     test_transform_standard,
 )
-from kdcicam.evaluation.boxes import box_from_heatmap, check_heatmap, get_policy, iou_matrix, sweep_components
+from kdcicam.evaluation.boxes import box_from_heatmap, check_heatmap, get_policy, iou_matrix
 from kdcicam.evaluation.flat_maps import zero_flat_maps
 from kdcicam.evaluation.metrics import MaxBoxAccV2Meter
+from kdcicam.evaluation.pxap import PxAPMeter, gt_mask
+from kdcicam.evaluation.sweep import sweep_components
+from kdcicam.evaluation.wsol_rule import best_pixel_ious, largest_contour_boxes, resize_gt_boxes
 from kdcicam.model.heatmap import class_heatmap, combinational_heatmap, normalize_heatmap, upsample_heatmap
 
 # the box rule each variant uses under the paper protocol (the standard protocol always uses "standard")
@@ -349,7 +357,11 @@ def evaluate(
     theta = cfg.eval.theta
     side = cfg.eval.test_crop
     policy = VARIANT_BOX_POLICY[cfg.variant] if protocol == "paper" else "standard"
-    maxbox = MaxBoxAccV2Meter(cam_thresholds=cfg.eval.maxbox_thresholds, iou_thresholds=tuple(cfg.eval.maxbox_ious))
+    wsol_rule = protocol == "standard" and cfg.eval.box_rule == "wsolevaluation"
+    masks = object_masks(samples) if protocol == "standard" else None  # (root, id -> paths) or None
+    pxap = PxAPMeter(cfg.eval.maxbox_thresholds) if masks is not None else None
+    maxbox = MaxBoxAccV2Meter(cam_thresholds=cfg.eval.maxbox_thresholds, iou_thresholds=tuple(cfg.eval.maxbox_ious),
+                              box_rule="wsolevaluation" if wsol_rule else "continuous")
     wanted = set(gallery_ids or ())
     gallery: dict[str, list] = {k: [] for k in ("image_ids", "images", "heatmaps", "pred_boxes", "gt_boxes",
                                                 "labels", "top1")}
@@ -393,6 +405,15 @@ def evaluate(
                 iou = best_iou(box_out, gt, PROTOCOL_PIXEL_INCLUSIVE["paper"])
                 gt_known_iou = iou  # the same class-independent box, no class check
                 sweep_gt = gt
+            elif wsol_rule:  # wsolevaluation's boxes and "+1" IoU in the C x C frame
+                frame = transform.frame(tuple(batch["orig_size"][i]))
+                gt = batch["orig_boxes"][i].numpy()  # (G, 4) every GT box, original pixels
+                sweep_gt = resize_gt_boxes(gt, frame.orig_size, (side, side)) if len(gt) else gt
+                crop_box = largest_contour_boxes(heat_np[i], [theta])[0]  # (4,) integer box, C x C frame
+                box_out = to_original_box(crop_box, frame)  # (4,) original pixels, for display
+                iou = float(best_pixel_ious(crop_box, sweep_gt)[0])
+                gt_known_iou = float(best_pixel_ious(largest_contour_boxes(gt_np[i], [theta]), sweep_gt)[0])
+                gt = sweep_gt  # the sweep scores the frame's boxes too
             else:
                 frame = transform.frame(tuple(batch["orig_size"][i]))
                 gt = batch["orig_boxes"][i].numpy()  # (G, 4) every GT box, original pixels
@@ -401,9 +422,12 @@ def evaluate(
                 _, gt_known_iou = locate_standard(gt_np[i], theta, frame, gt)  # the GT class's own map
                 sweep_gt = batch["boxes"][i].numpy()  # (G, 4) every GT box in the C x C frame (wsolevaluation)
             if grid is not None:
-                _sweep_image(swept, heat_np[i], gt_np[i], grid, policy, gt, None if protocol == "paper" else frame)
+                _sweep_image(swept, heat_np[i], gt_np[i], grid, policy, gt, None if protocol == "paper" else frame,
+                             wsol_rule)
             if len(sweep_gt):
                 maxbox.update(gt_np[i], sweep_gt)
+            if pxap is not None:  # the GT class's map against the object mask, as wsolevaluation's PxAP
+                pxap.update(gt_np[i], gt_mask(masks[0], *masks[1][str(batch["image_id"][i])], (side, side)))
             hit = iou >= cfg.eval.iou_threshold
             records.append({
                 "image_id": str(batch["image_id"][i]),
@@ -431,6 +455,13 @@ def evaluate(
         metrics["maxboxacc_v2"] = box_stats["maxboxacc_v2"] / 100.0
         curve = {f"iou_{t:g}": [a / 100.0 for a in acc]
                  for t, acc in zip(box_stats["iou_thresholds"], box_stats["curve"])}
+    if pxap is not None and pxap.count:
+        try:
+            px = pxap.compute()  # percentages
+        except ValueError:  # no object pixel / nothing predicted: PxAP undefined
+            px = {"pxap": float("nan"), "pixel_f1": float("nan"), "pixel_iou": float("nan"), "pr_curve": {}}
+        metrics.update({k: px[k] / 100.0 for k in ("pxap", "pixel_f1", "pixel_iou")})
+        curve.update({f"pxap_{k}": v for k, v in px["pr_curve"].items()})
     metrics["theta"] = float(theta)
     sweep = None
     if grid is not None:
@@ -444,11 +475,18 @@ def evaluate(
 
 
 def _sweep_image(swept: dict[str, list[np.ndarray]], heat: np.ndarray, gt_map: np.ndarray, grid: list[float],
-                 policy: str, gt: np.ndarray, frame: TestFrame | None) -> None:
+                 policy: str, gt: np.ndarray, frame: TestFrame | None, wsol_rule: bool = False) -> None:
     """Append one image's boxes and IoUs at every θ of ``grid`` (the record's rules, vectorised over θ).
 
-    ``frame`` None: the paper protocol (crop frame, every GT box, "+1" IoU); else the standard one.
+    ``frame`` None: the paper protocol (crop frame, every GT box, "+1" IoU); else the standard one,
+    with ``wsol_rule`` wsolevaluation's boxes scored against ``gt`` in the C x C frame.
     """
+    if frame is not None and wsol_rule:
+        boxes = largest_contour_boxes(heat, grid)  # (T, 4) C x C frame
+        swept["boxes"].append(_to_original_boxes(boxes, frame))
+        swept["ious"].append(best_pixel_ious(boxes, gt))
+        swept["gt_known_ious"].append(best_pixel_ious(largest_contour_boxes(gt_map, grid), gt))
+        return
     crop_boxes = boxes_at_thresholds(heat, grid, policy)  # (T, 4) in the C x C frame
     if frame is None:  # paper: crop frame, every GT box, "+1" IoU, GT-known = the same box
         ious = best_ious(crop_boxes, gt, PROTOCOL_PIXEL_INCLUSIVE["paper"])  # (T,)

@@ -1,0 +1,196 @@
+"""wsolevaluation's box rule (Choe et al., CVPR 2020, clovaai/wsolevaluation ``evaluation.py``).
+
+The rule of the ``standard`` protocol's box numbers, reproduced without OpenCV:
+
+- a CAM in [0, 1] is quantised as ``(cam * 255).astype(np.uint8)`` (the product in the CAM's own
+  dtype, truncated);
+- at CAM threshold t the foreground is ``q > int(t * max(q))`` (``cv2.threshold``, THRESH_BINARY);
+- the candidate boxes are the bounding rectangles of every contour ``cv2.findContours(RETR_TREE,
+  CHAIN_APPROX_SIMPLE)`` returns (:mod:`kdcicam.evaluation.contours`): outer contours of the
+  8-connected components and the contours of their holes. MaxBoxAccV2 scores the best of them;
+  the legacy MaxBoxAcc, and GT-known Loc at a fixed θ, only the contour of largest
+  ``cv2.contourArea`` (the first in OpenCV's order on ties);
+- a rectangle (x, y, w, h) becomes the box (x, y, min(x + w, W - 1), min(y + h, H - 1)); no
+  contour gives (0, 0, 0, 0);
+- boxes are integer pixel indices scored with the "+1" IoU (``calculate_multiple_iou``:
+  areas (x1 - x0 + 1)(y1 - y0 + 1)), so (0, 0, 0, 0) is the pixel (0, 0) and a GT box of zero
+  width is one pixel wide;
+- GT boxes are resized to the CAM's frame as ``resize_bbox`` does: each coordinate times
+  new size / old size in float64, truncated to an integer.
+
+The one-pass MaxBoxAccV2 (:func:`best_iou_all_contours`) labels the nested foregrounds once with
+:func:`kdcicam.evaluation.sweep.sweep_components`, and the nested backgrounds (4-connected, for the
+holes) once more.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kdcicam.evaluation.boxes import check_boxes, check_heatmap, iou_matrix
+from kdcicam.evaluation.contours import find_contours, largest_contour_box
+from kdcicam.evaluation.sweep import SweepWorkspace, sweep_components
+
+NO_CONTOUR_BOX = np.zeros((1, 4))  # wsolevaluation's box when nothing is foreground
+NO_CONTOUR_BOX.setflags(write=False)
+
+
+def quantize(cam: Any) -> np.ndarray:
+    """``(cam * 255).astype(np.uint8)`` as float64 (exact integers), the product in the CAM's dtype.
+
+    Args:
+        cam: (H, W) float CAM in [0, 1] (NaN, inf and values outside [0, 1] are refused).
+    """
+    a = check_heatmap(cam, unit_range=True)
+    return (a * a.dtype.type(255)).astype(np.uint8).astype(np.float64)  # (H, W)
+
+
+def integer_cutoffs(q: np.ndarray, thresholds: Any) -> np.ndarray:
+    """``int(t * max(q))`` for every CAM threshold t: foreground at t is ``q > cutoff``.
+
+    Args:
+        q: (H, W) quantised map.
+        thresholds: (T,) CAM thresholds in [0, 1).
+
+    Returns:
+        (T,) float64 integers.
+    """
+    t = np.asarray(thresholds, dtype=np.float64).ravel()
+    return np.trunc(t * float(q.max()))  # (T,) t·max >= 0: trunc = int()
+
+
+def to_wsol_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Continuous rectangles (x, y, x + w, y + h) -> (x, y, min(x + w, W - 1), min(y + h, H - 1))."""
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    height, width = shape
+    out[:, 2] = np.minimum(out[:, 2], width - 1)
+    out[:, 3] = np.minimum(out[:, 3], height - 1)
+    return out
+
+
+def resize_gt_boxes(boxes: Any, image_size: tuple[float, float], size: tuple[int, int]) -> np.ndarray:
+    """GT boxes resized as wsolevaluation's ``resize_bbox``: scaled in float64, then truncated.
+
+    Args:
+        boxes: (G, 4) x0y0x1y1 boxes of the original image.
+        image_size: (W, H) of the original image.
+        size: (W, H) of the CAM's frame.
+
+    Returns:
+        (G, 4) float64 integers.
+    """
+    b = check_boxes(boxes, "gt_boxes")
+    scale = np.array([size[0] / 1.0, size[1] / 1.0, size[0] / 1.0, size[1] / 1.0])
+    orig = np.array([image_size[0], image_size[1], image_size[0], image_size[1]], dtype=np.float64)
+    return np.trunc(b * scale / orig)  # x · new / old, as resize_bbox computes it
+
+
+def contour_boxes(q: np.ndarray, cutoff: float, largest_only: bool) -> np.ndarray:
+    """The boxes wsolevaluation's ``scoremap2bbox`` returns at one cutoff.
+
+    Args:
+        q: (H, W) quantised map.
+        cutoff: integer cutoff (foreground = q > cutoff).
+        largest_only: only the contour of largest polygon area (legacy MaxBoxAcc, GT-known Loc).
+
+    Returns:
+        (K, 4) float64 integer boxes; :data:`NO_CONTOUR_BOX` when nothing is foreground.
+    """
+    if largest_only:
+        box = largest_contour_box(q > cutoff)
+        return NO_CONTOUR_BOX.copy() if box is None else to_wsol_boxes(box, q.shape)
+    found = find_contours(q > cutoff)
+    if len(found.areas) == 0:
+        return NO_CONTOUR_BOX.copy()
+    return to_wsol_boxes(found.boxes, q.shape)
+
+
+def best_iou_largest_contour(q: np.ndarray, cutoffs: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Best "+1" IoU with any GT box of the largest contour's box at each cutoff (legacy MaxBoxAcc).
+
+    Args:
+        q: (H, W) quantised map.
+        cutoffs: (T,) integer cutoffs.
+        gt: (G, 4) GT boxes in the map's frame, G >= 1.
+
+    Returns:
+        (T,) float64.
+    """
+    out = np.zeros(len(cutoffs))
+    seen: dict[float, float] = {}
+    for i, c in enumerate(cutoffs.tolist()):
+        if c not in seen:
+            seen[c] = float(iou_matrix(contour_boxes(q, c, True), gt, pixel_inclusive=True).max())
+        out[i] = seen[c]
+    return out
+
+
+def best_iou_all_contours(q: np.ndarray, cutoffs: np.ndarray, gt: np.ndarray,
+                          workspaces: tuple[SweepWorkspace, SweepWorkspace] | None = None) -> np.ndarray:
+    """Best "+1" IoU of any contour's box with any GT box at each cutoff (MaxBoxAccV2).
+
+    Outer contours: the 8-connected components of ``q > c``, from one sweep over the ascending
+    cutoffs. Holes: the 4-connected components of ``q <= c`` that do not touch the border, from
+    one sweep of ``-q`` over the cutoffs ``-c - 1/2`` (descending c); each hole's contour box is its
+    box grown by one pixel.
+
+    Args:
+        q: (H, W) quantised map.
+        cutoffs: (T,) non-decreasing integer cutoffs.
+        gt: (G, 4) GT boxes in the map's frame, G >= 1.
+        workspaces: scratch buffers for the two sweeps (reused across same-size maps).
+
+    Returns:
+        (T,) float64.
+    """
+    height, width = q.shape
+    fg_ws, bg_ws = workspaces or (None, None)
+    num = len(cutoffs)
+    best = np.full(num, -1.0)  # (T,)
+    fg = sweep_components(q, cutoffs, 8, fg_ws)
+    if len(fg.levels):
+        ious = iou_matrix(to_wsol_boxes(fg.boxes, q.shape), gt, pixel_inclusive=True).max(axis=1)
+        np.maximum.at(best, fg.levels, ious)
+    bg = sweep_components(-q, -cutoffs[::-1] - 0.5, 4, bg_ws)  # level j <-> cutoff num - 1 - j
+    b = bg.boxes
+    inside = (b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 2] < width) & (b[:, 3] < height)
+    if inside.any():
+        grown = b[inside] + np.array([-1.0, -1.0, 1.0, 1.0])  # (K', 4) the hole contour's box
+        ious = iou_matrix(to_wsol_boxes(grown, q.shape), gt, pixel_inclusive=True).max(axis=1)
+        np.maximum.at(best, num - 1 - bg.levels[inside], ious)
+    empty = best < 0  # no foreground at these cutoffs
+    if empty.any():
+        best[empty] = float(iou_matrix(NO_CONTOUR_BOX, gt, pixel_inclusive=True).max())
+    return best
+
+
+def largest_contour_boxes(cam: Any, thetas: Any) -> np.ndarray:
+    """The legacy box (largest contour) at every θ: what GT-known Loc at θ scores.
+
+    Args:
+        cam: (H, W) CAM in [0, 1].
+        thetas: (T,) CAM thresholds in [0, 1].
+
+    Returns:
+        (T, 4) float64 integer boxes; (0, 0, 0, 0) where nothing is foreground.
+    """
+    q = quantize(cam)
+    cutoffs = integer_cutoffs(q, thetas)
+    seen: dict[float, np.ndarray] = {}
+    out = np.zeros((len(cutoffs), 4))
+    for i, c in enumerate(cutoffs.tolist()):
+        if c not in seen:
+            seen[c] = contour_boxes(q, c, True)[0]
+        out[i] = seen[c]
+    return out
+
+
+def best_pixel_ious(boxes: Any, gt: Any) -> np.ndarray:
+    """(K,) best "+1" IoU of each box with any GT box; 0 when there is no GT box."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    g = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+    if len(g) == 0 or len(b) == 0:
+        return np.zeros(len(b))
+    return iou_matrix(b, g, pixel_inclusive=True).max(axis=1)
