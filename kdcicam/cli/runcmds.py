@@ -123,7 +123,9 @@ def _preflight(cfgs) -> None:
 
 def _context(store, artifacts: Path, dev, progress, dist=None):
     from kdcicam.execution.runner import RunContext
+    from kdcicam.store.run_folder import check_artifacts_root
 
+    check_artifacts_root(Path(artifacts))
     return RunContext(store=store, artifacts_root=Path(artifacts), device=dev, on_event=progress.event, dist=dist)
 
 

@@ -22,10 +22,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -47,7 +49,8 @@ from sqlalchemy.orm import Session
 
 from kdcicam.core.config import PROTOCOLS, SELECTIONS
 from kdcicam.core.errors import StoreError
-from kdcicam.store._open import begin_mode, display_url, one_line
+from kdcicam.store._open import begin_mode, display_url, one_line, sqlite_file
+from kdcicam.store.run_folder import from_stored, store_folder, to_stored
 from kdcicam.store.schema import (
     EVAL_SPLITS,
     METRIC_SPLITS,
@@ -168,7 +171,8 @@ def _db_float(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def _run_info(row: Run) -> RunInfo:
+def _run_info(row: Run, folder: Path | None = None) -> RunInfo:
+    """The row as a RunInfo; a relative artifacts_dir is resolved against ``folder`` (the store's)."""
     return RunInfo(
         id=row.id, config_hash=row.config_hash, role=row.role, profile=row.profile,
         variant=row.variant, dataset=row.dataset, dataset_fingerprint=row.dataset_fingerprint,
@@ -177,7 +181,7 @@ def _run_info(row: Run) -> RunInfo:
         host=row.host, pid=row.pid, heartbeat_at=_from_db_time(row.heartbeat_at),
         created_at=_from_db_time(row.created_at), started_at=_from_db_time(row.started_at),
         finished_at=_from_db_time(row.finished_at), train_seconds=row.train_seconds,
-        eval_seconds=row.eval_seconds, artifacts_dir=row.artifacts_dir,
+        eval_seconds=row.eval_seconds, artifacts_dir=from_stored(row.artifacts_dir, folder),
         weights=None if row.weights is None else json.loads(row.weights),
         labels=json.loads(row.labels),
     )
@@ -275,6 +279,10 @@ class Store:
         self._engine = engine
         self.url = display_url(url)
         self._clock = clock
+        db_file = sqlite_file(url)
+        # relative artifact paths are resolved against the SQLite file's folder (run_folder module doc)
+        self.folder = store_folder(db_file)
+        self.label = self.url if db_file is None else str(Path(os.path.abspath(db_file)))
         # Bytewise text order, as SQLite's default BINARY collation (a server's locale would differ).
         self._collation = "C" if engine.dialect.name == "postgresql" else None
 
@@ -396,11 +404,12 @@ class Store:
                 if wanted != row.config_hash:
                     raise ValueError(f"run {run_id} exists with config_hash {row.config_hash}, "
                                      f"not {wanted}")
-                return _run_info(row)
+                return _run_info(row, self.folder)
             missing = [key for key in _REQUIRED_RUN_FIELDS if key not in fields]
             if missing:
                 raise ValueError(f"new run {run_id} needs fields: {', '.join(missing)}")
             values = dict(fields)
+            values["artifacts_dir"] = to_stored(values.get("artifacts_dir"), self.folder)
             if not isinstance(values["config"], str):
                 values["config"] = _dumps(values["config"])
             values["labels"] = _dumps(values.get("labels") or {})
@@ -409,7 +418,7 @@ class Store:
             row = Run(id=run_id, status="pending", created_at=self._now(), **values)
             session.add(row)
             session.flush()
-            return _run_info(row)
+            return _run_info(row, self.folder)
 
         return self._tx(op, write=True)
 
@@ -419,7 +428,7 @@ class Store:
         Raises:
             StoreError: no such run.
         """
-        return self._tx(lambda session: _run_info(self._require_run(session, run_id)), write=False)
+        return self._tx(lambda session: _run_info(self._require_run(session, run_id), self.folder), write=False)
 
     def resolve_run(self, name: str) -> RunInfo:
         """Find a run by full id or by a unique id prefix of at least 4 characters.
@@ -432,7 +441,7 @@ class Store:
         def op(session: Session) -> RunInfo:
             row = session.get(Run, name)
             if row is not None:
-                return _run_info(row)
+                return _run_info(row, self.folder)
             if len(name) < MIN_PREFIX:
                 raise StoreError(f"no run matches '{name}' (a prefix needs at least {MIN_PREFIX} characters)")
             match = Run.id.istartswith(name, autoescape=True)  # SQLite's LIKE ignores ASCII case
@@ -444,7 +453,7 @@ class Store:
             if count > 1:
                 shown = ", ".join(r.id[:12] for r in rows) + (", ..." if count > 5 else "")
                 raise StoreError(f"'{name}' matches {count} runs ({shown}); give more characters")
-            return _run_info(rows[0])
+            return _run_info(rows[0], self.folder)
 
         return self._tx(op, write=False)
 
@@ -469,7 +478,7 @@ class Store:
                 query = query.where(Run.status == status)
             if role is not None:
                 query = query.where(Run.role == role)
-            return [_run_info(row) for row in session.scalars(query)]
+            return [_run_info(row, self.folder) for row in session.scalars(query)]
 
         runs = self._tx(op, write=False)
         if labels_contain is None:
@@ -545,6 +554,8 @@ class Store:
             StoreError: no such run.
         """
         _check_keys(attempt, _ATTEMPT_FIELDS, "claim field")
+        if "artifacts_dir" in attempt:
+            attempt = {**attempt, "artifacts_dir": to_stored(attempt["artifacts_dir"], self.folder)}
         _check_fits(Run.__table__, {"pid": pid, "host": host, **attempt}, "claim")
 
         def op(session: Session) -> bool:
@@ -604,7 +615,7 @@ class Store:
             for key, value in values.items():
                 setattr(row, key, value)
             session.flush()
-            return _run_info(row)
+            return _run_info(row, self.folder)
 
         return self._tx(op, write=True)
 
