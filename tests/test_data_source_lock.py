@@ -10,8 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-
 from kdcicam.core.config import SynthConfig
+from kdcicam.core.errors import KdcicamError
 from kdcicam.data import source
 from kdcicam.data.synthetic import generate
 
@@ -33,7 +33,7 @@ def test_concurrent_callers_generate_once_and_all_get_the_finished_dataset(tmp_p
         try:
             root = source.ensure_synthetic(tmp_path, TINY)
             roots.append((root, json.loads((root / "generator.json").read_text())["config"]["seed"]))
-        except Exception as exc:  # reported below
+        except (KdcicamError, OSError) as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=ask) for _ in range(4)]
