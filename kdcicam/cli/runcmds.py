@@ -114,11 +114,25 @@ def _preflight(cfgs) -> None:
 
     seen = set()
     for cfg in cfgs:
+        _check_input_sizes(cfg)
         key = (cfg.model.weights, cfg.model.backbone, cfg.model.width, cfg.variant)
         if cfg.model.weights is None or key in seen:
             continue
         seen.add(key)
         build_model(cfg.model, cfg.variant, input_size=cfg.data.crop)
+
+
+def _check_input_sizes(cfg) -> None:
+    """Refuse a train or test crop the backbone cannot see (an empty feature map), naming the key."""
+    from kdcicam.core.errors import ConfigError
+    from kdcicam.model.backbones import build_backbone
+
+    backbone = build_backbone(cfg.model.backbone, min(cfg.model.width, 0.0625), cfg.model.output_stride,
+                              cfg.model.nonlocal_blocks, cfg.variant, cfg.model.batch_norm)
+    for key, size in (("data.crop", cfg.data.crop), ("eval.test_crop", cfg.eval.test_crop)):
+        if size < 1 or backbone.feature_size(size) < 1:
+            raise ConfigError(f"{key} = {size}: too small for {cfg.model.backbone} at output_stride "
+                              f"{cfg.model.output_stride} (the feature map would be empty)")
 
 
 def _context(store, artifacts: Path, dev, progress, dist=None):

@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from kdcicam.core.errors import DataError
+from kdcicam.core.limits import LIMITS, limit
 from kdcicam.data.base import Box, DatasetIndex
 
 BOX_TOLERANCE = 1.0  # px a box may exceed its image (annotation tools round to the pixel border)
@@ -227,17 +230,47 @@ def probe_image(path: Path, decode: bool = False) -> tuple[tuple[int, int, str] 
     """
     from PIL import Image
 
+    problem = file_problem(path)
+    if problem is not None:
+        return None, problem
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            mode = img.mode
-            if decode:
-                img.load()
-    except FileNotFoundError:
-        return None, "image file does not exist"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below
+            with Image.open(path) as img:
+                width, height = img.size
+                mode = img.mode
+                problem = pixels_problem(width, height)
+                if decode and problem is None:
+                    img.load()
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...)
         return None, f"unreadable image ({type(exc).__name__}: {exc})"
+    if problem is not None:
+        return None, problem
     return (width, height, mode), None
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an image file (missing, or not a regular file: a FIFO would
+    block the reader for ever), else None."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "image file does not exist"
+    except OSError as exc:
+        return f"cannot read image file ({exc.strerror or exc})"
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a folder" if stat.S_ISDIR(info.st_mode) else "special"
+        return f"not a regular file ({kind})"
+    return None
+
+
+def pixels_problem(width: int, height: int) -> str | None:
+    """Why an image of the declared ``width x height`` is refused (above the pixel limit), else None."""
+    bound = limit("image_pixels")
+    if width * height > bound:
+        return (f"image declares {width}x{height} = {width * height} pixels, above the limit of {bound} "
+                f"(set {LIMITS['image_pixels'].env} to raise it)")
+    return None
 
 
 def read_image_info(path: Path, decode: bool = False) -> tuple[int, int, str]:

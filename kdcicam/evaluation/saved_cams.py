@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from kdcicam.core.errors import ConfigError, DataError
+from kdcicam.core.limits import check_limit
 from kdcicam.data.base import Sample
 from kdcicam.data.transforms import test_transform_standard
 from kdcicam.evaluation.boxes import check_heatmap
@@ -136,9 +137,12 @@ def load_cam(path: Path | str) -> np.ndarray:
         cam.close()
         raise DataError(f"{path}: an .npz archive; expected one .npy array per image")
     try:
-        return check_heatmap(cam).astype(np.float64)  # (H, W)
+        cam = check_heatmap(cam).astype(np.float64)  # (H, W)
     except ValueError as exc:
         raise DataError(f"{path}: unusable CAM: {exc}") from None
+    if not np.isfinite(cam.max() - cam.min()):  # e.g. ±1e308: the span overflows; min-max ignores scale
+        cam = cam / np.abs(cam).max()
+    return cam
 
 
 def normalize_cam(cam: np.ndarray, size: int) -> np.ndarray:
@@ -193,6 +197,7 @@ def score_cams(
         raise ConfigError("theta: give at least one CAM threshold")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ConfigError(f"size = {size!r}: must be a positive integer (pixels)")
+    check_limit("image_side", size, "size")
     if not 0.0 < iou_threshold <= 1.0:
         raise ConfigError(f"iou_threshold = {iou_threshold!r}: must be in (0, 1]")
     if isinstance(cam_thresholds, bool) or not isinstance(cam_thresholds, int) or cam_thresholds < 1:
