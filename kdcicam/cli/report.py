@@ -89,7 +89,7 @@ def report_cmd(
         data = build_report(None, reg, protocols=protocols, table_keys=tables, store_url=url,
                             threshold_policy=threshold_policy.value)
     else:
-        with open_store(url) as store:
+        with open_store(url, create=False) as store:
             data = build_report(store, reg, protocols=protocols, table_keys=tables,
                                 threshold_policy=threshold_policy.value)
     if as_json:

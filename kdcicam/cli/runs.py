@@ -111,7 +111,7 @@ def list_cmd(
     if path is not None and not path.exists():  # listing must not create a store as a side effect
         typer.echo("[]" if as_json else f"no runs yet (no run store at {path})")
         return
-    with open_store(url) as store:
+    with open_store(url, create=False) as store:
         table, _, cell_key = (cell or "").partition("/")
         runs = store.list_runs(status=status, role=role,
                                labels_contain=None if cell is None else (table, cell_key) if cell_key else table)

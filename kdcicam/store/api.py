@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -48,8 +49,8 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from kdcicam.core.config import PROTOCOLS, SELECTIONS
-from kdcicam.core.errors import StoreError
-from kdcicam.store._open import begin_mode, display_url, one_line, sqlite_file
+from kdcicam.core.errors import StoreError, StoreWarning
+from kdcicam.store._open import begin_mode, damaged_error, display_url, one_line, sqlite_file
 from kdcicam.store.run_folder import from_stored, store_folder, to_stored
 from kdcicam.store.schema import (
     EVAL_SPLITS,
@@ -324,6 +325,9 @@ class Store:
                         time.sleep(delay)
                         delay *= 2
                     continue
+                damaged = damaged_error(self.label, exc)
+                if damaged is not None:
+                    raise damaged from None
                 if retryable or isinstance(exc, (OperationalError, DataError)):
                     raise StoreError(f"run store {self.url}: {one_line(exc)}") from None
                 raise
@@ -336,6 +340,15 @@ class Store:
         if row is None:
             raise StoreError(f"no run matches '{run_id}'")
         return row
+
+    def _decoded(self, row: Run) -> RunInfo | None:
+        """The row as a RunInfo, or None (with a StoreWarning) when its JSON columns are damaged."""
+        try:
+            return _run_info(row, self.folder)
+        except (ValueError, TypeError) as exc:
+            warnings.warn(f"the store at {self.label}: run {row.id} skipped, its row is damaged "
+                          f"({type(exc).__name__}: {str(exc)[:80]})", StoreWarning, stacklevel=2)
+            return None
 
     def _text_order(self, column: Any) -> Any:
         """``column`` for ORDER BY, compared bytewise on every backend."""
@@ -478,7 +491,7 @@ class Store:
                 query = query.where(Run.status == status)
             if role is not None:
                 query = query.where(Run.role == role)
-            return [_run_info(row, self.folder) for row in session.scalars(query)]
+            return [info for info in (self._decoded(row) for row in session.scalars(query)) if info is not None]
 
         runs = self._tx(op, write=False)
         if labels_contain is None:
@@ -781,10 +794,19 @@ def _decode_image_row(row: Any) -> tuple:
 
 
 def _frame(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
-    """A DataFrame of query rows; created_at becomes tz-aware UTC, value float (NULL -> NaN)."""
+    """A DataFrame of query rows; created_at becomes tz-aware UTC, value float (NULL -> NaN).
+
+    A value that is not a number (a damaged row) is dropped with a StoreWarning.
+    """
     frame = pd.DataFrame(rows, columns=columns)
     if "value" in frame:
-        frame["value"] = frame["value"].astype(float)
+        values = pd.to_numeric(frame["value"], errors="coerce").astype(float)
+        bad = values.isna() & frame["value"].notna()
+        for row in frame[bad].itertuples(index=False):
+            warnings.warn(f"run {row.run_id}: metric {row.name!r} skipped, its stored value {row.value!r} "
+                          "is not a number", StoreWarning, stacklevel=3)
+        frame = frame[~bad].reset_index(drop=True)
+        frame["value"] = values[~bad].reset_index(drop=True)
     if "created_at" in frame:
         frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
     return frame
