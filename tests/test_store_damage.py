@@ -52,7 +52,7 @@ def test_damaged_pages_give_one_line_naming_recover(tmp_path, capsys):
         for offset in range(page, size, page):
             fh.seek(offset)
             fh.write(b"\xa5" * page)
-    code, out, err = _cli(["runs", "list", "--db", str(db)], capsys)
+    code, _out, err = _cli(["runs", "list", "--db", str(db)], capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"the store at {db} is damaged" in err and f"sqlite3 {db} .recover" in err and "SELECT" not in err
 

@@ -70,7 +70,7 @@ def _show_warnings_as_one_line() -> None:
     """Print kdcicam's warnings as ``warning: <message>`` on stderr (each once), others as Python does."""
     default = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+    def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, KdcicamWarning):
             typer.echo(f"warning: {message}", err=True)
         else:
