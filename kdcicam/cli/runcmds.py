@@ -122,6 +122,20 @@ def _preflight(cfgs) -> None:
         build_model(cfg.model, cfg.variant, input_size=cfg.data.crop)
 
 
+def _check_teacher_checkpoints(store, refs) -> None:
+    """Load each teacher's checkpoint once (checksum, safe unpickling) before the student's run is stored.
+
+    Raises:
+        RunError: a teacher is not finished, or its checkpoint is missing or corrupt.
+    """
+    from kdcicam.execution.runner import run_model_source
+    from kdcicam.training.checkpoint import load_checkpoint
+
+    for run_id, selection in ((refs.cls_run, refs.cls_select), (refs.loc_run, refs.loc_select)):
+        if run_id:
+            load_checkpoint(Path(run_model_source(store, run_id, selection)[1]))
+
+
 def _check_input_sizes(cfg) -> None:
     """Refuse a train or test crop the backbone cannot see (an empty feature map), naming the key."""
     from kdcicam.core.errors import ConfigError
@@ -251,6 +265,7 @@ def train(
             refs = TeacherRefs(cls_run=store.resolve_run(teacher_cls).id if teacher_cls else None,
                                cls_select=cls_select, loc_select=loc_select,
                                loc_run=store.resolve_run(teacher_loc).id if teacher_loc else None)
+            _check_teacher_checkpoints(store, refs)
         refs = broadcast_object(refs, dctx)
     elif teacher_cls or teacher_loc:
         raise ConfigError("--teacher-cls/--teacher-loc are only for --role distilled")

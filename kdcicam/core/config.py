@@ -351,6 +351,9 @@ def with_overrides(cfg: Any, overrides: dict[str, Any], where: str = "override")
             node = node[part]
         if parts[-1] not in node:
             raise ConfigError(f"{where}: unknown key {dotted!r}")
+        if isinstance(node[parts[-1]], dict) and not isinstance(value, dict):
+            first = next(iter(node[parts[-1]]), "key")
+            raise ConfigError(f"{where}: {dotted!r} is a section, not a value (set its keys, e.g. {dotted}.{first})")
         node[parts[-1]] = value
     try:
         return from_dict(type(cfg), data, where="")

@@ -62,5 +62,6 @@ def check_limit(name: str, value: float, label: str) -> None:
     bound = limit(name)
     if value > bound:
         spec = LIMITS[name]
-        raise ConfigError(f"{label} = {value:g}: above the limit of {bound} {spec.what} "
+        shown = value if isinstance(value, int) else f"{value:g}"
+        raise ConfigError(f"{label} = {shown}: above the limit of {bound} {spec.what} "
                           f"(set {spec.env} to raise it)")
