@@ -123,3 +123,6 @@ def test_artifacts_root_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="is a file"):
         check_artifacts_root(tmp_path / "f")
     assert check_artifacts_root(tmp_path / "new" / "a") == tmp_path / "new" / "a"
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ConfigError, match="is a file"):
+        check_artifacts_root(tmp_path / "f" / "a")

@@ -31,7 +31,10 @@ def eval_cams_cmd(
     from kdcicam.data.wsol import load_wsol
     from kdcicam.evaluation.saved_cams import DEFAULT_THETAS, score_cams
 
+    from kdcicam.core.limits import check_limit
+
     try:
+        check_limit("image_side", size, "--size")
         index = load_wsol(metadata, image_root)
         scores = score_cams(cam_dir, index.test, thetas=tuple(theta or DEFAULT_THETAS), size=size,
                             cam_thresholds=cam_thresholds)

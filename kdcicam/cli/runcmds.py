@@ -57,6 +57,9 @@ def _prepare(*, profile: str, dataset: str, data: Path | None, backbone: str, va
     _choice(dataset, DATASETS, "--dataset")
     _choice(backbone, BACKBONES, "--backbone")
     _choice(variant, VARIANTS, "--variant")
+    from kdcicam.store.run_folder import check_artifacts_root
+
+    check_artifacts_root(Path(artifacts))
     reg = load_registry(registry_dir)
     prof = reg.profile(profile)
     if dataset != "synthetic" and data is None:
@@ -131,8 +134,12 @@ def _check_teacher_checkpoints(store, refs) -> None:
     from kdcicam.execution.runner import run_model_source
     from kdcicam.training.checkpoint import load_checkpoint
 
+    from kdcicam.core.errors import RunError
+
     for run_id, selection in ((refs.cls_run, refs.cls_select), (refs.loc_run, refs.loc_select)):
         if run_id:
+            if not store.get_run(run_id).artifacts_dir:
+                raise RunError(f"teacher run {run_id[:12]} has no artifact folder: it cannot be distilled from")
             load_checkpoint(Path(run_model_source(store, run_id, selection)[1]))
 
 
@@ -151,9 +158,7 @@ def _check_input_sizes(cfg) -> None:
 
 def _context(store, artifacts: Path, dev, progress, dist=None):
     from kdcicam.execution.runner import RunContext
-    from kdcicam.store.run_folder import check_artifacts_root
 
-    check_artifacts_root(Path(artifacts))
     return RunContext(store=store, artifacts_root=Path(artifacts), device=dev, on_event=progress.event, dist=dist)
 
 

@@ -230,6 +230,7 @@ def probe_image(path: Path, decode: bool = False) -> tuple[tuple[int, int, str] 
     """
     from PIL import Image
 
+    bound = limit("image_pixels")  # a bad KDCICAM_MAX_IMAGE_PIXELS is a ConfigError, not a defect per image
     problem = file_problem(path)
     if problem is not None:
         return None, problem
@@ -239,7 +240,7 @@ def probe_image(path: Path, decode: bool = False) -> tuple[tuple[int, int, str] 
             with Image.open(path) as img:
                 width, height = img.size
                 mode = img.mode
-                problem = pixels_problem(width, height)
+                problem = pixels_problem(width, height, bound)
                 if decode and problem is None:
                     img.load()
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...)
@@ -264,9 +265,10 @@ def file_problem(path: Path) -> str | None:
     return None
 
 
-def pixels_problem(width: int, height: int) -> str | None:
-    """Why an image of the declared ``width x height`` is refused (above the pixel limit), else None."""
-    bound = limit("image_pixels")
+def pixels_problem(width: int, height: int, bound: int | None = None) -> str | None:
+    """Why an image of the declared ``width x height`` is refused (above the pixel limit ``bound``,
+    default: ``limit("image_pixels")``), else None."""
+    bound = limit("image_pixels") if bound is None else bound
     if width * height > bound:
         return (f"image declares {width}x{height} = {width * height} pixels, above the limit of {bound} "
                 f"(set {LIMITS['image_pixels'].env} to raise it)")

@@ -323,7 +323,11 @@ def open_engine(url: str, *, create: bool = True, busy_timeout_s: float = BUSY_T
         raise
     except (SQLAlchemyError, CommandError, OSError) as exc:
         engine.dispose()
-        raise damaged_error(label, exc) or StoreError(f"cannot open run store {label}: {one_line(exc)}") from None
+        text = one_line(exc)
+        if "duplicate column" in text.lower() or "already exists" in text.lower():
+            raise StoreError(f"the store at {label} records an older schema revision than its tables have "
+                             f"({text}): it was downgraded or edited outside kdcicam; restore it from a copy") from None
+        raise damaged_error(label, exc) or StoreError(f"cannot open run store {label}: {text}") from None
     return engine
 
 

@@ -92,20 +92,24 @@ def write_owner_file(folder: Path, run_id: str, store_label: str) -> None:
 
 
 def check_artifacts_root(root: Path) -> Path:
-    """The absolute ``--artifacts`` folder, created if missing, once it is known to be writable.
+    """The absolute ``--artifacts`` folder, once it is known that it is (or can be created as) a writable folder.
+
+    Nothing is created: a folder that does not exist yet needs its nearest existing parent to be writable.
 
     Raises:
-        ConfigError: it is a file, cannot be created, or is not writable.
+        ConfigError: it is a file, or it (or the parent it would be created in) is not writable.
     """
     root = Path(os.path.abspath(root))
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--artifacts {root} is a file, not a folder")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--artifacts {root} cannot be created: {exc.strerror or exc}") from None
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise ConfigError(f"--artifacts {root} is not writable")
+    existing = root
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--artifacts {root} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == root else f" (its parent {existing} is not writable)"
+        raise ConfigError(f"--artifacts {root} is not writable{where}")
     return root
 
 
