@@ -28,10 +28,9 @@ def eval_cams_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
     """Score saved CAMs (any method) on the test split: GT-known Loc, MaxBoxAccV2 (standard protocol)."""
+    from kdcicam.core.limits import check_limit
     from kdcicam.data.wsol import load_wsol
     from kdcicam.evaluation.saved_cams import DEFAULT_THETAS, score_cams
-
-    from kdcicam.core.limits import check_limit
 
     try:
         check_limit("image_side", size, "--size")
