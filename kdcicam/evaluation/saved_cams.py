@@ -140,8 +140,9 @@ def load_cam(path: Path | str) -> np.ndarray:
         cam = check_heatmap(cam).astype(np.float64)  # (H, W)
     except ValueError as exc:
         raise DataError(f"{path}: unusable CAM: {exc}") from None
-    if not np.isfinite(cam.max() - cam.min()):  # e.g. ±1e308: the span overflows; min-max ignores scale
-        cam = cam / np.abs(cam).max()
+    scale = np.abs(cam).max()
+    if scale > np.finfo(np.float64).max / 4:  # e.g. ±1e308: the span would overflow; min-max ignores scale
+        cam = cam / scale
     return cam
 
 
