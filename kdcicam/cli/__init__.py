@@ -41,12 +41,13 @@ def _root(
 
 
 def _register_subcommands() -> None:
+    from kdcicam.cli import ablate as ablate_cli
     from kdcicam.cli import data as data_cli
     from kdcicam.cli import runcmds
 
     app.command("train")(runcmds.train)
     app.command("evaluate")(runcmds.evaluate_cmd)
-    app.command("ablate")(runcmds.ablate)
+    app.command("ablate")(ablate_cli.ablate)
     from kdcicam.cli.claims import claims_cmd
 
     app.command("claims")(claims_cmd)
