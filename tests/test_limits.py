@@ -8,7 +8,7 @@ import pytest
 from kdcicam.core.config import RunConfig, with_overrides
 from kdcicam.core.errors import ConfigError
 from kdcicam.core.limits import LIMITS, check_limit, limit
-from kdcicam.data._io import pixels_problem
+from kdcicam.data.image_files import pixels_problem
 from kdcicam.evaluation.saved_cams import load_cam, normalize_cam
 
 
@@ -52,3 +52,19 @@ def test_cams_of_extreme_values_normalise_without_overflow(tmp_path):
     np.save(tmp_path / "c.npy", cam)
     out = normalize_cam(load_cam(tmp_path / "c.npy"), 4)
     assert np.isfinite(out).all() and out.min() == 0.0 and out.max() == 1.0
+
+
+def test_a_fifo_is_refused_before_any_reader_opens_it(tmp_path):
+    import os
+
+    from kdcicam.core.errors import DataError
+    from kdcicam.data.base import Sample
+    from kdcicam.data.dataset import load_rgb
+    from kdcicam.evaluation.baselines import _size
+
+    fifo = tmp_path / "im.jpg"
+    os.mkfifo(fifo)  # opening it for reading would block for ever
+    with pytest.raises(DataError, match="not a regular file"):
+        load_rgb(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        _size(Sample(image_id="im", path=fifo, label=0, boxes=()))

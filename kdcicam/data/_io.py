@@ -11,15 +11,15 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import stat
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from kdcicam.core.errors import DataError
-from kdcicam.core.limits import LIMITS, limit
+from kdcicam.core.limits import limit
 from kdcicam.data.base import Box, DatasetIndex
+from kdcicam.data.image_files import file_problem, pixels_problem
 
 BOX_TOLERANCE = 1.0  # px a box may exceed its image (annotation tools round to the pixel border)
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -248,31 +248,6 @@ def probe_image(path: Path, decode: bool = False) -> tuple[tuple[int, int, str] 
     if problem is not None:
         return None, problem
     return (width, height, mode), None
-
-
-def file_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be read as an image file (missing, or not a regular file: a FIFO would
-    block the reader for ever), else None."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return "image file does not exist"
-    except OSError as exc:
-        return f"cannot read image file ({exc.strerror or exc})"
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a folder" if stat.S_ISDIR(info.st_mode) else "special"
-        return f"not a regular file ({kind})"
-    return None
-
-
-def pixels_problem(width: int, height: int, bound: int | None = None) -> str | None:
-    """Why an image of the declared ``width x height`` is refused (above the pixel limit ``bound``,
-    default: ``limit("image_pixels")``), else None."""
-    bound = limit("image_pixels") if bound is None else bound
-    if width * height > bound:
-        return (f"image declares {width}x{height} = {width * height} pixels, above the limit of {bound} "
-                f"(set {LIMITS['image_pixels'].env} to raise it)")
-    return None
 
 
 def read_image_info(path: Path, decode: bool = False) -> tuple[int, int, str]:

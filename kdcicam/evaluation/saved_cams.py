@@ -30,6 +30,7 @@ from PIL import Image
 from kdcicam.core.errors import ConfigError, DataError
 from kdcicam.core.limits import check_limit
 from kdcicam.data.base import Sample
+from kdcicam.data.image_files import file_problem
 from kdcicam.data.transforms import test_transform_standard
 from kdcicam.evaluation.boxes import check_heatmap
 from kdcicam.evaluation.evaluator import locate_standard, minmax
@@ -249,6 +250,9 @@ def score_cams(
 
 def _image_size(path: Path) -> tuple[int, int]:
     """(W, H) from an image header (for indexes that do not hold sizes)."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
     try:
         with Image.open(path) as img:
             return img.size
