@@ -414,3 +414,28 @@ def test_export_writes_tidy_csv_of_finals_epochs_and_records(runner, db_url, tmp
             main(["runs", "export", "--db", db_url, *args])
         err = capsys.readouterr().err
         assert bad.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_teacher_an_unfinished_ablate_plans_to_use_cannot_be_deleted(tmp_path, capsys, monkeypatch):
+    """ablate records every planned run before any trains: its students name their teachers in the store."""
+    from kdcicam.execution import runner
+
+    monkeypatch.setenv("KDCICAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KDCICAM_JOBS", "1")
+    monkeypatch.delenv("KDCICAM_DB", raising=False)
+
+    def stopped(runs, ctx, **kwargs):  # the ablate is stopped before its first run trains
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "execute_plan", stopped)
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    with pytest.raises(SystemExit):
+        main(["ablate", "table3", "--profile", "smoke", "--db", db, "--artifacts", str(tmp_path / "runs"), "--quiet"])
+    capsys.readouterr()
+    with open_store(db) as store:
+        runs = store.list_runs()
+    teachers = {r.id for r in runs if r.role in ("cls_teacher", "loc_teacher")}
+    assert teachers and {r.status for r in runs} == {"pending"}
+    with pytest.raises(SystemExit) as refused:
+        main(["runs", "delete", sorted(teachers)[0], "--db", db, "--yes"])
+    assert refused.value.code == 2 and "is the teacher of" in capsys.readouterr().err

@@ -123,6 +123,7 @@ def ablate(
     from kdcicam.store import utc_now
 
     began = utc_now()
+    _register_plan(plan, store, artifacts, dev)
     workers = start_workers(n_jobs - 1, worker_args(sys.argv), Path(artifacts))
     try:
         outcomes = run_plan(plan.runs, (store, artifacts, dev), quiet=quiet or as_json, execute_one=execute_one)
@@ -177,6 +178,16 @@ def _slurm_options(partition, time_min, gpus_per_job, cpus_per_job, log_dir, art
 
     return SlurmOptions(partition=partition, time_min=time_min, gpus_per_job=gpus_per_job, cpus_per_task=cpus_per_job,
                         log_dir=Path(log_dir or Path(artifacts) / SLURM_LOG_DIR).resolve())
+
+
+def _register_plan(plan, store, artifacts: Path, dev) -> None:
+    """Record every planned run (as pending, unless stored already) before any trains, so that the store
+    knows which teachers the plan's students will use (``runs delete`` then refuses to delete them)."""
+    from kdcicam.execution.runner import RunContext, register_run
+
+    ctx = RunContext(store=store, artifacts_root=Path(artifacts).resolve(), device=dev)
+    for run in plan.runs:
+        register_run(run, run.dataset, ctx)
 
 
 def _submit(plan, store, artifacts: Path, dev, *, launcher: str, device: str, options, as_json: bool) -> None:
