@@ -437,5 +437,5 @@ def test_a_teacher_an_unfinished_ablate_plans_to_use_cannot_be_deleted(tmp_path,
     teachers = {r.id for r in runs if r.role in ("cls_teacher", "loc_teacher")}
     assert teachers and {r.status for r in runs} == {"pending"}
     with pytest.raises(SystemExit) as refused:
-        main(["runs", "delete", sorted(teachers)[0], "--db", db, "--yes"])
+        main(["runs", "delete", min(teachers), "--db", db, "--yes"])
     assert refused.value.code == 2 and "is the teacher of" in capsys.readouterr().err
