@@ -439,3 +439,20 @@ def test_a_teacher_an_unfinished_ablate_plans_to_use_cannot_be_deleted(tmp_path,
     with pytest.raises(SystemExit) as refused:
         main(["runs", "delete", min(teachers), "--db", db, "--yes"])
     assert refused.value.code == 2 and "is the teacher of" in capsys.readouterr().err
+
+
+def test_ablate_refuses_a_corrupt_checkpoint_of_a_teacher_trained_earlier(db_url, tmp_path):
+    from types import SimpleNamespace
+
+    from kdcicam.cli.run_setup import check_finished_teachers
+    from kdcicam.core.config import TeacherRefs
+    from kdcicam.core.errors import RunError
+
+    folders = _kd_store(db_url, tmp_path)  # last.pt holds b"checkpoint": no loadable checkpoint
+    student = SimpleNamespace(cfg=SimpleNamespace(teachers=TeacherRefs(loc_run="tttt000011112222", loc_select="last")))
+    unknown = SimpleNamespace(cfg=SimpleNamespace(teachers=TeacherRefs(cls_run="nnnn000011112222")))  # planned only
+    with open_store(db_url) as store:
+        check_finished_teachers([unknown], store)
+        with pytest.raises(RunError, match="cannot load checkpoint"):
+            check_finished_teachers([student, unknown], store)
+    assert folders["tttt"].joinpath("last.pt").exists()

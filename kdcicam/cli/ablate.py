@@ -26,6 +26,7 @@ from kdcicam.cli.run_setup import (
     BACKBONES,
     DATASETS,
     LAUNCHERS,
+    check_finished_teachers,
     choice,
     outcome_rows,
     preflight,
@@ -123,6 +124,7 @@ def ablate(
     from kdcicam.store import utc_now
 
     began = utc_now()
+    check_finished_teachers(plan.runs, store)
     _register_plan(plan, store, artifacts, dev)
     workers = start_workers(n_jobs - 1, worker_args(sys.argv), Path(artifacts))
     try:

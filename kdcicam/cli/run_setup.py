@@ -16,8 +16,8 @@ from kdcicam.cli._common import (
     configure_threads,
     db_url,
 )
-from kdcicam.core.config import VARIANTS, DataConfig
-from kdcicam.core.errors import ConfigError
+from kdcicam.core.config import VARIANTS, DataConfig, TeacherRefs
+from kdcicam.core.errors import ConfigError, KdcicamError
 
 DATASETS = ("synthetic", "cub", "ilsvrc", "wsol")
 BACKBONES = ("vgg16", "inceptionv3")
@@ -128,6 +128,28 @@ def check_teacher_checkpoints(store, refs) -> None:
             if not store.get_run(run_id).artifacts_dir:
                 raise RunError(f"teacher run {run_id[:12]} has no artifact folder: it cannot be distilled from")
             load_checkpoint(Path(run_model_source(store, run_id, selection)[1]))
+
+
+def check_finished_teachers(runs, store) -> None:
+    """Load once each checkpoint that a planned student distils from a teacher trained earlier (teachers the
+    plan itself trains are checked as they finish), before any run of the plan is stored.
+
+    Raises:
+        RunError: such a checkpoint is missing or corrupt.
+    """
+    seen = set()
+    for run in runs:
+        refs = run.cfg.teachers
+        for run_id, selection in ((refs.cls_run, refs.cls_select), (refs.loc_run, refs.loc_select)):
+            if not run_id or (run_id, selection) in seen:
+                continue
+            seen.add((run_id, selection))
+            try:
+                finished = store.get_run(run_id).status == "finished"
+            except KdcicamError:  # not stored yet: the plan trains it
+                continue
+            if finished:
+                check_teacher_checkpoints(store, TeacherRefs(cls_run=run_id, cls_select=selection))
 
 
 def check_input_sizes(cfg) -> None:
