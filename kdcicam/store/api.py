@@ -15,6 +15,12 @@ SQLite and PostgreSQL give the same results:
 - Text is ordered bytewise (PostgreSQL: ``COLLATE "C"``), run-id prefixes match ASCII
   case-insensitively, and values a PostgreSQL column would reject (a string longer than its
   VARCHAR, an integer beyond 32 bits) are refused on both backends with a StoreError.
+- A damaged SQLite file is one StoreError naming ``sqlite3 FILE .recover``; a single row that cannot
+  be decoded is skipped with a :class:`~kdcicam.core.errors.StoreWarning` instead of failing every read.
+
+This module holds the transactions, datasets and runs; the run lifecycle (claim, heartbeat, finish,
+fail) is in ``lifecycle.py``, metrics and per-image records in ``results.py``, the row snapshots and
+conversions in ``rows.py``.
 """
 
 from __future__ import annotations
