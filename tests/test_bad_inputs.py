@@ -351,7 +351,6 @@ import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 size = {ws['db'].stat().st_size}
 resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-from _bad_cases_more import MORE
 from kdcicam.cli import main
 sys.argv = ["kdcicam", "train", "--profile", "smoke", "--db", "{ws['url']}", "--quiet"]
 main()
