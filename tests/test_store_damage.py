@@ -103,3 +103,11 @@ def test_a_read_only_store_can_be_listed_as_seen_by_os_access(tmp_path, capsys, 
     code, out, err = _cli(["runs", "list", "--db", str(db), "--json"], capsys)
     assert code == 0, err
     assert RUNS[0] in out and db.read_bytes() == before
+
+
+def test_showing_the_damaged_run_itself_is_one_line(tmp_path, capsys):
+    db = tmp_path / "runs.db"
+    _store(db)
+    _raw(db, "UPDATE runs SET labels = 'x' WHERE id = ?", RUNS[0])
+    code, _out, err = _cli(["runs", "show", RUNS[0][:8], "--db", str(db)], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"run {RUNS[0]}'s row is damaged" in err, err

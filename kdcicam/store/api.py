@@ -168,6 +168,14 @@ class Store(LifecycleMixin, ResultsMixin):
             raise StoreError(f"no run matches '{run_id}'")
         return row
 
+    def _info(self, row: Run) -> RunInfo:
+        """The row as a RunInfo; a row whose JSON columns are damaged is a one-line StoreError."""
+        try:
+            return run_info(row, self.folder)
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"the store at {self.label}: run {row.id}'s row is damaged "
+                             f"({type(exc).__name__}: {str(exc)[:80]})") from None
+
     def _decoded(self, row: Run) -> RunInfo | None:
         """The row as a RunInfo, or None (with a StoreWarning) when its JSON columns are damaged."""
         try:
@@ -244,7 +252,7 @@ class Store(LifecycleMixin, ResultsMixin):
                 if wanted != row.config_hash:
                     raise ValueError(f"run {run_id} exists with config_hash {row.config_hash}, "
                                      f"not {wanted}")
-                return run_info(row, self.folder)
+                return self._info(row)
             missing = [key for key in _REQUIRED_RUN_FIELDS if key not in fields]
             if missing:
                 raise ValueError(f"new run {run_id} needs fields: {', '.join(missing)}")
@@ -258,7 +266,7 @@ class Store(LifecycleMixin, ResultsMixin):
             row = Run(id=run_id, status="pending", created_at=self._now(), **values)
             session.add(row)
             session.flush()
-            return run_info(row, self.folder)
+            return self._info(row)
 
         return self._tx(op, write=True)
 
@@ -268,7 +276,7 @@ class Store(LifecycleMixin, ResultsMixin):
         Raises:
             StoreError: no such run.
         """
-        return self._tx(lambda session: run_info(self._require_run(session, run_id), self.folder), write=False)
+        return self._tx(lambda session: self._info(self._require_run(session, run_id)), write=False)
 
     def resolve_run(self, name: str) -> RunInfo:
         """Find a run by full id or by a unique id prefix of at least 4 characters.
@@ -281,7 +289,7 @@ class Store(LifecycleMixin, ResultsMixin):
         def op(session: Session) -> RunInfo:
             row = session.get(Run, name)
             if row is not None:
-                return run_info(row, self.folder)
+                return self._info(row)
             if len(name) < MIN_PREFIX:
                 raise StoreError(f"no run matches '{name}' (a prefix needs at least {MIN_PREFIX} characters)")
             match = Run.id.istartswith(name, autoescape=True)  # SQLite's LIKE ignores ASCII case
@@ -293,7 +301,7 @@ class Store(LifecycleMixin, ResultsMixin):
             if count > 1:
                 shown = ", ".join(r.id[:12] for r in rows) + (", ..." if count > 5 else "")
                 raise StoreError(f"'{name}' matches {count} runs ({shown}); give more characters")
-            return run_info(rows[0], self.folder)
+            return self._info(rows[0])
 
         return self._tx(op, write=False)
 
