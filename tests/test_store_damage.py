@@ -111,3 +111,12 @@ def test_showing_the_damaged_run_itself_is_one_line(tmp_path, capsys):
     _raw(db, "UPDATE runs SET labels = 'x' WHERE id = ?", RUNS[0])
     code, _out, err = _cli(["runs", "show", RUNS[0][:8], "--db", str(db)], capsys)
     assert code == 2 and err.count("\n") == 1 and f"run {RUNS[0]}'s row is damaged" in err, err
+
+
+def test_a_row_with_a_damaged_timestamp_is_skipped_with_a_warning(tmp_path, capsys):
+    db = tmp_path / "runs.db"
+    _store(db)
+    _raw(db, "UPDATE runs SET created_at = 'not a time' WHERE id = ?", RUNS[0])
+    code, out, err = _cli(["runs", "list", "--db", str(db), "--json"], capsys)
+    assert code == 0, err
+    assert f"run {RUNS[0]} skipped" in err and RUNS[1] in out and RUNS[0] not in out

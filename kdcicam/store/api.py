@@ -185,6 +185,18 @@ class Store(LifecycleMixin, ResultsMixin):
                           f"({type(exc).__name__}: {str(exc)[:80]})", StoreWarning, stacklevel=2)
             return None
 
+    def _rows_one_by_one(self, session: Session, query: Any) -> list[Run]:
+        """The rows of ``query`` loaded one at a time, skipping (with a StoreWarning) those that cannot be."""
+        rows = []
+        for run_id in session.scalars(query.with_only_columns(Run.id)).all():
+            try:
+                rows.append(session.scalars(select(Run).where(Run.id == run_id)).one())
+            except (ValueError, TypeError) as exc:
+                session.expunge_all()
+                warnings.warn(f"the store at {self.label}: run {run_id} skipped, its row is damaged "
+                              f"({type(exc).__name__}: {str(exc)[:80]})", StoreWarning, stacklevel=3)
+        return rows
+
     def _text_order(self, column: Any) -> Any:
         """``column`` for ORDER BY, compared bytewise on every backend."""
         return column if self._collation is None else column.collate(self._collation)
@@ -326,7 +338,11 @@ class Store(LifecycleMixin, ResultsMixin):
                 query = query.where(Run.status == status)
             if role is not None:
                 query = query.where(Run.role == role)
-            return [info for info in (self._decoded(row) for row in session.scalars(query)) if info is not None]
+            try:
+                rows = list(session.scalars(query))
+            except (ValueError, TypeError):  # a column the ORM cannot convert (e.g. a damaged timestamp)
+                rows = self._rows_one_by_one(session, query)
+            return [info for info in (self._decoded(row) for row in rows) if info is not None]
 
         runs = self._tx(op, write=False)
         if labels_contain is None:
