@@ -138,9 +138,10 @@ def test_ablate_jobs_2_shares_the_plan_between_two_processes(smoke_cache, tmp_pa
 
 
 @pytest.mark.slow
-def test_artifacts_folder_is_stored_absolute_and_follows_a_resumed_run(smoke_cache, tmp_path):  # noqa: F811
-    # A relative --artifacts is stored resolved (a distilled student reads its teachers' checkpoints from
-    # the stored folder, whatever its own working directory); a run resumed under another --artifacts
+def test_artifacts_folder_is_stored_relative_to_the_store_and_follows_a_resumed_run(smoke_cache, tmp_path):  # noqa: F811
+    # A relative --artifacts is stored relative to the store's folder, not to the working directory (a
+    # distilled student reads its teachers' checkpoints from the stored folder, whatever its own working
+    # directory; the project folder can be moved); a run resumed under another --artifacts
     # records the folder it now writes to (it used to keep the old one: the student then found no file).
     env = {**kdcicam_env(smoke_cache), "KDCICAM_THREADS": "1"}
     db = tmp_path / "runs.db"
@@ -154,7 +155,7 @@ def test_artifacts_folder_is_stored_absolute_and_follows_a_resumed_run(smoke_cac
 
     run_id = train("first")["run_id"]
     [(stored,)] = query(db, "select artifacts_dir from runs where id = ?", run_id)
-    assert stored == str(tmp_path / "first" / run_id)
+    assert stored == f"first/{run_id}"
     # the folder moves and the run must be trained again (failed): it resumes from the moved checkpoint
     (tmp_path / "first").rename(tmp_path / "second")
     con = sqlite3.connect(db)
@@ -163,7 +164,7 @@ def test_artifacts_folder_is_stored_absolute_and_follows_a_resumed_run(smoke_cac
     con.close()
     assert train("second")["run_id"] == run_id
     [(stored, status)] = query(db, "select artifacts_dir, status from runs where id = ?", run_id)
-    assert status == "finished" and stored == str(tmp_path / "second" / run_id)
+    assert status == "finished" and stored == f"second/{run_id}"
     assert (tmp_path / "second" / run_id / "last.pt").exists()
 
 

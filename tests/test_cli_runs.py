@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from kdcicam.cli import app, main
 from kdcicam.cli.runs import headline
 from kdcicam.store import open_store
+from kdcicam.store.run_folder import write_owner_file
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 RUN_A = "aaaa111122223333"
@@ -220,6 +221,7 @@ def _kd_store(db_url: str, tmp_path: Path) -> dict[str, Path]:
             folder = tmp_path / "runs" / run_id
             folder.mkdir(parents=True)
             (folder / "last.pt").write_bytes(b"checkpoint")
+            write_owner_file(folder, run_id, store.label)
             store.get_or_create_run(run_id, config_hash="c" + run_id[:4], role=role, profile="smoke",
                                     variant="reference", dataset="synthetic", seed=0, config=config,
                                     artifacts_dir=str(folder))
@@ -285,6 +287,55 @@ def test_delete_refuses_a_teacher_with_students_a_live_run_and_unknown_ids(db_ur
     with pytest.raises(SystemExit):
         main(["runs", "delete", "tttt", "ssss", "--db", db_url, "--yes"])
     assert _ids(db_url) == {"uuuu", "llll"}
+
+
+def test_delete_keeps_a_foreign_folder_a_stranger_run_folder_and_the_original_of_a_copied_store(
+        db_url, tmp_path, capsys):
+    import shutil
+    import sqlite3
+
+    folders = _kd_store(db_url, tmp_path)
+    # a copied project folder: deleting in the copy removes the copy's files, never the original's
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(tmp_path / "runs.db", copy / "runs.db")
+    shutil.copytree(tmp_path / "runs", copy / "runs")
+    copy_url = f"sqlite:///{copy / 'runs.db'}"
+    with open_store(copy_url) as store:
+        assert store.get_run("uuuu000011112222").artifacts_dir == str(copy / "runs" / "uuuu000011112222")
+    with pytest.raises(SystemExit):
+        main(["runs", "delete", "uuuu", "--db", copy_url, "--yes"])
+    capsys.readouterr()
+    assert not (copy / "runs" / "uuuu000011112222").exists() and folders["uuuu"].joinpath("last.pt").exists()
+    # a damaged or hostile store naming a folder that is not the run's: the row goes, the folder stays
+    foreign = tmp_path / "precious"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    stranger = tmp_path / "elsewhere" / "tttt000011112222"  # named after the run, but not its folder
+    stranger.mkdir(parents=True)
+    (stranger / "data.bin").write_bytes(b"x")
+    raw = sqlite3.connect(tmp_path / "runs.db")
+    with raw:
+        raw.execute("UPDATE runs SET artifacts_dir = ? WHERE id LIKE 'ssss%'", (str(foreign),))
+        raw.execute("UPDATE runs SET artifacts_dir = ? WHERE id LIKE 'tttt%'", (str(stranger),))
+    raw.close()
+    with pytest.raises(SystemExit):
+        main(["runs", "delete", "ssss", "tttt", "--db", db_url, "--yes", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["folders_removed"] == [] and len(report["folders_kept"]) == 2
+    assert (foreign / "thesis.tex").exists() and (stranger / "data.bin").exists()
+    assert _ids(db_url) == {"uuuu"}
+
+
+def test_delete_shows_the_folders_it_will_remove_before_asking(db_url, tmp_path, capsys, monkeypatch):
+    import io
+
+    folders = _kd_store(db_url, tmp_path)
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    with pytest.raises(SystemExit):
+        main(["runs", "delete", "uuuu", "--db", db_url])
+    captured = capsys.readouterr()
+    assert f"remove {folders['uuuu']}" in captured.err + captured.out
 
 
 def test_delete_puts_the_folders_back_when_the_store_refuses(db_url, tmp_path, capsys, monkeypatch):
@@ -363,3 +414,45 @@ def test_export_writes_tidy_csv_of_finals_epochs_and_records(runner, db_url, tmp
             main(["runs", "export", "--db", db_url, *args])
         err = capsys.readouterr().err
         assert bad.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_teacher_an_unfinished_ablate_plans_to_use_cannot_be_deleted(tmp_path, capsys, monkeypatch):
+    """ablate records every planned run before any trains: its students name their teachers in the store."""
+    from kdcicam.execution import runner
+
+    monkeypatch.setenv("KDCICAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KDCICAM_JOBS", "1")
+    monkeypatch.delenv("KDCICAM_DB", raising=False)
+
+    def stopped(runs, ctx, **kwargs):  # the ablate is stopped before its first run trains
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "execute_plan", stopped)
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    with pytest.raises(SystemExit):
+        main(["ablate", "table3", "--profile", "smoke", "--db", db, "--artifacts", str(tmp_path / "runs"), "--quiet"])
+    capsys.readouterr()
+    with open_store(db) as store:
+        runs = store.list_runs()
+    teachers = {r.id for r in runs if r.role in ("cls_teacher", "loc_teacher")}
+    assert teachers and {r.status for r in runs} == {"pending"}
+    with pytest.raises(SystemExit) as refused:
+        main(["runs", "delete", min(teachers), "--db", db, "--yes"])
+    assert refused.value.code == 2 and "is the teacher of" in capsys.readouterr().err
+
+
+def test_ablate_refuses_a_corrupt_checkpoint_of_a_teacher_trained_earlier(db_url, tmp_path):
+    from types import SimpleNamespace
+
+    from kdcicam.cli.run_setup import check_finished_teachers
+    from kdcicam.core.config import TeacherRefs
+    from kdcicam.core.errors import RunError
+
+    folders = _kd_store(db_url, tmp_path)  # last.pt holds b"checkpoint": no loadable checkpoint
+    student = SimpleNamespace(cfg=SimpleNamespace(teachers=TeacherRefs(loc_run="tttt000011112222", loc_select="last")))
+    unknown = SimpleNamespace(cfg=SimpleNamespace(teachers=TeacherRefs(cls_run="nnnn000011112222")))  # planned only
+    with open_store(db_url) as store:
+        check_finished_teachers([unknown], store)
+        with pytest.raises(RunError, match="cannot load checkpoint"):
+            check_finished_teachers([student, unknown], store)
+    assert folders["tttt"].joinpath("last.pt").exists()

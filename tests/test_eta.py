@@ -70,7 +70,7 @@ def test_plan_status_says_new_reused_resumed_after_which_epoch_or_running_elsewh
     import os
     import socket
 
-    from kdcicam.cli.runcmds import _status_of
+    from kdcicam.cli.ablate import _status_of
     from kdcicam.store import utc_now
 
     def info(status, pid=None):

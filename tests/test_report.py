@@ -153,6 +153,8 @@ def filled(_template: Path, tmp_path: Path) -> str:
     """A private copy of the filled store's database (tests may add runs to it)."""
     for path in _template.glob("r.db*"):
         shutil.copy(path, tmp_path / path.name)
+    if (_template / "artifacts").is_dir():  # artifact paths are relative to the store's folder
+        shutil.copytree(_template / "artifacts", tmp_path / "artifacts")
     return f"sqlite:///{tmp_path / 'r.db'}"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 # OpenMP threads that spin while waiting for a core slow CPU training 3-5x on a machine shared with
 # other busy processes (benchmarks/README.md); set before torch is imported. The user's value wins.
@@ -20,6 +21,7 @@ from kdcicam.core.errors import (
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
     KdcicamError,
+    KdcicamWarning,
 )
 
 app = typer.Typer(
@@ -39,12 +41,13 @@ def _root(
 
 
 def _register_subcommands() -> None:
+    from kdcicam.cli import ablate as ablate_cli
     from kdcicam.cli import data as data_cli
     from kdcicam.cli import runcmds
 
     app.command("train")(runcmds.train)
     app.command("evaluate")(runcmds.evaluate_cmd)
-    app.command("ablate")(runcmds.ablate)
+    app.command("ablate")(ablate_cli.ablate)
     from kdcicam.cli.claims import claims_cmd
 
     app.command("claims")(claims_cmd)
@@ -64,6 +67,20 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+def _show_warnings_as_one_line() -> None:
+    """Print kdcicam's warnings as ``warning: <message>`` on stderr (each once), others as Python does."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, KdcicamWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.simplefilter("default", KdcicamWarning)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turn user errors into one line + exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -73,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
 
         install_sigterm_as_interrupt()
     try:
-        app(args=args, prog_name="kdcicam", standalone_mode=True)
+        with warnings.catch_warnings():
+            _show_warnings_as_one_line()
+            app(args=args, prog_name="kdcicam", standalone_mode=True)
     except KdcicamError as exc:
         if debug:
             raise

@@ -46,6 +46,10 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a TOML file (not UTF-8 text: byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, node: dict[str, Any]) -> None:
@@ -57,6 +61,9 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
                 flat[key] = v
 
     walk("", data)
+    from kdcicam.core.config import RunConfig, with_overrides
+
+    with_overrides(RunConfig(), flat, where=str(path))  # unknown keys and wrong types, named by this file
     return flat
 
 

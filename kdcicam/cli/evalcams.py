@@ -35,10 +35,12 @@ def eval_cams_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ) -> None:
     """Score saved CAMs (any method) on one split: MaxBoxAccV2, GT-known Loc, PxAP with --masks."""
+    from kdcicam.core.limits import check_limit
     from kdcicam.data.wsol_split import read_split, split_folder
     from kdcicam.evaluation.saved_cams import DEFAULT_THETAS, CamProblemsError, score_cams
 
     try:
+        check_limit("image_side", size, "--size")
         meta = read_split(split_folder(metadata, split))
         scores = score_cams(cam_dir, meta, thetas=tuple(theta or DEFAULT_THETAS), size=size,
                             cam_thresholds=cam_thresholds, box_rule=box_rule, mask_root=masks, legacy=legacy,

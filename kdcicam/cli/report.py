@@ -89,7 +89,7 @@ def report_cmd(
         data = build_report(None, reg, protocols=protocols, table_keys=tables, store_url=url,
                             threshold_policy=threshold_policy.value)
     else:
-        with open_store(url) as store:
+        with open_store(url, create=False) as store:
             data = build_report(store, reg, protocols=protocols, table_keys=tables,
                                 threshold_policy=threshold_policy.value)
     if as_json:
@@ -133,8 +133,10 @@ def compare_cmd(
     threshold policy, eval.select_on); otherwise: "no verdict: the runs differ in ...".
     """
     from kdcicam.analysis.compare import compare_runs, format_comparison
+    from kdcicam.core.limits import check_limit
     from kdcicam.store import open_store
 
+    check_limit("resamples", resamples, "--resamples")
     with open_store(_db_url(db), create=False) as store:
         result = compare_runs(store, run_a, run_b, protocol=protocol.value, selection=selection.value,
                               n_resamples=resamples, seed=seed, threshold_policy=threshold_policy.value,

@@ -111,7 +111,7 @@ def list_cmd(
     if path is not None and not path.exists():  # listing must not create a store as a side effect
         typer.echo("[]" if as_json else f"no runs yet (no run store at {path})")
         return
-    with open_store(url) as store:
+    with open_store(url, create=False) as store:
         table, _, cell_key = (cell or "").partition("/")
         runs = store.list_runs(status=status, role=role,
                                labels_contain=None if cell is None else (table, cell_key) if cell_key else table)
@@ -263,7 +263,6 @@ def delete_cmd(
     """Delete runs from the store (and their artifact folders), so that the next ablate / train trains them
     again, e.g. after a fix to the trainer: a run's id is its config, not the code that trained it."""
     import shutil
-    from pathlib import Path
 
     from kdcicam.core.errors import ConfigError
     from kdcicam.execution.holders import holder_gone
@@ -280,11 +279,14 @@ def delete_cmd(
             teacher, names = next(iter(students.items()))
             raise ConfigError(f"run {teacher[:12]} is the teacher of {len(names)} other run(s) ({', '.join(names)}): "
                               f"delete them too (kdcicam runs delete {teacher[:12]} {' '.join(names)}) or keep it")
-        folders = [Path(info.artifacts_dir) for info in chosen
-                   if not keep_files and info.artifacts_dir and Path(info.artifacts_dir).is_dir()]
+        folders, kept = _folders_to_delete(store, chosen, keep_files)
         what = ", ".join(f"{i.short_id} ({i.role}, {i.status})" for i in chosen)
+        if not yes:
+            for line in [f"remove {folder}" for folder in folders] + [f"keep {why}" for why in kept]:
+                typer.echo(f"  {line}", err=True)
         if not yes and not typer.confirm(f"Delete {len(chosen)} run(s): {what}"
-                                         + (f", and {len(folders)} artifact folder(s)" if folders else "") + "?"):
+                                         + (f", and the {len(folders)} artifact folder(s) listed" if folders else "")
+                                         + "?"):
             raise ConfigError("not confirmed: nothing deleted")
         # folders aside first: a run deleted from the store must not find its old checkpoints when trained
         # again; if the store refuses, they are put back
@@ -300,11 +302,30 @@ def delete_cmd(
     for _, moved in aside:
         shutil.rmtree(moved, ignore_errors=True)
     if as_json:
-        typer.echo(json.dumps({"deleted": sorted(ids), "folders_removed": [str(f) for f, _ in aside]}, indent=2))
+        typer.echo(json.dumps({"deleted": sorted(ids), "folders_removed": [str(f) for f, _ in aside],
+                               "folders_kept": kept}, indent=2))
         return
+    for why in kept:
+        typer.echo(f"kept {why}", err=True)
     typer.echo(f"deleted {len(ids)} run(s): {', '.join(i.short_id for i in chosen)}"
                + (f" and {len(aside)} artifact folder(s)" if aside else "")
                + ". The next ablate / train of them trains them from the start.")
+
+
+def _folders_to_delete(store: Any, chosen: list[RunInfo], keep_files: bool) -> tuple[list[Any], list[str]]:
+    """The artifact folders provably the chosen runs' own, and why any other named folder is kept."""
+    from kdcicam.store.run_folder import deletable_folder
+
+    if keep_files:
+        return [], []
+    folders, kept = [], []
+    for info in chosen:
+        folder, why = deletable_folder(info.artifacts_dir, info.id, store.folder, store.label)
+        if folder is not None:
+            folders.append(folder)
+        elif why:
+            kept.append(why)
+    return folders, kept
 
 
 def _students_of(history: list[RunInfo], teachers: set[str]) -> dict[str, list[str]]:

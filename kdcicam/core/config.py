@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from kdcicam.core.errors import ConfigError
+from kdcicam.core.limits import check_limit
 
 Variant = Literal["paper", "reference"]
 Role = Literal["student", "cls_teacher", "loc_teacher", "distilled"]
@@ -86,6 +87,8 @@ class SynthConfig:
         need(self.classes >= 2, "classes", "must be >= 2")
         need(self.per_class >= 4, "per_class", "must be >= 4")
         need(self.size >= 32, "size", "must be >= 32")
+        check_limit("image_side", self.size, "data.synth.size")
+        check_limit("images", self.classes * self.per_class, "data.synth.classes x data.synth.per_class")
         need(0.0 <= self.context_correlation <= 1.0, "context_correlation", "must be in [0, 1]")
         need(0.0 <= self.test_context_correlation <= 1.0, "test_context_correlation", "must be in [0, 1]")
         need(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
@@ -271,6 +274,10 @@ class RunConfig:
                    scale, "must be [] (resize + random crop) or [min, max] with 0 < min <= max <= 1")
         _check(self.train.batch_size >= 1, "train.batch_size", self.train.batch_size, "must be >= 1")
         _check(self.train.epochs >= 1, "train.epochs", self.train.epochs, "must be >= 1")
+        check_limit("epochs", self.train.epochs, "train.epochs")
+        for key, side in (("data.train_resize", self.data.train_resize), ("data.crop", self.data.crop),
+                          ("eval.test_resize", self.eval.test_resize), ("eval.test_crop", self.eval.test_crop)):
+            check_limit("image_side", side, key)
         _check(self.train.checkpoint_every >= 0, "train.checkpoint_every", self.train.checkpoint_every, "must be >= 0")
         _check(0 <= self.train.seed < 2**31, "train.seed", self.train.seed, "must be in [0, 2^31)")
         if self.loss.role == "distilled":
@@ -378,6 +385,9 @@ def with_overrides(cfg: Any, overrides: dict[str, Any], where: str = "override")
             node = node[part]
         if parts[-1] not in node:
             raise ConfigError(f"{where}: unknown key {dotted!r}")
+        if isinstance(node[parts[-1]], dict) and not isinstance(value, dict):
+            first = next(iter(node[parts[-1]]), "key")
+            raise ConfigError(f"{where}: {dotted!r} is a section, not a value (set its keys, e.g. {dotted}.{first})")
         node[parts[-1]] = value
     try:
         return from_dict(type(cfg), data, where="")

@@ -30,3 +30,11 @@ class StoreError(KdcicamError):
 
 class RunError(KdcicamError):
     """A training or evaluation run cannot proceed (diverged, missing teacher, bad weights...)."""
+
+
+class KdcicamWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it as one line)."""
+
+
+class StoreWarning(KdcicamWarning):
+    """A damaged row of the run store was skipped."""

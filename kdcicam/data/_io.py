@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from kdcicam.core.errors import DataError
+from kdcicam.core.limits import limit
 from kdcicam.data.base import Box, DatasetIndex
+from kdcicam.data.image_files import file_problem, pixels_problem
 
 BOX_TOLERANCE = 1.0  # px a box may exceed its image (annotation tools round to the pixel border)
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -227,16 +230,23 @@ def probe_image(path: Path, decode: bool = False) -> tuple[tuple[int, int, str] 
     """
     from PIL import Image
 
+    bound = limit("image_pixels")  # a bad KDCICAM_MAX_IMAGE_PIXELS is a ConfigError, not a defect per image
+    problem = file_problem(path)
+    if problem is not None:
+        return None, problem
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            mode = img.mode
-            if decode:
-                img.load()
-    except FileNotFoundError:
-        return None, "image file does not exist"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below
+            with Image.open(path) as img:
+                width, height = img.size
+                mode = img.mode
+                problem = pixels_problem(width, height, bound)
+                if decode and problem is None:
+                    img.load()
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...)
         return None, f"unreadable image ({type(exc).__name__}: {exc})"
+    if problem is not None:
+        return None, problem
     return (width, height, mode), None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch.utils.data import Dataset
 from kdcicam.core.errors import DataError
 from kdcicam.data.base import Sample
 from kdcicam.data.train_augment import EpsilonTransform
+from kdcicam.data.image_files import file_problem, pixels_problem
 
 # transform(img, boxes (K, 4) xyxy in img's pixels) -> (image (3, H, W), boxes (K, 4) in its frame)
 Transform = Callable[[Image.Image, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -27,12 +29,23 @@ def load_rgb(path: Path | str) -> Image.Image:
     Raises:
         DataError: The file is missing, unreadable or truncated (the message names it).
     """
+    problem = file_problem(path)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # pixels_problem is the limit
+            img = Image.open(path)
+        with img:
+            problem = pixels_problem(*img.size)
+            if problem is not None:
+                raise DataError(f"{path}: {problem}")
             img.load()
             if img.mode == "P" and "transparency" in img.info:
                 return img.convert("RGBA").convert("RGB")
             return img.convert("RGB")
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: image file does not exist") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for bad files

@@ -65,12 +65,24 @@ def scan_dataset(root: Path | str, format: str = "auto", image_root: Path | str 
     fmt = resolve_format(root, format)
     headers = {} if read_headers is None else {"read_headers": read_headers}
     if fmt == "cub":
-        return scan_cub(root, decode=decode, **headers)
+        return _require_splits(scan_cub(root, decode=decode, **headers), root)
     if fmt == "ilsvrc":
-        return scan_ilsvrc(root, decode=decode, **headers)
+        return _require_splits(scan_ilsvrc(root, decode=decode, **headers), root)
     metadata_dir, default_root = _wsol_dirs(Path(root))
-    return scan_wsol(metadata_dir, image_root if image_root is not None else default_root,
-                     decode=decode, **headers)
+    return _require_splits(scan_wsol(metadata_dir, image_root if image_root is not None else default_root,
+                                     decode=decode, **headers), root)
+
+
+def _require_splits(scan: ScanResult, root: Path | str) -> ScanResult:
+    """A dataset without train or without test images is a defect: it would train to "finished" with
+    no metric (no test images) or learn nothing (no train images)."""
+    if scan.index is None:
+        return scan
+    empty = [name for name in ("train", "test") if not scan.index.split(name)]
+    if not empty:
+        return scan
+    defects = [f"{root}: the {name} split has no images" for name in empty]
+    return ScanResult(index=None, defects=defects, modes=scan.modes)
 
 
 def _wsol_dirs(root: Path) -> tuple[Path, Path | None]:

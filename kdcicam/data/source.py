@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kdcicam.core.config import DataConfig, SynthConfig, config_hash
 from kdcicam.core.errors import ConfigError
+from kdcicam.core.filelock import exclusive_lock
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.loader import load_dataset
 
@@ -19,24 +20,38 @@ def synthetic_root(cache_dir: Path, synth: SynthConfig) -> Path:
 
 
 def ensure_synthetic(cache_dir: Path, synth: SynthConfig) -> Path:
-    """Generate the synthetic benchmark into the cache unless an identical copy is already there."""
+    """Generate the synthetic benchmark into the cache unless an identical copy is already there.
+
+    Any number of processes may call this at once: one generates (into a temporary folder renamed into
+    place), under a lock file beside the folder; the others wait for it and then use its dataset.
+    """
     from kdcicam.data.synthetic import generate
 
     root = synthetic_root(cache_dir, synth)
-    meta = root / "generator.json"
-    if meta.is_file():
-        try:
-            recorded = json.loads(meta.read_text())
-        except json.JSONDecodeError:
-            recorded = {}
-        if _same_params(recorded, synth):
-            return root
-    generate(root, synth, overwrite=True)
+    if _is_complete(root, synth):
+        return root
+    with exclusive_lock(root.with_name(f".{root.name}.lock")):
+        if not _is_complete(root, synth):  # another process may have generated it while we waited
+            generate(root, synth, overwrite=True)
     return root
+
+
+def _is_complete(root: Path, synth: SynthConfig) -> bool:
+    """Whether ``root`` holds a finished dataset of these parameters (generator.json is written last)."""
+    meta = root / "generator.json"
+    if not meta.is_file():
+        return False
+    try:
+        recorded = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(recorded, dict) and _same_params(recorded, synth)
 
 
 def _same_params(recorded: dict, synth: SynthConfig) -> bool:
     params = recorded.get("config", recorded.get("params", recorded))
+    if not isinstance(params, dict):
+        return False
     want = json.loads(json.dumps(asdict(synth)))
     return all(params.get(k) == v for k, v in want.items())
 

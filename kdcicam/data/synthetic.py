@@ -423,9 +423,13 @@ def generate(out: Path, cfg: SynthConfig, overwrite: bool = False) -> dict[str, 
     try:
         counts = _write_all(tmp, cfg)
         _check_destination(out, overwrite)
-        if out.exists():
-            shutil.rmtree(out)  # empty, or written by this generator (_check_destination)
+        old = None
+        if out.exists():  # empty, or written by this generator (_check_destination): moved aside whole
+            old = out.parent / f".{out.name}.{secrets.token_hex(4)}.old"
+            out.rename(old)
         tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,7 +21,9 @@ import torch
 from PIL import Image
 
 from kdcicam.core.config import RunConfig
+from kdcicam.core.errors import DataError
 from kdcicam.data.base import Sample
+from kdcicam.data.image_files import file_problem
 from kdcicam.evaluation.boxes import iou_matrix
 from kdcicam.evaluation.evaluator import PROTOCOL_PIXEL_INCLUSIVE as PIXEL_INCLUSIVE
 from kdcicam.evaluation.evaluator import protocol_transform
@@ -41,6 +43,9 @@ class BaselineResult:
 def _size(sample: Sample) -> tuple[int, int]:
     if sample.size is not None:
         return tuple(sample.size)  # type: ignore[return-value]
+    problem = file_problem(sample.path)
+    if problem is not None:
+        raise DataError(f"{sample.path}: {problem}")
     with Image.open(sample.path) as img:  # header only
         return img.size
 

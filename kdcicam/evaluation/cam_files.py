@@ -65,9 +65,13 @@ def load_cam(path: Path | str) -> np.ndarray:
         cam.close()
         raise DataError(f"{path}: an .npz archive; expected one .npy array per image")
     try:
-        return check_heatmap(cam).astype(np.float64)  # (H, W)
+        cam = check_heatmap(cam).astype(np.float64)  # (H, W)
     except ValueError as exc:
         raise DataError(f"{path}: unusable CAM: {exc}") from None
+    scale = np.abs(cam).max()
+    if scale > np.finfo(np.float64).max / 4:  # e.g. ±1e308: the span would overflow; min-max ignores scale
+        cam = cam / scale
+    return cam
 
 
 def normalize_cam(cam: np.ndarray, size: int) -> np.ndarray:

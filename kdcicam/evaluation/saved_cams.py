@@ -36,6 +36,7 @@ import numpy as np
 
 from kdcicam.core.config import BOX_RULES, METRIC_VERSION
 from kdcicam.core.errors import ConfigError, DataError
+from kdcicam.core.limits import check_limit
 from kdcicam.data.wsol_split import SplitMetadata
 from kdcicam.evaluation.cam_files import CamProblemsError, find_cam, load_cam
 from kdcicam.evaluation.metrics import MaxBoxAccV2Meter
@@ -176,6 +177,7 @@ def _check_options(thetas, size, iou_threshold, cam_thresholds, iou_levels, box_
     for name, value in (("size", size), ("cam_thresholds", cam_thresholds), ("jobs", jobs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} = {value!r}: must be a positive integer")
+    check_limit("image_side", size, "size")
     if not 0.0 < iou_threshold <= 1.0:
         raise ConfigError(f"iou_threshold = {iou_threshold!r}: must be in (0, 1]")
     if box_rule not in BOX_RULES:

@@ -98,9 +98,31 @@ def read_spec(path: Path) -> RunSpec:
     if not isinstance(data, dict) or data.get("version") != SPEC_VERSION:
         raise ConfigError(f"{path}: not a version-{SPEC_VERSION} run spec (written by another kdcicam?)")
     try:
-        return RunSpec(**data)
+        spec = RunSpec(**data)
     except TypeError as exc:
         raise ConfigError(f"{path}: not a run spec ({exc})") from None
+    _check_spec_shape(spec, path)
+    return spec
+
+
+def _check_spec_shape(spec: RunSpec, path: Path) -> None:
+    """Refuse fields of the wrong type: a config that is no table, labels that are not [table, cell, seed, point].
+
+    Raises:
+        ConfigError: naming the file and the field.
+    """
+    for name, value, kind in (("run_id", spec.run_id, str), ("config", spec.config, dict),
+                              ("dataset_fingerprint", spec.dataset_fingerprint, str),
+                              ("data_cache", spec.data_cache, str), ("labels", spec.labels, list),
+                              ("deps", spec.deps, list)):
+        if not isinstance(value, kind):
+            raise ConfigError(f"{path}: {name} = {value!r:.60}: expected a {kind.__name__}")
+    for i, label in enumerate(spec.labels):
+        if not (isinstance(label, list) and len(label) == 4 and all(isinstance(v, str) for v in (label[0], label[1]))
+                and isinstance(label[2], int) and not isinstance(label[2], bool)):
+            raise ConfigError(f"{path}: labels[{i}] = {label!r:.60}: expected [table, cell, seed, grid point]")
+    if not all(isinstance(dep, str) for dep in spec.deps):
+        raise ConfigError(f"{path}: deps: expected a list of run ids")
 
 
 def planned_run(spec: RunSpec, open_data: Callable[[Any], DatasetIndex], where: str = "run spec") -> PlannedRun:

@@ -57,6 +57,7 @@ from kdcicam.execution.holders import STALE_AFTER_S, holder_gone
 from kdcicam.execution.plan import PlannedRun
 from kdcicam.model.factory import build_model
 from kdcicam.store import RunInfo, Store, sqlite_file, utc_now
+from kdcicam.store.run_folder import write_owner_file
 from kdcicam.training.checkpoint import load_checkpoint
 from kdcicam.training.distributed import DistContext, broadcast_object
 from kdcicam.training.recipes import TeacherSet, recipe_for
@@ -327,6 +328,7 @@ def execute(run: PlannedRun, index: DatasetIndex, ctx: RunContext) -> RunOutcome
     # where this attempt trains and writes checkpoints (absolute: students read teachers' files from any
     # working directory; a run resumed under another --artifacts folder records the new one)
     attempt["artifacts_dir"] = str((ctx.artifacts_root / run.run_id).resolve())
+    write_owner_file(ctx.artifacts_root / run.run_id, run.run_id, ctx.store.label)  # runs delete's proof
     period = ctx.heartbeat_s if _store_is_shared(ctx.store) else 0.0
     told = [False]  # whether the other ranks were told to train (they are inside collectives from then on)
     while True:

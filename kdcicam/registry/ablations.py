@@ -211,6 +211,11 @@ def _read_cell(path: Path, table_key: str, raw: dict[str, Any], teachers: dict[s
     key = raw.get("key", "?") if isinstance(raw, dict) else "?"
     where = f"{path.name}: cell {key!r}"
     _keys(where, raw, _CELL_KEYS, _CELL_OPTIONAL)
+    _check_cell_key(where, raw["key"])
+    _typed(f"{where}: name", raw["name"], str, "a string")
+    for optional in ("role", "teacher", "select"):
+        if optional in raw:
+            _typed(f"{where}: {optional}", raw[optional], str, "a string")
     role = raw.get("role")
     teacher = raw.get("teacher")
     if (role is None) == (teacher is None):
@@ -272,6 +277,27 @@ def _read_cell(path: Path, table_key: str, raw: dict[str, Any], teachers: dict[s
                 overrides=overrides, grid=grid, paper=paper)
 
 
+CELL_KEY_FORBIDDEN = "/@"  # they separate table, cell and seed in "table/cell@seed"
+
+
+def _check_cell_key(where: str, key: Any) -> None:
+    """A cell key is a non-empty string without '/', '@' or blanks (``table/cell@seed`` addresses it)."""
+    _typed(f"{where}: key", key, str, "a string")
+    bad = [ch for ch in key if ch in CELL_KEY_FORBIDDEN or ch.isspace()]
+    if not key or bad:
+        raise ConfigError(f"{where}: key {key!r}: must be non-empty, without blanks, '/' or '@' "
+                          "(they separate table, cell and seed in table/cell@seed)")
+
+
+def _metric_list(where: str, value: Any) -> tuple[str, ...]:
+    """A list of known metric names."""
+    _typed(where, value, list, "a list of metric names")
+    for m in value:
+        if m not in METRICS:
+            raise ConfigError(f"{where}: unknown metric {m!r} (known: {', '.join(METRICS)})")
+    return tuple(value)
+
+
 def _default_of(dotted: str) -> Any:
     node: Any = to_dict(RunConfig())
     for part in dotted.split("."):
@@ -285,14 +311,13 @@ def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
     raw = _read_toml(path)
     key = path.stem
     _keys(path.name, raw, {"title", "cells"}, {"caption", "kind", "reference_cell", "metrics", "claims", "sweep"})
+    _typed(f"{path.name}: title", raw["title"], str, "a string")
+    _typed(f"{path.name}: caption", raw.get("caption", ""), str, "a string")
     kind = raw.get("kind", "table")
-    if kind not in TABLE_KINDS:
+    if not isinstance(kind, str) or kind not in TABLE_KINDS:
         raise ConfigError(f"{path.name}: kind = {kind!r}: must be one of {', '.join(map(repr, TABLE_KINDS))}")
     sweep_key, sweep_values = _read_sweep(path.name, kind, raw)
-    metrics = tuple(raw.get("metrics", METRICS[:5]))
-    for m in metrics:
-        if m not in METRICS:
-            raise ConfigError(f"{path.name}: metrics: unknown metric {m!r} (known: {', '.join(METRICS)})")
+    metrics = _metric_list(f"{path.name}: metrics", raw.get("metrics", list(METRICS[:5])))
     if not isinstance(raw["cells"], list) or not raw["cells"]:
         raise ConfigError(f"{path.name}: 'cells' must be a non-empty array of tables ([[cells]])")
     cells = tuple(_read_cell(path, key, c, teachers) for c in raw["cells"])
@@ -310,6 +335,10 @@ def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
         # a dilemma is within one cell's runs: it has no "versus"
         _keys(where, c, {"key", "text", "cell", "metrics"} | ({"versus"} if claim_kind != "dilemma" else set()),
               {"direction", "kind"})
+        _metric_list(f"{where}: metrics", c["metrics"])
+        for slot in ("key", "text", "cell", "versus", "kind", "direction"):
+            if slot in c:
+                _typed(f"{where}: {slot}", c[slot], str, "a string")
         if claim_kind not in CLAIM_KINDS:
             raise ConfigError(f"{where}: kind = {claim_kind!r}: must be one of {', '.join(map(repr, CLAIM_KINDS))}")
         if claim_kind != "difference" and len(c["metrics"]) != 2:
@@ -368,10 +397,12 @@ def _read_teachers(path: Path) -> dict[str, TeacherDef]:
     raw = _read_toml(path)
     _keys(path.name, raw, {"teachers"}, set())
     out = {}
-    for name, t in raw["teachers"].items():
+    for name, t in _typed(f"{path.name}: teachers", raw["teachers"], dict, "a table of teachers").items():
         where = f"{path.name}: teacher {name!r}"
         _keys(where, t, {"role"}, {"description", "context_pool", "overrides"})
-        if t["role"] not in ("cls_teacher", "loc_teacher"):
+        _typed(f"{where}: description", t.get("description", ""), str, "a string")
+        _typed(f"{where}: context_pool", t.get("context_pool", True), bool, "true or false")
+        if not isinstance(t["role"], str) or t["role"] not in ("cls_teacher", "loc_teacher"):
             raise ConfigError(f"{where}: role = {t['role']!r}: must be 'cls_teacher' or 'loc_teacher'")
         out[name] = TeacherDef(name=name, role=t["role"], context_pool=t.get("context_pool", True),
                                description=t.get("description", ""),
@@ -389,12 +420,17 @@ def _read_profiles(path: Path) -> dict[str, Profile]:
         where = f"{path.name}: profile {name!r}"
         _keys(where, p, {"description", "reduced"},
               {"extends", "needs_real_data", "needs_weights", "needs_gpu", "overrides", "synth", "variant", "backbone"})
+        _typed(f"{where}: description", p["description"], str, "a string")
+        for flag in ("reduced", "needs_real_data", "needs_weights", "needs_gpu"):
+            _typed(f"{where}: {flag}", p.get(flag, False), bool, "true or false")
+        for section in ("overrides", "synth", "variant", "backbone"):
+            _typed(f"{where}: {section}", p.get(section, {}), dict, "a table")
         synth = _merged(raw, name, "synth", path.name)
         from_dict(SynthConfig, synth, where=f"{where}: synth")
         variant = _merged(raw, name, "variant", path.name)
         for vname, v in variant.items():
-            v = dict(v)
-            roles = v.pop("role", {})
+            v = dict(_typed(f"{where}: variant.{vname}", v, dict, "a table of dotted config keys"))
+            roles = _typed(f"{where}: variant.{vname}.role", v.pop("role", {}), dict, "a table of roles")
             _check_overrides(f"{where}: variant.{vname}", v)
             for rname, r in roles.items():
                 if rname not in ROLES:
@@ -471,19 +507,27 @@ def load_registry(root: Path | None = None) -> Registry:
     root = Path(root) if root is not None else DEFAULT_REGISTRY
     if not root.is_dir():
         raise ConfigError(f"{root}: registry folder not found")
-    teachers = _read_teachers(root / "teachers.toml")
+    teachers = _guarded(root / "teachers.toml", _read_teachers)
     tables = {}
     for path in sorted(root.glob("*.toml")):
         if path.name in NON_TABLE_FILES:
             continue
-        tables[path.stem] = _read_table(path, teachers)
+        tables[path.stem] = _guarded(path, lambda p: _read_table(p, teachers))
     released_path = root / "released-settings.toml"
-    released = (read_released_settings(released_path, _read_toml(released_path), set(teachers))
+    released = (_guarded(released_path, lambda p: read_released_settings(p, _read_toml(p), set(teachers)))
                 if released_path.is_file() else ())
     return Registry(root=root, tables=tables, teachers=teachers,
-                    profiles=_read_profiles(root / "profiles.toml"),
+                    profiles=_guarded(root / "profiles.toml", _read_profiles),
                     paper_settings=_read_paper_settings(root / "paper-hyperparameters.csv"),
                     released=released)
+
+
+def _guarded(path: Path, read: Any) -> Any:
+    """``read(path)``; a value of the wrong shape that no check above names is still one ConfigError line."""
+    try:
+        return read(path)
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        raise ConfigError(f"{path.name}: a value has the wrong type or shape ({type(exc).__name__}: {exc})") from None
 
 
 # ------------------------------------------------------------------------ config resolution

@@ -117,7 +117,7 @@ def _newer_error(label: str, revisions: list[str]) -> StoreError:
                       "upgrade kdcicam")
 
 
-def _check_sqlite_file(path: Path) -> None:
+def _check_sqlite_file(path: Path, *, read_only: bool = False) -> None:
     """Refuse, without touching it, a file that is not a run store of a schema we know.
 
     Raises:
@@ -149,6 +149,11 @@ def _check_sqlite_file(path: Path) -> None:
         unknown = [rev for rev in revisions if rev not in known_revisions()]
         if unknown:
             raise _newer_error(str(path), unknown)
+        if read_only and revisions != [head_revision()]:
+            raise StoreError(f"run store {path} is read-only and at schema {', '.join(revisions) or 'none'}, "
+                             f"not {head_revision()}: make it writable once so that it can be upgraded")
+    if read_only:
+        return
     if not os.access(path, os.W_OK):
         raise StoreError(f"run store {path} is read-only")
     if not os.access(folder, os.W_OK | os.X_OK):  # WAL mode needs its -wal/-shm files beside it
@@ -173,7 +178,7 @@ def _read_tables_and_revisions(path: Path) -> tuple[set[str], list[str]]:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot read run store {path}: {exc}") from None
+        raise damaged_error(str(path), exc) or StoreError(f"cannot read run store {path}: {exc}") from None
     return tables, revisions
 
 
@@ -295,10 +300,15 @@ def open_engine(url: str, *, create: bool = True, busy_timeout_s: float = BUSY_T
     """
     path = sqlite_file(url)
     label = str(path) if path is not None else display_url(url)
+    read_only = False
     if path is not None:
         if not create and (not path.exists() or path.stat().st_size == 0):
             raise StoreError(f"no run store at {path} (nothing has been trained with this --db yet)")
-        _check_sqlite_file(path)
+        # a store that may not be created may be read from a read-only file or folder (writes then fail)
+        read_only = not create and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK))
+        _check_sqlite_file(path, read_only=read_only)
+    if read_only:
+        return _read_only_engine(path, busy_timeout_s)
     try:
         engine = create_store_engine(url, busy_timeout_s=busy_timeout_s)
     except ImportError as exc:
@@ -313,8 +323,34 @@ def open_engine(url: str, *, create: bool = True, busy_timeout_s: float = BUSY_T
         raise
     except (SQLAlchemyError, CommandError, OSError) as exc:
         engine.dispose()
-        raise StoreError(f"cannot open run store {label}: {one_line(exc)}") from None
+        text = one_line(exc)
+        if "duplicate column" in text.lower() or "already exists" in text.lower():
+            raise StoreError(f"the store at {label} records an older schema revision than its tables have "
+                             f"({text}): it was downgraded or edited outside kdcicam; restore it from a copy") from None
+        raise damaged_error(label, exc) or StoreError(f"cannot open run store {label}: {text}") from None
     return engine
+
+
+def _read_only_engine(path: Path, busy_timeout_s: float) -> Engine:
+    """An engine that reads a SQLite store it may not write (no WAL switch, no migration)."""
+    # a -wal beside it means a writer may be live (mode=ro reads through it); none: immutable
+    query = "mode=ro" if path.with_name(path.name + "-wal").exists() else "immutable=1"
+    uri = f"{path.resolve().as_uri()}?{query}"
+    engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=busy_timeout_s,
+                                                                         check_same_thread=False))
+    _install_sqlite_hooks(engine, in_memory=True, busy_timeout_s=busy_timeout_s)  # in_memory: no WAL pragmas
+    return engine
+
+
+_DAMAGE_SIGNS = ("malformed", "file is not a database", "disk i/o error", "database corrupt")
+
+
+def damaged_error(label: str, exc: BaseException) -> StoreError | None:
+    """The one-line error for a store whose file is damaged, or None when ``exc`` says nothing of that."""
+    text = one_line(exc)
+    if not any(sign in text.lower() for sign in _DAMAGE_SIGNS):
+        return None
+    return StoreError(f"the store at {label} is damaged: {text}; `sqlite3 {label} .recover` may save it")
 
 
 def one_line(exc: BaseException) -> str:
