@@ -9,7 +9,7 @@ from kdcicam.core.config import RunConfig, with_overrides
 from kdcicam.core.errors import ConfigError
 from kdcicam.core.limits import LIMITS, check_limit, limit
 from kdcicam.data.image_files import pixels_problem
-from kdcicam.evaluation.saved_cams import load_cam, normalize_cam
+from kdcicam.evaluation.cam_files import load_cam, normalize_cam
 
 
 def test_defaults_and_environment_overrides(monkeypatch):

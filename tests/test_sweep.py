@@ -106,7 +106,7 @@ def test_report_sweep_values_gaps_missing_and_figure(tmp_path):
     assert gap.ci == (pytest.approx(4 - 12.7062, abs=1e-3), pytest.approx(4 + 12.7062, abs=1e-3))
     assert "0.9: +ConPool" in sweep.missing and "0.7: Base" in sweep.missing
     md = render(data, reg, "md", figures=True)
-    assert "| 0.5 | +ConPool − Base | 2 | 0.0 \\[0.0, 0.0\\] | +4.0 \\[−8.7, +16.7\\] |" in md.text
+    assert "| 0.5 | +ConPool − Base | 2 | 0.0 | +4.0 \\[−8.7, +16.7\\] |" in md.text
     assert "| 0.5 | Base | 2 | 70.0 ± 0.0 | 42.0 ± 2.8 |" in md.text
     assert "No runs yet" not in md.text and "## Sweeps" in md.text
     assert any(name.startswith("sweep-context-sweep-") for name in md.files)

@@ -80,8 +80,10 @@ def activation_kd(student_cams: torch.Tensor, teacher_cams: torch.Tensor, T: flo
         Scalar loss.
     """
     check_variant(variant)
-    s = student_cams.flatten(1) / T  # (B, n*h*w)
-    t = teacher_cams.flatten(1) / T  # (B, n*h*w)
+    # float32 even under bf16 autocast: sigmoid(A/T) sits near 0.5, where bf16's step (2^-8) is larger
+    # than the student-teacher differences the loss measures (the authors trained in float32)
+    s = student_cams.float().flatten(1) / T  # (B, n*h*w)
+    t = teacher_cams.float().flatten(1) / T  # (B, n*h*w)
     if variant == "paper":
         s, t = F.softmax(s, dim=1), F.softmax(t, dim=1)  # Eq. 14-15
     else:
