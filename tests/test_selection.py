@@ -19,7 +19,8 @@ from alembic import command
 from test_evaluate import RANKED, Bench, C, block, heat_is
 
 from kdcicam.analysis.compare import compare_runs, format_comparison
-from kdcicam.core.config import DEFAULT_THETA_GRID, EvalConfig, RunConfig, config_hash
+from kdcicam.core.config import DEFAULT_THETA_GRID, EvalConfig, RunConfig
+from kdcicam.core.identity import config_hash
 from kdcicam.evaluation.boxes import box_from_heatmap
 from kdcicam.evaluation.evaluator import (
     EvalResult,

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdcicam.core.config import PROTOCOLS, RunConfig, config_hash, from_dict, to_dict
+from kdcicam.core.config import PROTOCOLS, RunConfig, from_dict, to_dict
 from kdcicam.core.errors import KdcicamError, RunError, StoreError
+from kdcicam.core.identity import config_hash
 from kdcicam.core.runtime import crash_point, provenance, set_seed
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.cache import FrameStore, train_view
