@@ -186,3 +186,11 @@ def test_extended_variant_and_role_overrides_merge_key_by_key(reg_dir):
 
     assert [halve_every("medium", r) for r in ("student", "cls_teacher", "loc_teacher")] == [3, 2, 5]
     assert [halve_every("quick", r) for r in ("student", "cls_teacher", "loc_teacher")] == [3, 2, 3]  # nothing leaks back
+
+
+def test_the_gallery_is_data_of_a_table(reg_dir):
+    assert load_registry().tables["table3"].gallery == ("base", "conpool", "conpool+kd")
+    assert all(not t.gallery for k, t in load_registry().tables.items() if k != "table3")
+    _edit(reg_dir / "table3.toml", 'gallery = ["base", "conpool",', 'gallery = ["base", "conpol",')
+    with pytest.raises(ConfigError, match=r"table3.toml: gallery: no cell 'conpol'"):
+        load_registry(reg_dir)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
 import pandas as pd
@@ -13,8 +12,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from kdcicam.cli._common import DB_HELP
-from kdcicam.store import RUN_STATUSES, RunInfo, open_store, resolve_db_url, sqlite_file
+from kdcicam.cli._common import DB_HELP, db_url
+from kdcicam.store import RUN_STATUSES, RunInfo, open_store, sqlite_file
 
 app = typer.Typer(help="List and inspect the runs recorded in the run store.", no_args_is_help=True)
 
@@ -29,10 +28,6 @@ _PREFERENCE = {
 }
 _GROUP = ["protocol", "selection", "threshold_policy", "split"]
 _DEFAULT_SOURCE = "/".join(values[0] for values in _PREFERENCE.values())  # paper/last/fixed/test
-
-
-def _db_url(db: str | None) -> str:
-    return resolve_db_url(db, os.environ.get("KDCICAM_DB"))
 
 
 def headline(finals: pd.DataFrame) -> tuple[str | None, dict[str, float | None]]:
@@ -106,7 +101,7 @@ def list_cmd(
     """List runs (oldest first) with their status and key final metrics."""
     if status is not None and status not in RUN_STATUSES:
         raise typer.BadParameter(f"must be one of {', '.join(RUN_STATUSES)}", param_hint="--status")
-    url = _db_url(db)
+    url = db_url(db)
     path = sqlite_file(url)
     if path is not None and not path.exists():  # listing must not create a store as a side effect
         typer.echo("[]" if as_json else f"no runs yet (no run store at {path})")
@@ -187,7 +182,7 @@ def show_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
 ) -> None:
     """Show one run: status, timings, final metrics per protocol/selection, and its config."""
-    with open_store(_db_url(db), create=False) as store:
+    with open_store(db_url(db), create=False) as store:
         info = store.resolve_run(run)
         groups = _final_groups(store.final_metrics([info.id]))
         last_epoch = _last_epoch(store.epoch_metrics(info.id))
@@ -268,7 +263,7 @@ def delete_cmd(
     from kdcicam.core.errors import ConfigError
     from kdcicam.execution.holders import holder_gone
 
-    with open_store(_db_url(db), create=False) as store:
+    with open_store(db_url(db), create=False) as store:
         chosen = list({info.id: info for info in (store.resolve_run(name) for name in runs)}.values())
         ids = {info.id for info in chosen}
         for info in chosen:
@@ -340,7 +335,7 @@ def export_cmd(
         raise ConfigError(f"--what {what!r}: must be one of {', '.join(EXPORTS)}")
     if status is not None and status not in RUN_STATUSES:
         raise ConfigError(f"--status {status!r}: must be one of {', '.join(RUN_STATUSES)}")
-    url = _db_url(db)
+    url = db_url(db)
     path = sqlite_file(url)
     if path is not None and not path.exists():
         raise ConfigError(f"no run store at {path}")

@@ -52,7 +52,7 @@ class Heartbeat:
                 if not self._store.heartbeat(self._run_id, pid=pid):
                     self.lost = True
                     return
-            except Exception:  # noqa: BLE001 - a busy or unreachable store: beat again next period
+            except StoreError:  # a busy or unreachable store: beat again next period
                 continue
 
     def check(self) -> None:
