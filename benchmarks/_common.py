@@ -26,7 +26,7 @@ from kdcicam.data.base import Sample
 from kdcicam.model.factory import build_model
 from kdcicam.registry.ablations import Scope, load_registry, resolve_config
 from kdcicam.training.recipes import Recipe, TeacherSet, compute_loss, recipe_for
-from kdcicam.training.trainer import build_optimizer
+from kdcicam.training.schedule import build_optimizer
 
 ROLES = ("student", "cls_teacher", "loc_teacher", "distilled")
 # Dense bf16 / tf32 tensor-core peaks (TFLOP/s, no sparsity) of GPUs a run may land on; --peak-tflops overrides.

@@ -35,7 +35,7 @@ def main() -> None:
     from kdcicam.data.source import open_dataset
     from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from kdcicam.evaluation.evaluator import protocol_transform
-    from kdcicam.execution.runner import load_run_model
+    from kdcicam.execution.run_models import load_run_model
     from kdcicam.store import open_store
 
     cpu = torch.device("cpu")

@@ -31,7 +31,7 @@ from table_eta import random_cache
 
 from kdcicam.data.cache import CachedBatches, split_train_transform
 from kdcicam.data.transforms import train_transform
-from kdcicam.training.trainer import epoch_order
+from kdcicam.training.streams import epoch_order
 
 VARIANTS = ("fp32", "bf16", "bf16_cl", "compile", "graphs")
 

@@ -43,7 +43,7 @@ from kdcicam.data.cache import CachedBatches, build_cache, split_train_transform
 from kdcicam.data.dataset import load_rgb
 from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
 from kdcicam.training.recipes import compute_loss
-from kdcicam.training.trainer import epoch_order
+from kdcicam.training.streams import epoch_order
 
 NAIVE_BATCH = 6  # the authors' batch size
 READ_EVERY = 20  # the trainer reads losses back every 20 steps

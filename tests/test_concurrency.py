@@ -28,21 +28,14 @@ from _runs import (  # noqa: F401
 
 from kdcicam.data.dataset import WSOLDataset
 from kdcicam.data.transforms import train_transform
-from kdcicam.execution import runner
+from kdcicam.execution import lease
+from kdcicam.execution.context import RunContext, RunTakenOver
+from kdcicam.execution.lease import Heartbeat, acquire, take_over
 from kdcicam.execution.plan import PlannedRun, run_id_for
-from kdcicam.execution.runner import (
-    RunContext,
-    RunTakenOver,
-    _Heartbeat,
-    _take_over,
-    acquire,
-    execute,
-    execute_plan,
-    register_run,
-)
+from kdcicam.execution.runner import execute, execute_plan, register_run
 from kdcicam.model.factory import build_model
 from kdcicam.store import open_store, utc_now
-from kdcicam.training import trainer as train_mod
+from kdcicam.training import epoch as epoch_mod
 from kdcicam.training.recipes import recipe_for
 from kdcicam.training.trainer import fit
 
@@ -55,7 +48,7 @@ HOST = socket.gethostname()
 @pytest.fixture
 def setup(one_thread, smoke_cache, tmp_path, monkeypatch):  # noqa: F811
     """A store on disk, a context recording its events, and one planned 2-epoch smoke run, registered."""
-    monkeypatch.setattr(runner, "TAKEOVER_MARGIN_S", 0.2)  # keep the tests quick (2 s in real use)
+    monkeypatch.setattr(lease, "TAKEOVER_MARGIN_S", 0.2)  # keep the tests quick (2 s in real use)
     store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
     events: list[tuple[str, dict]] = []
     ctx = RunContext(store=store, artifacts_root=tmp_path / "runs", device=CPU, wait_poll_s=0.05,
@@ -92,12 +85,12 @@ def _die_after_epoch_one(planned, ctx, monkeypatch) -> None:
         if steps["n"] == 5:  # 64 images / 16 = 4 steps per epoch: the first step of epoch 2
             raise _Killed
 
-    monkeypatch.setattr(train_mod, "crash_point", crash_point)
+    monkeypatch.setattr(epoch_mod, "crash_point", crash_point)
     data = WSOLDataset(planned.dataset.train, train_transform(cfg.data.train_resize, cfg.data.crop, False))
     model = build_model(cfg.model, cfg.variant, input_size=cfg.data.crop)
     with pytest.raises(_Killed):
         fit(model, recipe_for(cfg.loss, cfg.variant), cfg, data, ctx.artifacts_root / planned.run_id, CPU)
-    monkeypatch.setattr(train_mod, "crash_point", lambda name: None)
+    monkeypatch.setattr(epoch_mod, "crash_point", lambda name: None)
 
 
 def test_a_run_left_running_by_a_dead_process_here_is_taken_over_and_resumed(setup, monkeypatch):
@@ -181,7 +174,7 @@ def test_taking_over_a_dead_holder_never_steals_from_a_process_that_claimed_it_s
     time.sleep(0.3)
     store.fail_run(planned.run_id, "placeholder")  # ...but meanwhile another live process claims it
     assert store.claim_run(planned.run_id, live_holder.pid, HOST)
-    assert _take_over(seen, ctx, {}) is False
+    assert take_over(seen, ctx, {}) is False
     assert store.get_run(planned.run_id).pid == live_holder.pid
 
 
@@ -189,7 +182,7 @@ def test_the_heartbeat_thread_beats_and_notices_when_the_run_is_taken(setup):
     store, ctx, events, planned = setup
     assert store.claim_run(planned.run_id, os.getpid(), HOST)
     first = store.get_run(planned.run_id).heartbeat_at
-    with _Heartbeat(store, planned.run_id, 0.05) as beat:
+    with Heartbeat(store, planned.run_id, 0.05) as beat:
         time.sleep(0.3)
         assert store.get_run(planned.run_id).heartbeat_at > first
         beat.check()  # still ours

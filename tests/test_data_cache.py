@@ -22,7 +22,7 @@ from kdcicam.data.transforms import (
     test_transform_standard,
     train_transform,
 )
-from kdcicam.training.trainer import EpochView
+from kdcicam.training.streams import EpochView
 
 # (W, H), mode, boxes: non-square sizes, a grayscale file, an image with two boxes and one without any.
 SPECS = [

@@ -42,7 +42,7 @@ from kdcicam.training.distributed import (
     world_from_env,
 )
 from kdcicam.training.recipes import Recipe, draw_epsilon
-from kdcicam.training.trainer import skip_draws
+from kdcicam.training.streams import skip_draws
 
 RTOL = 1e-5
 

@@ -468,14 +468,14 @@ def test_param_groups_reference_backbone_and_context_conv_at_a_tenth():
     assert id(model.backbone.nonlocal_blocks["conv5_3"].query_conv.weight) in body_ids
     assert body_ids | {id(p) for p in head["params"]} == {id(p) for p in model.parameters()}
     assert not body_ids & {id(p) for p in head["params"]}
-    torch.optim.Adam([backbone, head], lr=1e-3)  # extra keys (name, lr_scale) are accepted
+    torch.optim.Adam([backbone, head], lr=1e-3)  # the extra key (name) is accepted
 
 
 def test_param_groups_accepts_a_float_multiplier():
     model = build_model(small_cfg(), "paper", 32)
     assert len(param_groups(model, 1e-3, 1.0)) == 1
     backbone, head = param_groups(model, 1e-3, 0.25)
-    assert backbone["lr"] == pytest.approx(2.5e-4) and backbone["lr_scale"] == 0.25 and head["lr"] == 1e-3
+    assert backbone["lr"] == pytest.approx(2.5e-4) and head["lr"] == 1e-3
     with pytest.raises(ConfigError, match="must be > 0"):
         param_groups(model, 1e-3, 0.0)
 

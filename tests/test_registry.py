@@ -207,3 +207,11 @@ def test_runs_of_another_metric_version_form_their_own_scope():
                                                                               "reference", metric_version=1)
     assert new != old and "metric version 1" in old.title and "metric version" not in new.title
     assert old.slug.endswith("metrics-v1") and new.sort_key() != old.sort_key()
+
+
+def test_the_gallery_is_data_of_a_table(reg_dir):
+    assert load_registry().tables["table3"].gallery == ("base", "conpool", "conpool+kd")
+    assert all(not t.gallery for k, t in load_registry().tables.items() if k != "table3")
+    _edit(reg_dir / "table3.toml", 'gallery = ["base", "conpool",', 'gallery = ["base", "conpol",')
+    with pytest.raises(ConfigError, match=r"table3.toml: gallery: no cell 'conpol'"):
+        load_registry(reg_dir)

@@ -192,7 +192,7 @@ def _row(data, table: str, cell: str, protocol: str = "paper"):
 def test_cell_means_deltas_and_sign_marks(filled):
     _, data = _report(filled)
     assert len(data.scopes) == 1 and data.n_unfinished == 1
-    assert data.scopes[0].key == ScopeKey("synthetic", "vgg16", "quick", "reference", FINGERPRINT)
+    assert data.scopes[0].key == ScopeKey("synthetic", "vgg16", "quick", "reference", FINGERPRINT, epochs=20)
     t, base = _row(data, "table3", "base")
     v = base.values["top1_cls"]
     # seeds 0.70, 0.71, 0.72 -> 71.0 ± 1.0 (sample std), n = 3; the paper's Base: 74.7
@@ -380,8 +380,8 @@ def test_latex_uses_booktabs_and_balances(filled):
     for env in ("table", "tabular", "figure", "minipage"):
         assert body.count(f"\\begin{{{env}}}") == body.count(f"\\end{{{env}}}")
     assert all(f"\\includegraphics[width=\\linewidth]{{{name}}}" in tex for name in out.files)
-    assert sorted(out.files) == ["cl-synthetic-vgg16-quick-reference-fp01234567-standard.png",
-                                 "gallery-synthetic-vgg16-quick-reference-fp01234567.png"]
+    assert sorted(out.files) == ["cl-synthetic-vgg16-quick-20ep-reference-fp01234567-standard.png",
+                                 "gallery-synthetic-vgg16-quick-20ep-reference-fp01234567.png"]
     assert all(png.startswith(b"\x89PNG") for png in out.files.values())
 
 
@@ -464,8 +464,8 @@ def test_cli_writes_md_and_latex_beside_their_figures(filled, runner, tmp_path):
                                      "--table", "table3", "--protocol", "paper"])
         assert result.exit_code == 0, result.output
         assert (out / name).is_file() and str(out / name) in result.output
-    assert (out / "gallery-synthetic-vgg16-quick-reference-fp01234567.png").is_file()
-    assert "](cl-synthetic-vgg16-quick-reference-fp01234567-paper.png)" in (out / "report.md").read_text()
+    assert (out / "gallery-synthetic-vgg16-quick-20ep-reference-fp01234567.png").is_file()
+    assert "](cl-synthetic-vgg16-quick-20ep-reference-fp01234567-paper.png)" in (out / "report.md").read_text()
 
 
 def test_cli_prints_markdown_and_json(filled, runner):
@@ -564,7 +564,7 @@ def test_claims_ledger_in_every_format(filled):
     # protocols); the p (Holm) column shows both
     assert f"| {kd.p_value:.3g} ({kd.p_holm:.3g}, {kd.family_size}) |" in md and kd.p_value == pytest.approx(0.0202, abs=1e-3)
     html = render(data, reg, "html", figures=False).text
-    assert 'id="synthetic-vgg16-quick-reference-fp01234567-claims-standard"' in html
+    assert 'id="synthetic-vgg16-quick-20ep-reference-fp01234567-claims-standard"' in html
     js = report_json(data)["scopes"][0]["claims"]["paper"]
     assert {(c["claim"], c["metric"], c["status"]) for c in js} >= {("conpool-improves-loc", "top1_loc", "inconclusive")}
 

@@ -19,7 +19,8 @@ from alembic import command
 from test_evaluate import RANKED, Bench, C, block, heat_is
 
 from kdcicam.analysis.compare import compare_runs, format_comparison
-from kdcicam.core.config import DEFAULT_THETA_GRID, EvalConfig, RunConfig, config_hash
+from kdcicam.core.config import DEFAULT_THETA_GRID, EvalConfig, RunConfig
+from kdcicam.core.identity import config_hash
 from kdcicam.evaluation.boxes import box_from_heatmap
 from kdcicam.evaluation.evaluator import (
     EvalResult,
@@ -248,10 +249,11 @@ SCRIPT = {"test": [0.2, 0.9, 0.5], "val": [0.1, 0.3, 0.8]}
 
 
 def _scripted_run(select_on: str, index, tmp_path: Path, monkeypatch) -> tuple[str, Path, dict]:
+    import kdcicam.execution.epoch_evals as epoch_evals_mod
     import kdcicam.execution.runner as runner_mod
     from kdcicam.execution.plan import PlannedRun, run_id_for
 
-    real = runner_mod.evaluate
+    real = epoch_evals_mod.evaluate
     calls = {"test": 0, "val": 0}
 
     def scripted(model, samples, cfg, protocol, device, *, thetas=None, **kwargs):
@@ -263,7 +265,7 @@ def _scripted_run(select_on: str, index, tmp_path: Path, monkeypatch) -> tuple[s
         return EvalResult(protocol, {"top1_cls": 0.5, "top1_loc": value / 2, "gt_known_loc": value, "theta": 0.14},
                           [])
 
-    monkeypatch.setattr(runner_mod, "evaluate", scripted)
+    monkeypatch.setattr(epoch_evals_mod, "evaluate", scripted)
     # no resize audit here: its evaluations (after training) would run past the script
     cfg = with_classes(smoke_config("student", **{"train.epochs": 3, "eval.select_on": select_on,
                                                   "eval.resize_grid": []}), index)

@@ -23,22 +23,16 @@ from kdcicam.data.transforms import train_transform
 from kdcicam.execution.holders import process_alive
 from kdcicam.model.factory import build_model
 from kdcicam.training import checkpoint as ckpt_mod
+from kdcicam.training import epoch as epoch_mod
 from kdcicam.training import trainer as train_mod
+from kdcicam.training.best import Position, update_best
 from kdcicam.training.checkpoint import load_checkpoint
+from kdcicam.training.epoch import DivergedError, train_one_epoch
+from kdcicam.training.interrupts import TrainingInterrupted
 from kdcicam.training.recipes import TeacherSet, recipe_for
-from kdcicam.training.trainer import (
-    DivergedError,
-    EpochView,
-    Position,
-    TrainingInterrupted,
-    build_optimizer,
-    epoch_order,
-    fit,
-    lr_factor,
-    steps_per_epoch,
-    train_one_epoch,
-    update_best,
-)
+from kdcicam.training.schedule import build_optimizer, lr_factor
+from kdcicam.training.streams import EpochView, epoch_order, steps_per_epoch
+from kdcicam.training.trainer import fit
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -315,6 +309,7 @@ def _inject(monkeypatch, point: str, nth: int, action=None) -> None:
                 action()
 
     monkeypatch.setattr(train_mod, "crash_point", hook)
+    monkeypatch.setattr(epoch_mod, "crash_point", hook)
     monkeypatch.setattr(ckpt_mod, "crash_point", hook)
 
 

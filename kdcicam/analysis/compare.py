@@ -29,8 +29,8 @@ import pandas as pd
 
 from kdcicam.analysis.stats import mcnemar_exact, paired_bootstrap_ci
 from kdcicam.analysis.verdicts import holm, paired_verdict
-from kdcicam.core.config import RunConfig, to_dict
 from kdcicam.core.errors import DataError, RunError, StoreError
+from kdcicam.core.identity import with_defaults
 from kdcicam.evaluation.selection import select_on_of
 from kdcicam.registry.ablations import METRICS
 from kdcicam.store import RunInfo, Store
@@ -195,17 +195,6 @@ def _finals(store: Store, run: RunInfo, protocol: str, selection: str,
     return {n: float(v) for n, v in zip(here["name"], here["value"])}
 
 
-def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored config with every key it lacks at its default (runs stored before a key existed
-    used its default), so only real differences are listed."""
-    def merge(defaults: Any, given: Any) -> Any:
-        if isinstance(defaults, dict) and isinstance(given, dict):
-            return {**defaults, **{k: merge(defaults.get(k), v) for k, v in given.items()}}
-        return given
-
-    return merge(to_dict(RunConfig()), config)
-
-
 def mismatches(a: RunInfo, b: RunInfo, protocol: str, protocol_b: str, threshold_policy: str,
                threshold_policy_b: str) -> list[str]:
     """Which of protocol, variant, threshold policy and selection policy differ, with both values."""
@@ -283,7 +272,7 @@ def compare_runs(store: Store, name_a: str, name_b: str, *, protocol: str = "pap
         metrics.append((name, va, vb, None if va is None or vb is None else va - vb))
     for name in sorted((fa.keys() | fb.keys()) - set(METRICS)):  # anything else (θ): as stored
         other.append((name, fa.get(name), fb.get(name)))
-    diff = config_diff(_with_defaults(a.config), _with_defaults(b.config))
+    diff = config_diff(with_defaults(a.config), with_defaults(b.config))
     warnings = []
     differing = ["protocol"] if proto_b != protocol else []
     differing += [f for f in _PROTOCOL_FIELDS if getattr(a, f) != getattr(b, f)]

@@ -7,25 +7,16 @@ variant. Values are fractions in the store and percent here, the unit of the pap
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from kdcicam.core.config import (
-    IDENTITY_IF_SET_KEYS,
-    METRIC_VERSION,
-    NON_IDENTITY_KEYS,
-    RunConfig,
-    metric_version_of,
-    to_dict,
-)
+from kdcicam.core.config import METRIC_VERSION, metric_version_of
+from kdcicam.core.identity import training_setting
 from kdcicam.evaluation.selection import (
     select_on_of,
 )
@@ -62,7 +53,8 @@ _SPLIT = "test"
 
 @dataclass(frozen=True)
 class ScopeKey:
-    """Where runs are comparable: same data, backbone, profile, variant and checkpoint-selection split."""
+    """Where runs are comparable: same data, backbone, training setting (profile and epochs), variant and
+    checkpoint-selection split."""
 
     dataset: str
     backbone: str
@@ -71,6 +63,7 @@ class ScopeKey:
     fingerprint: str | None = None
     select_on: str = "val"  # eval.select_on: "test" runs picked checkpoints on the test split
     metric_version: int = METRIC_VERSION  # eval.metric_version: runs of another metric definition apart
+    epochs: int | None = None  # train.epochs (None: not in the stored config)
 
     @property
     def paper_scope(self) -> str:
@@ -92,14 +85,17 @@ class ScopeKey:
     def title(self) -> str:
         fp = f" (data {self.fingerprint[:10]})" if self.fingerprint else ""
         selected = "" if self.select_on == "val" else f" / checkpoints selected on {self.select_on.upper()}"
+        epochs = "" if self.epochs is None else f", {self.epochs} epochs"
         version = "" if self.metric_version == METRIC_VERSION else f" / metric version {self.metric_version}"
-        return (f"{self.dataset}{fp} / {self.backbone} / profile {self.profile} / "
+        return (f"{self.dataset}{fp} / {self.backbone} / profile {self.profile}{epochs} / "
                 f"variant {self.variant}{selected}{version}")
 
     @property
     def slug(self) -> str:
         """A file-name-safe identifier of the scope."""
         parts = [self.dataset, self.backbone, self.profile, self.variant]
+        if self.epochs is not None:
+            parts.insert(3, f"{self.epochs}ep")
         if self.fingerprint:
             parts.append(self.fingerprint[:10])
         if self.select_on != "val":
@@ -109,16 +105,55 @@ class ScopeKey:
         return re.sub(r"[^A-Za-z0-9]+", "-", "-".join(parts)).strip("-").lower()
 
     def sort_key(self) -> tuple[str, ...]:
-        return (self.dataset, self.backbone, self.profile, self.variant, self.fingerprint or "", self.select_on,
-                str(self.metric_version))
+        return (self.dataset, self.backbone, self.profile, f"{self.epochs or 0:09d}", self.variant,
+                self.fingerprint or "", self.select_on, str(self.metric_version))
 
 
 def scope_of(run: RunInfo) -> ScopeKey:
     """The scope a run belongs to (backbone from its resolved config)."""
     backbone = str(run.config.get("model", {}).get("backbone", "?"))
+    epochs = config_value(run.config, "train.epochs")
     return ScopeKey(dataset=run.dataset, backbone=backbone, profile=run.profile, variant=run.variant,
                     fingerprint=run.dataset_fingerprint, select_on=select_on_of(run.config),
+                    epochs=epochs if isinstance(epochs, int) else None,
                     metric_version=metric_version_of(run.config))
+
+
+_EPOCHS_KEY = "train.epochs"
+
+
+def scopes_of(reg: Registry, runs: Sequence[RunInfo]) -> dict[str, ScopeKey]:
+    """run id -> scope, with each run whose cells grid the epoch count (Figure 1b's trainings)
+    placed in the scope of the ungridded runs it was scaled from.
+
+    A gridded run joins the scope that differs from its own only in epochs, whose epoch count one
+    of its cells' multipliers turns into the run's (as :func:`kdcicam.registry.ablations.apply_multipliers`
+    rounds); without one it keeps its own scope.
+    """
+    own = {run.id: scope_of(run) for run in runs}
+    multipliers = {run.id: _epoch_multipliers(reg, run) for run in runs}
+    plain = sorted({own[r.id] for r in runs if not multipliers[r.id] and own[r.id].epochs is not None},
+                   key=ScopeKey.sort_key)
+    out = {}
+    for run in runs:
+        key, mults = own[run.id], multipliers[run.id]
+        if mults and key.epochs is not None:
+            key = next((s for s in plain if replace(s, epochs=None) == replace(key, epochs=None)
+                        and any(max(1, round(s.epochs * m)) == key.epochs for m in mults)), key)
+        out[run.id] = key
+    return out
+
+
+def _epoch_multipliers(reg: Registry, run: RunInfo) -> tuple[float, ...]:
+    """The epoch multipliers of the run's cells when every cell it is labelled with grids the epochs, else ()."""
+    mults: list[float] = []
+    for table_key, cells in run.labels.items():
+        table = reg.tables.get(table_key)
+        for cell in (c for c in (table.cells if table else ()) if c.key in cells):
+            if _EPOCHS_KEY not in cell.grid:
+                return ()
+            mults.extend(cell.grid[_EPOCHS_KEY])
+    return tuple(mults)
 
 
 def ablate_command(table: str, scope: ScopeKey, n_seeds: int = 1) -> str:
@@ -197,9 +232,10 @@ def cell_frame(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame,
         Labels naming a table or cell the registry lacks are skipped.
     """
     index = _finals_index(finals, threshold_policy)
+    scopes = scopes_of(reg, runs)
     rows = []
     for run in runs:
-        scope = scope_of(run)
+        scope = scopes[run.id]
         finished = run.finished_at.isoformat() if run.finished_at else ""
         setting = training_setting(run.config)
         for table_key, cells in run.labels.items():
@@ -261,43 +297,6 @@ def scatter_points(runs: Sequence[RunInfo], finals: pd.DataFrame, reg: Registry,
             rows.append((run.id, run_method(run), f"seed {run.seed}", selection, training_setting(run.config),
                          *(values.get(m, math.nan) for m in POINT_METRICS)))
     return pd.DataFrame(rows, columns=["run_id", "method", "seed", "selection", "setting", *POINT_METRICS])
-
-
-# what differs between the seeds of one training setting: the seed, and the teacher runs of that seed
-# (whether a teacher is there is part of the setting)
-_SEED_KEY = "train.seed"
-
-
-_TEACHER_RUN_KEYS = ("teachers.cls_run", "teachers.loc_run")
-
-
-@functools.cache
-def _default_config() -> dict[str, Any]:
-    return to_dict(RunConfig())
-
-
-def training_setting(config: dict[str, Any]) -> str:
-    """A short key naming a run's training setting, the same for every seed of it: the hash of its
-    stored config without the seed, with each teacher run reduced to whether there is one, and
-    without what is not part of a run's identity (:data:`kdcicam.core.config.NON_IDENTITY_KEYS`, and
-    :data:`kdcicam.core.config.IDENTITY_IF_SET_KEYS` at their defaults or not stored)."""
-    defaults = _default_config()
-
-    def strip(node: Any, prefix: str) -> Any:
-        if not isinstance(node, dict):
-            return node
-        out = {}
-        for k, v in node.items():
-            dotted = f"{prefix}{k}"
-            if dotted == _SEED_KEY or dotted in NON_IDENTITY_KEYS:
-                continue
-            if dotted in IDENTITY_IF_SET_KEYS and v == config_value(defaults, dotted):
-                continue
-            out[k] = (v is not None) if dotted in _TEACHER_RUN_KEYS else strip(v, f"{dotted}.")
-        return out
-
-    text = json.dumps(strip(config, ""), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def paper_points(reg: Registry, paper_scope: str, table_keys: Sequence[str]) -> pd.DataFrame:

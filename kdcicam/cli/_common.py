@@ -68,7 +68,8 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
 
 
 def db_url(db: str | None) -> str:
-    from kdcicam.store import resolve_db_url
+    """The store URL a command uses: ``--db``, else $KDCICAM_DB, else the default (runs.db here)."""
+    from kdcicam.store import resolve_db_url  # imported when a command runs, not at start-up
 
     return resolve_db_url(db, os.environ.get("KDCICAM_DB"))
 

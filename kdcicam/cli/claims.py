@@ -13,7 +13,6 @@ from kdcicam.cli._common import DB_HELP, REGISTRY_HELP, db_url
 from kdcicam.core.config import PROTOCOLS
 from kdcicam.core.errors import ConfigError
 from kdcicam.core.fmt import fmt_signed, fmt_value, interval_text
-from kdcicam.store.schema import THRESHOLD_POLICIES
 
 _STYLE = {"holds": "green", "does not hold": "red", "inconclusive": "yellow", "not run": "dim"}
 
@@ -45,7 +44,7 @@ def claims_cmd(
     from kdcicam.analysis.ledger import evaluate_ledger
     from kdcicam.analysis.variants import VariantAgreement, variant_agreement
     from kdcicam.registry.ablations import load_registry
-    from kdcicam.store import open_store, sqlite_file
+    from kdcicam.store import THRESHOLD_POLICIES, open_store, sqlite_file
 
     if protocol not in (*PROTOCOLS, "both"):
         raise ConfigError(f"--protocol {protocol!r}: must be one of {', '.join(PROTOCOLS)} or both")

@@ -6,13 +6,12 @@ Register both on the root app with :func:`register` (``kdcicam/cli/__init__.py``
 from __future__ import annotations
 
 import json
-import os
 from enum import Enum
 from pathlib import Path
 
 import typer
 
-from kdcicam.cli._common import DB_HELP, REGISTRY_HELP
+from kdcicam.cli._common import DB_HELP, REGISTRY_HELP, db_url
 
 DEFAULT_HTML_DIR = Path("reports")
 
@@ -52,12 +51,6 @@ class Selection(str, Enum):
     top1_cls = "top1_cls"
 
 
-def _db_url(db: str | None) -> str:
-    from kdcicam.store import resolve_db_url  # imported when a command runs, not at start-up
-
-    return resolve_db_url(db, os.environ.get("KDCICAM_DB"))
-
-
 def report_cmd(
     fmt: Format = typer.Option(Format.html, "--format", "-f", help="Output format."),
     table: list[str] = typer.Option(None, "--table", "-t",
@@ -82,7 +75,7 @@ def report_cmd(
 
     reg = load_registry(registry)
     protocols = ("paper", "standard") if protocol is ProtocolChoice.both else (protocol.value,)
-    url = _db_url(db)
+    url = db_url(db)
     path = sqlite_file(url)
     tables = None if not table or "all" in table else table
     if path is not None and not path.exists():  # a report must not create a store as a side effect
@@ -137,7 +130,7 @@ def compare_cmd(
     from kdcicam.store import open_store
 
     check_limit("resamples", resamples, "--resamples")
-    with open_store(_db_url(db), create=False) as store:
+    with open_store(db_url(db), create=False) as store:
         result = compare_runs(store, run_a, run_b, protocol=protocol.value, selection=selection.value,
                               n_resamples=resamples, seed=seed, threshold_policy=threshold_policy.value,
                               protocol_b=protocol_b.value if protocol_b else None,

@@ -120,7 +120,7 @@ def check_teacher_checkpoints(store, refs) -> None:
         RunError: a teacher is not finished, or its checkpoint is missing or corrupt.
     """
     from kdcicam.core.errors import RunError
-    from kdcicam.execution.runner import run_model_source
+    from kdcicam.execution.run_models import run_model_source
     from kdcicam.training.checkpoint import load_checkpoint
 
     for run_id, selection in ((refs.cls_run, refs.cls_select), (refs.loc_run, refs.loc_select)):

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from kdcicam.cli._common import DB_HELP
-from kdcicam.store import RUN_STATUSES, RunInfo, open_store, resolve_db_url, sqlite_file
+from kdcicam.cli._common import DB_HELP, db_url
+from kdcicam.core.config import ROLES
+from kdcicam.core.lifecycle import RUN_STATUSES
+
+if TYPE_CHECKING:  # pandas and the store are imported when a command runs, not at start-up
+    import pandas as pd
+
+    from kdcicam.store import RunInfo
 
 app = typer.Typer(help="List and inspect the runs recorded in the run store.", no_args_is_help=True)
 
@@ -31,10 +35,6 @@ _GROUP = ["protocol", "selection", "threshold_policy", "split"]
 _DEFAULT_SOURCE = "/".join(values[0] for values in _PREFERENCE.values())  # paper/last/fixed/test
 
 
-def _db_url(db: str | None) -> str:
-    return resolve_db_url(db, os.environ.get("KDCICAM_DB"))
-
-
 def headline(finals: pd.DataFrame) -> tuple[str | None, dict[str, float | None]]:
     """A run's key numbers from its long-format final metrics.
 
@@ -45,6 +45,8 @@ def headline(finals: pd.DataFrame) -> tuple[str | None, dict[str, float | None]]
         ("protocol/selection/threshold_policy/split" of the evaluation used, {name: value} for the
         names in HEADLINE_METRICS it has, NaN as None); (None, {}) when no evaluation has any.
     """
+    import pandas as pd
+
     rows = finals[finals["name"].isin(HEADLINE_METRICS)]
     if rows.empty:
         return None, {}
@@ -97,16 +99,18 @@ def list_cmd(
     status: str | None = typer.Option(
         None, "--status", help=f"Only runs with this status: {' | '.join(RUN_STATUSES)}."),
     role: str | None = typer.Option(
-        None, "--role", help="Only runs of this role (student, cls_teacher, loc_teacher, distilled)."),
+        None, "--role", help=f"Only runs of this role ({', '.join(ROLES)})."),
     cell: str | None = typer.Option(
         None, "--cell", help="Only runs of a registry table (table3) or cell (table3/conpool+kd)."),
     seed: int | None = typer.Option(None, "--seed", help="Only runs of this seed."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs as a JSON list."),
 ) -> None:
     """List runs (oldest first) with their status and key final metrics."""
+    from kdcicam.store import open_store, sqlite_file
+
     if status is not None and status not in RUN_STATUSES:
         raise typer.BadParameter(f"must be one of {', '.join(RUN_STATUSES)}", param_hint="--status")
-    url = _db_url(db)
+    url = db_url(db)
     path = sqlite_file(url)
     if path is not None and not path.exists():  # listing must not create a store as a side effect
         typer.echo("[]" if as_json else f"no runs yet (no run store at {path})")
@@ -187,7 +191,9 @@ def show_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
 ) -> None:
     """Show one run: status, timings, final metrics per protocol/selection, and its config."""
-    with open_store(_db_url(db), create=False) as store:
+    from kdcicam.store import open_store
+
+    with open_store(db_url(db), create=False) as store:
         info = store.resolve_run(run)
         groups = _final_groups(store.final_metrics([info.id]))
         last_epoch = _last_epoch(store.epoch_metrics(info.id))
@@ -266,8 +272,9 @@ def delete_cmd(
 
     from kdcicam.core.errors import ConfigError
     from kdcicam.execution.holders import holder_gone
+    from kdcicam.store import open_store
 
-    with open_store(_db_url(db), create=False) as store:
+    with open_store(db_url(db), create=False) as store:
         chosen = list({info.id: info for info in (store.resolve_run(name) for name in runs)}.values())
         ids = {info.id for info in chosen}
         for info in chosen:
@@ -356,12 +363,13 @@ def export_cmd(
     from pathlib import Path
 
     from kdcicam.core.errors import ConfigError
+    from kdcicam.store import open_store, sqlite_file
 
     if what not in EXPORTS:
         raise ConfigError(f"--what {what!r}: must be one of {', '.join(EXPORTS)}")
     if status is not None and status not in RUN_STATUSES:
         raise ConfigError(f"--status {status!r}: must be one of {', '.join(RUN_STATUSES)}")
-    url = _db_url(db)
+    url = db_url(db)
     path = sqlite_file(url)
     if path is not None and not path.exists():
         raise ConfigError(f"no run store at {path}")
@@ -387,6 +395,8 @@ _RUN_COLUMNS = ("run_id", "role", "profile", "variant", "dataset", "dataset_fing
 def export_frame(store, runs: list[RunInfo], what: str) -> pd.DataFrame:
     """The runs' final metrics, epoch metrics or per-image records in long format, each row with its run's
     identity (``labels`` as "table/cell;table/cell")."""
+    import pandas as pd
+
     meta = pd.DataFrame([(r.id, r.role, r.profile, r.variant, r.dataset, r.dataset_fingerprint, r.seed, r.status,
                           ";".join(f"{t}/{c}" for t, cells in sorted(r.labels.items()) for c in cells))
                          for r in runs], columns=list(_RUN_COLUMNS))

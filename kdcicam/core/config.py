@@ -3,7 +3,7 @@
 A run is fully described by one :class:`RunConfig`. It is built at the edge (CLI options, a
 config file, a registry cell, a profile), validated there, and then passed down explicitly: no
 module reads globals or environment variables for settings. The resolved config is what gets
-stored with a run and hashed into its identity (:func:`config_hash`).
+stored with a run and hashed into its identity (:mod:`kdcicam.core.identity`).
 
 Field names follow the paper's symbols where there is one (``update_rate`` = λ of Eq. 7,
 ``alpha`` = α of Eq. 16, ``mu``/``eta`` = μ/η of Eq. 19, ``beta``/``delta`` = β/δ of Eq. 21).
@@ -12,7 +12,6 @@ Field names follow the paper's symbols where there is one (``update_rate`` = λ 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import types
@@ -395,21 +394,6 @@ def with_overrides(cfg: Any, overrides: dict[str, Any], where: str = "override")
         raise ConfigError(f"{where}: {exc}") from None
 
 
-# Settings that change how a run is executed, not what it computes: left out of its identity, so
-# resuming on another device, with more loader workers, the decoded-frame cache (the same images,
-# tests/test_data_cache.py) or finer checkpoints is the same run. The test-split and test-resize
-# audits (eval.audit_epochs, eval.resize_grid) only add numbers no decision reads: not identity either.
-NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "train.data_cache", "train.compile",
-                                      "train.checkpoint_every", "eval.audit_epochs", "eval.resize_grid")
-# Keys added after runs were stored: part of a run's identity only when they differ from their
-# default, so every run stored before they existed keeps its id (and is reused, not retrained).
-IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric", "eval.select_on",
-                                         "model.batch_norm", "data.random_resized_crop_scale",
-                                         "train.decay_rate", "train.late_drop_epoch", "model.heatmap_function",
-                                         "data.epsilon_augment", "data.loc_crop_scale", "data.randaugment_loc",
-                                         "eval.box_rule")
-
-
 def metric_version_of(config: Mapping[str, Any]) -> int:
     """The metric version of a stored run config: its ``eval.metric_version``.
 
@@ -423,29 +407,3 @@ def metric_version_of(config: Mapping[str, Any]) -> int:
     if "metric_version" in section:
         return int(section["metric_version"])
     return 1 if "maxbox_ious" in section else METRIC_VERSION
-
-
-def identity_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The config as a dict without :data:`NON_IDENTITY_KEYS`, nor :data:`IDENTITY_IF_SET_KEYS` at their defaults."""
-    data = to_dict(cfg)
-    defaults = to_dict(RunConfig())
-    for dotted in NON_IDENTITY_KEYS:
-        section, key = dotted.split(".")
-        data.get(section, {}).pop(key, None)
-    for dotted in IDENTITY_IF_SET_KEYS:
-        section, key = dotted.split(".")
-        if data.get(section, {}).get(key) == defaults[section][key]:
-            data[section].pop(key)
-    return data
-
-
-def config_hash(cfg: Any, *extra: str) -> str:
-    """Stable short hash of a config (and extra identity strings such as a dataset fingerprint).
-
-    A :class:`RunConfig` is hashed without :data:`NON_IDENTITY_KEYS`."""
-    data = identity_dict(cfg) if isinstance(cfg, RunConfig) else to_dict(cfg)
-    payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    h = hashlib.sha256(payload.encode())
-    for item in extra:
-        h.update(b"\0" + item.encode())
-    return h.hexdigest()[:16]

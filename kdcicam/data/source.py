@@ -7,9 +7,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from kdcicam.core.config import DataConfig, SynthConfig, config_hash
+from kdcicam.core.config import DataConfig, SynthConfig
 from kdcicam.core.errors import ConfigError
 from kdcicam.core.filelock import exclusive_lock
+from kdcicam.core.identity import config_hash
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.loader import load_dataset
 

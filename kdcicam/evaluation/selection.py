@@ -32,12 +32,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from kdcicam.core.config import RunConfig
-from kdcicam.evaluation.evaluator import EvalResult, at_theta, sweep_metrics
+
+if TYPE_CHECKING:  # the evaluator (torch) is imported where θ policies run: reading stored numbers needs none
+    from kdcicam.evaluation.evaluator import EvalResult
 
 # epoch-metric split of the per-epoch numbers that pick checkpoints, by eval.select_on
 DECISION_SPLIT = {"val": "val", "test": "test_decision"}
@@ -62,6 +65,8 @@ def choose_theta(result: EvalResult, metric: str, iou_threshold: float) -> float
     Returns:
         The chosen θ.
     """
+    from kdcicam.evaluation.evaluator import sweep_metrics
+
     values = sweep_metrics(result, iou_threshold)[metric]  # (T,)
     if np.isnan(values).all():
         raise ValueError("cannot choose θ on an empty split")
@@ -81,6 +86,8 @@ def threshold_policies(test: EvalResult, val: EvalResult | None, cfg: RunConfig)
         policy -> result: ``"fixed"`` (``test`` itself, its θ in ``metrics["theta"]``), ``"val"``
         and ``"oracle"`` (re-read at their θ, no second forward pass).
     """
+    from kdcicam.evaluation.evaluator import at_theta
+
     iou = cfg.eval.iou_threshold
     out = {"fixed": test}
     if val is not None and val.records:

@@ -168,7 +168,7 @@ def execute_in_child(nproc: int, data_cache: Path, device: str,
                      python: str = sys.executable) -> Callable[[PlannedRun, Any], Any]:
     """An ``execute_one`` for :func:`kdcicam.execution.runner.execute_plan`: each run in a child process, on
     ``nproc`` processes (torchrun) when ``nproc > 1``; the outcome is read back from the store."""
-    from kdcicam.execution.runner import RunOutcome
+    from kdcicam.execution.context import RunOutcome
     from kdcicam.training.distributed import launch_command
 
     def run_one(run: PlannedRun, ctx: Any) -> RunOutcome:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from kdcicam.core.config import DataConfig, RunConfig, TeacherRefs, config_hash
+from kdcicam.core.config import DataConfig, RunConfig, TeacherRefs
+from kdcicam.core.identity import config_hash
 from kdcicam.data.base import DatasetIndex
 from kdcicam.registry.ablations import Cell, Registry, Scope, apply_multipliers, grid_points, resolve_config
 

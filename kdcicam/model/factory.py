@@ -66,20 +66,19 @@ def param_groups(model: CICAM, lr: float, backbone_lr_mult: float = 1.0) -> list
             (set by the paper profile for the reference variant, ``ablations/profiles.toml``).
 
     Returns:
-        Groups for ``torch.optim``; each carries ``name`` and ``lr_scale`` (its lr / ``lr``) so a scheduler
-        can rescale every group from the base lr.
+        Groups for ``torch.optim``, each with its ``name``.
     """
     mult = float(backbone_lr_mult)
     if not mult > 0:
         raise ConfigError(f"backbone lr multiplier = {mult}: must be > 0")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if mult == 1.0:
-        return [{"name": "all", "params": [p for _, p in trainable], "lr": lr, "lr_scale": 1.0}]
+        return [{"name": "all", "params": [p for _, p in trainable], "lr": lr}]
     head = [p for n, p in trainable if n.startswith("classifier.")]
     body = [p for n, p in trainable if not n.startswith("classifier.")]
     return [
-        {"name": "backbone", "params": body, "lr": lr * mult, "lr_scale": mult},
-        {"name": "classifier", "params": head, "lr": lr, "lr_scale": 1.0},
+        {"name": "backbone", "params": body, "lr": lr * mult},
+        {"name": "classifier", "params": head, "lr": lr},
     ]
 
 

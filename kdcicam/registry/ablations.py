@@ -125,6 +125,7 @@ class Table:
     claims: tuple[Claim, ...] = ()
     sweep_key: str | None = None  # kind "sweep": the config key set to each of sweep_values (every cell, its teachers)
     sweep_values: tuple[float, ...] = ()
+    gallery: tuple[str, ...] = ()  # cells shown side by side in the report's localization gallery, in order
 
     def cell(self, key: str) -> Cell:
         for c in self.cells:
@@ -310,7 +311,8 @@ def _default_of(dotted: str) -> Any:
 def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
     raw = _read_toml(path)
     key = path.stem
-    _keys(path.name, raw, {"title", "cells"}, {"caption", "kind", "reference_cell", "metrics", "claims", "sweep"})
+    _keys(path.name, raw, {"title", "cells"}, {"caption", "kind", "reference_cell", "metrics", "claims", "sweep",
+                                                       "gallery"})
     _typed(f"{path.name}: title", raw["title"], str, "a string")
     _typed(f"{path.name}: caption", raw.get("caption", ""), str, "a string")
     kind = raw.get("kind", "table")
@@ -325,6 +327,10 @@ def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:
         raise ConfigError(f"{path.name}: cell key {sorted(dup)[0]!r} is used twice")
+    gallery = tuple(raw.get("gallery", ()))
+    for g in gallery:
+        if g not in keys:
+            raise ConfigError(f"{path.name}: gallery: no cell {g!r} (cells: {', '.join(keys)})")
     ref = raw.get("reference_cell")
     if ref is not None and ref not in keys:
         raise ConfigError(f"{path.name}: reference_cell = {ref!r}: no such cell (cells: {', '.join(keys)})")
@@ -363,7 +369,7 @@ def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
             raise ConfigError(f"{path.name}: cell {gridded[0]!r}: a sweep's cells take no grid")
     return Table(key=key, path=path, title=raw["title"], caption=raw.get("caption", ""), kind=kind,
                  reference_cell=ref, metrics=metrics, cells=cells, claims=tuple(claims),
-                 sweep_key=sweep_key, sweep_values=sweep_values)
+                 sweep_key=sweep_key, sweep_values=sweep_values, gallery=gallery)
 
 
 def _read_sweep(name: str, kind: str, raw: dict) -> tuple[str | None, tuple[float, ...]]:

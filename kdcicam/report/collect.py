@@ -17,7 +17,7 @@ from kdcicam.analysis.results import (
     latest_per_seed,
     policy_lookup,
     scatter_points,
-    scope_of,
+    scopes_of,
 )
 from kdcicam.analysis.variants import VariantAgreement, variant_agreement
 from kdcicam.evaluation.selection import (
@@ -76,8 +76,9 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
     superseded = {(scope, table) for (scope, table, _, _), n in runs_per_seed.items() if n > 1}
     frame = pd.concat([latest_per_seed(frame[~is_scatter]), frame[is_scatter]], ignore_index=True)
     by_scope: dict[ScopeKey, list[RunInfo]] = {}
+    run_scopes = scopes_of(reg, finished)
     for run in finished:
-        by_scope.setdefault(scope_of(run), []).append(run)
+        by_scope.setdefault(run_scopes[run.id], []).append(run)
     lookup = policy_lookup(finals)
     audit_tables = [reg.tables[k] for k in table_keys if reg.tables[k].kind == "table"]
     ledgers = _ledgers(reg, finished, finals, records, protocols, threshold_policy)

@@ -1,4 +1,5 @@
-"""The localization gallery: the same test images under Base, +ConPool and +KD (Table 3), side by side.
+"""The localization gallery: the same test images under a table's gallery cells (Table 3: Base, +ConPool
+and +KD), side by side.
 
 The evaluator writes ``gallery_<selection>.npz`` into a run's artifacts folder: the test crops as
 the network saw them, the heatmaps, predicted and ground-truth boxes (xyxy, crop frame), labels
@@ -20,8 +21,6 @@ from kdcicam.registry.ablations import Table
 from kdcicam.report.figures import new_figure, to_png
 from kdcicam.store import RunInfo
 
-GALLERY_TABLE = "table3"
-GALLERY_CELLS = ("base", "conpool", "conpool+kd")  # Base, +ConPool, +KD
 GALLERY_KEYS = ("image_ids", "images", "heatmaps", "pred_boxes", "gt_boxes", "labels", "top1")
 DEFAULT_IMAGES = 4
 
@@ -66,19 +65,19 @@ def load_gallery(path: Path) -> dict[str, np.ndarray]:
 
 
 def gallery_columns(table: Table, runs: Sequence[RunInfo],
-                    cells: Sequence[str] = GALLERY_CELLS) -> tuple[list[GalleryColumn], list[str]]:
+                    cells: Sequence[str] | None = None) -> tuple[list[GalleryColumn], list[str]]:
     """The gallery file of each of ``cells`` (the lowest seed's run) among a scope's finished runs.
 
     Args:
         table: the registry table the cells belong to (for names and checkpoint selections).
         runs: the scope's finished runs.
-        cells: cell keys, one column each, in order.
+        cells: cell keys, one column each, in order (default: the table's ``gallery``).
 
     Returns:
         (columns found, notes on the cells whose gallery is missing or unreadable).
     """
     columns, notes = [], []
-    for key in cells:
+    for key in (table.gallery if cells is None else cells):
         cell = next((c for c in table.cells if c.key == key), None)
         if cell is None:
             notes.append(f"{table.key} has no cell {key!r}")

@@ -21,7 +21,7 @@ from kdcicam.analysis.claims import LEDGER_NOTE
 from kdcicam.analysis.results import paper_points
 from kdcicam.core.fmt import fmt_signed, fmt_value, interval_text
 from kdcicam.registry.ablations import Registry
-from kdcicam.report.gallery import GALLERY_CELLS, GALLERY_TABLE, common_sample, gallery_columns, gallery_figure
+from kdcicam.report.gallery import common_sample, gallery_columns, gallery_figure
 from kdcicam.report.scatter import cl_scatter, scatter_description
 from kdcicam.report.sweep import SweepData, sweep_figure
 from kdcicam.report.tables import METRIC_LABELS, MetricValue, ReportData, RowData, ScopeData
@@ -155,8 +155,9 @@ def scope_views(data: ReportData, reg: Registry, *, figures: bool) -> list[Scope
                 view.scatter[protocol] = None if png is None else FigureOut(
                     file=f"cl-{key.slug}-{protocol}.png", title=title, caption=scope.provenance.line(), png=png,
                     description=scatter_description(points, key.paper_label))
-            if GALLERY_TABLE in reg.tables:
-                columns, notes = gallery_columns(reg.tables[GALLERY_TABLE], scope.runs, GALLERY_CELLS)
+            gallery_table = next((t for t in reg.tables.values() if t.gallery), None)  # the first that has one
+            if gallery_table is not None:
+                columns, notes = gallery_columns(gallery_table, scope.runs)
                 ids = common_sample(columns)
                 if columns and not ids:
                     notes.append("the gallery files share no image id")

@@ -1,7 +1,7 @@
 """The run store: every run of the harness, its lifecycle, metrics and per-image records.
 
 A run is one trained model, identified by the hash of its resolved config, dataset fingerprint and
-seed (computed by the caller with :func:`kdcicam.core.config.config_hash`). The store is a SQLite file by
+seed (computed by the caller with :func:`kdcicam.core.identity.config_hash`). The store is a SQLite file by
 default (WAL mode, so trainers write while reports read), migrated with alembic on open.
 
 Example::

@@ -31,7 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-RUN_STATUSES: tuple[str, ...] = ("pending", "running", "finished", "failed")
+from kdcicam.core.lifecycle import RUN_STATUSES  # noqa: F401 - the store's vocabulary, defined in core
+
 THRESHOLD_POLICIES: tuple[str, ...] = ("fixed", "val", "oracle")
 # epoch metrics: "val" / "test_decision" = the split whose numbers picked checkpoints (eval.select_on;
 # a select_on="test" run also records "val", unused); "test_audit" = test numbers no decision read

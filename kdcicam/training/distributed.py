@@ -5,7 +5,7 @@ the trainer needs (DistributedDataParallel, synchronised BatchNorm, rank 0's dec
 compute what one process with the same global batch computes, step by step:
 
 - **data**: step s of epoch e trains on the global batch ``order[s*B:(s+1)*B]`` of
-  :func:`kdcicam.training.trainer.epoch_order` (a pure function of (seed, e)); rank r takes the r-th of N equal,
+  :func:`kdcicam.training.streams.epoch_order` (a pure function of (seed, e)); rank r takes the r-th of N equal,
   contiguous slices of it (:func:`shard_order`), so B must be a multiple of N (:func:`local_batch_size`);
 - **gradients**: every loss term is a mean over the batch, and DDP averages the N ranks' gradients,
   which is the gradient of the global batch's mean;
