@@ -189,7 +189,8 @@ def test_extended_variant_and_role_overrides_merge_key_by_key(reg_dir):
 
 
 def test_metric_version_is_always_identity_and_old_configs_read_as_version_1():
-    from kdcicam.core.config import METRIC_VERSION, RunConfig, identity_dict, metric_version_of, to_dict
+    from kdcicam.core.config import METRIC_VERSION, RunConfig, metric_version_of, to_dict
+    from kdcicam.core.identity import identity_dict
 
     # in the hashed dict at its default too: every run id differs from those of version-1 runs
     assert identity_dict(RunConfig())["eval"]["metric_version"] == METRIC_VERSION == 2

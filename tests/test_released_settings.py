@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from _runs import smoke_cache  # noqa: F401
 
-from kdcicam.core.config import DataConfig, RunConfig, TeacherRefs, config_hash, identity_dict, with_overrides
+from kdcicam.core.config import DataConfig, RunConfig, TeacherRefs, with_overrides
+from kdcicam.core.identity import config_hash, identity_dict
 from kdcicam.core.errors import ConfigError
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.train_augment import train_transform_for
