@@ -120,7 +120,8 @@ class ModelConfig:
     batch_norm: bool = False  # VGG16 only: BN after every conv (vgg16_bn); the paper's VGG16 has none
     context_pool: bool = True  # False = Base (NL-CCAM): X^e = X, no pool
     update_rate: float = 0.01  # λ of Eq. 7
-    weights: str | None = None  # torchvision ImageNet checkpoint file; None = random init
+    weights: str | None = None  # torchvision-format file, "imagenet" (hub cache) or "shipped:NAME"; None = random init
+    weights_sha256: str | None = None  # pins the weights file's content (hex sha256); None = not pinned
 
 
 @dataclass(frozen=True)
@@ -223,8 +224,11 @@ class RunConfig:
                self.data.randaugment_magnitude, "must be in [0, 30]")
         _check(self.data.randaugment_ops >= 0, "data.randaugment_ops", self.data.randaugment_ops, "must be >= 0")
         _check(self.model.width > 0, "model.width", self.model.width, "must be > 0")
-        _check(self.model.weights is None or self.model.width == 1.0, "model.width", self.model.width,
-               "ImageNet weights (model.weights) need width 1.0")
+        _check(self.model.weights is None or self.model.width == 1.0 or self.model.weights.startswith("shipped:"),
+               "model.width", self.model.width, "ImageNet weights (model.weights) need width 1.0")
+        sha = self.model.weights_sha256
+        _check(sha is None or (len(sha) == 64 and all(ch in "0123456789abcdef" for ch in sha)),
+               "model.weights_sha256", sha, "must be 64 lowercase hex digits")
         _check(self.model.output_stride in (4, 8, 16), "model.output_stride",
                self.model.output_stride, "must be 4, 8 or 16")
         _check(self.model.update_rate >= 0, "model.update_rate", self.model.update_rate,
@@ -360,7 +364,7 @@ NON_IDENTITY_KEYS: tuple[str, ...] = ("train.device", "train.num_workers", "trai
 # Keys added after runs were stored: part of a run's identity only when they differ from their
 # default, so every run stored before they existed keeps its id (and is reused, not retrained).
 IDENTITY_IF_SET_KEYS: tuple[str, ...] = ("eval.theta_grid", "eval.theta_metric", "eval.select_on",
-                                         "model.batch_norm")
+                                         "model.batch_norm", "model.weights_sha256")
 
 
 def identity_dict(cfg: RunConfig) -> dict[str, Any]:
