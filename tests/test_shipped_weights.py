@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-import kdcicam.model.shipped as shipped
 from kdcicam.core.config import ModelConfig, RunConfig, config_hash, identity_dict, with_overrides
 from kdcicam.core.errors import ConfigError, RunError
+from kdcicam.model import shipped
 from kdcicam.model.backbones import build_backbone
 from kdcicam.model.factory import build_model
 from kdcicam.model.weights import file_sha256
