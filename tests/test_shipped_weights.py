@@ -93,3 +93,15 @@ def test_config_accepts_shipped_weights_at_reduced_width_only():
         with_overrides(RunConfig(), {"model.width": 0.125, "model.weights": "/some/vgg16.pth"}).validate()
     with pytest.raises(ConfigError, match="model.weights_sha256"):
         with_overrides(RunConfig(), {"model.weights_sha256": "xyz"}).validate()
+
+
+def test_the_shipped_backbone_loads_into_the_reduced_network():
+    names = shipped.shipped_names()
+    assert "vgg16_bn-w0.125" in names
+    cfg = ModelConfig(num_classes=10, width=0.125, batch_norm=True, output_stride=8, nonlocal_blocks=4,
+                      weights="shipped:vgg16_bn-w0.125")
+    model = build_model(cfg, "reference", 96)
+    sidecar = shipped.read_sidecar("vgg16_bn-w0.125")
+    assert model.weights_record["sha256"] == sidecar["sha256"]
+    assert model.weights_record["matched_keys"] == len(torch.load(
+        shipped.SHIPPED_DIR / "vgg16_bn-w0.125.pt", weights_only=True))
