@@ -101,7 +101,13 @@ def test_streams_are_not_the_benchmarks():
     assert "from kdcicam.data.synthetic" not in source and "import kdcicam.data.synthetic" not in source
 
 
-def test_class_is_shape_and_texture_not_colour():
+def test_class_hue_families_by_hand():
+    # class = shape * 10 + texture; hue family ((3 * shape + texture) % 10) / 10
+    assert [ps.class_hue(c) for c in (0, 1, 10, 59)] == [0.0, 0.1, 0.3, 0.4]
+    assert ps.class_name(59) == "crescent_speckle"
+
+
+def test_class_does_not_fix_the_colours():
     cfg = ps.PretrainSetConfig(per_class=40, val_per_class=1, size=32)
     means = np.stack([ps.render_image(cfg, 0, k).reshape(-1, 3).mean(0) for k in range(8)])  # (8, 3)
     assert means.std(0).max() > 10  # the same class in many colours

@@ -2,11 +2,12 @@
 
 It is not the benchmark and shares nothing with it (docs/synthetic.md, "The pretraining set"):
 
-* **classes** are (shape, texture) pairs, ``len(SHAPES) * len(TEXTURES)`` = 60 of them; the benchmark's
-  classes are hues of a part colour. No class definition, colour table or constant of
-  :mod:`kdcicam.data.synthetic` is imported here;
-* **colours** of every object are drawn per image, independent of the class (a class is a shape and a
-  texture, in any colour);
+* **classes** are (shape, texture) pairs, ``len(SHAPES) * len(TEXTURES)`` = 60 of them, each with a hue
+  family for the object's first colour (:func:`class_hue`), as ImageNet classes have shapes, textures
+  and typical colours; the benchmark's classes are hues of a small part. No class definition, colour
+  table or constant of :mod:`kdcicam.data.synthetic` is imported here;
+* **colours**: the first colour's hue within its class's family, its saturation and value, and the
+  second (texture) colour are drawn per image;
 * **backgrounds** are drawn per image from a generic family (a tinted colour field, stripes of random
   orientation and frequency, an illumination gradient, pixel noise), independent of the class;
 * **random streams**: image ``k`` of class ``c`` is drawn from ``SeedSequence([STREAM_TAG, seed, c, k])``.
@@ -26,10 +27,12 @@ import numpy as np
 
 from kdcicam.core.errors import ConfigError
 
-GENERATOR_VERSION = "1.0"  # bump whenever the pixels drawn for a given config change
+GENERATOR_VERSION = "1.1"  # bump whenever the pixels drawn for a given config change
 STREAM_TAG = 0x50524554  # "PRET": leads every SeedSequence of this set (the benchmark's have no tag)
 
 SHAPES: tuple[str, ...] = ("ellipse", "rectangle", "triangle", "star", "cross", "crescent")
+HUE_FAMILIES = 10  # the first colour's hue lies within HUE_JITTER of one of 10 evenly spaced hues
+HUE_JITTER = 0.04
 TEXTURES: tuple[str, ...] = ("solid", "stripes", "checker", "dots", "rings", "radial", "ramp", "grid",
                              "halves", "speckle")
 
@@ -66,9 +69,19 @@ def class_name(label: int) -> str:
     return f"{SHAPES[label // len(TEXTURES)]}_{TEXTURES[label % len(TEXTURES)]}"
 
 
-def _random_rgb(rng: np.random.Generator, sat: tuple[float, float], val: tuple[float, float]) -> np.ndarray:
-    """A colour of uniform hue and the given saturation / value ranges, as (3,) RGB in [0, 1]."""
-    h, s, v = rng.random(), rng.uniform(*sat), rng.uniform(*val)
+def class_hue(label: int) -> float:
+    """Centre of the hue family of class ``label``'s first colour: ``((3 * shape + texture) % 10) / 10``."""
+    return ((3 * (label // len(TEXTURES)) + label % len(TEXTURES)) % HUE_FAMILIES) / HUE_FAMILIES
+
+
+def _random_rgb(rng: np.random.Generator, sat: tuple[float, float], val: tuple[float, float],
+                hue: float | None = None) -> np.ndarray:
+    """A colour of the given saturation / value ranges, as (3,) RGB in [0, 1].
+
+    The hue is uniform, or ``hue`` +- HUE_JITTER when given (always one draw, so streams stay aligned).
+    """
+    u, s, v = rng.random(), rng.uniform(*sat), rng.uniform(*val)
+    h = u if hue is None else (hue + HUE_JITTER * (2 * u - 1)) % 1.0
     k = (np.array([5.0, 3.0, 1.0]) + 6.0 * h) % 6.0  # (3,) HSV -> RGB without colorsys
     return v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
@@ -171,7 +184,7 @@ def render_image(cfg: PretrainSetConfig, label: int, index: int) -> np.ndarray:
     u = (dx * c + dy * s) / half  # (n, n)
     v = (-dx * s + dy * c) / (half * aspect)  # (n, n)
     mask = shape_mask(shape, u, v)  # (n, n)
-    first = _random_rgb(col_rng, (0.3, 1.0), (0.4, 1.0))  # (3,)
+    first = _random_rgb(col_rng, (0.5, 1.0), (0.5, 1.0), hue=class_hue(label))  # (3,) the class's hue family
     second = _random_rgb(col_rng, (0.3, 1.0), (0.4, 1.0))
     if float(np.abs(first - second).sum()) < 0.6:  # keep the texture visible
         second = 1.0 - first
