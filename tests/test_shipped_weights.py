@@ -105,3 +105,16 @@ def test_the_shipped_backbone_loads_into_the_reduced_network():
     assert model.weights_record["sha256"] == sidecar["sha256"]
     assert model.weights_record["matched_keys"] == len(torch.load(
         shipped.SHIPPED_DIR / "vgg16_bn-w0.125.pt", weights_only=True))
+
+
+def test_resolution_pins_shipped_weights_so_new_weights_are_a_new_run(folder):
+    cfg = model_cfg()
+    pinned = shipped.pin_shipped_weights(cfg)
+    assert pinned.weights_sha256 == file_sha256(folder / f"{NAME}.pt")
+    assert shipped.pin_shipped_weights(pinned) == pinned
+    assert shipped.pin_shipped_weights(model_cfg(weights=None)).weights_sha256 is None
+    run = with_overrides(RunConfig(), {"model.weights": cfg.weights})
+    first = config_hash(with_overrides(run, {"model.weights_sha256": pinned.weights_sha256}))
+    (folder / f"{NAME}.json").write_text(json.dumps({"sha256": "f" * 64}))  # the weights were regenerated
+    again = shipped.pin_shipped_weights(cfg)
+    assert config_hash(with_overrides(run, {"model.weights_sha256": again.weights_sha256})) != first

@@ -10,9 +10,11 @@ against that sha256 (and against ``model.weights_sha256`` when a config pins it)
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kdcicam.core.config import ModelConfig
 from kdcicam.core.errors import RunError
 
 SHIPPED_PREFIX = "shipped:"
@@ -63,3 +65,18 @@ def shipped_file(spec: str, folder: Path | None = None) -> tuple[Path, str]:
 def shipped_sha256(spec: str, folder: Path | None = None) -> str:
     """The sha256 recorded for ``shipped:NAME`` (what a profile pins as ``model.weights_sha256``)."""
     return shipped_file(spec, folder)[1]
+
+
+def pin_shipped_weights(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with ``weights_sha256`` set from the sidecar when it names shipped weights and pins none.
+
+    A run's identity holds ``model.weights_sha256`` when set, so pinning at config resolution makes
+    regenerated shipped weights a different run instead of a silent reuse of runs trained from the
+    old file.
+
+    Raises:
+        RunError: unknown shipped weights or an unreadable sidecar.
+    """
+    if not is_shipped(cfg.weights) or cfg.weights_sha256 is not None:
+        return cfg
+    return replace(cfg, weights_sha256=shipped_sha256(str(cfg.weights)))
