@@ -12,8 +12,8 @@ import pytest
 from _runs import smoke_cache  # noqa: F401
 
 from kdcicam.core.config import DataConfig, RunConfig, TeacherRefs, with_overrides
-from kdcicam.core.identity import config_hash, identity_dict
 from kdcicam.core.errors import ConfigError
+from kdcicam.core.identity import config_hash, identity_dict
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.train_augment import train_transform_for
 from kdcicam.execution.plan import make_plan

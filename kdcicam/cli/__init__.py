@@ -54,6 +54,9 @@ def _register_subcommands() -> None:
     from kdcicam.cli.baselines import baselines_cmd
 
     app.command("baselines")(baselines_cmd)
+    from kdcicam.cli.pretrain import pretrain_cmd
+
+    app.command("pretrain")(pretrain_cmd)
     from kdcicam.cli import report as report_cli
 
     report_cli.register(app)

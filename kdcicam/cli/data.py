@@ -73,3 +73,43 @@ def check(
     for key, value in summary.items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+@app.command("stats")
+def stats(
+    path: Path = typer.Argument(..., help="Dataset folder (CUB layout, ILSVRC, or wsolevaluation metadata)."),
+    format: str = typer.Option("auto", "--format", help="auto | cub | synthetic | ilsvrc | wsol"),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+    image_root: Path | None = typer.Option(
+        None, "--image-root", help="wsol only: folder the metadata's image paths are relative to."),
+) -> None:
+    """Box-area share and centre-offset distributions, images and boxes per class, image sizes."""
+    from kdcicam.core.errors import EXIT_USER_ERROR
+    from kdcicam.data.loader import resolve_format, scan_dataset
+    from kdcicam.data.stats import dataset_stats
+
+    scan = scan_dataset(path, resolve_format(path, format), image_root=image_root, read_headers=True)
+    if scan.defects or scan.index is None:
+        for line in scan.defects or [f"{path}: dataset could not be indexed"]:
+            typer.echo(line, err=True)
+        raise typer.Exit(EXIT_USER_ERROR)
+    result = dataset_stats(scan.index)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console = Console()
+    for split in ("all", "train", "val", "test"):
+        if split not in result:
+            continue
+        s = result[split]
+        table = Table(title=f"{result['name']} at {path}: {split} ({s['images']} images, {s['boxes']} boxes)")
+        for col in ("quantity", "mean", "p05", "p25", "p50", "p75", "p95"):
+            table.add_column(col)
+        for key in ("box_area_share", "centre_offset_x", "centre_offset_y", "centre_distance",
+                    "image_width", "image_height", "boxes_per_image"):
+            d = s[key]
+            table.add_row(key, *(["-"] * 6 if d is None else [f"{d[k]:g}" for k in
+                                                               ("mean", "p05", "p25", "p50", "p75", "p95")]))
+        per = ", ".join(f"{k} {v:g}" for k, v in s["images_per_class"].items())
+        table.caption = f"images per class: {per}"
+        console.print(table)

@@ -102,6 +102,9 @@ def train(
                          seed=seed, num_classes=2, teachers=refs, cli_overrides=sets)
     index = open_data(cfg.data)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=index.num_classes)).validate()
+    from kdcicam.model.shipped import pin_shipped_weights
+
+    cfg = dataclasses.replace(cfg, model=pin_shipped_weights(cfg.model))
     from kdcicam.core.runtime import set_seed
 
     set_seed(cfg.train.seed, cfg.train.deterministic)

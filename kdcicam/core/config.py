@@ -137,7 +137,8 @@ class ModelConfig:
     update_rate: float = 0.01  # λ of Eq. 7
     heatmap_function: Literal["quadratic", "sum_1"] = "quadratic"  # γ of Eq. 3: the variant's quadratic,
     # or the released ILSVRC scripts' sum_1 (top-1 map minus a weighted mean of the last 20)
-    weights: str | None = None  # torchvision ImageNet checkpoint file; None = random init
+    weights: str | None = None  # torchvision-format file, "imagenet" (hub cache) or "shipped:NAME"; None = random init
+    weights_sha256: str | None = None  # pins the weights file's content (hex sha256); None = not pinned
 
 
 @dataclass(frozen=True)
@@ -246,8 +247,11 @@ class RunConfig:
                self.data.randaugment_magnitude, "must be in [0, 30]")
         _check(self.data.randaugment_ops >= 0, "data.randaugment_ops", self.data.randaugment_ops, "must be >= 0")
         _check(self.model.width > 0, "model.width", self.model.width, "must be > 0")
-        _check(self.model.weights is None or self.model.width == 1.0, "model.width", self.model.width,
-               "ImageNet weights (model.weights) need width 1.0")
+        _check(self.model.weights is None or self.model.width == 1.0 or self.model.weights.startswith("shipped:"),
+               "model.width", self.model.width, "ImageNet weights (model.weights) need width 1.0")
+        sha = self.model.weights_sha256
+        _check(sha is None or (len(sha) == 64 and all(ch in "0123456789abcdef" for ch in sha)),
+               "model.weights_sha256", sha, "must be 64 lowercase hex digits")
         _check(self.model.output_stride in (4, 8, 16), "model.output_stride",
                self.model.output_stride, "must be 4, 8 or 16")
         if self.model.backbone == "inceptionv3":  # its stride is fixed; Mixed_6a needs >= 43 px (model/backbones.py)

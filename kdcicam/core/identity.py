@@ -60,7 +60,7 @@ _ALWAYS: tuple[str, ...] = (
 _WHEN_CHANGED: tuple[str, ...] = (
     "eval.theta_grid", "eval.theta_metric", "eval.select_on", "model.batch_norm", "eval.box_rule",
     "data.random_resized_crop_scale", "data.epsilon_augment", "data.loc_crop_scale", "data.randaugment_loc",
-    "train.decay_rate", "train.late_drop_epoch", "model.heatmap_function",
+    "train.decay_rate", "train.late_drop_epoch", "model.heatmap_function", "model.weights_sha256",
 )
 # How a run is executed, not what it computes: resuming on another device, with more loader workers,
 # the decoded-frame cache (the same images, tests/test_data_cache.py), compiled or with finer

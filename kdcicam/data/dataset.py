@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 
 from kdcicam.core.errors import DataError
 from kdcicam.data.base import Sample
-from kdcicam.data.train_augment import EpsilonTransform
 from kdcicam.data.image_files import file_problem, pixels_problem
+from kdcicam.data.train_augment import EpsilonTransform
 
 # transform(img, boxes (K, 4) xyxy in img's pixels) -> (image (3, H, W), boxes (K, 4) in its frame)
 Transform = Callable[[Image.Image, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

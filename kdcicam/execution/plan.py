@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from kdcicam.core.config import DataConfig, RunConfig, TeacherRefs
 from kdcicam.core.identity import config_hash
 from kdcicam.data.base import DatasetIndex
+from kdcicam.model.shipped import pin_shipped_weights
 from kdcicam.registry.ablations import Cell, Registry, Scope, apply_multipliers, grid_points, resolve_config
 
 
@@ -88,7 +89,7 @@ def make_plan(
 
     def add(cfg: RunConfig, deps: tuple[str, ...] = ()) -> PlannedRun:
         index = open_data(cfg.data)
-        cfg = replace(cfg, model=replace(cfg.model, num_classes=index.num_classes)).validate()
+        cfg = replace(cfg, model=pin_shipped_weights(replace(cfg.model, num_classes=index.num_classes))).validate()
         rid = run_id_for(cfg, index.fingerprint)
         if rid not in runs:
             runs[rid] = PlannedRun(run_id=rid, cfg=cfg, dataset=index, deps=deps)

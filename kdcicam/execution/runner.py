@@ -51,10 +51,10 @@ from kdcicam.execution.plan import PlannedRun
 from kdcicam.execution.run_models import build_teachers, load_run_model, teacher_sources
 from kdcicam.model.factory import build_model
 from kdcicam.store.run_folder import write_owner_file
-from kdcicam.training.distributed import broadcast_object
-from kdcicam.training.recipes import recipe_for
 from kdcicam.training.best import Position
+from kdcicam.training.distributed import broadcast_object
 from kdcicam.training.epoch import EpochLog
+from kdcicam.training.recipes import recipe_for
 from kdcicam.training.trainer import fit
 
 __all__ = ["RunContext", "RunInterrupted", "RunOutcome", "execute", "execute_plan", "load_run_model",

@@ -7,10 +7,11 @@ from typing import Any
 from torch import nn
 
 from kdcicam.core.config import VARIANTS, ModelConfig
-from kdcicam.core.errors import ConfigError
+from kdcicam.core.errors import ConfigError, RunError
 from kdcicam.model.backbones import build_backbone
 from kdcicam.model.cicam import CICAM
 from kdcicam.model.context_pool import POOL_RULES, CausalContextPool
+from kdcicam.model.shipped import is_shipped, shipped_file
 from kdcicam.model.weights import load_pretrained
 
 HUB_WEIGHTS = "imagenet"  # model.weights = "imagenet": torchvision's file from the local torch hub cache
@@ -51,8 +52,26 @@ def build_model(cfg: ModelConfig, variant: str, input_size: int) -> CICAM:
         pool = CausalContextPool(cfg.num_classes, (side, side), cfg.update_rate, POOL_RULES[variant])
     model = CICAM(backbone, cfg.num_classes, pool)
     if cfg.weights is not None:
-        model.weights_record = load_pretrained(model, None if cfg.weights == HUB_WEIGHTS else cfg.weights)
+        path, expected = weights_source(cfg)
+        model.weights_record = load_pretrained(model, path, expected, any_width=is_shipped(cfg.weights))
     return model
+
+
+def weights_source(cfg: ModelConfig) -> tuple[str | None, str | None]:
+    """The file ``cfg.weights`` names (None: the torch hub cache) and the sha256 it must have (None: any).
+
+    ``shipped:NAME`` is checked against its sidecar's sha256; ``cfg.weights_sha256``, when set, pins any file.
+
+    Raises:
+        RunError: unknown shipped weights, or a pin that differs from the shipped sidecar's sha256.
+    """
+    if is_shipped(cfg.weights):
+        path, recorded = shipped_file(str(cfg.weights))
+        if cfg.weights_sha256 is not None and cfg.weights_sha256 != recorded:
+            raise RunError(f"model.weights_sha256 = {cfg.weights_sha256[:16]}...: the shipped "
+                           f"{cfg.weights} records {recorded[:16]}... (the profile pins other weights)")
+        return str(path), recorded
+    return (None if cfg.weights == HUB_WEIGHTS else cfg.weights), cfg.weights_sha256
 
 
 def param_groups(model: CICAM, lr: float, backbone_lr_mult: float = 1.0) -> list[dict[str, Any]]:

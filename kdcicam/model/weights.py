@@ -97,13 +97,17 @@ def match_backbone_keys(ours: Mapping[str, torch.Tensor], theirs: Mapping[str, t
     return matched, ignored
 
 
-def load_pretrained(model: nn.Module, path: str | Path | None = None) -> dict[str, Any]:
-    """Copy torchvision ImageNet weights into ``model.backbone``.
+def load_pretrained(model: nn.Module, path: str | Path | None = None, expected_sha256: str | None = None,
+                    any_width: bool = False) -> dict[str, Any]:
+    """Copy torchvision-format weights (ImageNet's, or shipped ones) into ``model.backbone``.
 
     Args:
         model: a CICAM whose ``backbone`` has ``name`` ("vgg16" | "inceptionv3") and ``width`` attributes.
         path: the checkpoint file; None looks for torchvision's file name in the torch hub cache
             (``torch.hub.get_dir()/checkpoints/``). Nothing is ever downloaded.
+        expected_sha256: when given, the file's sha256 must equal it (else RunError: corrupt or replaced).
+        any_width: accept a reduced-width backbone (shipped weights are pretrained at the profiles' width);
+            the tensors' shapes are still checked.
 
     Returns:
         Record ``{"pretrained": True, "backbone", "path", "sha256", "matched_keys", "ignored_keys",
@@ -115,7 +119,7 @@ def load_pretrained(model: nn.Module, path: str | Path | None = None) -> dict[st
     """
     backbone = model.backbone
     name = str(backbone.name)
-    if backbone.width != 1.0:
+    if backbone.width != 1.0 and not any_width:
         raise ConfigError(f"model.width = {backbone.width}: ImageNet weights need width 1.0 "
                           "(set model.weights to none for a reduced-width network)")
     if path is None:
@@ -127,6 +131,10 @@ def load_pretrained(model: nn.Module, path: str | Path | None = None) -> dict[st
         file = Path(path).expanduser()
         if not file.is_file():
             raise RunError(f"model.weights = {str(path)!r}: no such file")
+    sha256 = file_sha256(file)
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise RunError(f"{file}: sha256 {sha256[:16]}... is not the expected {expected_sha256[:16]}... "
+                       "(a corrupt or replaced weights file)")
     theirs = read_state_dict(file)
     matched, ignored = match_backbone_keys(backbone.state_dict(), theirs, str(file), name)
     missing, unexpected = backbone.load_state_dict(matched, strict=False)
@@ -137,7 +145,7 @@ def load_pretrained(model: nn.Module, path: str | Path | None = None) -> dict[st
         "pretrained": True,
         "backbone": name,
         "path": str(file.resolve()),
-        "sha256": file_sha256(file),
+        "sha256": sha256,
         "matched_keys": len(matched),
         "ignored_keys": len(ignored),
         "ignored_modules": sorted({k.split(".")[0] for k in ignored}),
