@@ -23,8 +23,6 @@ from kdcicam.cli._common import (
     parse_sets,
 )
 from kdcicam.cli.run_setup import (
-    BACKBONES,
-    DATASETS,
     LAUNCHERS,
     check_finished_teachers,
     choice,
@@ -34,6 +32,7 @@ from kdcicam.cli.run_setup import (
     run_plan,
 )
 from kdcicam.cli.workers import auto_jobs, parse_jobs, split_threads, start_workers, worker_args
+from kdcicam.core.config import BACKBONES, DATASETS
 from kdcicam.core.errors import ConfigError
 
 

@@ -16,11 +16,9 @@ from kdcicam.cli._common import (
     configure_threads,
     db_url,
 )
-from kdcicam.core.config import VARIANTS, DataConfig, TeacherRefs
+from kdcicam.core.config import BACKBONES, DATASETS, VARIANTS, DataConfig, TeacherRefs
 from kdcicam.core.errors import ConfigError, KdcicamError
 
-DATASETS = ("synthetic", "cub", "ilsvrc", "wsol")
-BACKBONES = ("vgg16", "inceptionv3")
 LAUNCHERS = ("local", "slurm", "submitit-local")
 
 

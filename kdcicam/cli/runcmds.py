@@ -21,8 +21,6 @@ from kdcicam.cli._common import (
     read_config_file,
 )
 from kdcicam.cli.run_setup import (
-    BACKBONES,
-    DATASETS,
     check_teacher_checkpoints,
     choice,
     join_group,
@@ -32,7 +30,7 @@ from kdcicam.cli.run_setup import (
     ranked_opener,
     run_plan,
 )
-from kdcicam.core.config import PROTOCOLS, ROLES, SELECTIONS, TeacherRefs
+from kdcicam.core.config import BACKBONES, DATASETS, PROTOCOLS, ROLES, SELECTIONS, TeacherRefs
 from kdcicam.core.errors import ConfigError
 
 

@@ -35,6 +35,7 @@ BoxRule = Literal["wsolevaluation", "continuous"]  # the standard protocol's box
 
 VARIANTS: tuple[str, ...] = get_args(Variant)
 BACKBONES: tuple[str, ...] = get_args(Backbone)
+DATASETS: tuple[str, ...] = get_args(DatasetName)
 ROLES: tuple[str, ...] = get_args(Role)
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 BOX_RULES: tuple[str, ...] = get_args(BoxRule)
