@@ -73,6 +73,10 @@ def _fifo(w: dict) -> None:
     os.mkfifo(_image(w))
 
 
+def _cut_end(w: dict) -> None:
+    _image(w).write_bytes(_image(w).read_bytes()[:-2])  # the header intact, the end marker gone
+
+
 def _folder_image(w: dict) -> None:
     _image(w).unlink()
     _image(w).mkdir()
@@ -152,6 +156,8 @@ MORE: list[tuple] = [
     ("D30-pixel-limit-not-a-number", _check, "KDCICAM_MAX_IMAGE_PIXELS='lots'",
      _env("KDCICAM_MAX_IMAGE_PIXELS", "lots"), 2),
     ("D31-pixel-limit-lowered", _check, "above the limit of 100", _env("KDCICAM_MAX_IMAGE_PIXELS", "100"), 2),
+    ("D32-truncated-jpeg-header-check", _check, "truncated image file (no JPEG end-of-image marker", _cut_end, 2),
+    ("D33-train-on-truncated-jpeg", _train_cub, "truncated image file (no JPEG end-of-image marker", _cut_end, 2),
     # ---------------------------------------------------------------- configuration
     ("C16-binary-config-file", lambda w: _train(w, "--config", str(w["root"] / "c.toml")), "c.toml: not a TOML file",
      _write("c.toml", bytes(range(256))), 2),

@@ -70,9 +70,26 @@ def test_deep_check_finds_truncated_images(tmp_path):
     Image.effect_noise((64, 64), 50).convert("RGB").save(path, quality=95)
     path.write_bytes(path.read_bytes()[:-2000])  # header intact, the last pixels cut off
     (tmp_path / "bounding_boxes.txt").write_text(CUB["bounding_boxes.txt"])  # boxes still fit 64x64
-    assert find_defects(tmp_path) == []  # the header is intact
     (defect,) = find_defects(tmp_path, deep=True)
     assert defect.startswith(f"{tmp_path}/images.txt:6: unreadable image") and defect.endswith("images/b/6.jpg")
+    # the header is intact, but the file lacks its end marker: found by the header read too
+    (defect,) = find_defects(tmp_path)
+    assert defect.startswith(f"{tmp_path}/images.txt:6: truncated image file (no JPEG end-of-image marker")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_end_marker_check_on_whole_and_cut_files(tmp_path, fmt):
+    from kdcicam.data.image_files import end_problem
+
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.effect_noise((64, 64), 50).convert("RGB").save(path, fmt)
+    assert end_problem(path) is None
+    path.write_bytes(path.read_bytes() + b"\0" * 100)  # padding after the end marker is allowed
+    assert end_problem(path) is None
+    path.write_bytes(path.read_bytes()[:-200])
+    assert "truncated image file" in end_problem(path)
+    (tmp_path / "x.bmp").write_bytes(b"BM" + b"\0" * 10)  # other formats are not checked here
+    assert end_problem(tmp_path / "x.bmp") is None
 
 
 def _touch(path: Path, text: str = "") -> None:

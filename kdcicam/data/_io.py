@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from kdcicam.core.errors import DataError
 from kdcicam.core.limits import limit
 from kdcicam.data.base import Box, DatasetIndex
-from kdcicam.data.image_files import file_problem, pixels_problem
+from kdcicam.data.image_files import end_problem, file_problem, pixels_problem
 
 BOX_TOLERANCE = 1.0  # px a box may exceed its image (annotation tools round to the pixel border)
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -223,7 +223,8 @@ def probe_image(path: Path, decode: bool = False) -> tuple[tuple[int, int, str] 
 
     Args:
         path: The image file.
-        decode: Also decode every pixel (finds truncated files; much slower than a header read).
+        decode: Also decode every pixel (finds every damaged file; much slower than a header read, which
+            finds a JPEG or PNG file cut short by its missing end marker).
 
     Returns:
         ``((width, height, mode), None)`` on success, else ``(None, reason)``.
@@ -243,6 +244,8 @@ def probe_image(path: Path, decode: bool = False) -> tuple[tuple[int, int, str] 
                 problem = pixels_problem(width, height, bound)
                 if decode and problem is None:
                     img.load()
+        if problem is None and not decode:
+            problem = end_problem(path)  # a file cut short, found without decoding it
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...)
         return None, f"unreadable image ({type(exc).__name__}: {exc})"
     if problem is not None:
