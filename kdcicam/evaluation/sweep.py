@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from kdcicam.evaluation.boxes import _STRUCTURES, EMPTY_BOX, check_boxes, check_heatmap, component_boxes, iou_matrix
 from kdcicam.evaluation.sweep_steps import (
@@ -173,22 +172,15 @@ def sweep_components(values: Any, cutoffs: Any, connectivity: int = 8,
     if not entry.any():
         return ComponentSweep(np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, np.int64), num,
                               (height, width))
-    root, spare, basin, top = _ascent_roots(entry, bucket, ws, connectivity)  # (N,) each
+    root, spare, basin = _ascent_roots(entry, bucket, ws, connectivity)  # (N,) each
 
-    # Basins: one per connected zone of top pixels holding foreground roots (roots of one zone share
-    # e and are joined through it at every level where they exist), numbered in raster order of
-    # their first root; id nb collects everything else.
+    # Basins: the foreground roots, numbered in raster order; id nb collects everything else.
     roots = np.flatnonzero(root == ws.index)
-    roots = roots[entry[roots] > 0]  # (R,)
-    zone, nz = ndimage.label(top.reshape(height, width), structure=_STRUCTURES[connectivity])
-    root_zone = zone.ravel()[roots]  # (R,) in 1..nz
-    held = np.zeros(nz + 1, dtype=bool)
-    held[root_zone] = True
-    zone_id = np.cumsum(held) - 1  # (nz + 1,) zone -> basin id
-    nb = int(held.sum())
+    roots = roots[entry[roots] > 0]  # (B,)
+    nb = len(roots)
     basin_of = spare
     basin_of.fill(nb)
-    basin_of[roots] = zone_id[root_zone]
+    basin_of[roots] = np.arange(nb)
     np.take(basin_of, root, out=basin, mode="clip")  # (N,)
     label = _basin_labels(basin, entry, ws.column, connectivity, nb, num)  # (T, B)
 

@@ -130,7 +130,7 @@ def _run_stats(key: np.ndarray, width: int, cells: int) -> tuple[np.ndarray, ...
 
 
 def _ascent_roots(entry: np.ndarray, bucket: np.ndarray, ws: SweepWorkspace,
-                  connectivity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  connectivity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Root of every pixel's steepest-ascent path (step 1 of the sweep).
 
     The order is the packed integer (e, value bucket, -raster index): it refines the entry level
@@ -145,8 +145,7 @@ def _ascent_roots(entry: np.ndarray, bucket: np.ndarray, ws: SweepWorkspace,
         connectivity: 4 or 8.
 
     Returns:
-        root (N,) int64 root index per pixel, the two other free workspace buffers, and top (N,)
-        bool: no neighbour is higher in (e, bucket) (adjacent top pixels share e and bucket).
+        root (N,) int64 root index per pixel, and the two other free workspace buffers.
     """
     height, width = ws.shape
     size = entry.size
@@ -160,7 +159,6 @@ def _ascent_roots(entry: np.ndarray, bucket: np.ndarray, ws: SweepWorkspace,
     packed |= bucket
     packed |= ws.reverse  # lower raster index wins ties
     _neighbourhood_max(packed, best, along, height, width, connectivity)
-    top = np.right_shift(best, index_bits, out=along) == (packed >> index_bits)  # (N,)
     best &= (1 << index_bits) - 1
     root = np.subtract(size - 1, best, out=best)  # (N,) the best neighbour (or itself)
     spare = along
@@ -171,7 +169,7 @@ def _ascent_roots(entry: np.ndarray, bucket: np.ndarray, ws: SweepWorkspace,
         done = rounds > 3 and np.array_equal(spare, root)
         root, spare = spare, root
         if done:
-            return root, spare, packed, top
+            return root, spare, packed
 
 
 def _basin_labels(basin: np.ndarray, entry: np.ndarray, column: np.ndarray, connectivity: int,
