@@ -138,7 +138,8 @@ def sweep_components(values: Any, cutoffs: Any, connectivity: int = 8,
     4. A component's box / pixel count / first pixel = min / max / sum over its basins' pieces.
 
     The per-pixel work is a fixed number of vectorised passes (no per-threshold labelling); the
-    per-level work is on the (levels x basins) table, small for smooth maps.
+    per-level work is on the (levels x basins) table, small for smooth maps. A uint8 map (the
+    quantised map of wsolevaluation's rule) gets its entry levels from a 256-entry table.
 
     Args:
         values: (H, W) map.
