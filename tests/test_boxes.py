@@ -24,6 +24,7 @@ from kdcicam.evaluation.sweep import (
     sweep_components,
     sweep_reference,
 )
+from kdcicam.evaluation.sweep_steps import _run_stats
 
 # Two blobs on a 4x5 map (rows = y, columns = x):
 #   A: rows 0-1, columns 0-2, value 0.9: 6 pixels, box (0, 0, 3, 2), area 3*2 = 6
@@ -257,6 +258,37 @@ def test_fast_sweep_equals_reference_on_random_maps(connectivity):
             cutoffs = lo + (hi - lo) * np.arange(0, 1, 1 / n)
         fast = sweep_components(h, cutoffs, connectivity, ws if trial % 2 else None)
         _assert_same_sweep(fast, sweep_reference(h, cutoffs, connectivity))
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_uint8_sweep_looks_levels_up_and_equals_the_float_sweep(connectivity):
+    # uint8 maps take the table look-up path; the float64 copy takes the bucket path and the
+    # reference labels each cutoff: all three must agree (integer cutoffs hit map values exactly)
+    rng = np.random.default_rng(10 + connectivity)
+    ws = SweepWorkspace()
+    for trial in range(60):
+        height, width = (int(s) for s in rng.integers(1, 30, 2))
+        if trial % 3 == 0:
+            q = rng.integers(0, 256, (height, width)).astype(np.uint8)  # noise
+        elif trial % 3 == 1:
+            q = rng.integers(0, 4, (height, width)).astype(np.uint8) * 85  # plateaus
+        else:
+            q = (ndimage.gaussian_filter(rng.random((height, width)), 1.5) * 255).astype(np.uint8)
+        cutoffs = np.sort(rng.integers(-1, 256, int(rng.integers(1, 40)))).astype(np.float64)
+        fast = sweep_components(q, cutoffs, connectivity, ws if trial % 2 else None)
+        _assert_same_sweep(fast, sweep_reference(q.astype(np.float64), cutoffs, connectivity))
+        _assert_same_sweep(fast, sweep_components(q.astype(np.float64), cutoffs, connectivity))
+
+
+def test_run_stats_by_hand():
+    # keys of a 2 x 3 image: [[1, 1, 0], [0, 1, 1]]; runs (1: 0-1), (0: 2), (0: 3), (1: 4-5)
+    key = np.array([1, 1, 0, 0, 1, 1])
+    first, last, x0, x1, count = _run_stats(key, 3, 3)
+    np.testing.assert_array_equal(first, [2, 0, 6])  # key 2 absent: first = N
+    np.testing.assert_array_equal(last, [3, 5, -1])
+    np.testing.assert_array_equal(x0, [0, 0, 3])  # key 0 at columns 2 and 0
+    np.testing.assert_array_equal(x1, [2, 2, -1])
+    np.testing.assert_array_equal(count, [2, 4, 0])
 
 
 def test_fast_sweep_equals_reference_on_smooth_cam():

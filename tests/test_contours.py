@@ -50,6 +50,21 @@ def test_order_is_opencvs_later_found_first_then_children():
     assert [b[:2] for b, _, _ in _listed(m)] == [[0, 0], [3, 3], [4, 1], [1, 1]]
 
 
+def test_largest_contour_box_one_component_and_filled_holes():
+    # one component (a ring at columns 1-4): its box, holes included
+    ring = np.zeros((5, 6))
+    ring[0:4, 1:5] = 1
+    ring[1:3, 2:4] = 0
+    assert largest_contour_box(ring).tolist() == [1, 0, 5, 4]
+    # two components: the ring (12 pixels, filled polygon 3 x 3 = 9) beats a solid 2 x 5 bar
+    # (10 pixels, polygon 1 x 4 = 4) because its hole counts towards its area
+    two = np.zeros((5, 13))
+    two[0:4, 1:5] = ring[0:4, 1:5]
+    two[0:2, 7:12] = 1
+    assert largest_contour_box(two).tolist() == [1, 0, 5, 4]
+    assert largest_contour_box(np.zeros((2, 2))) is None
+
+
 # --------------------------------------------------------------------------- against real OpenCV
 
 def _cv2():

@@ -140,6 +140,7 @@ def largest_contour_box(mask: np.ndarray) -> np.ndarray | None:
     contour of largest area is always a top-level outer contour: a component of the mask with its
     holes filled, whose area is its share of the 2x2 windows (1 for four foreground corners, 1/2
     for three). Ties go to the component found last (OpenCV lists top-level contours that way).
+    A mask of one 8-connected component has one top-level contour: its box, with no area computed.
 
     Args:
         mask: (H, W) bool foreground.
@@ -147,7 +148,14 @@ def largest_contour_box(mask: np.ndarray) -> np.ndarray | None:
     Returns:
         (4,) float64 continuous xyxy box, or None when the mask is empty.
     """
-    padded = np.pad(np.asarray(mask, dtype=bool), 1)  # (H+2, W+2)
+    mask = np.asarray(mask, dtype=bool)
+    fg, num_fg = ndimage.label(mask, structure=_EIGHT)
+    if num_fg == 0:
+        return None
+    if num_fg == 1:  # one component: the only top-level contour, its holes inside its box
+        sy, sx = ndimage.find_objects(fg)[0]
+        return np.array([sx.start, sy.start, sx.stop, sy.stop], dtype=np.float64)
+    padded = np.pad(mask, 1)  # (H+2, W+2)
     bg, _ = ndimage.label(~padded, structure=_FOUR)
     filled = bg != bg[0, 0]  # the foreground and its holes
     comp, n = ndimage.label(filled, structure=_EIGHT)

@@ -20,6 +20,8 @@ from kdcicam.evaluation.sweep_steps import (
     _ascent_roots,
     _basin_labels,
     _entry_levels,
+    _entry_levels_uint8,
+    _run_stats,
 )
 
 __all__ = ["ComponentSweep", "SweepWorkspace", "largest_per_level", "sweep_best_iou", "sweep_components",
@@ -136,7 +138,8 @@ def sweep_components(values: Any, cutoffs: Any, connectivity: int = 8,
     4. A component's box / pixel count / first pixel = min / max / sum over its basins' pieces.
 
     The per-pixel work is a fixed number of vectorised passes (no per-threshold labelling); the
-    per-level work is on the (levels x basins) table, small for smooth maps.
+    per-level work is on the (levels x basins) table, small for smooth maps. A uint8 map (the
+    quantised map of wsolevaluation's rule) gets its entry levels from a 256-entry table.
 
     Args:
         values: (H, W) map.
@@ -147,6 +150,7 @@ def sweep_components(values: Any, cutoffs: Any, connectivity: int = 8,
     Returns:
         The :class:`ComponentSweep`, equal array for array to :func:`sweep_reference`'s.
     """
+    small = values if isinstance(values, np.ndarray) and values.dtype == np.uint8 else None
     v, c = _check_sweep_inputs(values, cutoffs, connectivity)
     height, width = v.shape
     num = len(c)
@@ -162,7 +166,10 @@ def sweep_components(values: Any, cutoffs: Any, connectivity: int = 8,
         raise ValueError(f"a {height}x{width} map with {num} cutoffs is too large for the "
                          "fast sweep")
     ws = (workspace or SweepWorkspace()).prepare(height, width)
-    entry, bucket = _entry_levels(v, vmin, vmax, c, ws)  # (N,) each, workspace buffers
+    if small is not None:  # 256 values: entry levels and buckets by table look-up
+        entry, bucket = _entry_levels_uint8(small, c, ws)
+    else:
+        entry, bucket = _entry_levels(v, vmin, vmax, c, ws)  # (N,) each, workspace buffers
     if not entry.any():
         return ComponentSweep(np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, np.int64), num,
                               (height, width))
@@ -183,13 +190,7 @@ def sweep_components(values: Any, cutoffs: Any, connectivity: int = 8,
     key *= num + 1
     key += entry
     cells = (nb + 1) * (num + 1)
-    first, x0 = np.full(cells, size), np.full(cells, width)
-    last, x1 = np.full(cells, -1), np.full(cells, -1)
-    np.minimum.at(first, key, ws.index)
-    np.maximum.at(last, key, ws.index)
-    np.minimum.at(x0, key, ws.column)
-    np.maximum.at(x1, key, ws.column)
-    count = np.bincount(key, minlength=cells)
+    first, last, x0, x1, count = _run_stats(key, width, cells)
 
     def pieces(a: np.ndarray, op: np.ufunc) -> np.ndarray:
         # piece of basin b at cutoff i = its pixels with entry level > i

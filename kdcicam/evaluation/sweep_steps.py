@@ -73,6 +73,62 @@ def _entry_levels(v: np.ndarray, vmin: float, vmax: float, c: np.ndarray,
     return entry, bucket
 
 
+def _entry_levels_uint8(q: np.ndarray, c: np.ndarray, ws: SweepWorkspace) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_entry_levels` of a uint8 map: e = #{i : c_i < v} and the bucket v - min by table look-up.
+
+    The bucket keeps the order of the values (distinct values, distinct buckets), as the float path does.
+
+    Args:
+        q: (H, W) uint8 map, not constant.
+        c: (T,) ascending float64 cutoffs.
+        ws: prepared workspace; the results live in ``ws.ints[3]`` and ``ws.ints[0]``.
+
+    Returns:
+        entry (N,) int64 in [0, T], bucket (N,) int64 in [0, 256).
+    """
+    bucket, entry = ws.ints[0], ws.ints[3]
+    flat = q.ravel()
+    table = np.searchsorted(c, np.arange(256, dtype=np.float64), side="left")  # (256,) e of each value
+    np.take(table, flat, out=entry)
+    np.subtract(flat, int(flat.min()), out=bucket, dtype=np.int64)
+    return entry, bucket
+
+
+def _run_stats(key: np.ndarray, width: int, cells: int) -> tuple[np.ndarray, ...]:
+    """First / last raster index, min / max column and pixel count of every key value (step 3).
+
+    A key's first pixel starts a run (a row's maximal stretch of equal keys) and its last pixel
+    ends one, so the reductions go over runs, far fewer than pixels on smooth maps.
+
+    Args:
+        key: (N,) int64 key per pixel of an image W pixels wide, in [0, cells).
+        width: W.
+        cells: number of key values.
+
+    Returns:
+        first, last, x0, x1, count: (cells,) int64 each; first = N, x0 = W, last = x1 = -1 and
+        count = 0 for an absent key.
+    """
+    size = key.size
+    start = np.empty(size, dtype=bool)  # (N,) a run starts here
+    start[0] = True
+    np.not_equal(key[1:], key[:-1], out=start[1:])
+    start[::width] = True  # every row starts a run
+    starts = np.flatnonzero(start)  # (R,)
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:] - 1
+    ends[-1] = size - 1
+    run_key = key[starts]
+    first, x0 = np.full(cells, size), np.full(cells, width)
+    last, x1 = np.full(cells, -1), np.full(cells, -1)
+    np.minimum.at(first, run_key, starts)
+    np.maximum.at(last, run_key, ends)
+    np.minimum.at(x0, run_key, starts % width)
+    np.maximum.at(x1, run_key, ends % width)
+    count = np.bincount(run_key, weights=ends - starts + 1, minlength=cells).astype(np.int64)
+    return first, last, x0, x1, count
+
+
 def _ascent_roots(entry: np.ndarray, bucket: np.ndarray, ws: SweepWorkspace,
                   connectivity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Root of every pixel's steepest-ascent path (step 1 of the sweep).

@@ -133,8 +133,8 @@ def best_iou_all_contours(q: np.ndarray, cutoffs: np.ndarray, gt: np.ndarray,
 
     Outer contours: the 8-connected components of ``q > c``, from one sweep over the ascending
     cutoffs. Holes: the 4-connected components of ``q <= c`` that do not touch the border, from
-    one sweep of ``-q`` over the cutoffs ``-c - 1/2`` (descending c); each hole's contour box is its
-    box grown by one pixel.
+    one sweep of ``255 - q`` over the cutoffs ``254 - c`` (descending c); each hole's contour box is
+    its box grown by one pixel.
 
     Args:
         q: (H, W) quantised map.
@@ -149,11 +149,13 @@ def best_iou_all_contours(q: np.ndarray, cutoffs: np.ndarray, gt: np.ndarray,
     fg_ws, bg_ws = workspaces or (None, None)
     num = len(cutoffs)
     best = np.full(num, -1.0)  # (T,)
-    fg = sweep_components(q, cutoffs, 8, fg_ws)
+    q8 = q.astype(np.uint8)  # (H, W) exact: q holds integers 0..255; the sweep looks levels up
+    fg = sweep_components(q8, cutoffs, 8, fg_ws)
     if len(fg.levels):
         ious = iou_matrix(to_wsol_boxes(fg.boxes, q.shape), gt, pixel_inclusive=True).max(axis=1)
         np.maximum.at(best, fg.levels, ious)
-    bg = sweep_components(-q, -cutoffs[::-1] - 0.5, 4, bg_ws)  # level j <-> cutoff num - 1 - j
+    # q <= c  <=>  255 - q > 254 - c; level j <-> cutoff num - 1 - j
+    bg = sweep_components(255 - q8, 254.0 - cutoffs[::-1], 4, bg_ws)
     b = bg.boxes
     inside = (b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 2] < width) & (b[:, 3] < height)
     if inside.any():
