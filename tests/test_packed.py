@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from _runs import one_thread, smoke_config  # noqa: F401
+from _runs import one_thread, smoke_cache, smoke_config, smoke_index, with_classes  # noqa: F401
 
 from kdcicam.core.config import ModelConfig
 from kdcicam.model.factory import build_model
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = {"rtol": 1e-7, "atol": 1e-9}
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def float64():
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -125,6 +125,7 @@ CASES = [  # (role, variant, pools of the pack's runs, batch_norm, backbone lr m
 ]
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("role, variant, pools, batch_norm, mult", CASES)
 def test_a_packed_step_gives_each_run_its_own_steps_losses_and_parameters(role, variant, pools, batch_norm, mult):
     cfgs = [_cfg(role, variant, pool=p, batch_norm=batch_norm, mult=mult) for p in pools]
@@ -157,6 +158,7 @@ def test_a_packed_step_gives_each_run_its_own_steps_losses_and_parameters(role, 
                 torch.testing.assert_close(saved["state"][k][name], v, **TOL, msg=f"run {i} optimizer {k} {name}")
 
 
+@pytest.mark.usefixtures("float64")
 def test_pack_params_and_buffers_match_each_unpacked_run_in_the_state_dict():
     cfgs = [_cfg("student", "reference", batch_norm=True)]
     models = _models(cfgs, 2)
@@ -171,6 +173,7 @@ def test_pack_params_and_buffers_match_each_unpacked_run_in_the_state_dict():
         assert not torch.equal(want["context_pool.q"], torch.zeros_like(want["context_pool.q"]))
 
 
+@pytest.mark.usefixtures("float64")
 def test_a_packed_optimizer_resumes_from_each_runs_own_state():
     """Two steps packed = one step, save each run's state, reload into a fresh pack, one more step."""
     cfgs = [_cfg("cls_teacher", "reference", mult=0.1)]
@@ -204,3 +207,142 @@ def test_runs_with_different_backbones_cannot_share_a_pack():
     wide = build_model(dataclasses.replace(_cfg("student", "reference").model, width=0.125), "reference", 32)
     with pytest.raises(ConfigError, match="one architecture"):
         Pack([small, wide])
+
+
+# ----------------------------------------------------------------------------- packed fit: crash and resume
+
+@pytest.fixture(scope="module")
+def tiny_data(one_thread, smoke_cache):  # noqa: F811
+    """16 smoke training images with the random train transform (crop + flip); the conpool student at 2 epochs."""
+    from kdcicam.data.dataset import WSOLDataset
+    from kdcicam.data.transforms import train_transform
+
+    index = smoke_index(smoke_cache)
+    cfg = smoke_config(**{"train.batch_size": 4, "train.lr": 0.002, "train.epochs": 2})
+    cfg = with_classes(dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, width=0.0625, output_stride=4, nonlocal_blocks=2)), index)
+    return cfg, WSOLDataset(index.train[:16], train_transform(36, 32, randaugment=False))
+
+
+def _weights_validate(model):
+    """A deterministic stand-in for validation: metrics that move with the weights, every epoch."""
+    s = float(sum(p.detach().abs().sum() for p in model.parameters()))
+    return {"top1_loc": (s * 10) % 1, "gt_known_loc": (s * 100) % 1, "top1_cls": (s * 1000) % 1}
+
+
+class _Crash(BaseException):
+    """Stands for SIGKILL: no handler runs."""
+
+
+def _inject(monkeypatch, point: str, nth: int, action=None) -> None:
+    from kdcicam.training import checkpoint as ckpt_mod
+    from kdcicam.training import packed as packed_mod
+    from kdcicam.training import trainer as train_mod
+
+    seen = {"n": 0}
+
+    def hook(name):
+        if name == point:
+            seen["n"] += 1
+            if seen["n"] == nth:
+                if action is None:
+                    raise _Crash
+                action()
+
+    for mod in (packed_mod, train_mod, ckpt_mod):
+        monkeypatch.setattr(mod, "crash_point", hook)
+
+
+def _fit_pack(tiny, root, seeds=(0, 1), **kwargs):
+    """A pack of the tiny run at ``seeds`` (folders root/seed<s>); each run's stored epochs and where it resumed."""
+    from kdcicam.training.packed import PackedRun, fit_packed
+    from kdcicam.training.recipes import recipe_for
+
+    cfg, data = tiny
+    runs, epochs, resumed = [], [{} for _ in seeds], [[] for _ in seeds]
+    for k, seed in enumerate(seeds):
+        run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+        torch.manual_seed(seed)  # as the runner seeds each run before building its model
+        model = build_model(run_cfg.model, run_cfg.variant, input_size=32)
+        runs.append(PackedRun(model, run_cfg, data, root / f"seed{seed}", validate=_weights_validate,
+                              on_epoch=lambda log, val, k=k: epochs[k].__setitem__(log.epoch, (log.terms, val)),
+                              on_resume=lambda pos, w, k=k: resumed[k].append(pos)))
+    results = fit_packed(runs, recipe_for(cfg.loss, cfg.variant), CPU, **kwargs)
+    return [r.model.state_dict() for r in runs], results, epochs, resumed
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_pack(tiny_data, tmp_path_factory):
+    return _fit_pack(tiny_data, tmp_path_factory.mktemp("pack"))
+
+
+def _assert_same_pack(got, want, root):
+    from kdcicam.training.checkpoint import load_checkpoint
+
+    models, results, epochs, _ = got
+    for k in range(len(models)):
+        assert epochs[k] == want[2][k]  # loss means and validation metrics of every epoch
+        assert all(torch.equal(models[k][n], want[0][k][n]) for n in want[0][k])
+        assert results[k].best == want[1][k].best and results[k].val == want[1][k].val
+        last = load_checkpoint(root / f"seed{k}" / "last.pt")
+        assert all(torch.equal(last["model"][n], want[0][k][n]) for n in want[0][k])
+
+
+def test_a_pack_stores_each_run_in_its_own_folder_with_its_own_data(uninterrupted_pack):
+    models, results, epochs, resumed = uninterrupted_pack
+    assert resumed == [[None], [None]]
+    assert [sorted(e) for e in epochs] == [[0, 1], [0, 1]]
+    assert epochs[0][0][0] != epochs[1][0][0]  # other seed: other weights, data order, losses
+    assert not torch.equal(models[0]["context_pool.q"], models[1]["context_pool.q"])
+    assert len(results[0].val) == 2
+
+
+@pytest.mark.parametrize("point, nth, checkpoint_every", [
+    ("after-step", 6, 0),  # epoch 2, step 2 (4 steps/epoch): both back to epoch 1's end
+    ("after-step", 6, 1),  # ... with a checkpoint every step: both at epoch 2, step 1
+    ("after-step", 1, 0),  # before any checkpoint: a fresh start
+])
+def test_a_killed_pack_resumes_to_the_uninterrupted_result(tiny_data, uninterrupted_pack, tmp_path, monkeypatch,
+                                                           point, nth, checkpoint_every):
+    _inject(monkeypatch, point, nth)
+    with pytest.raises(_Crash):
+        _fit_pack(tiny_data, tmp_path, checkpoint_every=checkpoint_every)
+    monkeypatch.undo()
+    got = _fit_pack(tiny_data, tmp_path, checkpoint_every=checkpoint_every)
+    got[2][0].update({e: v for e, v in uninterrupted_pack[2][0].items() if e not in got[2][0]})  # epochs before
+    got[2][1].update({e: v for e, v in uninterrupted_pack[2][1].items() if e not in got[2][1]})
+    _assert_same_pack(got, uninterrupted_pack, tmp_path)
+
+
+def test_ctrl_c_stops_a_pack_at_a_step_boundary_and_it_resumes_to_the_uninterrupted_result(
+        tiny_data, uninterrupted_pack, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from kdcicam.training.interrupts import TrainingInterrupted
+
+    _inject(monkeypatch, "after-step", 3, action=lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(TrainingInterrupted):
+        _fit_pack(tiny_data, tmp_path)
+    monkeypatch.undo()
+    got = _fit_pack(tiny_data, tmp_path)
+    from kdcicam.training.best import Position
+
+    assert got[3] == [[Position(0, 3, False)], [Position(0, 3, False)]]
+    _assert_same_pack(got, uninterrupted_pack, tmp_path)
+
+
+def test_a_kill_between_two_runs_commits_resumes_every_run_at_the_earlier_position(tiny_data, uninterrupted_pack,
+                                                                                  tmp_path, monkeypatch):
+    from kdcicam.training.best import Position
+
+    for nth, at in ((2, None), (4, Position(0, 4, True))):  # epoch 1's end, epoch 2's end: run 0 committed, run 1 not
+        _inject(monkeypatch, "after-rotate", nth)
+        with pytest.raises(_Crash):
+            _fit_pack(tiny_data, tmp_path / str(nth))
+        monkeypatch.undo()
+        got = _fit_pack(tiny_data, tmp_path / str(nth))
+        assert got[3] == [[at], [at]]
+        for k in range(2):
+            got[2][k].update({e: v for e, v in uninterrupted_pack[2][k].items() if e not in got[2][k]})
+        _assert_same_pack(got, uninterrupted_pack, tmp_path / str(nth))
