@@ -346,3 +346,42 @@ def test_a_kill_between_two_runs_commits_resumes_every_run_at_the_earlier_positi
         for k in range(2):
             got[2][k].update({e: v for e, v in uninterrupted_pack[2][k].items() if e not in got[2][k]})
         _assert_same_pack(got, uninterrupted_pack, tmp_path / str(nth))
+
+
+# ----------------------------------------------------------------------------- kdcicam ablate --pack
+
+@pytest.mark.slow
+def test_ablate_pack_stores_the_runs_it_stores_without_pack(smoke_cache, tmp_path):  # noqa: F811
+    import json
+    import subprocess
+    import sys
+
+    from _runs import kdcicam_env, query
+
+    def ablate(where, *extra):
+        env = {**kdcicam_env(smoke_cache), "KDCICAM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-m", "kdcicam", "ablate", "table3", "--profile", "smoke", "--seeds",
+                               "2", "--jobs", "1", "--json", "--set", "train.epochs=1", *extra,
+                               "--db", f"sqlite:///{where / 'runs.db'}", "--artifacts", str(where / "runs")],
+                              capture_output=True, text=True, env=env, cwd=where, timeout=1200, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)["runs"]
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "packed").mkdir()
+    plain = ablate(tmp_path / "plain")
+    packed = ablate(tmp_path / "packed", "--pack", "2")
+    assert all(r["status"] == "finished" for r in packed)
+    assert sorted(r["run_id"] for r in packed) == sorted(r["run_id"] for r in plain)
+    for where in ("plain", "packed"):
+        rows = query(tmp_path / where / "runs.db", "select id, status from runs")
+        assert {status for _, status in rows} == {"finished"}
+
+    def stored(where):
+        return sorted(query(tmp_path / where / "runs.db", "select run_id, epoch from epoch_metrics"))
+
+    assert stored("packed") == stored("plain")
+    seconds = [t for (t,) in query(tmp_path / "packed" / "runs.db", "select train_seconds from runs")]
+    assert len(set(seconds)) <= len(seconds) // 2  # trained in pairs: a pack's runs share their training time
+    for r in packed:  # each run in its own folder, as without --pack
+        assert (tmp_path / "packed" / "runs" / r["run_id"] / "last.pt").is_file()

@@ -65,9 +65,12 @@ class PackedRun:
 
 
 def pack_key(cfg: RunConfig) -> str:
-    """What runs of one pack share: the resolved config without the seed and the context pool switch."""
+    """What runs of one pack share: the resolved config without the seed, the context pool switch and which
+    teacher runs (each run distils from its own)."""
     d = to_dict(cfg)
     d["train"].pop("seed", None)
+    for key in ("cls_run", "loc_run"):
+        d.get("teachers", {}).pop(key, None)
     for key in ("context_pool", "update_rate"):
         d["model"].pop(key, None)
     return repr(sorted((k, repr(v)) for k, v in d.items()))
