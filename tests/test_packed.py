@@ -209,6 +209,40 @@ def test_runs_with_different_backbones_cannot_share_a_pack():
         Pack([small, wide])
 
 
+def test_runs_share_a_pack_key_when_only_the_seed_the_pool_or_their_teacher_runs_differ():
+    from kdcicam.core.config import TeacherRefs
+    from kdcicam.training.packed import pack_key
+
+    base = smoke_config()
+    same = [dataclasses.replace(base, train=dataclasses.replace(base.train, seed=3)),
+            dataclasses.replace(base, model=dataclasses.replace(base.model, context_pool=not base.model.context_pool))]
+    assert all(pack_key(c) == pack_key(base) for c in same)
+    kd = dataclasses.replace(base, loss=dataclasses.replace(base.loss, role="distilled"),
+                             teachers=TeacherRefs(cls_run="c0", loc_run="l0"))
+    other_teachers = dataclasses.replace(kd, teachers=TeacherRefs(cls_run="c1", loc_run="l1"))
+    assert pack_key(other_teachers) == pack_key(kd)
+    differ = [dataclasses.replace(base, train=dataclasses.replace(base.train, lr=base.train.lr * 2)),
+              dataclasses.replace(base, train=dataclasses.replace(base.train, halve_every=base.train.halve_every + 1)),
+              smoke_config("cls_teacher"), kd]
+    assert all(pack_key(c) != pack_key(base) for c in differ)
+
+
+def test_pack_partners_takes_ready_runs_of_the_same_key_up_to_the_size():
+    from types import SimpleNamespace
+
+    from kdcicam.execution.packs import pack_partners
+
+    def run(run_id, seed, role="student"):
+        cfg = smoke_config(role)
+        return SimpleNamespace(run_id=run_id, cfg=dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                                                    seed=seed)))
+
+    runs = [run("a", 0), run("t", 0, "cls_teacher"), run("b", 1), run("c", 2), run("d", 3)]
+    assert [r.run_id for r in pack_partners(runs[0], runs, 3, lambda r: True)] == ["a", "b", "c"]
+    assert [r.run_id for r in pack_partners(runs[0], runs, 3, lambda r: r.run_id != "b")] == ["a", "c", "d"]
+    assert [r.run_id for r in pack_partners(runs[1], runs, 3, lambda r: True)] == ["t"]
+
+
 # ----------------------------------------------------------------------------- packed fit: crash and resume
 
 @pytest.fixture(scope="module")

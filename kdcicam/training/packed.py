@@ -4,7 +4,8 @@ stored as its own run exactly as :func:`kdcicam.training.trainer.fit` stores it.
 Each run keeps its own folder, ``last.pt`` / ``prev.pt`` / ``best_*.pt``, validation history, data order,
 augmentation and ε draws (all functions of its own seed, :mod:`kdcicam.training.streams`), pool and Adam state.
 Every commit point of ``fit`` (epoch ends, ``checkpoint_every``, Ctrl-C / SIGTERM at a step boundary) commits
-every run of the pack, one after the other.
+every run of the pack, one after the other. A pack trains in eager mode whatever ``train.compile`` says (a speed
+setting: the runs' ids and results do not depend on it).
 
 Resume: the runs of a pack resume together from one position. A ``kill -9`` between two runs' commits leaves
 the runs committed first one commit ahead: they resume from their ``prev.pt`` (the position of the others),
@@ -81,8 +82,6 @@ def _check(runs: Sequence[PackedRun], recipe: Recipe) -> None:
         raise ConfigError("a pack needs at least one run")
     if any(pack_key(r.cfg) != pack_key(runs[0].cfg) for r in runs):
         raise ConfigError("runs of one pack may differ only in train.seed and the context pool")
-    if any(r.cfg.train.compile != "off" for r in runs):
-        raise ConfigError("train.compile: a pack trains in eager mode (set train.compile=off or train run by run)")
     if len({len(r.train_set) for r in runs}) != 1:
         raise ConfigError("runs of one pack need training splits of one size")
 
