@@ -384,25 +384,59 @@ def test_a_kill_between_two_runs_commits_resumes_every_run_at_the_earlier_positi
 
 # ----------------------------------------------------------------------------- kdcicam ablate --pack
 
-@pytest.mark.slow
-def test_ablate_pack_stores_the_runs_it_stores_without_pack(smoke_cache, tmp_path):  # noqa: F811
+def _ablate_table3(cache, where, *extra, epochs=1, crash_at=None, crash_signal=None, ok=True):
     import json
     import subprocess
     import sys
 
-    from _runs import kdcicam_env, query
+    from _runs import kdcicam_env
+
+    where.mkdir(exist_ok=True)
+    env = {**kdcicam_env(cache, crash_at, crash_signal), "KDCICAM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "kdcicam", "ablate", "table3", "--profile", "smoke", "--seeds",
+                           "2", "--jobs", "1", "--json", "--set", f"train.epochs={epochs}", *extra,
+                           "--db", f"sqlite:///{where / 'runs.db'}", "--artifacts", str(where / "runs")],
+                          capture_output=True, text=True, env=env, cwd=where, timeout=1200, check=False)
+    if not ok:
+        assert proc.returncode != 0
+        return None
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)["runs"]
+
+
+def _stored_per_run(db):
+    from _runs import query
+
+    epochs = query(db, "SELECT run_id, epoch, split, name, value FROM epoch_metrics WHERE name != 'images_per_s' "
+                       "ORDER BY run_id, epoch, split, name")
+    finals = query(db, "SELECT run_id, protocol, selection, threshold_policy, split, name, value FROM final_metrics "
+                       "ORDER BY run_id, protocol, selection, threshold_policy, split, name")
+    return epochs, finals
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash_at, crash_signal", [
+    ("after-rotate@2", None),  # kill -9 between the two teachers' commits at the end of epoch 1
+    ("after-step@3", "INT"),  # Ctrl-C at step 3 of the first pack
+])
+def test_ablate_pack_resumes_a_killed_or_interrupted_pack_to_the_uninterrupted_result(smoke_cache, tmp_path,  # noqa: F811
+                                                                                       crash_at, crash_signal):
+    want = _ablate_table3(smoke_cache, tmp_path / "whole", "--pack", "2", epochs=2)
+    _ablate_table3(smoke_cache, tmp_path / "cut", "--pack", "2", epochs=2, crash_at=crash_at,
+                   crash_signal=crash_signal, ok=False)
+    got = _ablate_table3(smoke_cache, tmp_path / "cut", "--pack", "2", epochs=2)
+    assert sorted(r["run_id"] for r in got) == sorted(r["run_id"] for r in want)
+    assert all(r["status"] == "finished" for r in got)
+    assert _stored_per_run(tmp_path / "cut" / "runs.db") == _stored_per_run(tmp_path / "whole" / "runs.db")
+
+
+@pytest.mark.slow
+def test_ablate_pack_stores_the_runs_it_stores_without_pack(smoke_cache, tmp_path):  # noqa: F811
+    from _runs import query
 
     def ablate(where, *extra):
-        env = {**kdcicam_env(smoke_cache), "KDCICAM_THREADS": "1"}
-        proc = subprocess.run([sys.executable, "-m", "kdcicam", "ablate", "table3", "--profile", "smoke", "--seeds",
-                               "2", "--jobs", "1", "--json", "--set", "train.epochs=1", *extra,
-                               "--db", f"sqlite:///{where / 'runs.db'}", "--artifacts", str(where / "runs")],
-                              capture_output=True, text=True, env=env, cwd=where, timeout=1200, check=False)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads(proc.stdout)["runs"]
+        return _ablate_table3(smoke_cache, where, *extra)
 
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "packed").mkdir()
     plain = ablate(tmp_path / "plain")
     packed = ablate(tmp_path / "packed", "--pack", "2")
     assert all(r["status"] == "finished" for r in packed)
