@@ -4,7 +4,8 @@ stored as its own run exactly as :func:`kdcicam.training.trainer.fit` stores it.
 Each run keeps its own folder, ``last.pt`` / ``prev.pt`` / ``best_*.pt``, validation history, data order,
 augmentation and ε draws (all functions of its own seed, :mod:`kdcicam.training.streams`), pool and Adam state.
 Every commit point of ``fit`` (epoch ends, ``checkpoint_every``, Ctrl-C / SIGTERM at a step boundary) commits
-every run of the pack, one after the other. A pack trains in eager mode whatever ``train.compile`` says (a speed
+every run of the pack, one after the other. Each run's ε generator is reseeded from its own (seed, epoch, step);
+torch's global RNG, which no step draws from today, is left seeded by the last run's. A pack trains in eager mode whatever ``train.compile`` says (a speed
 setting: the runs' ids and results do not depend on it).
 
 Resume: the runs of a pack resume together from one position. A ``kill -9`` between two runs' commits leaves

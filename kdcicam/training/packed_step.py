@@ -105,15 +105,6 @@ class Pack:
             for name, t in m.backbone.named_buffers():
                 t.copy_(self.buffers[name][i])
 
-    @torch.no_grad()
-    def load_backbones(self) -> None:
-        """The inverse of :meth:`sync`: copy each run's own backbone into its slice of the stack (after a resume)."""
-        for i, m in enumerate(self.models):
-            for name, t in m.backbone.named_parameters():
-                self.params[name][i].copy_(t)
-            for name, t in m.backbone.named_buffers():
-                self.buffers[name][i].copy_(t)
-
 
 def build_pack_optimizer(pack: Pack, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
     """One Adam over the pack, with the parameter groups and hyper-parameters of each run's own
