@@ -12,7 +12,7 @@ One Adam steps every run at once. Adam is element-wise, so on the stacked tensor
 the step each run's own Adam takes (same β's, lr, weight decay and step count); the loss that is
 backpropagated is the sum of the runs' losses, whose gradient for run i's parameters is the gradient of run
 i's loss alone. A packed step therefore gives each run the losses and parameters of its own unpacked step
-(tests/test_packed.py, to float32 rounding). :meth:`Pack.sync` writes the stacked backbones back into the
+(tests/test_packed.py, to rounding: compared in float64). :meth:`Pack.sync` writes the stacked backbones back into the
 runs' modules, and :func:`run_optimizer_state` / :func:`load_run_optimizer_states` convert between the
 packed Adam's state and each run's own, so each run's checkpoint is the one an unpacked run would write.
 """
