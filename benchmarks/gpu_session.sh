@@ -36,7 +36,8 @@ step() {  # step LIMIT_S NAME COMMAND...
   python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee -a "$log"
 
-step ${LIMIT_TESTS:-100} gpu-tests python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_paths.py
+step ${LIMIT_TESTS:-100} gpu-tests python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_paths.py \
+  tests/test_packed.py
 step ${LIMIT_STEP:-200} gpu-step python3 benchmarks/gpu_step.py --roles student loc_teacher distilled --profile \
   --compile --json "$OUT/gpu_step.json"
 step ${LIMIT_THROUGHPUT:-130} throughput python3 benchmarks/train_throughput.py --device cuda --repeats 1 --steps 40 \

@@ -62,17 +62,17 @@ def _models(cfgs, count: int) -> list:
     return out
 
 
-def _unpacked(models, cfgs, teachers, steps, eps):
+def _unpacked(models, cfgs, teachers, steps, eps, device=CPU):
     """Each run on its own: compute_loss, backward, Adam step; its terms per step."""
     logs = []
     for i, m in enumerate(models):
         cfg = cfgs[i % len(cfgs)]
-        opt = build_optimizer(m, cfg, CPU)
+        opt = build_optimizer(m, cfg, device)
         m.train()
         recipe = recipe_for(cfg.loss, cfg.variant)
         run_log = []
         for s in range(steps):
-            images, labels = _batch(10 * i + s)
+            images, labels = (t.to(device) for t in _batch(10 * i + s))
             gen = torch.Generator().manual_seed(1000 * i + s)
             r = compute_loss(m, images, labels, recipe, cfg.variant, teachers=teachers[i], generator=gen,
                              loss_cfg=cfg.loss, epsilon=eps(i, s))
@@ -84,17 +84,17 @@ def _unpacked(models, cfgs, teachers, steps, eps):
     return logs
 
 
-def _packed(models, cfgs, teachers, steps, eps):
+def _packed(models, cfgs, teachers, steps, eps, device=CPU):
     pack = Pack(models)
     cfg = cfgs[0]
-    opt = build_pack_optimizer(pack, cfg, CPU)
+    opt = build_pack_optimizer(pack, cfg, device)
     pack.train()
     recipe = recipe_for(cfg.loss, cfg.variant)
     logs = [[] for _ in models]
     for s in range(steps):
         batches = [_batch(10 * i + s) for i in range(len(models))]
-        images = torch.stack([b[0] for b in batches])
-        labels = torch.stack([b[1] for b in batches])
+        images = torch.stack([b[0] for b in batches]).to(device)
+        labels = torch.stack([b[1] for b in batches]).to(device)
         gens = [torch.Generator().manual_seed(1000 * i + s) for i in range(len(models))]
         results = packed_loss(pack, images, labels, recipe, cfg.variant, teachers=teachers, generators=gens,
                               loss_cfg=cfg.loss, epsilons=[eps(i, s) for i in range(len(models))])
@@ -201,6 +201,46 @@ def test_a_packed_optimizer_resumes_from_each_runs_own_state():
     for a, b in zip(pack.models, whole.models):
         for k, v in b.state_dict().items():
             torch.testing.assert_close(a.state_dict()[k], v, **TOL, msg=k)
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("role", ["student", "loc_teacher", "distilled"])
+def test_a_packed_step_on_the_gpu_gives_each_run_its_own_steps_losses_and_parameters(role):
+    cuda = torch.device("cuda")
+    cfgs = [_cfg(role, "reference")]
+    models = _models(cfgs, 3)
+    teachers = _teachers(cfgs[0], 3) if role == "distilled" else [None] * 3
+    teachers = [TeacherSet(t.cls_model.to(cuda), t.loc_model.to(cuda)) if t else None for t in teachers]
+    twins = [copy.deepcopy(m).to(cuda) for m in models]
+    alone = _unpacked(twins, cfgs, teachers, 2, lambda i, s: None, device=cuda)
+    pack, _, logs = _packed([copy.deepcopy(m).to(cuda) for m in models], cfgs, teachers, 2, lambda i, s: None,
+                            device=cuda)
+    for i in range(3):
+        for s, terms in enumerate(alone[i][0]):
+            for name, value in terms.items():
+                torch.testing.assert_close(logs[i][s][name], value, **TOL, msg=f"run {i} step {s} {name}")
+        want = twins[i].state_dict()
+        for k, v in pack.models[i].state_dict().items():
+            torch.testing.assert_close(v, want[k], **TOL, msg=f"run {i} {k}")
+
+
+@pytest.mark.gpu
+def test_a_packed_step_runs_under_bf16_autocast_on_the_gpu():
+    cuda = torch.device("cuda")
+    cfg = _cfg("cls_teacher", "reference")
+    pack = Pack([m.to(cuda) for m in _models([cfg], 2)])
+    opt = build_pack_optimizer(pack, cfg, cuda)
+    pack.train()
+    images = torch.stack([_batch(i)[0] for i in range(2)]).to(cuda)
+    labels = torch.stack([_batch(i)[1] for i in range(2)]).to(cuda)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        results = packed_loss(pack, images, labels, recipe_for(cfg.loss, cfg.variant), cfg.variant,
+                              teachers=[None, None], generators=[torch.Generator()] * 2, loss_cfg=cfg.loss,
+                              epsilons=[None, None])
+    sum(r.total for r in results).backward()
+    opt.step()
+    assert all(torch.isfinite(r.total) for r in results)
 
 
 def test_runs_with_different_backbones_cannot_share_a_pack():
