@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU check of benchmarks/README.md in one go, for a lent GPU machine with little time on it:
-# the gpu-marked tests (fast paths vs plain ones on the device), then the GPU figures of issue 8.
+# the gpu-marked tests (fast paths vs plain ones on the device), then the GPU figures of issue 8, then the
+# packed step of issue 27 (gpu_pack.py: N = 1, 3, 5 runs per step, Table 3 projected with --pack).
 # Each step has its own time limit and a failed step does not stop the next; logs and JSON go to
-# $OUT (default ./gpu-out). About 7 minutes on an H200 (the compiles are most of it). The paper
+# $OUT (default ./gpu-out). About 7 minutes on an H200 (the compiles are most of it), plus up to 4 for
+# gpu-pack. The paper
 # profile's train.compile (reduce-overhead) is what throughput / table-eta time; add --compile off to
 # them for the eager figures.
 #
@@ -34,7 +36,8 @@ step() {  # step LIMIT_S NAME COMMAND...
   python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"
 } 2>&1 | tee -a "$log"
 
-step ${LIMIT_TESTS:-100} gpu-tests python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_paths.py
+step ${LIMIT_TESTS:-100} gpu-tests python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_paths.py \
+  tests/test_packed.py
 step ${LIMIT_STEP:-200} gpu-step python3 benchmarks/gpu_step.py --roles student loc_teacher distilled --profile \
   --compile --json "$OUT/gpu_step.json"
 step ${LIMIT_THROUGHPUT:-130} throughput python3 benchmarks/train_throughput.py --device cuda --repeats 1 --steps 40 \
@@ -43,4 +46,5 @@ step ${LIMIT_ETA:-125} table-eta python3 benchmarks/table_eta.py --device cuda -
   --json "$OUT/table_eta.json"
 step ${LIMIT_QUICK:-150} quick-table3 python3 benchmarks/quick_table3.py --device cuda --epochs 2 --jobs 3 \
   --json "$OUT/quick_table3.json"
+step ${LIMIT_PACK:-240} gpu-pack python3 benchmarks/gpu_pack.py --device cuda --steps 10 --json "$OUT/gpu_pack.json"
 tail -n 40 "$log"

@@ -72,6 +72,8 @@ def ablate(
     cpus_per_job: int | None = typer.Option(None, min=1, help="SLURM: --cpus-per-task of every job."),
     slurm_log_dir: Path | None = typer.Option(None, help="submitit's folder (job scripts, logs) "
                                               "(default: ARTIFACTS/slurm)."),
+    pack: int = typer.Option(1, min=1, help="Local launcher: train up to N runs that differ only in the seed "
+                             "and the context pool in one batched step (each stored as its own run)."),
 ) -> None:
     """Plan, train (or reuse) and evaluate every run an ablation table needs, and store the results."""
     from kdcicam.execution.plan import make_plan
@@ -83,6 +85,8 @@ def ablate(
     if not table:
         raise ConfigError("name a table (table3, table4, table5, figure1b, context-sweep or all), or use --list")
     choice(launcher, LAUNCHERS, "--launcher")
+    if launcher != "local" and pack != 1:
+        raise ConfigError("--pack is for --launcher local")
     if launcher != "local" and gpus != 1:
         raise ConfigError("--gpus is for --launcher local; with SLURM give --gpus-per-job")
     requested_jobs = parse_jobs(jobs)  # None: auto
@@ -116,6 +120,12 @@ def ablate(
 
     set_seed(0)
     execute_one = None
+    if pack > 1:
+        if gpus > 1:
+            raise ConfigError("--pack N trains on one process: not with --gpus")
+        from kdcicam.execution.packs import pack_executor
+
+        execute_one = pack_executor(plan.runs, pack)
     if gpus > 1:
         from kdcicam.execution.launch import execute_in_child
 

@@ -58,7 +58,7 @@ from kdcicam.training.recipes import recipe_for
 from kdcicam.training.trainer import fit
 
 __all__ = ["RunContext", "RunInterrupted", "RunOutcome", "execute", "execute_plan", "load_run_model",
-           "register_run"]
+           "register_run", "run_attempt", "run_hooks"]
 
 
 def register_run(run: PlannedRun, index: DatasetIndex, ctx: RunContext) -> Any:
@@ -88,12 +88,7 @@ def execute(run: PlannedRun, index: DatasetIndex, ctx: RunContext) -> RunOutcome
     if info.status == "finished":
         _tell(ctx, None)
         return RunOutcome(run.run_id, "finished", reused=True)
-    prov = provenance(ctx.device)
-    attempt = {k: prov[k] for k in ("git_commit", "device", "torch_version")}
-    # where this attempt trains and writes checkpoints (absolute: students read teachers' files from any
-    # working directory; a run resumed under another --artifacts folder records the new one)
-    attempt["artifacts_dir"] = str((ctx.artifacts_root / run.run_id).resolve())
-    write_owner_file(ctx.artifacts_root / run.run_id, run.run_id, ctx.store.label)  # runs delete's proof
+    attempt = run_attempt(run, ctx)
     period = ctx.heartbeat_s if store_is_shared(ctx.store) else 0.0
     told = [False]  # whether the other ranks were told to train (they are inside collectives from then on)
     while True:
@@ -126,6 +121,17 @@ def execute(run: PlannedRun, index: DatasetIndex, ctx: RunContext) -> RunOutcome
             raise
         ctx.store.finish_run(run.run_id, train_seconds=train_s, eval_seconds=eval_s)
         return RunOutcome(run.run_id, "finished", seconds=time.perf_counter() - start, metrics=metrics)
+
+
+def run_attempt(run: PlannedRun, ctx: RunContext) -> dict[str, Any]:
+    """What this attempt at a run records when it claims it; writes the run folder's owner file."""
+    prov = provenance(ctx.device)
+    attempt = {k: prov[k] for k in ("git_commit", "device", "torch_version")}
+    # where this attempt trains and writes checkpoints (absolute: students read teachers' files from any
+    # working directory; a run resumed under another --artifacts folder records the new one)
+    attempt["artifacts_dir"] = str((ctx.artifacts_root / run.run_id).resolve())
+    write_owner_file(ctx.artifacts_root / run.run_id, run.run_id, ctx.store.label)  # runs delete's proof
+    return attempt
 
 
 def _tell(ctx: RunContext, message: Any) -> None:
@@ -177,7 +183,21 @@ def _train_and_evaluate(run: PlannedRun, index: DatasetIndex, ctx: RunContext,
         if told is not None:
             told[0] = True
     model, teachers, recipe, train_set = _training_inputs(run, index, ctx, sources)
+    validate, on_epoch, on_step, on_resume = run_hooks(run, index, ctx, beat)
+    t0 = time.perf_counter()
+    result = fit(model, recipe, cfg, train_set, run_dir, device, validate=validate, teachers=teachers,
+                 on_epoch=on_epoch, on_step=on_step, on_resume=on_resume,
+                 checkpoint_every=cfg.train.checkpoint_every or ctx.checkpoint_every, dist=ctx.dist)
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    metrics = evaluate_checkpoints(model, run.run_id, cfg, index, ctx, result.best, beat=beat)
+    return metrics, train_s, time.perf_counter() - t1
 
+
+def run_hooks(run: PlannedRun, index: DatasetIndex, ctx: RunContext, beat: Heartbeat) -> tuple[Callable, ...]:
+    """The trainer's callbacks of a run: validate, on_epoch (store the epoch), on_step, on_resume (report)."""
+    cfg = run.cfg
+    device = ctx.device
     epoch_evals = EpochEvals(cfg, index, device, ctx.eval_batch_size, ctx.frames_for(cfg))
 
     def validate(m: torch.nn.Module) -> dict[str, float]:
@@ -207,14 +227,7 @@ def _train_and_evaluate(run: PlannedRun, index: DatasetIndex, ctx: RunContext,
             emit(ctx, "resumed", run_id=run.run_id, message=f"run {run.run_id[:12]}: resuming "
                   f"{position.describe(cfg.train.epochs)}", epoch=position.epoch, step=position.step)
 
-    t0 = time.perf_counter()
-    result = fit(model, recipe, cfg, train_set, run_dir, device, validate=validate, teachers=teachers,
-                 on_epoch=on_epoch, on_step=on_step, on_resume=on_resume,
-                 checkpoint_every=cfg.train.checkpoint_every or ctx.checkpoint_every, dist=ctx.dist)
-    train_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    metrics = evaluate_checkpoints(model, run.run_id, cfg, index, ctx, result.best, beat=beat)
-    return metrics, train_s, time.perf_counter() - t1
+    return validate, on_epoch, on_step, on_resume
 
 
 def execute_plan(runs: list[PlannedRun], ctx: RunContext,

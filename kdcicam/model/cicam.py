@@ -94,9 +94,17 @@ class CICAM(nn.Module):
         Returns:
             CICAMOutput(logits, logits_e, cams, cams_e).
         """
+        return self.head(self.backbone(images), labels, update_pool)
+
+    def head(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+             update_pool: bool | None = None) -> CICAMOutput:
+        """Everything after the backbone: both CAM modules and the pool, on features ``x`` (B, C, h, w).
+
+        ``forward`` is ``head(backbone(images))``; a pack of runs (:mod:`kdcicam.training.packed_step`)
+        computes the backbones of several runs at once and calls each run's head on its features.
+        """
         if update_pool is None:
             update_pool = self.training
-        x = self.backbone(images)  # (B, C, h, w)
         logits, cams = cam_module(x, self.classifier)  # (B, n), (B, n, h, w)
         if self.context_pool is None or self.context_conv is None:  # Base: X^e = X
             return CICAMOutput(logits=logits, logits_e=logits, cams=cams, cams_e=cams)

@@ -87,10 +87,14 @@ def param_groups(model: CICAM, lr: float, backbone_lr_mult: float = 1.0) -> list
     Returns:
         Groups for ``torch.optim``, each with its ``name``.
     """
+    return param_groups_of([(n, p) for n, p in model.named_parameters() if p.requires_grad], lr, backbone_lr_mult)
+
+
+def param_groups_of(trainable: list[tuple[str, Any]], lr: float, backbone_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """:func:`param_groups` of (name, parameter) pairs named as in the network (a pack's stacked tensors too)."""
     mult = float(backbone_lr_mult)
     if not mult > 0:
         raise ConfigError(f"backbone lr multiplier = {mult}: must be > 0")
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if mult == 1.0:
         return [{"name": "all", "params": [p for _, p in trainable], "lr": lr}]
     head = [p for n, p in trainable if n.startswith("classifier.")]

@@ -189,6 +189,11 @@ def compute_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, r
     if recipe.teachers:
         terms.update(_distillation_terms(images, out, recipe, variant, teacher_models, generator, cfg, epsilon))
 
+    return weighted_result(terms, recipe, out)
+
+
+def weighted_result(terms: dict[str, torch.Tensor], recipe: Recipe, out: CICAMOutput) -> LossResult:
+    """The weighted sum of the recipe's terms (Eq. 16, 19 or 21), with the detached terms to log."""
     weighted = [w * terms[name] for name, w in recipe.weights if name in terms and w != 0]
     # Nothing weighted (α = 1 and ε = 0 drawn): a zero that still has a graph to backpropagate.
     total = sum(weighted[1:], weighted[0]) if weighted else out.logits_e.sum() * 0.0
@@ -197,23 +202,39 @@ def compute_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, r
     return LossResult(total=total, terms=logged, output=out)
 
 
-def _mask_terms(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, out: CICAMOutput,
-                recipe: Recipe, variant: str, cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """Area, Fore and Diff terms (Eq. 17, 18, 20) from the heatmap and the fore/back passes."""
+def heatmap_terms(images: torch.Tensor, out: CICAMOutput, recipe: Recipe,
+                  variant: str) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The Area term (Eq. 17) and the foreground mask M^fore (B, 1, H, W) of the fore/back passes
+    (None when the recipe runs none), from the Eq. 3 heatmap of the enhanced branch."""
     heat = combinational_heatmap(out.cams_e, out.logits_e, variant, recipe.heatmap_function)  # (B, h, w) Eq. 3 on M^e
     heat = upsample_heatmap(normalize_heatmap(heat, variant), tuple(images.shape[-2:]))  # (B, H, W)
     terms: dict[str, torch.Tensor] = {}
     if "area" in recipe.term_names:
         terms["area"] = area_loss(heat)  # Eq. 17, gradient through H
     if not (recipe.fore_pass or recipe.back_pass):
-        return terms
+        return terms, None
     if recipe.fg_threshold is None:
         raise ValueError(f"recipe {recipe.role!r} runs fore/back passes but has no fg_threshold")
-    fg = foreground_mask(heat, recipe.fg_threshold).unsqueeze(1).to(images.dtype)  # (B, 1, H, W) no grad
+    return terms, foreground_mask(heat, recipe.fg_threshold).unsqueeze(1).to(images.dtype)  # (B, 1, H, W) no grad
+
+
+def _mask_terms(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, out: CICAMOutput,
+                recipe: Recipe, variant: str, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Area, Fore and Diff terms (Eq. 17, 18, 20) from the heatmap and the fore/back passes."""
+    terms, fg = heatmap_terms(images, out, recipe, variant)
+    if fg is None:
+        return terms
     # Fore/back logits: the entangled branch (backbone -> shared classifier), as the reference's
     # aux_classification; the extra passes never update the pool.
     fore = model(images * fg, update_pool=False).logits if recipe.fore_pass else None  # (B, n)
     back = model(images * (1 - fg), update_pool=False).logits if recipe.back_pass else None  # (B, n)
+    return {**terms, **pass_terms(out, fore, back, labels, recipe, variant, cfg)}
+
+
+def pass_terms(out: CICAMOutput, fore: torch.Tensor | None, back: torch.Tensor | None, labels: torch.Tensor,
+               recipe: Recipe, variant: str, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Fore and Diff terms (Eq. 18, 20) from the logits (B, n) of the foreground and background images."""
+    terms: dict[str, torch.Tensor] = {}
     if "fore" in recipe.term_names:
         terms["fore"] = fore_loss(fore, labels)  # Eq. 18
     if "diff" in recipe.term_names:

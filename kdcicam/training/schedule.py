@@ -34,7 +34,11 @@ def lr_factor(epoch: int, cfg: RunConfig) -> float:
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
     """Adam(β1, β2) over the model's parameter groups (backbone at ``backbone_lr_mult`` x lr)."""
-    groups = param_groups(model, cfg.train.lr, cfg.train.backbone_lr_mult)
+    return adam_over(param_groups(model, cfg.train.lr, cfg.train.backbone_lr_mult), cfg, device)
+
+
+def adam_over(groups: list[dict[str, Any]], cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """The run's Adam over ``groups`` (each ``lr`` also kept as ``initial_lr`` for the schedule)."""
     for g in groups:
         g["initial_lr"] = g["lr"]
     kwargs: dict[str, Any] = dict(betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
