@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from _faults import Crash, inject, weights_validate
 from _runs import one_thread, smoke_cache, smoke_config, smoke_index, with_classes  # noqa: F401
 
 from kdcicam.core.config import ModelConfig
@@ -301,33 +302,12 @@ def tiny_data(one_thread, smoke_cache):  # noqa: F811
     return cfg, WSOLDataset(index.train[:16], train_transform(36, 32, randaugment=False))
 
 
-def _weights_validate(model):
-    """A deterministic stand-in for validation: metrics that move with the weights, every epoch."""
-    s = float(sum(p.detach().abs().sum() for p in model.parameters()))
-    return {"top1_loc": (s * 10) % 1, "gt_known_loc": (s * 100) % 1, "top1_cls": (s * 1000) % 1}
-
-
-class _Crash(BaseException):
-    """Stands for SIGKILL: no handler runs."""
-
-
 def _inject(monkeypatch, point: str, nth: int, action=None) -> None:
     from kdcicam.training import checkpoint as ckpt_mod
     from kdcicam.training import packed as packed_mod
     from kdcicam.training import trainer as train_mod
 
-    seen = {"n": 0}
-
-    def hook(name):
-        if name == point:
-            seen["n"] += 1
-            if seen["n"] == nth:
-                if action is None:
-                    raise _Crash
-                action()
-
-    for mod in (packed_mod, train_mod, ckpt_mod):
-        monkeypatch.setattr(mod, "crash_point", hook)
+    inject(monkeypatch, (packed_mod, train_mod, ckpt_mod), point, nth, action)
 
 
 def _fit_pack(tiny, root, seeds=(0, 1), **kwargs):
@@ -341,7 +321,7 @@ def _fit_pack(tiny, root, seeds=(0, 1), **kwargs):
         run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
         torch.manual_seed(seed)  # as the runner seeds each run before building its model
         model = build_model(run_cfg.model, run_cfg.variant, input_size=32)
-        runs.append(PackedRun(model, run_cfg, data, root / f"seed{seed}", validate=_weights_validate,
+        runs.append(PackedRun(model, run_cfg, data, root / f"seed{seed}", validate=weights_validate,
                               on_epoch=lambda log, val, k=k: epochs[k].__setitem__(log.epoch, (log.terms, val)),
                               on_resume=lambda pos, w, k=k: resumed[k].append(pos)))
     results = fit_packed(runs, recipe_for(cfg.loss, cfg.variant), CPU, **kwargs)
@@ -382,7 +362,7 @@ def test_a_pack_stores_each_run_in_its_own_folder_with_its_own_data(uninterrupte
 def test_a_killed_pack_resumes_to_the_uninterrupted_result(tiny_data, uninterrupted_pack, tmp_path, monkeypatch,
                                                            point, nth, checkpoint_every):
     _inject(monkeypatch, point, nth)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         _fit_pack(tiny_data, tmp_path, checkpoint_every=checkpoint_every)
     monkeypatch.undo()
     got = _fit_pack(tiny_data, tmp_path, checkpoint_every=checkpoint_every)
@@ -415,7 +395,7 @@ def test_a_kill_between_two_runs_commits_resumes_every_run_at_the_earlier_positi
 
     for nth, at in ((2, None), (4, Position(0, 4, True))):  # epoch 1's end, epoch 2's end: run 0 committed, run 1 not
         _inject(monkeypatch, "after-rotate", nth)
-        with pytest.raises(_Crash):
+        with pytest.raises(Crash):
             _fit_pack(tiny_data, tmp_path / str(nth))
         monkeypatch.undo()
         got = _fit_pack(tiny_data, tmp_path / str(nth))

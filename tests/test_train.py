@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _faults import Crash, inject, weights_validate
 from _runs import one_thread, smoke_cache, smoke_config, smoke_index, with_classes  # noqa: F401
 
 from kdcicam.core.config import ModelConfig
@@ -286,31 +287,9 @@ def test_best_checkpoints_hold_the_epochs_the_validation_script_picks(tiny_data,
 
 # ----------------------------------------------------------------------------- fit: crash and resume
 
-def _weights_validate(model):
-    """A deterministic stand-in for validation: metrics that move with the weights, every epoch."""
-    s = float(sum(p.detach().abs().sum() for p in model.parameters()))
-    return {"top1_loc": (s * 10) % 1, "gt_known_loc": (s * 100) % 1, "top1_cls": (s * 1000) % 1}
-
-
-class _Crash(BaseException):
-    """Stands for SIGKILL: no handler runs."""
-
-
 def _inject(monkeypatch, point: str, nth: int, action=None) -> None:
-    """Make ``crash_point(point)`` raise _Crash (or run ``action``) the nth time it is reached."""
-    seen = {"n": 0}
-
-    def hook(name):
-        if name == point:
-            seen["n"] += 1
-            if seen["n"] == nth:
-                if action is None:
-                    raise _Crash
-                action()
-
-    monkeypatch.setattr(train_mod, "crash_point", hook)
-    monkeypatch.setattr(epoch_mod, "crash_point", hook)
-    monkeypatch.setattr(ckpt_mod, "crash_point", hook)
+    """Make ``crash_point(point)`` raise Crash (or run ``action``) the nth time it is reached."""
+    inject(monkeypatch, (train_mod, epoch_mod, ckpt_mod), point, nth, action)
 
 
 def _run_record(cfg, data, run_dir, monkeypatch=None, crash=None, **kwargs):
@@ -320,7 +299,7 @@ def _run_record(cfg, data, run_dir, monkeypatch=None, crash=None, **kwargs):
     def on_epoch(log, val):
         epochs[log.epoch] = (log.terms, log.images, val)
 
-    model, result = _fit(cfg, data, run_dir, validate=_weights_validate, on_epoch=on_epoch,
+    model, result = _fit(cfg, data, run_dir, validate=weights_validate, on_epoch=on_epoch,
                          on_resume=lambda pos, warnings: resumed.append((pos, warnings)), **kwargs)
     return model, result, epochs, resumed
 
@@ -357,8 +336,8 @@ def test_a_crash_anywhere_resumes_to_the_uninterrupted_result(tiny_data, uninter
     cfg, data = tiny_data
     _inject(monkeypatch, point, nth)
     epochs: dict = {}
-    with pytest.raises(_Crash):
-        _fit(cfg, data, tmp_path, validate=_weights_validate, checkpoint_every=checkpoint_every,
+    with pytest.raises(Crash):
+        _fit(cfg, data, tmp_path, validate=weights_validate, checkpoint_every=checkpoint_every,
              on_epoch=lambda log, val: epochs.__setitem__(log.epoch, (log.terms, log.images, val)))
     monkeypatch.undo()
     model, result, more, resumed = _run_record(cfg, data, tmp_path, checkpoint_every=checkpoint_every)
@@ -387,8 +366,8 @@ def test_a_cached_run_resumed_mid_epoch_ends_as_the_uninterrupted_one(tiny_data,
     cached = _cached(data)
     _inject(monkeypatch, "after-step", 6)  # epoch 2, step 2 of 4, with a checkpoint every step
     epochs: dict = {}
-    with pytest.raises(_Crash):
-        _fit(cfg, cached, tmp_path, validate=_weights_validate, checkpoint_every=1,
+    with pytest.raises(Crash):
+        _fit(cfg, cached, tmp_path, validate=weights_validate, checkpoint_every=1,
              on_epoch=lambda log, val: epochs.__setitem__(log.epoch, (log.terms, log.images, val)))
     monkeypatch.undo()
     model, result, more, resumed = _run_record(cfg, cached, tmp_path, checkpoint_every=1)
@@ -405,8 +384,8 @@ def test_a_distilled_run_resumed_mid_epoch_draws_the_same_epsilons(tiny_data, tm
     teachers = TeacherSet(*(build_model(cfg.model, cfg.variant, input_size=32) for _ in range(2)))
     ref = _run_record(cfg, data, tmp_path / "ref", teachers=teachers)
     _inject(monkeypatch, "after-step", 7)
-    with pytest.raises(_Crash):
-        _fit(cfg, data, tmp_path / "cut", teachers=teachers, validate=_weights_validate, checkpoint_every=1)
+    with pytest.raises(Crash):
+        _fit(cfg, data, tmp_path / "cut", teachers=teachers, validate=weights_validate, checkpoint_every=1)
     monkeypatch.undo()
     model, result, epochs, resumed = _run_record(cfg, data, tmp_path / "cut", teachers=teachers, checkpoint_every=1)
     assert resumed == [(Position(1, 2, False), [])]
@@ -436,7 +415,7 @@ def test_best_files_lost_to_a_crash_after_the_commit_are_rewritten_from_it(tiny_
     falling = [{"top1_loc": v, "gt_known_loc": v, "top1_cls": v} for v in (0.9, 0.5, 0.1)]
     first = _Scripted(falling)
     _inject(monkeypatch, "before-rename:best_gt_known_loc.pt", 1)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         _fit(cfg, data, tmp_path, validate=first)
     monkeypatch.undo()
     assert not (tmp_path / "best_top1_cls.pt").exists()
@@ -504,7 +483,7 @@ def test_a_signal_mid_epoch_saves_the_position_and_the_resumed_run_matches(tiny_
     _inject(monkeypatch, "after-step", 6, action=lambda: os.kill(os.getpid(), sig))
     epochs: dict = {}
     with pytest.raises(TrainingInterrupted, match=r"at epoch 2/3, step 2/4 \(position saved\)") as stopped:
-        _fit(cfg, data, tmp_path, validate=_weights_validate,
+        _fit(cfg, data, tmp_path, validate=weights_validate,
              on_epoch=lambda log, val: epochs.__setitem__(log.epoch, (log.terms, log.images, val)))
     monkeypatch.undo()
     assert stopped.value.how == how
