@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 from _bad_cases_more import MORE
+from _cli import run_cli
 from PIL import Image
 
-from kdcicam.cli import main
 from kdcicam.registry.ablations import DEFAULT_REGISTRY
 from kdcicam.store import open_store
 
@@ -121,16 +121,6 @@ def _rows_of(db: Path, run_ids: tuple[str, ...]) -> str:
     finally:
         con.close()
     return json.dumps(dump)
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ----------------------------------------------------------------------------- the catalogue

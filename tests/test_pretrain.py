@@ -7,24 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli
 
-from kdcicam.cli import main
 from kdcicam.core.errors import ConfigError, RunError
 from kdcicam.data import pretraining_set as ps
 from kdcicam.training.pretrain import PretrainConfig, cosine_lr, pretrain
 
 TINY = PretrainConfig(epochs=2, batch_size=32, width=0.0625,
                       data=ps.PretrainSetConfig(per_class=3, val_per_class=1, size=32))
-
-
-def run_cli(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_help_names_the_command(capsys):
