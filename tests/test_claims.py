@@ -42,11 +42,12 @@ def test_three_seeds_clear_gain_holds_and_clear_loss_does_not(store):
         _run(store, f"pool{seed}000", "table3", "conpool", seed, {"top1_loc": pool_loc, "gt_known_loc": pool_gt})
     results = _ledger(store)
     loc = _pick(results, "conpool-improves-loc", "top1_loc")
-    assert loc.status == "holds" and loc.n_seeds == 3 and loc.interval == "seeds (t)"
+    # the interval also lies above the paper's own Δ (+0.9): larger than the paper's
+    assert loc.status == "holds, larger than the paper's" and loc.n_seeds == 3 and loc.interval == "seeds (t)"
     assert loc.ours_delta == pytest.approx(10.0) and loc.paper_delta == pytest.approx(0.9)
     assert loc.ci_lo == pytest.approx(10 - 4.302653 / 3 ** 0.5, abs=1e-3)
     gt = _pick(results, "conpool-improves-loc", "gt_known_loc")
-    assert gt.status == "does not hold" and gt.ours_delta == pytest.approx(-5.0)
+    assert gt.status == "does not hold, smaller than the paper's" and gt.ours_delta == pytest.approx(-5.0)
     # claims whose cells were never run say so
     assert _pick(results, "kd-improves-cls-and-loc", "top1_cls").status == "not run"
 
@@ -180,11 +181,14 @@ def test_both_protocols_side_by_side_with_the_share_kept(store, capsys):
     assert exit_json.value.code in (0, None)
     rows = json.loads(capsys.readouterr().out)
     row = next(r for r in rows if r["paper"]["claim"] == "conpool-improves-loc" and r["paper"]["metric"] == "top1_loc")
-    assert row["kept"] == pytest.approx(0.5) and row["standard"]["status"] == "holds"
+    # both intervals lie above the paper's Δ (+0.9; standard protocol: t = 4.1 / (1 / sqrt 3), p = 0.019, Holm over
+    # the two protocols 0.038)
+    assert row["kept"] == pytest.approx(0.5) and row["standard"]["status"] == "holds, larger than the paper's"
     with pytest.raises(SystemExit):
         main(["claims", "--db", url, "--protocol", "both", "--md"])
     md = capsys.readouterr().out
-    assert "| top1_loc | +0.9 | +10.0 [+7.5, +12.5] holds | +5.0 [+2.5, +7.5] holds | 50 % | yes |" in md
+    assert ("| top1_loc | +0.9 | +10.0 [+7.5, +12.5] holds, larger than the paper's | +5.0 [+2.5, +7.5] holds, "
+            "larger than the paper's | 50 % | yes |") in md
     with pytest.raises(SystemExit) as bad:
         main(["claims", "--db", url, "--protocol", "both", "--variants"])
     assert bad.value.code == 2 and "with --variants name one protocol" in capsys.readouterr().err
@@ -330,6 +334,10 @@ def test_tally_counts_each_status():
 
     rows = [NS(status=s) for s in ("holds", "holds", "inconclusive", "not run", "does not hold")]
     assert tally(rows) == "5 rows: 2 holds, 1 does not hold, 1 inconclusive, 1 not run"
+    rows = [NS(status=s) for s in ("holds, smaller than the paper's", "inconclusive, smaller than the paper's",
+                                   "inconclusive (1 seed)", "no data", "holds, larger than the paper's")]
+    assert tally(rows) == ("5 rows: 2 holds, 2 inconclusive, 1 no data, 2 smaller than the paper's, "
+                           "1 larger than the paper's")
 
 
 def test_holm_within_a_claims_metrics_and_protocols(store, capsys):
@@ -338,12 +346,14 @@ def test_holm_within_a_claims_metrics_and_protocols(store, capsys):
 
     # +ConPool - Base Top-1 Loc per seed +4, +6, +8: t = 6 / (2 / sqrt 3) = 5.20, p = 0.035 < 5 %: holds alone.
     # GT-known +1, -2, +1.5: no effect. The claim's family is its two metrics (the standard protocol has no
-    # numbers): Holm doubles the smaller p to 0.070 -> inconclusive, the uncorrected p shown beside it.
+    # numbers): Holm doubles the smaller p to 0.070 -> inconclusive, the uncorrected p shown beside it. Against the
+    # paper's Δ (+0.9): t = 5.1 / (2 / sqrt 3) = 4.42, p = 0.048 alone ("larger than the paper's"), 0.095 after Holm.
     for seed, (loc, gt) in enumerate([(0.44, 0.61), (0.46, 0.58), (0.48, 0.615)]):
         _run(store, f"base{seed}000", "table3", "base", seed, {"top1_loc": 0.40, "gt_known_loc": 0.60})
         _run(store, f"pool{seed}000", "table3", "conpool", seed, {"top1_loc": loc, "gt_known_loc": gt})
     raw = _pick(_ledger(store), "conpool-improves-loc", "top1_loc")
-    assert raw.status == "holds" and raw.p_value == pytest.approx(0.0351, abs=5e-4)
+    assert raw.status == "holds, larger than the paper's" and raw.p_value == pytest.approx(0.0351, abs=5e-4)
+    assert raw.p_paper == pytest.approx(0.0476, abs=5e-4) and raw.size == "larger than the paper's"
     runs = store.list_runs()
     ledgers = evaluate_ledger(load_registry(), runs, store.final_metrics([r.id for r in runs]),
                               lambda rid, p, s: store.get_image_records(rid, p, s, "test"), n_resamples=200)
@@ -351,11 +361,32 @@ def test_holm_within_a_claims_metrics_and_protocols(store, capsys):
     loc = _pick(ledgers["paper"], "conpool-improves-loc", "top1_loc")
     assert (loc.status, loc.family_size) == ("inconclusive", 2)
     assert loc.p_holm == pytest.approx(2 * raw.p_value, abs=1e-4) and loc.p_value == raw.p_value
+    assert loc.p_paper_holm == pytest.approx(2 * raw.p_paper, abs=1e-4) and loc.size is None
     with pytest.raises(SystemExit):
         main(["claims", "--db", store.url, "--md"])
     md = capsys.readouterr().out
     assert "Holm-adjusted within each claim's family" in md
     assert f"| {loc.p_value:.3g} ({loc.p_holm:.3g}, 2) | inconclusive |" in md
+
+
+def test_a_gain_short_of_the_papers_is_said_to_be_smaller_after_holm(store):
+    from kdcicam.analysis.ledger import evaluate_ledger
+
+    # KD over the student, per seed: Top-1 Loc +2, +2.5, +3 (paper Δ +6.5), GT-known -0.5, 0, +0.5 (paper Δ +3.5).
+    # Against zero: Top-1 Loc t = 8.66, p = 0.013 (Holm over the two metrics 0.026): holds; GT-known p = 1.
+    # Against the paper's Δ: Top-1 Loc t = -13.9, p = 0.0052; GT-known t = -12.1, p = 0.0067; Holm 0.010 and
+    # 0.010: both smaller than the paper's, GT-known without an established sign.
+    for seed, (loc, gt) in enumerate([(0.42, 0.595), (0.425, 0.60), (0.43, 0.605)]):
+        _run(store, f"stud{seed}000", "table3", "conpool", seed, {"top1_loc": 0.40, "gt_known_loc": 0.60})
+        _run(store, f"kdkd{seed}000", "table3", "conpool+kd", seed, {"top1_loc": loc, "gt_known_loc": gt})
+    runs = store.list_runs()
+    ledger = evaluate_ledger(load_registry(), runs, store.final_metrics([r.id for r in runs]),
+                             lambda rid, p, s: store.get_image_records(rid, p, s, "test"), n_resamples=200)["paper"]
+    loc = _pick(ledger, "kd-improves-cls-and-loc", "top1_loc")
+    gt = _pick(ledger, "kd-improves-cls-and-loc", "gt_known_loc")
+    assert loc.status == "holds, smaller than the paper's" and loc.p_paper_holm == pytest.approx(0.0104, abs=5e-4)
+    assert gt.status == "inconclusive, smaller than the paper's" and gt.size == "smaller than the paper's"
+    assert _pick(ledger, "kd-improves-cls-and-loc", "top1_cls").status == "no data"  # ran, Top-1 Cls not stored
 
 
 def _scatter_run(store, run_id, cell, seed, lr, cls, loc):

@@ -19,7 +19,17 @@ from kdcicam.analysis.best_of_settings import (
     per_seed_margins,
 )
 from kdcicam.analysis.stats import mcnemar_exact, paired_bootstrap_ci
-from kdcicam.analysis.verdicts import ALPHA, claim_status, holm, paired_verdict, seed_test
+from kdcicam.analysis.verdicts import (
+    ALPHA,
+    LARGER,
+    SMALLER,
+    claim_status,
+    holm,
+    p_against,
+    paired_verdict,
+    seed_test,
+    size_versus_paper,
+)
 
 ONE_SIDE = ALPHA / 2  # a two-sided test at 5 % says "holds" by chance at most 2.5 % of the time
 
@@ -80,6 +90,67 @@ def test_holm_keeps_the_family_wise_error_of_six_null_tests_at_five_percent():
         any_holm += min(holm(ps)) < ALPHA
     assert any_holm / trials <= ALPHA + _tolerance(ALPHA, trials)
     assert any_raw / trials > 0.2
+
+
+# ------------------------------------------------------------------ against the paper's own Δ
+
+PAPER_DELTA = 4.0  # the paper's Δ of the simulated claim, in points
+
+
+def _size_trials(effect: float, seeds: int, trials: int, direction: str = "increase", paper_delta: float = PAPER_DELTA,
+                 seed_sd: float = 3.0) -> list[str | None]:
+    """Per seed a difference of ``effect`` + seed noise; the comparison of its mean with ``paper_delta``."""
+    rng = np.random.default_rng(13)
+    out = []
+    for _ in range(trials):
+        t = seed_test(effect + seed_sd * rng.standard_normal(seeds))
+        out.append(size_versus_paper(direction, t.mean, paper_delta, p_against(t, paper_delta)))
+    return out
+
+
+@pytest.mark.parametrize("seeds", [2, 3, 5])
+@pytest.mark.parametrize("direction, paper_delta", [("increase", PAPER_DELTA), ("decrease", -PAPER_DELTA)])
+def test_an_effect_of_the_papers_size_is_called_smaller_or_larger_at_most_at_the_nominal_rate(seeds, direction,
+                                                                                            paper_delta):
+    trials = 3000
+    sizes = _size_trials(paper_delta, seeds, trials, direction, paper_delta)
+    assert sizes.count(SMALLER) / trials <= ONE_SIDE + _tolerance(ONE_SIDE, trials)
+    assert sizes.count(LARGER) / trials <= ONE_SIDE + _tolerance(ONE_SIDE, trials)
+
+
+def test_holm_keeps_any_false_smaller_or_larger_in_a_family_of_six_at_five_percent():
+    # one claim on three metrics under two protocols, each metric's true effect the paper's own Δ
+    rng = np.random.default_rng(17)
+    trials, any_raw, any_holm = 2000, 0, 0
+    for _ in range(trials):
+        tests = [seed_test(PAPER_DELTA + 3.0 * rng.standard_normal(3)) for _ in range(6)]
+        ps = [p_against(t, PAPER_DELTA) for t in tests]
+        any_raw += min(ps) < ALPHA
+        any_holm += any(size_versus_paper("increase", t.mean, PAPER_DELTA, p) is not None
+                        for t, p in zip(tests, holm(ps)))
+    assert any_holm / trials <= ALPHA + _tolerance(ALPHA, trials)
+    assert any_raw / trials > 0.2
+
+
+def test_an_effect_far_below_the_papers_with_enough_seeds_is_smaller_than_the_papers():
+    # a true effect of a quarter of the paper's Δ, in the claimed direction, at 8 seeds of sd 1.5 points
+    sizes = _size_trials(PAPER_DELTA / 4, 8, 500, seed_sd=1.5)
+    assert sizes.count(SMALLER) / len(sizes) >= 0.95 and LARGER not in sizes
+    # the same in a claimed decrease: "smaller" is a change less negative than the paper's
+    sizes = _size_trials(-PAPER_DELTA / 4, 8, 500, "decrease", -PAPER_DELTA, seed_sd=1.5)
+    assert sizes.count(SMALLER) / len(sizes) >= 0.95
+
+
+def test_size_by_hand():
+    # differences 1, 2, 3: mean 2, sd 1, t against 4 = -2 / (1 / sqrt 3) = -3.46 on 2 df: p = 0.074 -> no call;
+    # differences 1.5, 2, 2.5 (sd 0.5): t = -6.93, p = 0.020 -> smaller; the 95 % interval [0.76, 3.24] excludes 4
+    assert p_against(seed_test([1.0, 2.0, 3.0]), 4.0) == pytest.approx(0.0742, abs=1e-4)
+    t = seed_test([1.5, 2.0, 2.5])
+    assert p_against(t, 4.0) == pytest.approx(0.0202, abs=1e-4) and t.ci_hi < 4.0
+    assert size_versus_paper("increase", t.mean, 4.0, p_against(t, 4.0)) == SMALLER
+    assert size_versus_paper("decrease", t.mean, 4.0, p_against(t, 4.0)) == LARGER  # +2 goes further down than +4
+    assert size_versus_paper("increase", t.mean, None, None) is None
+    assert p_against(seed_test([2.0]), 4.0) is None and p_against(seed_test([2.0, 2.0]), 4.0) is None
 
 
 def test_holm_by_hand():

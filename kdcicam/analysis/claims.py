@@ -9,7 +9,15 @@ status:
   (:mod:`kdcicam.analysis.ledger`) and the estimate is on the claimed side of zero;
 - ``does not hold``: significant, on the other side;
 - ``inconclusive``: not significant, or no test can be formed; ``inconclusive (1 seed)`` below
-  two seeds whatever the test images say (:mod:`kdcicam.analysis.verdicts`).
+  two seeds whatever the test images say (:mod:`kdcicam.analysis.verdicts`);
+- ``no data``: both cells ran, but the claim's metric is not in the store (a metric their runs were
+  evaluated without); ``not run``: the cells have no paired runs in the scope.
+
+A difference claim with a paper Δ is also tested against that Δ (the same seed t test, H0 "our
+mean = the paper's Δ", Holm-adjusted within the claim's family of such tests): significant, the
+status adds "smaller than the paper's" or "larger than the paper's" on the claimed side ("holds,
+smaller than the paper's"; "inconclusive, smaller than the paper's" when the sign is undecided but
+the paper's size is excluded).
 
 A difference claim's test is a Student t test over the per-seed differences (its interval beside).
 Beside it, for every per-image metric, the paired per-image interval: each test image's difference
@@ -49,7 +57,16 @@ from kdcicam.analysis.best_of_settings import (
 )
 from kdcicam.analysis.results import ScopeKey, cell_frame, latest_per, latest_per_seed
 from kdcicam.analysis.stats import paired_bootstrap_ci, seeds_needed
-from kdcicam.analysis.verdicts import claim_status, seed_test
+from kdcicam.analysis.verdicts import (
+    NO_DATA,
+    NOT_RUN,
+    UNMEASURED,
+    claim_status,
+    p_against,
+    seed_test,
+    size_versus_paper,
+    with_size,
+)
 from kdcicam.registry.ablations import Claim, Registry
 from kdcicam.store import RunInfo
 
@@ -60,7 +77,14 @@ LEDGER_NOTE = ("Δ in percentage points, claimed cell minus the other; ours = me
                "5 % on the claimed / the other side of zero, else inconclusive; p and p (Holm) are shown side by "
                "side, the intervals are uncorrected 95 % intervals. Difference claims: Student t over the per-seed "
                "differences; no verdict below two seeds (\"inconclusive (1 seed)\") or when every seed gives the "
-               "same difference (no interval). The per-image interval (paired bootstrap over the test images of "
+               "same difference (no interval). Against the paper's Δ: the same t test with the paper's Δ as its null "
+               "value, Holm-adjusted within the same family; where its adjusted p is below 5 %, the status adds "
+               "\"smaller than the paper's\" (our mean short of the paper's Δ in the claimed direction: below it for "
+               "a claimed increase, above it for a claimed decrease) or \"larger than the paper's\" (beyond it), "
+               "e.g. \"holds, smaller than the paper's\" (the effect is there, but below the paper's size) or "
+               "\"inconclusive, smaller than the paper's\" (no sign established, the paper's size excluded); with "
+               "one test in the family this is the 95 % seed interval lying entirely below / above the paper's Δ. "
+               "\"no data\": both cells ran but the metric was not measured. The per-image interval (paired bootstrap over the test images of "
                "the per-image difference averaged over seeds) describes the test set and is never a verdict's "
                "evidence. Seeds for paper Δ: paired seeds a t test needs to detect the paper's Δ with 80 % power "
                "at our seed-to-seed spread. Figure 1(b)'s claims (best-of-settings): ours Δ is the margin in "
@@ -105,6 +129,9 @@ class ClaimResult:
     p_holm: float | None = None  # p_value Holm-adjusted within the claim's family (kdcicam.analysis.ledger)
     family_size: int | None = None  # tests in that family
     per_seed: tuple[float, ...] | None = None  # Figure 1(b): each seed's own margin
+    p_paper: float | None = None  # the seed t test against the paper's Δ (H0: our mean = paper Δ), uncorrected
+    p_paper_holm: float | None = None  # p_paper Holm-adjusted within the claim's family of such tests
+    size: str | None = None  # "smaller than the paper's" | "larger than the paper's" | None (see verdicts)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,8 +181,8 @@ class ProtocolPair:
 
     @property
     def same_verdict(self) -> bool | None:
-        """Whether both protocols give the same status; None when either did not run."""
-        if "not run" in (self.paper.status, self.standard.status):
+        """Whether both protocols give the same status; None when either did not run or has no data."""
+        if {self.paper.status, self.standard.status} & set(UNMEASURED):
             return None
         return self.paper.status == self.standard.status
 
@@ -250,10 +277,12 @@ class PairedDelta:
     image_ci_hi: float | None = None
     std: float | None = None  # sample standard deviation of the per-seed differences (two or more seeds)
     p_value: float | None = None  # two-sided t test of the per-seed differences (where there is an interval)
+    p_paper: float | None = None  # the same t test against ``paper_delta`` (where there is an interval)
 
 
 def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Callable[[str], pd.DataFrame],
-                 records_b: Callable[[str], pd.DataFrame], n_resamples: int) -> PairedDelta:
+                 records_b: Callable[[str], pd.DataFrame], n_resamples: int,
+                 paper_delta: float | None = None) -> PairedDelta:
     """``a − b`` paired by seed, with the seed interval and the paired per-image interval.
 
     Args:
@@ -262,6 +291,7 @@ def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Calla
         metric: the metric (per-image intervals exist for those in :data:`FLAG_OF`).
         records_a, records_b: run id -> that run's per-image test records, for each side.
         n_resamples: bootstrap resamples.
+        paper_delta: the paper's Δ, in points: ``p_paper`` tests our mean against it (None: no such test).
 
     The interval and p are the Student t test over the per-seed differences
     (:func:`~kdcicam.analysis.verdicts.seed_test`): none with one seed (the per-image interval then
@@ -282,7 +312,7 @@ def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Calla
     interval = ("seeds (t)" if t.ci_lo is not None else "1 seed" if t.n == 1
                 else "no spread (identical per-seed differences)")
     return PairedDelta(round(t.mean, 4), _round(t.ci_lo), _round(t.ci_hi), t.n, interval, image_lo, image_hi,
-                       _round(t.std), t.p_value)
+                       _round(t.std), t.p_value, None if paper_delta is None else p_against(t, paper_delta))
 
 
 def _round(x: float | None) -> float | None:
@@ -315,16 +345,20 @@ def claim_result(reg: Registry, claim: Claim, scope: ScopeKey, sub: pd.DataFrame
         return _best_of_settings(base if claim.kind == "pareto" else {**base, "paper_delta": None}, claim, sub,
                                  cell_records, n_resamples)
     d = paired_delta(a, b, metric, lambda run: records(run, protocol, cells.cell(claim.cell).select),
-                     lambda run: records(run, protocol, cells.cell(claim.versus).select), n_resamples)
+                     lambda run: records(run, protocol, cells.cell(claim.versus).select), n_resamples,
+                     base["paper_delta"])
     if d.mean is None:
+        ran = {claim.cell, claim.versus} <= set(sub["cell"])  # both cells have runs, without this metric
         return ClaimResult(**base, ours_delta=None, ci_lo=None, ci_hi=None, n_seeds=0, interval="none",
-                           status="not run")
+                           status=NO_DATA if ran and (a.empty or b.empty) else NOT_RUN, direction=claim.direction)
     needed = (seeds_needed(d.std, base["paper_delta"])
               if d.std is not None and base["paper_delta"] is not None else None)
+    size = size_versus_paper(claim.direction, d.mean, base["paper_delta"], d.p_paper)
     return ClaimResult(**base, ours_delta=d.mean, ci_lo=d.ci_lo, ci_hi=d.ci_hi, n_seeds=d.n_seeds,
-                       interval=d.interval, status=claim_status(claim.direction, d.mean, d.p_value, d.n_seeds),
+                       interval=d.interval,
+                       status=with_size(claim_status(claim.direction, d.mean, d.p_value, d.n_seeds), size),
                        image_ci_lo=d.image_ci_lo, image_ci_hi=d.image_ci_hi, seeds_needed=needed,
-                       direction=claim.direction, p_value=d.p_value)
+                       direction=claim.direction, p_value=d.p_value, p_paper=d.p_paper, size=size)
 
 
 def per_image_interval(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], flag: str,

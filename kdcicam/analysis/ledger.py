@@ -8,6 +8,12 @@ keeps its uncorrected p (``p_value``) beside the adjusted one (``p_holm``), and 
 the adjusted p by the same rule as before (:func:`~kdcicam.analysis.verdicts.claim_status`, or
 :func:`~kdcicam.analysis.best_of_settings.status_from` for Figure 1(b)). Intervals stay uncorrected
 95 % intervals.
+
+A difference claim's tests against the paper's own Δ (``p_paper``: H0 "our mean = the paper's Δ")
+form a second family with the same members, Holm-adjusted on their own (``p_paper_holm``); where
+the adjusted p is below α the status gains "smaller than the paper's" or "larger than the paper's"
+(:func:`~kdcicam.analysis.verdicts.size_versus_paper`), so that a false "smaller / larger" within a
+family is also kept at or below α.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import pandas as pd
 
 from kdcicam.analysis.best_of_settings import status_from
 from kdcicam.analysis.claims import ClaimResult, evaluate_claims
-from kdcicam.analysis.verdicts import claim_status, holm
+from kdcicam.analysis.verdicts import claim_status, holm, size_versus_paper, with_size
 from kdcicam.core.config import PROTOCOLS
 from kdcicam.registry.ablations import Registry
 from kdcicam.store import RunInfo
@@ -43,13 +49,19 @@ def holm_adjust(results: Sequence[ClaimResult]) -> list[ClaimResult]:
             families.setdefault(family_key(r), []).append(i)
     for members in families.values():
         adjusted = holm([out[i].p_value for i in members])
+        against = [i for i in members if out[i].p_paper is not None]  # the tests against the paper's Δ
+        against_adjusted = dict(zip(against, holm([out[i].p_paper for i in against])))
         for i, p in zip(members, adjusted):
             r = out[i]
             if r.per_seed is not None:  # Figure 1(b)
                 status = status_from(r.direction, r.ours_delta, p, list(r.per_seed))
-            else:
-                status = claim_status(r.direction, r.ours_delta, p, r.n_seeds)
-            out[i] = dataclasses.replace(r, p_holm=round(p, 6), family_size=len(members), status=status)
+                out[i] = dataclasses.replace(r, p_holm=round(p, 6), family_size=len(members), status=status)
+                continue
+            p_paper = against_adjusted.get(i)
+            size = size_versus_paper(r.direction, r.ours_delta, r.paper_delta, p_paper)
+            status = with_size(claim_status(r.direction, r.ours_delta, p, r.n_seeds), size)
+            out[i] = dataclasses.replace(r, p_holm=round(p, 6), family_size=len(members), status=status, size=size,
+                                         p_paper_holm=None if p_paper is None else round(p_paper, 6))
     return out
 
 

@@ -35,7 +35,7 @@ import pandas as pd
 from kdcicam.analysis.claims import ClaimResult, claim_result, paired_delta
 from kdcicam.analysis.ledger import holm_adjust
 from kdcicam.analysis.results import POINT_METRICS, ScopeKey, cell_frame, latest_per_seed
-from kdcicam.analysis.verdicts import ALPHA, MIN_SEEDS, ONE_SEED, holm
+from kdcicam.analysis.verdicts import ALPHA, MIN_SEEDS, ONE_SEED, UNMEASURED, holm
 from kdcicam.registry.ablations import Registry
 from kdcicam.store import RunInfo
 
@@ -98,8 +98,8 @@ class VerdictPair:
 
     @property
     def agree(self) -> bool | None:
-        """Same verdict under both variants; None when either variant has not run the claim's cells."""
-        if "not run" in (self.paper.status, self.reference.status):
+        """Same verdict under both variants; None when either variant has not run the claim's cells or has no data."""
+        if {self.paper.status, self.reference.status} & set(UNMEASURED):
             return None
         return self.paper.status == self.reference.status
 

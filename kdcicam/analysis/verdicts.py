@@ -5,6 +5,9 @@ comparison and ``compare``.
   Fewer than two seeds, or differences without spread, give no interval and no p.
 - :func:`claim_status`: holds / does not hold / inconclusive from an estimate and a p-value, never
   from one seed (``inconclusive (1 seed)``) or a point estimate alone.
+- :func:`p_against`: the same t test against another null value (the paper's own Δ).
+- :func:`size_versus_paper` and :func:`with_size`: "smaller / larger than the paper's" when that
+  test is significant, appended to the status ("holds, smaller than the paper's").
 - :func:`holm`: Holm's step-down adjustment of a family of p-values (family-wise error ≤ α).
 - :func:`bootstrap_p`: the two-sided p-value of "the statistic is 0" read off bootstrap replicates.
 - :func:`paired_verdict`: ``compare``'s one rule per metric, from McNemar's test and the bootstrap.
@@ -24,7 +27,10 @@ from kdcicam.analysis.stats import mean_std_ci
 ALPHA = 0.05  # the nominal level of every verdict (two-sided), before the Holm adjustment
 MIN_SEEDS = 2  # a verdict rests on the seed-to-seed spread, which one seed cannot show
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "does not hold", "inconclusive", "not run"
+NO_DATA = "no data"  # both cells ran, but no run of one of them recorded the claim's metric
+UNMEASURED = (NOT_RUN, NO_DATA)  # the statuses without a measurement to compare
 ONE_SEED = "inconclusive (1 seed)"
+SMALLER, LARGER = "smaller than the paper's", "larger than the paper's"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,43 @@ def claim_status(direction: str, estimate: float | None, p_value: float | None, 
         return INCONCLUSIVE
     sign = 1.0 if direction == "increase" else -1.0
     return HOLDS if sign * estimate > 0 else FAILS
+
+
+def p_against(t: SeedTest, value: float) -> float | None:
+    """Two-sided p of the t test of "the mean per-seed difference is ``value``" on the seeds of ``t``.
+
+    None wherever ``t`` has no p (fewer than two seeds, no spread): the same seeds and the same
+    t distribution as ``t.p_value``, only the null value moves.
+    """
+    if t.p_value is None or t.mean is None or t.std is None:
+        return None
+    stat = (t.mean - value) / (t.std / math.sqrt(t.n))
+    return float(2 * stats.t.sf(abs(stat), df=t.n - 1))
+
+
+def size_versus_paper(direction: str, estimate: float | None, paper_delta: float | None, p_paper: float | None,
+                      alpha: float = ALPHA) -> str | None:
+    """:data:`SMALLER` / :data:`LARGER` when the test against the paper's Δ (``p_paper``, from
+    :func:`p_against`) is significant and our estimate lies below / above the paper's Δ on the claimed
+    side (``direction`` "increase": larger = more positive; "decrease": larger = more negative); else None.
+
+    With one test, p_paper < α is the 95 % seed interval excluding the paper's Δ.
+    """
+    if estimate is None or paper_delta is None or p_paper is None or math.isnan(p_paper) or p_paper >= alpha:
+        return None
+    gap = (1.0 if direction == "increase" else -1.0) * (estimate - paper_delta)  # > 0: beyond the paper's Δ
+    return None if gap == 0 else LARGER if gap > 0 else SMALLER
+
+
+def with_size(status: str, size: str | None) -> str:
+    """``status`` with the comparison to the paper's Δ appended: "holds, smaller than the paper's"."""
+    return status if size is None else f"{status}, {size}"
+
+
+def base_status(status: str) -> str:
+    """The zero-test's verdict of a status: "holds, smaller than the paper's" -> "holds",
+    "inconclusive (1 seed)" -> "inconclusive"."""
+    return status.split(",")[0].split(" (")[0]
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -14,12 +14,14 @@ from kdcicam.core.config import PROTOCOLS
 from kdcicam.core.errors import ConfigError
 from kdcicam.core.fmt import fmt_signed, fmt_value, interval_text
 
-_STYLE = {"holds": "green", "does not hold": "red", "inconclusive": "yellow", "not run": "dim"}
+_STYLE = {"holds": "green", "does not hold": "red", "inconclusive": "yellow", "not run": "dim", "no data": "dim"}
 
 
 def _style(status: str) -> str:
-    """The colour of a status ("inconclusive (1 seed)" is an inconclusive)."""
-    return _STYLE.get(status.split(" (")[0], "yellow")
+    """The colour of a status ("inconclusive (1 seed)" is an inconclusive, "holds, smaller than the paper's" holds)."""
+    from kdcicam.analysis.verdicts import base_status
+
+    return _STYLE.get(base_status(status), "yellow")
 
 
 def claims_cmd(
@@ -104,9 +106,13 @@ def claims_cmd(
 
 
 def tally(results) -> str:
-    """One line: how many ledger rows hold, do not hold, are inconclusive or did not run."""
-    counts = {status: sum(r.status == status for r in results) for status in _STYLE}
-    counts["inconclusive"] += sum(r.status not in _STYLE for r in results)  # "inconclusive (1 seed)"
+    """One line: how many ledger rows hold, do not hold, are inconclusive, did not run or have no data, then
+    how many of them are smaller / larger than the paper's Δ."""
+    from kdcicam.analysis.verdicts import LARGER, SMALLER, base_status
+
+    counts = {status: sum(base_status(r.status) == status for r in results) for status in _STYLE}
+    counts["inconclusive"] += sum(base_status(r.status) not in _STYLE for r in results)
+    counts.update({size: sum(r.status.endswith(f", {size}") for r in results) for size in (SMALLER, LARGER)})
     return f"{len(results)} rows: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n)
 
 

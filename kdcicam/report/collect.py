@@ -20,6 +20,7 @@ from kdcicam.analysis.results import (
     scopes_of,
 )
 from kdcicam.analysis.variants import VariantAgreement, variant_agreement
+from kdcicam.analysis.verdicts import UNMEASURED
 from kdcicam.evaluation.selection import (
     EpochAudit,
 )
@@ -127,7 +128,7 @@ def _claims_by_scope(ledgers: dict[str, list[Any]],
     out: dict[tuple[str, str], list[Any]] = {}
     for protocol, ledger in ledgers.items():
         for r in ledger:
-            if r.table in table_keys and r.status != "not run":
+            if r.table in table_keys and r.status not in UNMEASURED:
                 out.setdefault((r.scope, protocol), []).append(r)
     return {k: tuple(v) for k, v in out.items()}
 
