@@ -427,3 +427,90 @@ def test_a_scatter_claims_direction_is_applied():
     assert status_from("decrease", -5.0, 0.001, [-4.0, -5.0, -6.0]) == "holds"
     assert status_from("increase", -5.0, 0.001, [-4.0, -5.0, -6.0]) == "does not hold"
     assert status_from("increase", 5.0, 0.001, [4.0, -1.0, 6.0]) == "inconclusive"  # a seed disagrees
+
+
+MECHANISM_CLAIMS = {"conpool-lowers-context-and-background-mass", "conpool-lowers-context-reliance",
+                    "conpool-raises-pxap", "kd-raises-body-mass", "kd-raises-pxap"}
+
+
+def test_mechanism_claims_are_marked_as_our_reading_and_direction_only():
+    reg = load_registry()
+    claims = {c.key: c for c in reg.tables["table3"].claims}
+    assert MECHANISM_CLAIMS <= set(claims)
+    for key in MECHANISM_CLAIMS:
+        c = claims[key]
+        assert "our reading of §" in c.text and c.quote.startswith("§")
+        # no cell prints a number for these metrics: no paper Δ
+        assert not any(m in numbers for cell in reg.tables["table3"].cells for numbers in cell.paper.values()
+                       for m in c.metrics)
+
+
+def test_mechanism_claims_without_their_metrics_say_no_data(store, capsys):
+    import json
+
+    from kdcicam.cli import main
+
+    # the cells ran and stored the accuracies only (a store from before the mechanism metrics)
+    for seed in range(2):
+        for cell in ("base", "conpool", "conpool+kd"):
+            _run(store, f"{cell[:4]}{cell[-2:]}{seed}", "table3", cell, seed, {"top1_loc": 0.4 + 0.01 * seed})
+    rows = [r for r in _ledger(store) if r.claim in MECHANISM_CLAIMS]
+    assert len(rows) == 6 and {r.status for r in rows} == {"no data"}
+    assert all(r.ours_delta is None and r.p_value is None for r in rows)
+    with pytest.raises(SystemExit) as done:
+        main(["claims", "--db", store.url, "--json"])
+    assert done.value.code in (0, None)
+    out = json.loads(capsys.readouterr().out)
+    assert {r["status"] for r in out if r["claim"] in MECHANISM_CLAIMS} == {"no data"}
+    # every row carries the seeds a t test needs for the paper's Δ (a seed rule reads it): here 2 seeds, sd 0
+    assert all("seeds_needed" in r for r in out)
+    with pytest.raises(SystemExit):
+        main(["claims", "--db", store.url])
+    # the six mechanism rows and the three accuracy rows whose metric was not stored (Top-1 Cls, GT-known Loc)
+    assert "11 rows: 2 inconclusive, 9 no data" in capsys.readouterr().out
+
+
+def test_mechanism_claims_on_stored_values(store):
+    from kdcicam.analysis.ledger import evaluate_ledger
+
+    # per seed, +ConPool minus Base: context mass -5, -7, -6 points, background mass -1, +1, 0 points; PxAP +2,
+    # +3, +4; KD minus +ConPool body mass +4, +6, +5. Context: t = -6 / (1 / sqrt 3) = -10.4, p = 0.009, Holm over
+    # the claim's two metrics 0.018: holds (a decrease claimed); background: p = 1
+    base = {"cam_mass_context": 0.30, "cam_mass_background": 0.20, "pxap": 0.50, "cam_mass_body": 0.20}
+    for seed, (ctx, bg, pxap, body) in enumerate([(-0.05, -0.01, 0.02, 0.04), (-0.07, 0.01, 0.03, 0.06),
+                                                  (-0.06, 0.0, 0.04, 0.05)]):
+        pool = {**base, "cam_mass_context": 0.30 + ctx, "cam_mass_background": 0.20 + bg, "pxap": 0.50 + pxap}
+        _run(store, f"base{seed}000", "table3", "base", seed, base)
+        _run(store, f"pool{seed}000", "table3", "conpool", seed, pool)
+        _run(store, f"kdkd{seed}000", "table3", "conpool+kd", seed, {**pool, "cam_mass_body": 0.20 + body})
+    runs = store.list_runs()
+    ledger = evaluate_ledger(load_registry(), runs, store.final_metrics([r.id for r in runs]),
+                             lambda rid, p, s: store.get_image_records(rid, p, s, "test"), n_resamples=200)["paper"]
+    context = _pick(ledger, "conpool-lowers-context-and-background-mass", "cam_mass_context")
+    assert context.ours_delta == pytest.approx(-6.0) and context.direction == "decrease"
+    assert context.status == "holds" and context.family_size == 2 and context.paper_delta is None
+    assert context.size is None and context.seeds_needed is None  # direction only: no paper Δ to compare
+    assert _pick(ledger, "conpool-lowers-context-and-background-mass", "cam_mass_background").status == "inconclusive"
+    assert _pick(ledger, "conpool-raises-pxap", "pxap").status == "holds"
+    assert _pick(ledger, "kd-raises-body-mass", "cam_mass_body").status == "holds"
+    # KD's PxAP equals the student's on every seed: no spread, no verdict; context reliance was not stored
+    assert _pick(ledger, "kd-raises-pxap", "pxap").status == "inconclusive"
+    assert _pick(ledger, "conpool-lowers-context-reliance", "context_reliance").status == "no data"
+
+
+def test_a_mechanism_metric_is_only_for_difference_claims(tmp_path):
+    import shutil
+
+    from kdcicam.core.errors import ConfigError
+    from kdcicam.registry.ablations import DEFAULT_REGISTRY
+
+    root = tmp_path / "ablations"
+    shutil.copytree(DEFAULT_REGISTRY, root)
+    text = (root / "figure1b.toml").read_text()
+    (root / "figure1b.toml").write_text(text.replace('"top1_loc"]', '"pxap"]', 1))
+    with pytest.raises(ConfigError, match="figure1b.toml: claim .*: metrics: unknown metric 'pxap'"):
+        load_registry(root)
+    (root / "figure1b.toml").write_text(text)
+    (root / "table3.toml").write_text((root / "table3.toml").read_text().replace('"pxap"', '"pxap_typo"', 1))
+    with pytest.raises(ConfigError, match="table3.toml: claim 'conpool-raises-pxap': metrics: unknown metric"):
+        load_registry(root)

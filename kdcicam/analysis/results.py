@@ -21,6 +21,7 @@ from kdcicam.evaluation.selection import (
     select_on_of,
 )
 from kdcicam.registry.ablations import METRICS, Registry, Scope
+from kdcicam.registry.mechanism_metrics import MECHANISM_METRICS
 from kdcicam.store import RunInfo
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ def _finals_index(finals: pd.DataFrame,
     rows = finals[(finals["threshold_policy"] == threshold_policy) & (finals["split"] == _SPLIT)]
     for run_id, protocol, selection, name, value in rows[
             ["run_id", "protocol", "selection", "name", "value"]].itertuples(index=False):
-        if name in METRICS and not math.isnan(value):
+        if (name in METRICS or name in MECHANISM_METRICS) and not math.isnan(value):
             out.setdefault((run_id, protocol, selection), {})[name] = 100.0 * float(value)
     return out
 

@@ -28,6 +28,7 @@ from kdcicam.core.config import (
     with_overrides,
 )
 from kdcicam.core.errors import ConfigError
+from kdcicam.registry.mechanism_metrics import MECHANISM_METRICS
 from kdcicam.registry.released import ReleasedSetting, read_released_settings, released_layers
 
 if sys.version_info >= (3, 11):
@@ -110,6 +111,8 @@ class Claim:
     metrics: tuple[str, ...]
     direction: str = "increase"
     kind: str = "difference"
+    # the paper's words, with their section, where the claim is our reading of its text (no number printed)
+    quote: str | None = None
 
 
 @dataclass(frozen=True)
@@ -290,12 +293,12 @@ def _check_cell_key(where: str, key: Any) -> None:
                           "(they separate table, cell and seed in table/cell@seed)")
 
 
-def _metric_list(where: str, value: Any) -> tuple[str, ...]:
-    """A list of known metric names."""
+def _metric_list(where: str, value: Any, known: tuple[str, ...] = METRICS) -> tuple[str, ...]:
+    """A list of metric names out of ``known``."""
     _typed(where, value, list, "a list of metric names")
     for m in value:
-        if m not in METRICS:
-            raise ConfigError(f"{where}: unknown metric {m!r} (known: {', '.join(METRICS)})")
+        if m not in known:
+            raise ConfigError(f"{where}: unknown metric {m!r} (known: {', '.join(known)})")
     return tuple(value)
 
 
@@ -340,9 +343,11 @@ def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
         claim_kind = c.get("kind", "difference") if isinstance(c, dict) else "difference"
         # a dilemma is within one cell's runs: it has no "versus"
         _keys(where, c, {"key", "text", "cell", "metrics"} | ({"versus"} if claim_kind != "dilemma" else set()),
-              {"direction", "kind"})
-        _metric_list(f"{where}: metrics", c["metrics"])
-        for slot in ("key", "text", "cell", "versus", "kind", "direction"):
+              {"direction", "kind", "quote"})
+        # a difference claim may also test a mechanism metric (kdcicam.registry.mechanism_metrics)
+        _metric_list(f"{where}: metrics", c["metrics"],
+                     METRICS + MECHANISM_METRICS if claim_kind == "difference" else METRICS)
+        for slot in ("key", "text", "cell", "versus", "kind", "direction", "quote"):
             if slot in c:
                 _typed(f"{where}: {slot}", c[slot], str, "a string")
         if claim_kind not in CLAIM_KINDS:
@@ -353,14 +358,11 @@ def _read_table(path: Path, teachers: dict[str, TeacherDef]) -> Table:
         for slot in ("cell", "versus"):
             if c[slot] not in keys:
                 raise ConfigError(f"{where}: {slot} = {c[slot]!r}: no such cell (cells: {', '.join(keys)})")
-        for m in c["metrics"]:
-            if m not in METRICS:
-                raise ConfigError(f"{where}: metrics: unknown metric {m!r}")
         direction = c.get("direction", "increase")
         if direction not in ("increase", "decrease"):
             raise ConfigError(f"{where}: direction = {direction!r}: must be 'increase' or 'decrease'")
         claims.append(Claim(table=key, key=c["key"], text=c["text"], cell=c["cell"], versus=c["versus"],
-                            metrics=tuple(c["metrics"]), direction=direction, kind=claim_kind))
+                            metrics=tuple(c["metrics"]), direction=direction, kind=claim_kind, quote=c.get("quote")))
     if kind == "sweep":
         if ref is None:
             raise ConfigError(f"{path.name}: a sweep needs reference_cell (the gap of every other cell is taken to it)")
