@@ -69,6 +69,27 @@ def test_ablate_all_smoke_then_again_trains_nothing(smoke_cache, tmp_path):  # n
     assert 0 < est["wall_seconds"] < est["total_seconds"] == pytest.approx(sum(r["estimated_seconds"] for r in new))
 
 
+@pytest.mark.slow
+def test_more_seeds_train_only_the_new_seeds_runs(smoke_cache, tmp_path):  # noqa: F811
+    args = ["table3", "--profile", "smoke", "--json", "--set", "train.epochs=1"]
+    first = _ablate(args, smoke_cache, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    seed0 = {r["run_id"] for r in json.loads(first.stdout)["runs"]}
+    assert len(seed0) == 5
+    finished = dict(query(tmp_path / "runs.db", "select id, finished_at from runs"))
+    second = _ablate([*args, "--seeds", "2"], smoke_cache, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    runs = json.loads(second.stdout)["runs"]
+    assert all(r["status"] == "finished" for r in runs)
+    trained = [r for r in runs if not r["reused"]]
+    # seed 0's five runs are reused as they were; only seed 1's five (teachers included) train
+    assert {r["run_id"] for r in runs if r["reused"]} == seed0
+    seeds = dict(query(tmp_path / "runs.db", "select id, seed from runs"))
+    assert len(trained) == 5 and {seeds[r["run_id"]] for r in trained} == {1}
+    after = dict(query(tmp_path / "runs.db", "select id, finished_at from runs"))
+    assert {run_id: after[run_id] for run_id in seed0} == finished and len(after) == 10
+
+
 def test_worker_args_drop_jobs_and_output_flags():
     from kdcicam.cli.workers import worker_args
 
