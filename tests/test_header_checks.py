@@ -50,3 +50,41 @@ def test_the_opener_reads_headers_unless_told_not_to(tmp_path):
         ranked_opener(tmp_path / "cache", None)(data)
     index = ranked_opener(tmp_path / "cache", None, read_headers=False)(data)
     assert len(index.train) + len(index.val) == 6 and all(s.size == (24, 20) for s in index.test)
+
+
+def test_every_header_read_is_counted_and_none_without_headers(tmp_path):
+    from kdcicam.data.header_count import watching_headers
+    from kdcicam.data.loader import scan_dataset
+
+    root = write_ilsvrc(tmp_path / "ilsvrc")  # 6 train + 2 val images
+    reads = []
+    with watching_headers(lambda: reads.append(1)):
+        assert scan_dataset(root).defects == []
+        assert len(reads) == 8
+        scan_dataset(root, read_headers=False)
+    assert len(reads) == 8
+    scan_dataset(root)  # outside the block: nobody is told
+    assert len(reads) == 8
+
+
+def test_header_progress_shows_on_a_terminal_only_and_not_when_quiet(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from kdcicam.cli.header_progress import header_progress
+    from kdcicam.data.loader import scan_dataset
+
+    root = write_wsol(tmp_path / "wsol")  # 8 images
+
+    def shown(quiet: bool, terminal: bool, show_after: int) -> str:
+        out = io.StringIO()
+        console = Console(file=out, force_terminal=terminal, width=100)
+        with header_progress(quiet, console=console, show_after=show_after):
+            scan_dataset(root)
+        return out.getvalue()
+
+    assert "reading image headers" in shown(False, True, show_after=3)
+    assert shown(False, True, show_after=9) == ""  # fewer headers than the threshold
+    assert shown(True, True, show_after=3) == ""
+    assert shown(False, False, show_after=3) == ""

@@ -99,7 +99,8 @@ def ablate(
     sets = parse_sets(set_)
     reg, scope, dev, store, open_data, sets, _ = prepare(
         profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
-        db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets, read_headers=headers)
+        db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets, read_headers=headers,
+        quiet=quiet or as_json)
     # "all": the paper's artefacts (tables and figure); a sweep (a study of the benchmark) is run by name
     plan = make_plan(reg, tables, scope=scope, profile=profile, variant=variant, seeds=list(range(seeds)),
                      open_data=open_data, cli_overrides=sets)

@@ -82,7 +82,7 @@ def train(
     reg, scope, dev, store, open_data, sets, dctx = prepare(
         profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
         db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets, join=True,
-        read_headers=headers)
+        read_headers=headers, quiet=quiet or as_json)
     refs = None
     if role == "distilled":
         if not teacher_cls and not teacher_loc:
