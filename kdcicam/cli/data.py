@@ -58,7 +58,7 @@ def check(
     from kdcicam.core.errors import EXIT_USER_ERROR
     from kdcicam.data.check import run_check
 
-    with header_progress():
+    with header_progress(quiet=as_json):
         report = run_check(path, format=format, image_root=image_root, read_headers=headers, deep=deep)
     if report.defects:
         for line in report.defects:
@@ -91,7 +91,7 @@ def stats(
     from kdcicam.data.loader import resolve_format, scan_dataset
     from kdcicam.data.stats import dataset_stats
 
-    with header_progress():
+    with header_progress(quiet=as_json):
         scan = scan_dataset(path, resolve_format(path, format), image_root=image_root, read_headers=True)
     if scan.defects or scan.index is None:
         for line in scan.defects or [f"{path}: dataset could not be indexed"]:
