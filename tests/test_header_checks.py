@@ -42,6 +42,22 @@ def test_ablate_no_headers_plans_on_a_dataset_whose_image_is_cut_short(cut_ilsvr
     assert "run_id" in out
 
 
+def test_train_no_headers_finds_the_cut_image_only_while_training(cut_ilsvrc, tmp_path, capsys):
+    from kdcicam.store import open_store
+
+    db = tmp_path / "runs.db"
+    argv = ["train", "--profile", "smoke", "--dataset", "ilsvrc", "--data", str(cut_ilsvrc), "--db", str(db),
+            "--artifacts", str(tmp_path / "runs"), "--quiet"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "truncated image file" in err
+    with open_store(f"sqlite:///{db}", create=False) as store:
+        assert store.list_runs() == []
+    code, out, _ = run_cli([*argv, "--no-headers"], capsys)
+    assert code == 1 and "failed" in out
+    with open_store(f"sqlite:///{db}", create=False) as store:
+        assert [run.status for run in store.list_runs()] == ["failed"]
+
+
 def test_the_opener_reads_headers_unless_told_not_to(tmp_path):
     root = write_wsol(tmp_path / "wsol")
     _cut(root / "c0" / "tr1.jpg")
