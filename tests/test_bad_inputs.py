@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _bad_cases_headers import HEADERS
 from _bad_cases_more import MORE
 from _cli import run_cli
 from PIL import Image
@@ -303,6 +304,7 @@ CASES = [
 
 
 CASES += [Case(case_id, argv, expect, setup, code) for case_id, argv, expect, setup, code in MORE]
+CASES += [Case(case_id, argv, expect, setup, code) for case_id, argv, expect, setup, code in HEADERS]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kdcicam.cli import app, main
-from kdcicam.cli.runs import headline
+from kdcicam.cli.runs_format import headline
 from kdcicam.store import open_store
 from kdcicam.store.run_folder import write_owner_file
 

@@ -59,7 +59,7 @@ def test_load_flat_layout(tmp_path):
         (f"train/{TENCH}/{TENCH}_0.JPEG", 1), (f"train/{TENCH}/{TENCH}_1.JPEG", 1),  # folders sorted by name
         (f"train/{GOLD}/{GOLD}_0.JPEG", 0), (f"train/{GOLD}/{GOLD}_1.JPEG", 0),
     ]
-    assert all(s.boxes == () and s.size is None for s in index.train)  # no solution csv, no header reads
+    assert all(s.boxes == () and s.size == (20, 16) for s in index.train)  # no solution csv; headers read
     first, second = index.test  # ILSVRC val = this project's test split
     assert first.image_id == "val/ILSVRC2012_val_00000001.JPEG" and first.label == 1
     # VOC inclusive pixels -> continuous: (xmin, ymin, xmax + 1, ymax + 1)
@@ -120,11 +120,10 @@ def test_fingerprint_tracks_train_listing_and_xml(tmp_path):
 
 def test_read_headers_fills_train_sizes_and_checks_xml_size(tmp_path):
     make_ilsvrc(tmp_path)
-    index = load_ilsvrc(tmp_path, read_headers=True)
-    assert all(s.size == (20, 16) for s in index.train)
+    assert all(s.size is None for s in load_ilsvrc(tmp_path, read_headers=False).train)
     (tmp_path / "val_annotations" / "ILSVRC2012_val_00000002.xml").write_text(voc([(GOLD, 3, 3, 4, 4)], width=30))
-    assert load_ilsvrc(tmp_path).test[1].size == (30, 16)  # headers not read: the XML is trusted
-    defects = scan_ilsvrc(tmp_path, read_headers=True).defects
+    assert load_ilsvrc(tmp_path, read_headers=False).test[1].size == (30, 16)  # headers not read: XML trusted
+    defects = scan_ilsvrc(tmp_path).defects  # headers read by default
     assert defects == [f"{tmp_path}/val/ILSVRC2012_val_00000002.JPEG: annotated size 30x16 differs from the file's 20x16"]
 
 

@@ -165,8 +165,8 @@ def test_missing_split_and_unknown_image_root(tmp_path):
 
 def test_read_headers_checks_listed_sizes(tmp_path):
     meta, images = make_wsol(tmp_path, **{"test__image_sizes.txt": "a/5.jpg,21,16\nb/6.jpg,20,16\n"})
-    assert scan_wsol(meta, images).defects == []  # sizes trusted without header reads
-    assert scan_wsol(meta, images, read_headers=True).defects == [
+    assert scan_wsol(meta, images, read_headers=False).defects == []  # sizes trusted without header reads
+    assert scan_wsol(meta, images).defects == [  # headers read by default
         f"{meta}/test/image_sizes.txt: size 21x16 of 'a/5.jpg' differs from the file's 20x16"]
 
 

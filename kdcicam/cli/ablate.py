@@ -23,6 +23,7 @@ from kdcicam.cli._common import (
     parse_sets,
 )
 from kdcicam.cli.run_setup import (
+    HEADERS_HELP,
     LAUNCHERS,
     check_finished_teachers,
     choice,
@@ -55,6 +56,7 @@ def ablate(
     db: str | None = typer.Option(None, help=DB_HELP),
     artifacts: Path = typer.Option(Path("runs"), help="Where checkpoints and records go (one folder per run)."),
     force: bool = typer.Option(False, "--force", help="Run a profile even when its requirements are missing."),
+    headers: bool = typer.Option(True, "--headers/--no-headers", help=HEADERS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan / results as JSON."),
     gpus: int = typer.Option(1, min=1, help="Local launcher: train each run on this many processes of this "
@@ -97,7 +99,8 @@ def ablate(
     sets = parse_sets(set_)
     reg, scope, dev, store, open_data, sets, _ = prepare(
         profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
-        db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets)
+        db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets, read_headers=headers,
+        quiet=quiet or as_json)
     # "all": the paper's artefacts (tables and figure); a sweep (a study of the benchmark) is run by name
     plan = make_plan(reg, tables, scope=scope, profile=profile, variant=variant, seeds=list(range(seeds)),
                      open_data=open_data, cli_overrides=sets)

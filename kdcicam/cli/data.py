@@ -54,10 +54,12 @@ def check(
     deep: bool = typer.Option(False, "--deep", help="Also decode every image (finds truncated files)."),
 ) -> None:
     """Validate a dataset folder and print a summary; every defect is one line naming file and line."""
+    from kdcicam.cli.header_progress import header_progress
     from kdcicam.core.errors import EXIT_USER_ERROR
     from kdcicam.data.check import run_check
 
-    report = run_check(path, format=format, image_root=image_root, read_headers=headers, deep=deep)
+    with header_progress(quiet=as_json):
+        report = run_check(path, format=format, image_root=image_root, read_headers=headers, deep=deep)
     if report.defects:
         for line in report.defects:
             typer.echo(line, err=True)
@@ -84,11 +86,13 @@ def stats(
         None, "--image-root", help="wsol only: folder the metadata's image paths are relative to."),
 ) -> None:
     """Box-area share and centre-offset distributions, images and boxes per class, image sizes."""
+    from kdcicam.cli.header_progress import header_progress
     from kdcicam.core.errors import EXIT_USER_ERROR
     from kdcicam.data.loader import resolve_format, scan_dataset
     from kdcicam.data.stats import dataset_stats
 
-    scan = scan_dataset(path, resolve_format(path, format), image_root=image_root, read_headers=True)
+    with header_progress(quiet=as_json):
+        scan = scan_dataset(path, resolve_format(path, format), image_root=image_root, read_headers=True)
     if scan.defects or scan.index is None:
         for line in scan.defects or [f"{path}: dataset could not be indexed"]:
             typer.echo(line, err=True)

@@ -20,6 +20,8 @@ from kdcicam.core.config import BACKBONES, DATASETS, VARIANTS, DataConfig, Teach
 from kdcicam.core.errors import ConfigError, KdcicamError
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
+HEADERS_HELP = ("Read every image header before any run is stored (a damaged or cut-short image is refused "
+                "there); --no-headers skips it for huge datasets: such an image then fails its run.")
 
 
 def choice(value: str, choices: tuple[str, ...], option: str) -> str:
@@ -30,11 +32,13 @@ def choice(value: str, choices: tuple[str, ...], option: str) -> str:
 
 def prepare(*, profile: str, dataset: str, data: Path | None, backbone: str, variant: str,
              registry_dir: Path | None, db: str | None, artifacts: Path, device: str, weights: str | None,
-             force: bool, sets: dict[str, Any], join: bool = False):
+             force: bool, sets: dict[str, Any], join: bool = False, read_headers: bool = True,
+             quiet: bool = False):
     """Shared set-up: registry, scope, device, store, a cached dataset opener, the checks of the paper profile.
 
     ``join``: under torchrun, join the process group (its rank's device); only rank 0 opens the store
-    and generates data (the others open the data once rank 0 has it).
+    and generates data (the others open the data once rank 0 has it). ``read_headers``: the opener reads
+    every image header (``--no-headers`` skips it), with a progress line on a terminal unless ``quiet``.
     """
     from kdcicam.core.runtime import pick_device
     from kdcicam.registry.ablations import Scope, load_registry
@@ -68,7 +72,7 @@ def prepare(*, profile: str, dataset: str, data: Path | None, backbone: str, var
     dctx, dev = join_group(dev) if join else (None, dev)
     scope = Scope(dataset=dataset, backbone=backbone, root=str(data) if data else None)
     store = open_store(db_url(db)) if dctx is None or dctx.is_main else None
-    open_data = ranked_opener(cache_dir(), dctx)
+    open_data = ranked_opener(cache_dir(), dctx, read_headers, quiet)
     return reg, scope, dev, store, open_data, sets, dctx
 
 
@@ -80,19 +84,27 @@ def join_group(dev):
     return joined if joined is not None else (None, dev)
 
 
-def ranked_opener(cache: Path, dctx):
-    """A cached dataset opener; in a process group rank 0 opens (and may generate) first, the others after."""
+def ranked_opener(cache: Path, dctx, read_headers: bool = True, quiet: bool = False):
+    """A cached dataset opener; in a process group rank 0 opens (and may generate) first, the others after.
+
+    ``read_headers``: every image header is read when the data is opened (a damaged image is refused
+    before any run is stored; a progress line on a terminal unless ``quiet``); ``False`` only checks that
+    each image file exists.
+    """
     from kdcicam.training.distributed import barrier
 
     @functools.lru_cache(maxsize=None)
     def open_data(data_cfg: DataConfig):
+        from kdcicam.cli.header_progress import header_progress
         from kdcicam.data.source import open_dataset
 
         if dctx is None:
-            return open_dataset(data_cfg, cache)
-        index = open_dataset(data_cfg, cache) if dctx.is_main else None
-        barrier(dctx)
-        return index if index is not None else open_dataset(data_cfg, cache)
+            with header_progress(quiet):
+                return open_dataset(data_cfg, cache, read_headers)
+        with header_progress(quiet or not dctx.is_main):
+            index = open_dataset(data_cfg, cache, read_headers) if dctx.is_main else None
+        barrier(dctx)  # rank 0 has read the headers: the others only open the index
+        return index if index is not None else open_dataset(data_cfg, cache, read_headers=False)
 
     return open_data
 

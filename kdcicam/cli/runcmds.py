@@ -21,6 +21,7 @@ from kdcicam.cli._common import (
     read_config_file,
 )
 from kdcicam.cli.run_setup import (
+    HEADERS_HELP,
     check_teacher_checkpoints,
     choice,
     join_group,
@@ -57,6 +58,7 @@ def train(
     db: str | None = typer.Option(None, help=DB_HELP),
     artifacts: Path = typer.Option(Path("runs"), help="Where checkpoints and records go (one folder per run)."),
     force: bool = typer.Option(False, "--force", help="Run a profile even when its requirements are missing."),
+    headers: bool = typer.Option(True, "--headers/--no-headers", help=HEADERS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     run_spec: Path | None = typer.Option(None, "--run-spec", help="Run exactly the run this file describes "
@@ -79,7 +81,8 @@ def train(
         sets["train.deterministic"] = True
     reg, scope, dev, store, open_data, sets, dctx = prepare(
         profile=profile, dataset=dataset, data=data, backbone=backbone, variant=variant, registry_dir=registry,
-        db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets, join=True)
+        db=db, artifacts=artifacts, device=device, weights=weights, force=force, sets=sets, join=True,
+        read_headers=headers, quiet=quiet or as_json)
     refs = None
     if role == "distilled":
         if not teacher_cls and not teacher_loc:
@@ -140,7 +143,8 @@ def _train_spec(path: Path, *, db: str | None, artifacts: Path, device: str, qui
     configure_threads()
     dctx, dev = join_group(pick_device(device))
     store = open_store(db_url(db)) if dctx is None or dctx.is_main else None
-    run = planned_run(spec, ranked_opener(Path(spec.data_cache), dctx), where=str(path))
+    # the process that planned the run read every image header before it wrote the spec
+    run = planned_run(spec, ranked_opener(Path(spec.data_cache), dctx, read_headers=False), where=str(path))
     set_seed(run.cfg.train.seed, run.cfg.train.deterministic)
     preflight([run.cfg])
     _finish_train(run, store, artifacts, dev, dctx, quiet=quiet, as_json=as_json)

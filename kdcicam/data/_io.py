@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from kdcicam.core.errors import DataError
 from kdcicam.core.limits import limit
 from kdcicam.data.base import Box, DatasetIndex
+from kdcicam.data.header_count import header_read
 from kdcicam.data.image_files import end_problem, file_problem, pixels_problem
 
 BOX_TOLERANCE = 1.0  # px a box may exceed its image (annotation tools round to the pixel border)
@@ -232,6 +233,7 @@ def probe_image(path: Path, decode: bool = False) -> tuple[tuple[int, int, str] 
     from PIL import Image
 
     bound = limit("image_pixels")  # a bad KDCICAM_MAX_IMAGE_PIXELS is a ConfigError, not a defect per image
+    header_read()
     problem = file_problem(path)
     if problem is not None:
         return None, problem

@@ -19,9 +19,10 @@ objects of an image must be of one synset, which is the label. VOC ``xmax``/``ym
 *inclusive* pixel indices, so the continuous box is ``(xmin, ymin, xmax + 1, ymax + 1)``; the same
 conversion applies to LOC_train_solution.csv (its boxes come from the same annotations).
 
-Images are found with ``os.scandir`` and never opened at load time (1.28M train files); image ids
-are paths relative to ``root``. Val sizes come from the XML, train sizes are unknown (``None``)
-unless headers are read.
+Images are found with ``os.scandir``; image ids are paths relative to ``root``. By default every
+image header is read (size, mode, the JPEG/PNG end marker: a file cut short is a defect), which fills
+the train sizes and checks every box and every XML size against its file; ``read_headers=False``
+skips that (val sizes then come from the XML, train sizes are unknown: ``None``).
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ XML_DIRS = ("val_annotations", "Annotations/CLS-LOC/val", "ILSVRC/Annotations/CL
 _SYNSET = re.compile(r"n\d{8}")
 
 
-def load_ilsvrc(root: Path | str, read_headers: bool = False) -> DatasetIndex:
+def load_ilsvrc(root: Path | str, read_headers: bool = True) -> DatasetIndex:
     """Load and validate an ILSVRC CLS-LOC folder (see the module docstring for the layout).
 
     Args:
         root: The dataset folder holding ``LOC_synset_mapping.txt``.
-        read_headers: Also read every image header (slow for the full train set: 1.28M files) to
-            fill sizes, check boxes against them and the XML sizes against the files.
+        read_headers: Read every image header (about a minute for the full train set's 1.28M files on
+            a local disk, see docs/bad-inputs.md) to find files cut short, fill sizes, check boxes
+            against them and the XML sizes against the files.
 
     Returns:
         The index, name "ilsvrc": train = ``train/``, test = ``val/``, no val split.
@@ -69,7 +71,7 @@ def load_ilsvrc(root: Path | str, read_headers: bool = False) -> DatasetIndex:
     return index_or_raise(scan_ilsvrc(root, read_headers=read_headers))
 
 
-def scan_ilsvrc(root: Path | str, read_headers: bool = False, decode: bool = False) -> ScanResult:
+def scan_ilsvrc(root: Path | str, read_headers: bool = True, decode: bool = False) -> ScanResult:
     """Validate an ILSVRC CLS-LOC folder, collecting every defect (see :func:`load_ilsvrc`)."""
     root = Path(root)
     defects = Defects()

@@ -49,28 +49,28 @@ def resolve_format(root: Path | str, format: str) -> str:
 
 
 def scan_dataset(root: Path | str, format: str = "auto", image_root: Path | str | None = None,
-                 read_headers: bool | None = None, decode: bool = False) -> ScanResult:
+                 read_headers: bool = True, decode: bool = False) -> ScanResult:
     """Validate a dataset folder of any format, collecting every defect.
 
     Args:
         root: Dataset folder (for wsol: the metadata folder, or a folder holding ``metadata/``).
         format: ``auto``, ``cub`` (alias ``synthetic``), ``ilsvrc`` or ``wsol``.
         image_root: wsol only: folder the metadata's image paths are relative to.
-        read_headers: Read every image header; ``None`` = the format's default (CUB yes, others no).
+        read_headers: Read every image header (every format: sizes, boxes inside images, JPEG/PNG
+            files cut short); ``False``: only check that each image file exists.
         decode: Also decode every image's pixels.
 
     Returns:
         The scan (index ``None`` when there are defects).
     """
     fmt = resolve_format(root, format)
-    headers = {} if read_headers is None else {"read_headers": read_headers}
     if fmt == "cub":
-        return _require_splits(scan_cub(root, decode=decode, **headers), root)
+        return _require_splits(scan_cub(root, read_headers=read_headers, decode=decode), root)
     if fmt == "ilsvrc":
-        return _require_splits(scan_ilsvrc(root, decode=decode, **headers), root)
+        return _require_splits(scan_ilsvrc(root, read_headers=read_headers, decode=decode), root)
     metadata_dir, default_root = _wsol_dirs(Path(root))
     return _require_splits(scan_wsol(metadata_dir, image_root if image_root is not None else default_root,
-                                     decode=decode, **headers), root)
+                                     read_headers=read_headers, decode=decode), root)
 
 
 def _require_splits(scan: ScanResult, root: Path | str) -> ScanResult:
@@ -94,7 +94,7 @@ def _wsol_dirs(root: Path) -> tuple[Path, Path | None]:
 
 
 def load_dataset(root: Path | str, format: str = "auto", val_fraction: float = 0.1, split_seed: int = 0,
-                 image_root: Path | str | None = None) -> DatasetIndex:
+                 image_root: Path | str | None = None, read_headers: bool = True) -> DatasetIndex:
     """Load, validate and split a dataset.
 
     Args:
@@ -104,6 +104,7 @@ def load_dataset(root: Path | str, format: str = "auto", val_fraction: float = 0
             dataset has its own val split).
         split_seed: Seed of that split.
         image_root: wsol only: folder the metadata's image paths are relative to.
+        read_headers: Read every image header first (see :func:`scan_dataset`).
 
     Returns:
         The index with train / val / test.
@@ -112,5 +113,5 @@ def load_dataset(root: Path | str, format: str = "auto", val_fraction: float = 0
         DataError: The dataset has a defect (the first is named, with a count of the others).
         ConfigError: Unknown ``format``.
     """
-    index = index_or_raise(scan_dataset(root, format, image_root=image_root))
+    index = index_or_raise(scan_dataset(root, format, image_root=image_root, read_headers=read_headers))
     return carve_validation(index, val_fraction, split_seed)

@@ -57,8 +57,12 @@ def _same_params(recorded: dict, synth: SynthConfig) -> bool:
     return all(params.get(k) == v for k, v in want.items())
 
 
-def open_dataset(data: DataConfig, cache_dir: Path) -> DatasetIndex:
-    """Load (generating the synthetic benchmark if needed) and split the dataset a config names."""
+def open_dataset(data: DataConfig, cache_dir: Path, read_headers: bool = True) -> DatasetIndex:
+    """Load (generating the synthetic benchmark if needed) and split the dataset a config names.
+
+    ``read_headers``: read every image header first, so that a damaged image (one cut short included)
+    is refused here rather than while training; ``False`` only checks that each image file exists.
+    """
     if data.dataset == "synthetic":
         root = Path(data.root) if data.root else ensure_synthetic(cache_dir, data.synth)
         fmt = "cub"
@@ -67,4 +71,5 @@ def open_dataset(data: DataConfig, cache_dir: Path) -> DatasetIndex:
             raise ConfigError(f"--data PATH is required for dataset {data.dataset!r} (only the synthetic "
                               f"benchmark is generated here; real data is never downloaded)")
         root, fmt = Path(data.root), data.dataset
-    return load_dataset(root, format=fmt, val_fraction=data.val_fraction, split_seed=data.split_seed)
+    return load_dataset(root, format=fmt, val_fraction=data.val_fraction, split_seed=data.split_seed,
+                        read_headers=read_headers)

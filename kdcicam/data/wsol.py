@@ -42,15 +42,15 @@ EXTRA_FILE = "kdcicam.json"
 
 
 def load_wsol(metadata_dir: Path | str, image_root: Path | str | None = None,
-              read_headers: bool = False) -> DatasetIndex:
+              read_headers: bool = True) -> DatasetIndex:
     """Load and validate wsolevaluation metadata.
 
     Args:
         metadata_dir: Folder holding ``train/``, ``test/`` (and optionally ``val/``).
         image_root: Folder the image paths are relative to; default: ``image_root`` of
             ``kdcicam.json``.
-        read_headers: Read every image header to check ``image_sizes.txt`` (and fill sizes the
-            metadata lacks); else only check that each image file exists.
+        read_headers: Read every image header (finds files cut short, checks ``image_sizes.txt``,
+            fills sizes the metadata lacks); ``False``: only check that each image file exists.
 
     Returns:
         The index, name "wsol", with the metadata's val split when it has one.
@@ -62,7 +62,7 @@ def load_wsol(metadata_dir: Path | str, image_root: Path | str | None = None,
 
 
 def scan_wsol(metadata_dir: Path | str, image_root: Path | str | None = None,
-              read_headers: bool = False, decode: bool = False) -> ScanResult:
+              read_headers: bool = True, decode: bool = False) -> ScanResult:
     """Validate a wsolevaluation metadata folder, collecting every defect (see :func:`load_wsol`)."""
     meta_dir = Path(metadata_dir)
     defects = Defects()
