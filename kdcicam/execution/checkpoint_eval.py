@@ -11,6 +11,7 @@ import torch
 from kdcicam.core.config import PROTOCOLS, RunConfig
 from kdcicam.core.runtime import crash_point
 from kdcicam.data.base import DatasetIndex
+from kdcicam.evaluation.context_swap import with_context_swap
 from kdcicam.evaluation.evaluator import EvalResult, evaluate
 from kdcicam.evaluation.selection import (
     DECISION_METRIC,
@@ -63,6 +64,8 @@ def evaluate_checkpoints(model: torch.nn.Module, run_id: str, cfg: RunConfig, in
             gallery_ids = _gallery_ids(index) if protocol == "paper" else None
             res = evaluate(model, index.test, cfg, protocol, ctx.device, batch_size=ctx.eval_batch_size,
                            gallery_ids=gallery_ids, thetas=thetas, frames=ctx.frames_for(cfg))
+            res = with_context_swap(res, model, index.test, cfg, ctx.device, batch_size=ctx.eval_batch_size,
+                                    frames=ctx.frames_for(cfg))  # synthetic benchmark, standard protocol only
             val = (evaluate(model, index.val, cfg, protocol, ctx.device, batch_size=ctx.eval_batch_size,
                             thetas=thetas, frames=ctx.frames_for(cfg)) if index.val else None)
             policies = threshold_policies(res, val, cfg)
