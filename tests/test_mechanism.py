@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from kdcicam.core.config import SynthConfig
@@ -44,7 +43,7 @@ from kdcicam.evaluation.mechanism import (
     reliance_metrics,
 )
 from kdcicam.store.rows import MECHANISM_RECORD_FIELDS as STORED_FIELDS
-from tests.test_evaluate import CPU, N, RANKED, TableModel, block, cfg, entry
+from tests.test_evaluate import CPU, RANKED, N, TableModel, block, cfg, entry
 
 TINY = SynthConfig(classes=4, per_class=8, size=32)
 
@@ -257,3 +256,41 @@ def test_records_with_mechanism_fields_round_trip_through_the_store(tmp_path):
     assert not set(MECHANISM_RECORD_FIELDS) & set(store.get_image_records("r1", "paper", "last", "test").columns)
     with pytest.raises(ValueError, match="unknown"):
         store.add_image_records("r1", "standard", "last", "test", [{**base, "cam_mass_elsewhere": 1.0}])
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_smoke_run_stores_exports_compares_and_reports_the_measures(tmp_path, monkeypatch, capsys):
+    from kdcicam.store import open_store
+    from tests._cli import run_cli
+
+    monkeypatch.setenv("KDCICAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KDCICAM_JOBS", "1")
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, out, err = run_cli(["train", "--profile", "smoke", "--db", db, "--artifacts", str(tmp_path / "runs"),
+                              "--quiet", "--json"], capsys)
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    code, out, _ = run_cli(["runs", "export", "--what", "final", "--db", db, "-o", "-"], capsys)
+    assert code == 0
+    rows = [line.split(",") for line in out.splitlines()[1:]]
+    names = {"cam_mass_part", "cam_mass_body", "cam_mass_background", "cam_mass_context", "pxap",
+             "top1_cls_context_swapped", "context_reliance"}
+    fixed = {r[13]: float(r[14]) for r in rows if r[9:13] == ["standard", "last", "fixed", "test"]}
+    assert names <= fixed.keys()
+    assert fixed["cam_mass_part"] + fixed["cam_mass_body"] + fixed["cam_mass_background"] == pytest.approx(1.0)
+    assert fixed["context_reliance"] == pytest.approx(fixed["top1_cls"] - fixed["top1_cls_context_swapped"])
+    assert not any(r[13] in names - {"pxap"} for r in rows if r[9] == "paper")  # standard protocol only
+    code, out, _ = run_cli(["runs", "export", "--what", "records", "--db", db, "-o", "-"], capsys)
+    assert set(MECHANISM_RECORD_FIELDS) <= set(out.splitlines()[0].split(","))
+    code, out, _ = run_cli(["compare", run_id, run_id, "--db", db], capsys)
+    assert code == 0 and "mechanism measures" in out and "context_reliance" in out
+    with open_store(db) as store:
+        store.add_labels(run_id, "table3", "base")
+    code, out, err = run_cli(["report", "--db", db, "--format", "md", "--out", str(tmp_path / "rep")], capsys)
+    assert code == 0, err
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "### Mechanism measures (standard protocol)" in text and "| table3 · Base | 1 |" in text
+    code, out, err = run_cli(["report", "--db", db, "--format", "html", "--out", str(tmp_path / "html")], capsys)
+    assert code == 0 and "Mechanism measures" in (tmp_path / "html" / "report.html").read_text()
