@@ -37,6 +37,10 @@ the protocol's box rule (every contour's box competes); under ``paper`` the comb
 the first GT box in the crop, continuous rule (MaxBoxAccV2 is not part of the authors' protocol; it
 is reported under both for comparison).
 
+On the synthetic benchmark (a dataset with ``mechanism.txt``) the standard protocol also measures the
+GT class's map against each image's part / body / background masks (:mod:`kdcicam.evaluation.mechanism`):
+three mass shares per record and the split's means and context mass in the metrics.
+
 Every image yields a record (true class, top-5 with scores, box, IoU with the best GT box, correct
 flags; plain Python types, JSON-serialisable), and every metric is the mean of its flag, so later
 code can pair two runs image by image.
