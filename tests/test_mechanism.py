@@ -294,3 +294,32 @@ def test_smoke_run_stores_exports_compares_and_reports_the_measures(tmp_path, mo
     assert "### Mechanism measures (standard protocol)" in text and "| table3 · Base | 1 |" in text
     code, out, err = run_cli(["report", "--db", db, "--format", "html", "--out", str(tmp_path / "html")], capsys)
     assert code == 0 and "Mechanism measures" in (tmp_path / "html" / "report.html").read_text()
+
+
+def test_revision_0004_adds_null_mechanism_columns_to_stored_records(tmp_path):
+    import sqlite3
+
+    from kdcicam.store import open_store
+
+    path = tmp_path / "runs.db"
+    with open_store(f"sqlite:///{path}") as store:
+        store.get_or_create_run("r1", config_hash="h", role="student", profile="smoke", variant="reference",
+                                dataset="synthetic", seed=0, config={})
+    raw = sqlite3.connect(path)
+    with raw:  # the store as revision 0003 left it, with one record
+        for column in MECHANISM_RECORD_FIELDS:
+            raw.execute(f"ALTER TABLE image_records DROP COLUMN {column}")
+        raw.execute("UPDATE alembic_version SET version_num = '0003'")
+        raw.execute("INSERT INTO image_records (run_id, protocol, selection, split, threshold_policy, image_id, "
+                    "label, top5, top5_scores, box, iou, correct_top1_cls, correct_top5_cls, correct_top1_loc, "
+                    "correct_top5_loc, correct_gt_known) VALUES ('r1', 'standard', 'last', 'test', 'fixed', "
+                    "'img0', 0, '[0]', '[1.0]', NULL, 0.7, 1, 1, 1, 1, 1)")
+    raw.close()
+    with open_store(f"sqlite:///{path}") as store:
+        frame = store.get_image_records("r1", "standard", "last", "test")
+    assert list(frame["image_id"]) == ["img0"] and not set(MECHANISM_RECORD_FIELDS) & set(frame.columns)
+    raw = sqlite3.connect(path)
+    columns = {row[1] for row in raw.execute("PRAGMA table_info(image_records)")}
+    assert set(MECHANISM_RECORD_FIELDS) <= columns
+    assert raw.execute("SELECT cam_mass_part FROM image_records").fetchall() == [(None,)]
+    raw.close()
