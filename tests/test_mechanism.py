@@ -294,6 +294,9 @@ def test_smoke_run_stores_exports_compares_and_reports_the_measures(tmp_path, mo
     assert "### Mechanism measures (standard protocol)" in text and "| table3 · Base | 1 |" in text
     code, out, err = run_cli(["report", "--db", db, "--format", "html", "--out", str(tmp_path / "html")], capsys)
     assert code == 0 and "Mechanism measures" in (tmp_path / "html" / "report.html").read_text()
+    code, out, _ = run_cli(["report", "--db", db, "--json"], capsys)
+    (mechanism,) = [s["mechanism"] for s in json.loads(out)["scopes"]]
+    assert mechanism["rows"][0]["values"]["context_reliance"] == pytest.approx(100 * fixed["context_reliance"])
 
 
 def test_revision_0004_adds_null_mechanism_columns_to_stored_records(tmp_path):
@@ -323,3 +326,28 @@ def test_revision_0004_adds_null_mechanism_columns_to_stored_records(tmp_path):
     assert set(MECHANISM_RECORD_FIELDS) <= columns
     assert raw.execute("SELECT cam_mass_part FROM image_records").fetchall() == [(None,)]
     raw.close()
+
+
+def test_report_table_averages_each_cell_runs_under_the_standard_protocol():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from kdcicam.registry.ablations import load_registry
+    from kdcicam.report.mechanism import mechanism_table
+
+    reg = load_registry(None)
+    runs = [SimpleNamespace(id="a", labels={"table3": ["base"]}), SimpleNamespace(id="b", labels={"table3": ["base"]}),
+            SimpleNamespace(id="c", labels={"table3": ["conpool"]})]
+
+    def row(run, name, value, protocol="standard", policy="fixed", selection="last"):
+        return (run, protocol, selection, policy, "test", name, value)
+
+    finals = pd.DataFrame([row("a", "cam_mass_part", 0.2), row("b", "cam_mass_part", 0.4), row("a", "pxap", 0.5),
+                           row("b", "context_reliance", math.nan), row("a", "cam_mass_part", 0.9, "paper"),
+                           row("b", "cam_mass_part", 0.9, policy="val"), row("c", "pxap", 0.7)],
+                          columns=["run_id", "protocol", "selection", "threshold_policy", "split", "name", "value"])
+    table = mechanism_table(reg, runs, finals, "fixed")
+    assert [(r.table, r.cell, r.n) for r in table.rows] == [("table3", "base", 2)]  # conpool: PxAP only
+    assert table.rows[0].values == pytest.approx({"cam_mass_part": 30.0, "pxap": 50.0})  # NaN left out
+    assert mechanism_table(reg, runs, finals[finals["name"] == "pxap"], "fixed") is None
