@@ -10,6 +10,7 @@ import pytest
 
 from kdcicam.core.errors import ConfigError
 from kdcicam.store import open_store
+from kdcicam.store.rows import MECHANISM_RECORD_FIELDS
 from kdcicam.store.run_folder import (
     check_artifacts_root,
     deletable_folder,
@@ -68,6 +69,8 @@ def _legacy_store(db: Path, artifacts: str) -> None:
     raw = sqlite3.connect(db)
     with raw:
         raw.execute("UPDATE runs SET artifacts_dir = ?", (artifacts,))
+        for column in MECHANISM_RECORD_FIELDS:  # added by revision 0004
+            raw.execute(f"ALTER TABLE image_records DROP COLUMN {column}")
         raw.execute("UPDATE alembic_version SET version_num = '0002'")
     raw.close()
 

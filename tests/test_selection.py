@@ -500,5 +500,5 @@ def test_a_store_at_revision_0001_is_upgraded_and_its_records_read_as_fixed(tmp_
         assert list(fixed["image_id"]) == ["img0"] and fixed["correct_gt_known"].tolist() == [True]
         assert store.get_image_records("r1", "paper", "last", "test", "oracle").empty
     raw = sqlite3.connect(path)
-    assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+    assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
     raw.close()

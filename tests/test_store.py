@@ -90,9 +90,9 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_fresh_store_has_head_revision_wal_busy_timeout_and_foreign_keys(store, db_path):
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
     raw = sqlite3.connect(db_path)
-    assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+    assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
     assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent, stored in the file
     raw.close()
     # busy_timeout and foreign_keys are per connection: look at one of the store's own.
@@ -120,7 +120,7 @@ def test_reopening_keeps_data_and_revision(db_path, clock):
     with open_store(_url(db_path), clock=clock) as second:
         assert [run.id for run in second.list_runs()] == ["abcdef0123456789"]
     raw = sqlite3.connect(db_path)
-    assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+    assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
     raw.close()
 
 

@@ -115,9 +115,9 @@ def _start_method_context():
 
 
 def test_fresh_store_is_at_head_with_exactly_the_orm_schema(store, server, pg_url):
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
     with server.connect(_database(pg_url)) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
         kinds = dict(conn.execute("SELECT column_name, data_type FROM information_schema.columns "
                                   "WHERE table_name = 'runs'").fetchall())
     assert kinds["heartbeat_at"] == "timestamp without time zone"  # naive UTC, as on SQLite
@@ -142,7 +142,7 @@ def test_reopening_keeps_data_and_revision(pg_url, server, clock):
     with open_store(pg_url, clock=clock) as second:
         assert [run.id for run in second.list_runs()] == [RUN]
     with server.connect(_database(pg_url)) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
 
 
 def test_newer_schema_is_refused_and_left_unchanged(pg_url, server, clock):
@@ -543,5 +543,5 @@ def test_concurrent_writers_from_many_processes(pg_url, server):
             assert len(epochs) == 2 * len(POOL)  # one epoch per claim attempt, 2 names each
             assert epochs[epochs["name"] == "won"]["value"].iloc[-1] == len(won)
     with server.connect(_database(pg_url)) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
         assert conn.execute("SELECT count(*) FROM datasets").fetchone() == (1,)

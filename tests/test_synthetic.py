@@ -69,7 +69,8 @@ def test_object_masks_in_wsolevaluation_layout_match_the_boxes(small):
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
 
 def test_layout_files_parse_and_agree(small):
-    assert sorted(p.name for p in small.iterdir()) == sorted((*LAYOUT_FILES, "images", "masks"))
+    assert sorted(p.name for p in small.iterdir()) == sorted((*LAYOUT_FILES, "images", "masks", "regions",
+                                                              "context_swap"))
     classes = _rows(small / "classes.txt")
     assert [int(r[0]) for r in classes] == [1, 2, 3]
     dirs = {int(r[0]): r[1] for r in classes}
@@ -136,7 +137,8 @@ def test_same_seed_same_bytes_other_seed_other_images(small, tmp_path):
     a, b = _tree(small), _tree(tmp_path / "other")
     assert a.keys() == b.keys()  # same names, different pixels
     differing = [k for k in a if k.endswith(".jpg") and a[k] != b[k]]
-    assert len(differing) == 24
+    copies = [k for k in differing if k.startswith("context_swap/")]
+    assert len(differing) - len(copies) == 24 and len(copies) == 3 * split_sizes(SMALL)[1]  # every image
 
 
 def test_written_image_is_the_rendering_of_its_latents(small):

@@ -31,6 +31,7 @@ from kdcicam.analysis.stats import mcnemar_exact, paired_bootstrap_ci
 from kdcicam.analysis.verdicts import holm, paired_verdict
 from kdcicam.core.errors import DataError, RunError, StoreError
 from kdcicam.core.identity import with_defaults
+from kdcicam.evaluation.mechanism import MECHANISM_METRICS
 from kdcicam.evaluation.selection import select_on_of
 from kdcicam.registry.ablations import METRICS
 from kdcicam.store import RunInfo, Store
@@ -84,6 +85,8 @@ class Comparison:
     protocol_b: str | None = None  # B's protocol when it differs from A's
     threshold_policy_b: str | None = None  # B's threshold policy when it differs from A's
     mismatch: list[str] = field(default_factory=list)  # "variant (reference vs paper)": why no verdict
+    # synthetic benchmark: the mechanism measures (standard protocol), (name, A %, B %, A-B)
+    mechanism: list[tuple[str, float | None, float | None, float | None]] = field(default_factory=list)
 
     @property
     def verdict_withheld(self) -> str | None:
@@ -115,6 +118,8 @@ class Comparison:
             "metrics": [{"name": n, "a": clean(va), "b": clean(vb), "delta": clean(d)}
                         for n, va, vb, d in self.metrics],
             "other_values": [{"name": n, "a": clean(va), "b": clean(vb)} for n, va, vb in self.other],
+            "mechanism": [{"name": n, "a": clean(va), "b": clean(vb), "delta": clean(d)}
+                          for n, va, vb, d in self.mechanism],
             "paired_tests": [{k: clean(v) for k, v in asdict(t).items()} for t in self.tests],
             "bootstrap_resamples": self.n_resamples, "warnings": self.warnings, "notes": self.notes,
         }
@@ -270,8 +275,9 @@ def compare_runs(store: Store, name_a: str, name_b: str, *, protocol: str = "pap
     for name in [m for m in METRICS if m in fa or m in fb]:  # accuracies: percent
         va, vb = (None if v is None else 100.0 * v for v in (fa.get(name), fb.get(name)))
         metrics.append((name, va, vb, None if va is None or vb is None else va - vb))
-    for name in sorted((fa.keys() | fb.keys()) - set(METRICS)):  # anything else (θ): as stored
+    for name in sorted((fa.keys() | fb.keys()) - set(METRICS) - set(MECHANISM_METRICS)):  # anything else (θ)
         other.append((name, fa.get(name), fb.get(name)))
+    mechanism = _mechanism_rows(store, (a, b), selection, (threshold_policy, policy_b))
     diff = config_diff(with_defaults(a.config), with_defaults(b.config))
     warnings = []
     differing = ["protocol"] if proto_b != protocol else []
@@ -303,7 +309,24 @@ def compare_runs(store: Store, name_a: str, name_b: str, *, protocol: str = "pap
                       config_diff=diff, metrics=metrics, tests=tests, n_resamples=n_resamples, other=other,
                       warnings=warnings, notes=notes, threshold_policy=threshold_policy,
                       protocol_b=proto_b if proto_b != protocol else None,
-                      threshold_policy_b=policy_b if policy_b != threshold_policy else None, mismatch=mismatch)
+                      threshold_policy_b=policy_b if policy_b != threshold_policy else None, mismatch=mismatch,
+                      mechanism=mechanism)
+
+
+def _mechanism_rows(store: Store, runs: tuple[RunInfo, RunInfo], selection: str,
+                    policies: tuple[str, str]) -> list[tuple[str, float | None, float | None, float | None]]:
+    """The mechanism measures of both runs (standard protocol, percent); empty when neither has them."""
+    found = []
+    for run, policy in zip(runs, policies):
+        try:
+            finals = _finals(store, run, "standard", selection, policy)
+        except RunError:
+            finals = {}
+        found.append({k: 100.0 * v for k, v in finals.items() if k in MECHANISM_METRICS and not math.isnan(v)})
+    fa, fb = found
+    return [(name, fa.get(name), fb.get(name),
+             None if name not in fa or name not in fb else fa[name] - fb[name])
+            for name in MECHANISM_METRICS if name in fa or name in fb]
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -353,6 +376,11 @@ def format_comparison(c: Comparison) -> str:
         lines.append(f"  {name:<14} {_num(va):>8} {_num(vb):>8} {_num(delta, True):>8}")
     for name, va, vb in c.other:
         lines.append(f"  {name:<14} {_raw(va):>8} {_raw(vb):>8}   (as stored)")
+    if c.mechanism:
+        lines += ["", "mechanism measures (%, standard protocol; docs/synthetic.md):",
+                  f"  {'measure':<24} {'A':>8} {'B':>8} {'A-B':>8}"]
+        for name, va, vb, delta in c.mechanism:
+            lines.append(f"  {name:<24} {_num(va):>8} {_num(vb):>8} {_num(delta, True):>8}")
     if c.tests:
         lines += ["", f"paired per-image tests on {c.tests[0].n_images} images (McNemar exact test, p and p "
                       f"Holm-adjusted over the {len(c.tests)} metrics; paired bootstrap 95% CI of A-B, "

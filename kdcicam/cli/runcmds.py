@@ -164,6 +164,7 @@ def evaluate_cmd(
     from kdcicam.core.config import RunConfig, from_dict
     from kdcicam.core.runtime import pick_device
     from kdcicam.data.source import open_dataset
+    from kdcicam.evaluation.context_swap import with_context_swap
     from kdcicam.evaluation.evaluator import evaluate
     from kdcicam.execution.runner import load_run_model
     from kdcicam.store import open_store
@@ -182,7 +183,7 @@ def evaluate_cmd(
     model = load_run_model(store, info.id, selection, dev)
     out: dict[str, dict[str, float]] = {}
     for proto in protocols:
-        res = evaluate(model, index.test, cfg, proto, dev)
+        res = with_context_swap(evaluate(model, index.test, cfg, proto, dev), model, index.test, cfg, dev)
         store.set_final_metrics(info.id, proto, selection, "fixed", "test", res.metrics)
         store.add_image_records(info.id, proto, selection, "test", res.records)
         out[proto] = res.metrics

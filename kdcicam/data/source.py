@@ -38,7 +38,10 @@ def ensure_synthetic(cache_dir: Path, synth: SynthConfig) -> Path:
 
 
 def _is_complete(root: Path, synth: SynthConfig) -> bool:
-    """Whether ``root`` holds a finished dataset of these parameters (generator.json is written last)."""
+    """Whether ``root`` holds a finished dataset of these parameters written by this generator version
+    (generator.json is written last; a folder of an older version is generated again in place)."""
+    from kdcicam.data.synthetic import GENERATOR_VERSION
+
     meta = root / "generator.json"
     if not meta.is_file():
         return False
@@ -46,7 +49,8 @@ def _is_complete(root: Path, synth: SynthConfig) -> bool:
         recorded = json.loads(meta.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return isinstance(recorded, dict) and _same_params(recorded, synth)
+    return (isinstance(recorded, dict) and recorded.get("version") == GENERATOR_VERSION
+            and _same_params(recorded, synth))
 
 
 def _same_params(recorded: dict, synth: SynthConfig) -> bool:

@@ -21,6 +21,7 @@ and independent of the order (and the number) of images.
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import functools
 import io
 import json
@@ -37,13 +38,22 @@ from PIL import Image
 from kdcicam.core.config import SynthConfig, to_dict
 from kdcicam.core.errors import DataError
 from kdcicam.data.base import Box
+from kdcicam.data.mechanism_files import (
+    CONTEXT_SWAP_DIR,
+    MECHANISM_FILE,
+    REGIONS_DIR,
+    mechanism_line,
+    region_labels,
+)
 
-GENERATOR_VERSION = "1.1"  # bump whenever the bytes written for a given config change (1.1: masks)
+# bump whenever the bytes written for a given config change (1.1: masks; 1.2: part / body masks and the
+# context-swapped copy of the test split, kdcicam/data/mechanism_files.py)
+GENERATOR_VERSION = "1.2"
 
 PART_SHAPES: tuple[str, ...] = ("disk", "square", "diamond")  # class c's part shape: c % 3
 LAYOUT_FILES: tuple[str, ...] = (
     "images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt",
-    "classes.txt", "generator.json", "latents.csv", "masks.txt",
+    "classes.txt", "generator.json", "latents.csv", "masks.txt", MECHANISM_FILE,
 )
 
 # Fixed appearance constants. They define what the benchmark looks like; none is a knob, and none
@@ -258,6 +268,40 @@ def _uniform_or_mid(rng: np.random.Generator, lo: float, hi: float) -> float:
     return lo + u * (hi - lo) if hi > lo else 0.5 * (lo + hi)
 
 
+def swap_context(cfg: SynthConfig, label: int, index: int, context: int) -> int:
+    """The context of image (``label``, ``index``)'s context-swapped copy: another class's context.
+
+    Drawn uniformly from the contexts that are neither the class's preferred one (``label``) nor the
+    image's own, from the sixth child stream of ``SeedSequence([seed, label, index])`` (the first five
+    draw the image, so the images do not change). With two classes and a non-preferred context no
+    such context exists, and the copy keeps its own.
+
+    Args:
+        cfg: generator config (validated).
+        label: 0-based class.
+        index: 0-based index within the class.
+        context: the image's own 0-based context.
+
+    Returns:
+        The 0-based context the copy is drawn on; never ``label``.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, label, index], spawn_key=(5,)))
+    others = [c for c in range(cfg.classes) if c not in (label, context)]
+    return others[int(rng.integers(len(others)))] if others else context
+
+
+def with_context(cfg: SynthConfig, lat: Latents, context: int) -> Latents:
+    """The latents of the same image drawn on ``context``: the same object, noise, lighting and jitter.
+
+    The stripe orientation and frequency keep the image's jitter around the new context's values;
+    phase and brightness stay, so the object's pixels are rendered identically.
+    """
+    styles = context_styles(cfg.classes)
+    old, new = styles[lat.context], styles[context]
+    return dataclasses.replace(lat, context=context, stripe_angle=lat.stripe_angle - old.angle + new.angle,
+                               stripe_freq=lat.stripe_freq / old.freq * new.freq)
+
+
 def _object_extent(a: float, b: float, angle: float, end: int, r: float,
                    shape: str) -> tuple[float, float, float, float]:
     """Analytic box of body ∪ part relative to the body centre: (x_lo, x_hi, y_lo, y_hi)."""
@@ -457,7 +501,7 @@ def _write_all(root: Path, cfg: SynthConfig) -> tuple[int, int]:
     dirs = class_dirs(cfg.classes)
     styles = class_styles(cfg.classes)
     digits = max(4, len(str(cfg.per_class)))
-    images, labels, split, boxes, latent_rows, masks = [], [], [], [], [], []
+    images, labels, split, boxes, latent_rows, masks, mechanism = [], [], [], [], [], [], []
     for label in range(cfg.classes):
         (root / "images" / dirs[label]).mkdir(parents=True)
         for index in range(cfg.per_class):
@@ -470,6 +514,7 @@ def _write_all(root: Path, cfg: SynthConfig) -> tuple[int, int]:
             (root / mask_rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rendering.object.astype(np.uint8) * 255).save(root / mask_rel)
             masks.append(f"{rel},{mask_rel},")
+            mechanism.append(_write_mechanism(root, cfg, lat, rendering, rel))
             box = mask_box(rendering.object)
             images.append(f"{image_id} {rel}")
             labels.append(f"{image_id} {label + 1}")
@@ -485,10 +530,27 @@ def _write_all(root: Path, cfg: SynthConfig) -> tuple[int, int]:
     _write_lines(root / "classes.txt", [f"{c + 1} {d}" for c, d in enumerate(dirs)])
     _write_lines(root / "latents.csv", [",".join(_LATENT_COLUMNS)] + latent_rows)
     _write_lines(root / "masks.txt", masks)  # <image_id>,<mask>,<ignore> (data/object_masks.py)
+    _write_lines(root / MECHANISM_FILE, mechanism)  # data/mechanism_files.py
     n_train, n_test = split_sizes(cfg)
     meta = _generator_meta(cfg, dirs, n_train, n_test)
     (root / "generator.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return n_train * cfg.classes, n_test * cfg.classes
+
+
+def _write_mechanism(root: Path, cfg: SynthConfig, lat: Latents, rendering: Rendering, rel: str) -> str:
+    """Write one image's region mask (and, for a test image, its context-swapped copy); its mechanism line."""
+    stem = rel[:-len(".jpg")]
+    regions_rel = f"{REGIONS_DIR}/{stem}.png"
+    (root / regions_rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(region_labels(rendering.body, rendering.part)).save(root / regions_rel)
+    if lat.is_train:
+        return mechanism_line(rel, regions_rel, lat.preferred, None, None)
+    swapped = swap_context(cfg, lat.label, lat.index, lat.context)
+    swap_rel = f"{CONTEXT_SWAP_DIR}/{rel}"
+    (root / swap_rel).parent.mkdir(parents=True, exist_ok=True)
+    pixels = render(cfg, with_context(cfg, lat, swapped)).pixels
+    (root / swap_rel).write_bytes(encode_jpeg(pixels, cfg.jpeg_quality))
+    return mechanism_line(rel, regions_rel, lat.preferred, swap_rel, swapped)
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
@@ -530,6 +592,11 @@ def _generator_meta(cfg: SynthConfig, dirs: tuple[str, ...], n_train: int,
                            "(body ∪ part)"),
         "grayscale_images": "single-channel (mode L) JPEGs; see latents.csv is_grayscale",
         "latents_file": "latents.csv",
+        "mechanism_file": (f"{MECHANISM_FILE}: <image_id>,<region mask>,<preferred>,<context-swapped copy>,"
+                           "<its context>; region masks 0 background, 128 body, 255 part; copies of test images "
+                           "only, never in images.txt"),
+        "context_swap_rule": ("the copy's context is uniform over the contexts that are neither the class's "
+                              "nor the image's own, from child stream 5 of SeedSequence([seed, class, index])"),
         "latents_columns": list(_LATENT_COLUMNS),
         "classes": [{"dir": d, "part_rgb": [round(x, 4) for x in st.rgb], "part_shape": st.shape}
                     for d, st in zip(dirs, class_styles(cfg.classes))],

@@ -37,6 +37,10 @@ the protocol's box rule (every contour's box competes); under ``paper`` the comb
 the first GT box in the crop, continuous rule (MaxBoxAccV2 is not part of the authors' protocol; it
 is reported under both for comparison).
 
+On the synthetic benchmark (a dataset with ``mechanism.txt``) the standard protocol also measures the
+GT class's map against each image's part / body / background masks (:mod:`kdcicam.evaluation.mechanism`):
+three mass shares per record and the split's means and context mass in the metrics.
+
 Every image yields a record (true class, top-5 with scores, box, IoU with the best GT box, correct
 flags; plain Python types, JSON-serialisable), and every metric is the mean of its flag, so later
 code can pair two runs image by image.
@@ -64,6 +68,7 @@ from kdcicam.core.errors import ConfigError
 from kdcicam.data.base import Sample
 from kdcicam.data.cache import FrameStore, test_batches
 from kdcicam.data.dataset import WSOLDataset, collate_wsol
+from kdcicam.data.mechanism_files import mechanism_entries, read_regions
 from kdcicam.data.object_masks import object_masks
 from kdcicam.data.transforms import (
     IMAGENET_MEAN,
@@ -75,6 +80,7 @@ from kdcicam.data.transforms import (
 )
 from kdcicam.evaluation.boxes import box_from_heatmap, check_heatmap, get_policy, iou_matrix
 from kdcicam.evaluation.flat_maps import zero_flat_maps
+from kdcicam.evaluation.mechanism import PREFERRED_FIELD, mass_metrics, region_masses
 from kdcicam.evaluation.metrics import MaxBoxAccV2Meter
 from kdcicam.evaluation.pxap import PxAPMeter, gt_mask
 from kdcicam.evaluation.sweep import sweep_components
@@ -360,6 +366,7 @@ def evaluate(
     wsol_rule = protocol == "standard" and cfg.eval.box_rule == "wsolevaluation"
     masks = object_masks(samples) if protocol == "standard" else None  # (root, id -> paths) or None
     pxap = PxAPMeter(cfg.eval.maxbox_thresholds) if masks is not None else None
+    regions = mechanism_entries(samples) if protocol == "standard" else None  # synthetic benchmark only
     maxbox = MaxBoxAccV2Meter(cam_thresholds=cfg.eval.maxbox_thresholds, iou_thresholds=tuple(cfg.eval.maxbox_ious),
                               box_rule="wsolevaluation" if wsol_rule else "continuous")
     wanted = set(gallery_ids or ())
@@ -442,6 +449,10 @@ def evaluate(
                 "correct_top5_loc": label in top5 and hit,
                 "correct_gt_known": gt_known_iou >= cfg.eval.iou_threshold,
             })
+            if regions is not None:  # the GT class's map against the part / body / background masks
+                entry = regions[1][records[-1]["image_id"]]
+                records[-1].update(region_masses(gt_np[i], read_regions(regions[0] / entry.regions, (side, side))),
+                                   **{PREFERRED_FIELD: entry.preferred})
             if batch["image_id"][i] in wanted:
                 _add_to_gallery(gallery, batch, i, heat_np[i], crop_box, label, top5[0])
     if was_training:
@@ -462,6 +473,8 @@ def evaluate(
             px = {"pxap": float("nan"), "pixel_f1": float("nan"), "pixel_iou": float("nan"), "pr_curve": {}}
         metrics.update({k: px[k] / 100.0 for k in ("pxap", "pixel_f1", "pixel_iou")})
         curve.update({f"pxap_{k}": v for k, v in px["pr_curve"].items()})
+    if regions is not None and records:
+        metrics.update(mass_metrics(records))
     metrics["theta"] = float(theta)
     sweep = None
     if grid is not None:

@@ -11,6 +11,7 @@ import torch
 from kdcicam.core.config import PROTOCOLS, RunConfig
 from kdcicam.core.runtime import crash_point
 from kdcicam.data.base import DatasetIndex
+from kdcicam.evaluation.context_swap import with_context_swap
 from kdcicam.evaluation.evaluator import EvalResult, evaluate
 from kdcicam.evaluation.selection import (
     DECISION_METRIC,
@@ -41,7 +42,9 @@ def evaluate_checkpoints(model: torch.nn.Module, run_id: str, cfg: RunConfig, in
     the θ chosen on the validation split (when there is one) and the oracle θ of the test split.
     Every group of final metrics also holds ``test_decisions`` (epochs whose test numbers picked a
     checkpoint) and, for a distilled run, ``teacher_test_decisions``. Every write replaces what
-    an interrupted evaluation may have stored before.
+    an interrupted evaluation may have stored before. On the synthetic benchmark the last checkpoint's
+    standard-protocol groups (and those of selections sharing its epoch) also hold the context-swapped
+    copy's Top-1 (:mod:`kdcicam.evaluation.context_swap`): one extra classification of the test split per run.
 
     Returns:
         The paper protocol's fixed-θ metrics of the last epoch (the run's headline).
@@ -63,6 +66,9 @@ def evaluate_checkpoints(model: torch.nn.Module, run_id: str, cfg: RunConfig, in
             gallery_ids = _gallery_ids(index) if protocol == "paper" else None
             res = evaluate(model, index.test, cfg, protocol, ctx.device, batch_size=ctx.eval_batch_size,
                            gallery_ids=gallery_ids, thetas=thetas, frames=ctx.frames_for(cfg))
+            if "last" in selections:  # one extra pass per run: the context-swapped copy (synthetic, standard)
+                res = with_context_swap(res, model, index.test, cfg, ctx.device, batch_size=ctx.eval_batch_size,
+                                        frames=ctx.frames_for(cfg))
             val = (evaluate(model, index.val, cfg, protocol, ctx.device, batch_size=ctx.eval_batch_size,
                             thetas=thetas, frames=ctx.frames_for(cfg)) if index.val else None)
             policies = threshold_policies(res, val, cfg)

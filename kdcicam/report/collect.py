@@ -25,6 +25,7 @@ from kdcicam.evaluation.selection import (
     EpochAudit,
 )
 from kdcicam.registry.ablations import Registry
+from kdcicam.report.mechanism import mechanism_table
 from kdcicam.report.sweep import build_sweeps
 from kdcicam.report.tables import (
     AuditRow,
@@ -103,7 +104,8 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
                                        epoch_audits or {}) for protocol in protocols}
         scopes.append(ScopeData(key=scope, provenance=provenance(scope, scope_runs, generated),
                                 tables=tables, points=points, runs=tuple(scope_runs), audit=audit,
-                                claims={p: claims.get((scope.title, p), ()) for p in protocols}))
+                                claims={p: claims.get((scope.title, p), ()) for p in protocols},
+                                mechanism=mechanism_table(reg, scope_runs, finals, threshold_policy)))
     return ReportData(generated=generated, store_url=store_url, protocols=tuple(protocols),
                       table_keys=tuple(table_keys), scopes=tuple(scopes),
                       n_unfinished=len(runs) - len(all_finished),
@@ -187,6 +189,9 @@ def report_json(data: ReportData) -> dict[str, Any]:
                        "profile": k.profile, "variant": k.variant, "paper_scope": k.paper_scope,
                        "reduced": k.reduced, "provenance": dict(scope.provenance.items()), "tables": tables,
                        "selection_audit": audit,
+                       "mechanism": None if scope.mechanism is None else {
+                           "protocol": "standard", "note": scope.mechanism.note,
+                           "rows": [dataclasses.asdict(r) for r in scope.mechanism.rows]},
                        "claims": {p: [c.to_dict() for c in rows] for p, rows in scope.claims.items()}})
     sweeps = [{"table": w.key, "title": w.title, "protocol": w.protocol, "group": w.group, "x": w.x_key,
                "reference": w.reference, "reduced": w.reduced, "missing": list(w.missing),

@@ -258,6 +258,7 @@ class ScopeData:
     runs: tuple[RunInfo, ...]
     audit: dict[str, AuditTable] = field(default_factory=dict)  # protocol -> selection audit
     claims: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # protocol -> ClaimResult rows (kdcicam.analysis.claims)
+    mechanism: Any = None  # kdcicam.report.mechanism.MechanismTable (synthetic benchmark), or None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from kdcicam.store.rows import (
     EPOCH_COLUMNS,
     FINAL_COLUMNS,
     IMAGE_RECORD_FIELDS,
+    MECHANISM_RECORD_FIELDS,
     check_choice,
     check_fits,
     db_float,
@@ -162,19 +163,22 @@ class ResultsMixin:
 
         Returns:
             One row per image with the columns of :data:`IMAGE_RECORD_FIELDS` (lists decoded,
-            box None when there was none, correctness flags as bool).
+            box None when there was none, correctness flags as bool), and those of
+            :data:`MECHANISM_RECORD_FIELDS` the group holds (synthetic benchmark, standard protocol).
         """
         table = ImageRecord.__table__
+        columns = (*IMAGE_RECORD_FIELDS, *MECHANISM_RECORD_FIELDS)
 
         def op(session: Session) -> list[tuple]:
-            query = (select(*(table.c[col] for col in IMAGE_RECORD_FIELDS))
+            query = (select(*(table.c[col] for col in columns))
                      .where(table.c.run_id == run_id, table.c.protocol == protocol,
                             table.c.selection == selection, table.c.split == split,
                             table.c.threshold_policy == threshold_policy)
                      .order_by(table.c.id))
             return [decode_image_row(row) for row in session.execute(query)]
 
-        frame = to_frame(self._tx(op, write=False), list(IMAGE_RECORD_FIELDS))
+        frame = to_frame(self._tx(op, write=False), list(columns))
         for col in IMAGE_RECORD_FIELDS[6:]:
             frame[col] = frame[col].astype(bool)
-        return frame
+        empty = [col for col in MECHANISM_RECORD_FIELDS if frame[col].isna().all()]
+        return frame.drop(columns=empty)

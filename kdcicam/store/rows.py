@@ -26,6 +26,11 @@ IMAGE_RECORD_FIELDS: tuple[str, ...] = (
     "image_id", "label", "top5", "top5_scores", "box", "iou", "correct_top1_cls",
     "correct_top5_cls", "correct_top1_loc", "correct_top5_loc", "correct_gt_known",
 )
+# optional per-image fields (the synthetic benchmark's mechanism measures): NULL when a record lacks them
+MECHANISM_RECORD_FIELDS: tuple[str, ...] = (
+    "cam_mass_part", "cam_mass_body", "cam_mass_background", "context_preferred",
+    "correct_top1_cls_context_swapped",
+)
 FINAL_COLUMNS = ["run_id", "protocol", "selection", "threshold_policy", "split", "name", "value",
                  "created_at"]
 EPOCH_COLUMNS = ["run_id", "epoch", "split", "name", "value", "created_at"]
@@ -162,9 +167,9 @@ def check_fits(table: Table, values: Mapping[str, Any], what: str) -> None:
 
 def image_row(record: Mapping[str, Any], group: dict[str, str]) -> dict[str, Any]:
     """One per-image record as an image_records row (lists JSON-encoded, flags as bools)."""
-    if record.keys() != _IMAGE_FIELD_SET:
+    if not _IMAGE_FIELD_SET <= record.keys() <= _IMAGE_FIELD_SET | _MECHANISM_FIELD_SET:
         missing = sorted(_IMAGE_FIELD_SET - record.keys())
-        extra = sorted(record.keys() - _IMAGE_FIELD_SET)
+        extra = sorted(record.keys() - _IMAGE_FIELD_SET - _MECHANISM_FIELD_SET)
         raise ValueError(f"image record {record.get('image_id')!r}: missing {missing}, unknown {extra}")
     box = record["box"]
     image_id = str(record["image_id"])
@@ -182,10 +187,19 @@ def image_row(record: Mapping[str, Any], group: dict[str, str]) -> dict[str, Any
         "correct_top1_loc": bool(record["correct_top1_loc"]),
         "correct_top5_loc": bool(record["correct_top5_loc"]),
         "correct_gt_known": bool(record["correct_gt_known"]),
+        **{name: _optional(name, record.get(name)) for name in MECHANISM_RECORD_FIELDS},
     }
 
 
+def _optional(name: str, value: Any) -> Any:
+    """A mechanism field as its column holds it: a float (NULL for NaN) or a flag, None when absent."""
+    if value is None:
+        return None
+    return db_float(value) if name.startswith("cam_mass_") else bool(value)
+
+
 _IMAGE_FIELD_SET = frozenset(IMAGE_RECORD_FIELDS)
+_MECHANISM_FIELD_SET = frozenset(MECHANISM_RECORD_FIELDS)
 
 
 def decode_image_row(row: Any) -> tuple:

@@ -155,3 +155,9 @@ class ImageRecord(Base):
     correct_top1_loc: Mapped[bool] = mapped_column(Boolean)
     correct_top5_loc: Mapped[bool] = mapped_column(Boolean)
     correct_gt_known: Mapped[bool] = mapped_column(Boolean)
+    # synthetic benchmark, standard protocol (revision 0004; NULL elsewhere): kdcicam/evaluation/mechanism.py
+    cam_mass_part: Mapped[float | None] = mapped_column(Float)
+    cam_mass_body: Mapped[float | None] = mapped_column(Float)
+    cam_mass_background: Mapped[float | None] = mapped_column(Float)
+    context_preferred: Mapped[bool | None] = mapped_column(Boolean)
+    correct_top1_cls_context_swapped: Mapped[bool | None] = mapped_column(Boolean)
