@@ -58,3 +58,17 @@ def test_ablate_every_table_at_smoke_with_inceptionv3(smoke_cache, tmp_path):  #
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout)["runs"]
     assert runs and all(r["status"] == "finished" for r in runs)
+
+
+def test_weights_none_unsets_a_profile_weights_file():
+    """The reduced VGG16 profiles start from the shipped weights; `--set model.weights=none` trains from random
+    init (TOML and --set have no null), and InceptionV3, which has no shipped weights, plans without any."""
+    reg = load_registry()
+    vgg = _plan(reg, "vgg16", "quick", "reference")
+    assert {r.cfg.model.weights for r in vgg.runs} == {"shipped:vgg16_bn-w0.125"}
+    assert all(r.cfg.model.weights_sha256 for r in vgg.runs)
+    scratch = _plan(reg, "vgg16", "quick", "reference", {"model.weights": "none"})
+    assert {(r.cfg.model.weights, r.cfg.model.weights_sha256) for r in scratch.runs} == {(None, None)}
+    assert {r.run_id for r in scratch.runs}.isdisjoint({r.run_id for r in vgg.runs})
+    inception = _plan(reg, "inceptionv3", "quick", "reference")
+    assert {r.cfg.model.weights for r in inception.runs} == {None}

@@ -321,7 +321,14 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     return cls(**kwargs)
 
 
+# Optional keys for which the string "none" means None, so that a TOML profile or `--set` (neither has a
+# null) can unset a value a profile set: `--set model.weights=none` trains from random init.
+NONE_WORD_KEYS = frozenset({"model.weights", "model.weights_sha256"})
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if key in NONE_WORD_KEYS and isinstance(value, str) and value.lower() == "none":
+        return None
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
