@@ -29,6 +29,7 @@ class SweepWorkspace:
             self.index = np.arange(size)  # (N,) raster index
             self.reverse = np.arange(size - 1, -1, -1)  # (N,) N - 1 - raster index
             self.column = np.tile(np.arange(width), height)  # (N,) column x
+            self.row = np.repeat(np.arange(height), width)  # (N,) row y
             self.real = np.empty(size)  # (N,) float64 scratch
             self.ints = [np.empty(size, dtype=np.int64) for _ in range(4)]  # (N,) int64 scratch
         return self
