@@ -18,9 +18,11 @@ The rule of the ``standard`` protocol's box numbers, reproduced without OpenCV:
 - GT boxes are resized to the CAM's frame as ``resize_bbox`` does: each coordinate times
   new size / old size in float64, truncated to an integer.
 
-The one-pass MaxBoxAccV2 (:func:`best_iou_all_contours`) labels the nested foregrounds once with
-:func:`kdcicam.evaluation.sweep.sweep_components`, and the nested backgrounds (4-connected, for the
-holes) once more.
+The one-pass MaxBoxAccV2 (:func:`best_iou_all_contours`) finds the boxes of the nested foregrounds
+once with :func:`kdcicam.evaluation.level_boxes.level_boxes`, and of the nested backgrounds
+(4-connected, for the holes) once more; the float CAM, when given, orders the sweeps' ascent inside a
+level (fewer basins, same boxes). :func:`box_scores` also takes GT-known Loc's largest contour from
+the first sweep where the mask is one component.
 """
 
 from __future__ import annotations
