@@ -12,12 +12,16 @@ and replaces its per-(basin, level) run statistics with per-basin row and column
   exceeds i, its last row likewise from the suffix maximum. Columns the same way.
 - A component at cutoff i is a union of pieces (the basins with one label at i): its box is the
   min / max of their boxes.
+
+The tables are (lines x basins): a map with more basins than about a pixel per line and basin (noise)
+goes through :func:`kdcicam.evaluation.sweep.sweep_components` instead.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from kdcicam.evaluation.sweep import sweep_components
 from kdcicam.evaluation.sweep_steps import (
     _BUCKET_BITS,
     SweepWorkspace,
@@ -85,21 +89,24 @@ def level_boxes(values: np.ndarray, cutoffs: np.ndarray, connectivity: int, work
     roots = np.flatnonzero(root == ws.index)
     roots = roots[entry[roots] > 0]  # (B,) the foreground basins' roots
     nb = len(roots)
+    if nb * (height + width) > 2 * values.size:  # many small basins (noise): the per-line tables
+        found = sweep_components(values, cutoffs, connectivity, ws)  # would outgrow the image
+        return found.levels, found.boxes
     spare.fill(nb)  # id nb: pixels of no foreground basin
     spare[roots] = np.arange(nb)
     np.take(spare, root, out=basin, mode="clip")  # (N,) basin of every pixel
     label = _basin_labels(basin, entry, ws.column, connectivity, nb, num)  # (T, B)
-    y0, y1 = _piece_spans(basin, entry, ws.row, height, nb, num, root)  # (B, T) each
+    y0, y1 = _piece_spans(basin, entry, ws.row, height, nb, num, root)  # (T, B) each
     x0, x1 = _piece_spans(basin, entry, ws.column, width, nb, num, root)
-    live = (y0 < height).T  # (T, B) basin b has a piece at level i
+    live = y0 < height  # (T, B) basin b has a piece at level i
     comp = (np.arange(num)[:, None] * nb + label)[live]  # (L,) component of each live piece
     cells = num * nb
     c_y0, c_x0 = np.full(cells, height), np.full(cells, width)
     c_y1, c_x1 = np.full(cells, -1), np.full(cells, -1)
-    np.minimum.at(c_y0, comp, y0.T[live])
-    np.maximum.at(c_y1, comp, y1.T[live])
-    np.minimum.at(c_x0, comp, x0.T[live])
-    np.maximum.at(c_x1, comp, x1.T[live])
+    np.minimum.at(c_y0, comp, y0[live])
+    np.maximum.at(c_y1, comp, y1[live])
+    np.minimum.at(c_x0, comp, x0[live])
+    np.maximum.at(c_x1, comp, x1[live])
     used = np.flatnonzero(c_y1 >= 0)  # (K,) by level, then label
     boxes = np.stack([c_x0[used], c_y0[used], c_x1[used] + 1, c_y1[used] + 1], axis=1).astype(np.float64)
     return used // nb, boxes
@@ -119,18 +126,18 @@ def _piece_spans(basin: np.ndarray, entry: np.ndarray, coord: np.ndarray, extent
         scratch: (N,) int64 buffer (overwritten).
 
     Returns:
-        first, last: (B, T) int64; first = extent and last = -1 where the piece is empty.
+        first, last: (T, B) int64; first = extent and last = -1 where the piece is empty.
     """
-    key = np.multiply(basin, extent, out=scratch)
-    key += coord  # (N,) basin * extent + coordinate
-    top = np.zeros((nb + 1) * extent, dtype=np.int64)
+    key = np.multiply(coord, nb + 1, out=scratch)
+    key += basin  # (N,) coordinate * (B + 1) + basin
+    top = np.zeros(extent * (nb + 1), dtype=np.int64)
     np.maximum.at(top, key, entry)
-    top = top.reshape(nb + 1, extent)[:nb]  # (B, extent) highest entry level per row (column)
-    # the piece at level i holds coordinate y iff top[b, y] > i; count the coordinates before the
+    top = top.reshape(extent, nb + 1)[:, :nb]  # (extent, B) highest entry level per row (column)
+    # the piece at level i holds coordinate y iff top[y, b] > i; count the coordinates before the
     # first (after the last) one: coordinates whose prefix (suffix) maximum is still <= i
-    offset = np.arange(nb)[:, None] * (num + 1)  # (B, 1)
-    prefix = np.maximum.accumulate(top, axis=1) + offset  # (B, extent)
-    suffix = np.maximum.accumulate(top[:, ::-1], axis=1) + offset
-    before = np.bincount(prefix.ravel(), minlength=nb * (num + 1)).reshape(nb, num + 1).cumsum(axis=1)
-    after = np.bincount(suffix.ravel(), minlength=nb * (num + 1)).reshape(nb, num + 1).cumsum(axis=1)
-    return before[:, :num], extent - 1 - after[:, :num]  # (B, T) each
+    ids = np.arange(nb)  # (B,)
+    prefix = np.maximum.accumulate(top, axis=0) * nb + ids  # (extent, B) level * B + basin
+    suffix = np.maximum.accumulate(top[::-1], axis=0) * nb + ids
+    before = np.bincount(prefix.ravel(), minlength=(num + 1) * nb).reshape(num + 1, nb).cumsum(axis=0)
+    after = np.bincount(suffix.ravel(), minlength=(num + 1) * nb).reshape(num + 1, nb).cumsum(axis=0)
+    return before[:num], extent - 1 - after[:num]  # (T, B) each
