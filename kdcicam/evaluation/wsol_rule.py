@@ -165,18 +165,16 @@ def _all_contour_ious(q: np.ndarray, cutoffs: np.ndarray, gt: np.ndarray,
     q8 = q if q.dtype == np.uint8 else q.astype(np.uint8)  # (H, W) exact: q holds integers 0..255
     ranks = None if cam is None else tie_ranks(cam)  # (N,) the CAM's order breaks q's ties
     outer_levels, outer = level_boxes(q8, cutoffs, 8, fg_ws, ranks)
-    if len(outer_levels):
-        ious = iou_matrix(to_wsol_boxes(outer, q.shape), gt, pixel_inclusive=True).max(axis=1)
-        np.maximum.at(best, outer_levels, ious)
     # q <= c  <=>  255 - q > 254 - c; level j <-> cutoff num - 1 - j
     if ranks is not None:
         ranks = np.subtract(RANK_LIMIT, ranks, out=ranks)  # the reversed order for 255 - q
     levels, b = level_boxes(255 - q8, 254.0 - cutoffs[::-1], 4, bg_ws, ranks)
     inside = (b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 2] < width) & (b[:, 3] < height)
-    if inside.any():
-        grown = b[inside] + np.array([-1.0, -1.0, 1.0, 1.0])  # (K', 4) the hole contour's box
-        ious = iou_matrix(to_wsol_boxes(grown, q.shape), gt, pixel_inclusive=True).max(axis=1)
-        np.maximum.at(best, num - 1 - levels[inside], ious)
+    grown = b[inside] + np.array([-1.0, -1.0, 1.0, 1.0])  # (K', 4) the hole contour's box
+    boxes = np.concatenate([outer, grown])  # (K + K', 4) every contour's box
+    if len(boxes):
+        ious = iou_matrix(to_wsol_boxes(boxes, q.shape), gt, pixel_inclusive=True).max(axis=1)
+        np.maximum.at(best, np.concatenate([outer_levels, num - 1 - levels[inside]]), ious)
     empty = best < 0  # no foreground at these cutoffs
     if empty.any():
         best[empty] = float(iou_matrix(NO_CONTOUR_BOX, gt, pixel_inclusive=True).max())
