@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcicam.evaluation.boxes import check_boxes, check_heatmap, iou_matrix
+from kdcicam.evaluation.boxes import check_boxes, check_heatmap, iou_matrix, to_numpy
 from kdcicam.evaluation.sweep import SweepWorkspace, sweep_best_iou, sweep_components, sweep_reference
 from kdcicam.evaluation.wsol_rule import (
     best_iou_all_contours,
@@ -111,7 +111,7 @@ class MaxBoxAccV2Meter:
         if not self.multi_contour:
             return best_iou_largest_contour(q, cutoffs, gt)
         if self.fast:
-            return best_iou_all_contours(q, cutoffs, gt, self._workspaces)
+            return best_iou_all_contours(q, cutoffs, gt, self._workspaces, cam=to_numpy(cam))
         return np.array([iou_matrix(contour_boxes(q, c, False), gt, pixel_inclusive=True).max()
                          for c in cutoffs.tolist()])
 

@@ -236,8 +236,11 @@ def _run(work: list[_Job], settings: _Settings, jobs: int) -> list[dict[str, Any
 def _score_chunk(work: list[_Job], settings: _Settings) -> list[dict[str, Any]]:
     """Per image: best IoU per CAM threshold, GT-known IoU and box per θ, PxAP histograms."""
     from kdcicam.evaluation.cam_files import prepare_cam
+    from kdcicam.evaluation.sweep import SweepWorkspace
+    from kdcicam.evaluation.wsol_rule import box_scores
 
     boxes = MaxBoxAccV2Meter(settings.cam_thresholds, settings.iou_levels, box_rule=settings.box_rule)
+    workspaces = (SweepWorkspace(), SweepWorkspace())
     legacy = MaxBoxAccV2Meter(settings.cam_thresholds, settings.iou_levels, multi_contour=False)
     out: list[dict[str, Any]] = []
     for job in work:
@@ -247,7 +250,12 @@ def _score_chunk(work: list[_Job], settings: _Settings) -> list[dict[str, Any]]:
             out.append({"image_id": job.image_id, "problem": str(exc)})
             continue
         result: dict[str, Any] = {"image_id": job.image_id, "adjusted": adjusted}
-        if job.gt is not None:
+        if job.gt is not None and settings.box_rule == "wsolevaluation" and len(job.gt):
+            result["best"], found = box_scores(cam, boxes.thresholds, job.gt, settings.thetas, workspaces)
+            if settings.legacy:
+                result["legacy"] = legacy.best_ious(cam, job.gt)
+            result["located"] = _located(found, job.gt)
+        elif job.gt is not None:
             result["best"] = boxes.best_ious(cam, job.gt) if len(job.gt) else None
             if settings.legacy and len(job.gt):
                 result["legacy"] = legacy.best_ious(cam, job.gt)
@@ -267,17 +275,23 @@ def _score_chunk(work: list[_Job], settings: _Settings) -> list[dict[str, Any]]:
 def _locate(cam: np.ndarray, job: _Job, settings: _Settings) -> list[tuple[list[float], float]]:
     """(box, IoU) at each θ: wsolevaluation's largest contour in the frame, or the continuous rule."""
     if settings.box_rule == "wsolevaluation":
-        from kdcicam.evaluation.wsol_rule import best_pixel_ious, largest_contour_boxes
+        from kdcicam.evaluation.wsol_rule import largest_contour_boxes
 
-        found = largest_contour_boxes(cam, settings.thetas)  # (T, 4) frame
-        ious = best_pixel_ious(found, job.gt)
-        return [(b.tolist(), float(i)) for b, i in zip(found, ious)]
+        return _located(largest_contour_boxes(cam, settings.thetas), job.gt)  # (Θ, 4) frame
     from kdcicam.data.transforms import test_transform_standard
     from kdcicam.evaluation.evaluator import locate_standard
 
     frame = test_transform_standard(settings.size).frame(job.image_size)
     located = [locate_standard(cam, t, frame, job.gt) for t in settings.thetas]
     return [([round(float(v), 2) for v in box], float(iou)) for box, iou in located]
+
+
+def _located(found: np.ndarray, gt: np.ndarray) -> list[tuple[list[float], float]]:
+    """(box, "+1" IoU with the best GT box) for each of wsolevaluation's (Θ, 4) boxes."""
+    from kdcicam.evaluation.wsol_rule import best_pixel_ious
+
+    ious = best_pixel_ious(found, gt)
+    return [(b.tolist(), float(i)) for b, i in zip(found, ious)]
 
 
 def _summarise(results: list[dict[str, Any]], settings: _Settings, iou_threshold: float,

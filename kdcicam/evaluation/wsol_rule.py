@@ -18,9 +18,11 @@ The rule of the ``standard`` protocol's box numbers, reproduced without OpenCV:
 - GT boxes are resized to the CAM's frame as ``resize_bbox`` does: each coordinate times
   new size / old size in float64, truncated to an integer.
 
-The one-pass MaxBoxAccV2 (:func:`best_iou_all_contours`) labels the nested foregrounds once with
-:func:`kdcicam.evaluation.sweep.sweep_components`, and the nested backgrounds (4-connected, for the
-holes) once more.
+The one-pass MaxBoxAccV2 (:func:`best_iou_all_contours`) finds the boxes of the nested foregrounds
+once with :func:`kdcicam.evaluation.level_boxes.level_boxes`, and of the nested backgrounds
+(4-connected, for the holes) once more; the float CAM, when given, orders the sweeps' ascent inside a
+level (fewer basins, same boxes). :func:`box_scores` also takes GT-known Loc's largest contour from
+the first sweep where the mask is one component.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import numpy as np
 
 from kdcicam.evaluation.boxes import check_boxes, check_heatmap, iou_matrix
 from kdcicam.evaluation.contours import find_contours, largest_contour_box
-from kdcicam.evaluation.sweep import SweepWorkspace, sweep_components
+from kdcicam.evaluation.level_boxes import RANK_LIMIT, level_boxes, tie_ranks
+from kdcicam.evaluation.sweep import SweepWorkspace
 
 NO_CONTOUR_BOX = np.zeros((1, 4))  # wsolevaluation's box when nothing is foreground
 NO_CONTOUR_BOX.setflags(write=False)
@@ -128,7 +131,8 @@ def best_iou_largest_contour(q: np.ndarray, cutoffs: np.ndarray, gt: np.ndarray)
 
 
 def best_iou_all_contours(q: np.ndarray, cutoffs: np.ndarray, gt: np.ndarray,
-                          workspaces: tuple[SweepWorkspace, SweepWorkspace] | None = None) -> np.ndarray:
+                          workspaces: tuple[SweepWorkspace, SweepWorkspace] | None = None,
+                          cam: np.ndarray | None = None) -> np.ndarray:
     """Best "+1" IoU of any contour's box with any GT box at each cutoff (MaxBoxAccV2).
 
     Outer contours: the 8-connected components of ``q > c``, from one sweep over the ascending
@@ -141,31 +145,74 @@ def best_iou_all_contours(q: np.ndarray, cutoffs: np.ndarray, gt: np.ndarray,
         cutoffs: (T,) non-decreasing integer cutoffs.
         gt: (G, 4) GT boxes in the map's frame, G >= 1.
         workspaces: scratch buffers for the two sweeps (reused across same-size maps).
+        cam: (H, W) the CAM q was quantised from: it only orders the sweeps' ascent within a
+            level (fewer ties than q, so fewer basins); the result is the same without it.
 
     Returns:
         (T,) float64.
     """
+    return _all_contour_ious(q, cutoffs, gt, workspaces, cam)[0]
+
+
+def _all_contour_ious(q: np.ndarray, cutoffs: np.ndarray, gt: np.ndarray,
+                      workspaces: tuple[SweepWorkspace, SweepWorkspace] | None,
+                      cam: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`best_iou_all_contours`, and the levels (K,) and continuous boxes (K, 4) of the outer contours."""
     height, width = q.shape
-    fg_ws, bg_ws = workspaces or (None, None)
+    fg_ws, bg_ws = workspaces or (SweepWorkspace(), SweepWorkspace())
     num = len(cutoffs)
     best = np.full(num, -1.0)  # (T,)
-    q8 = q.astype(np.uint8)  # (H, W) exact: q holds integers 0..255; the sweep looks levels up
-    fg = sweep_components(q8, cutoffs, 8, fg_ws)
-    if len(fg.levels):
-        ious = iou_matrix(to_wsol_boxes(fg.boxes, q.shape), gt, pixel_inclusive=True).max(axis=1)
-        np.maximum.at(best, fg.levels, ious)
+    q8 = q if q.dtype == np.uint8 else q.astype(np.uint8)  # (H, W) exact: q holds integers 0..255
+    ranks = None if cam is None else tie_ranks(cam)  # (N,) the CAM's order breaks q's ties
+    outer_levels, outer = level_boxes(q8, cutoffs, 8, fg_ws, ranks)
     # q <= c  <=>  255 - q > 254 - c; level j <-> cutoff num - 1 - j
-    bg = sweep_components(255 - q8, 254.0 - cutoffs[::-1], 4, bg_ws)
-    b = bg.boxes
+    if ranks is not None:
+        ranks = np.subtract(RANK_LIMIT, ranks, out=ranks)  # the reversed order for 255 - q
+    levels, b = level_boxes(255 - q8, 254.0 - cutoffs[::-1], 4, bg_ws, ranks)
     inside = (b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 2] < width) & (b[:, 3] < height)
-    if inside.any():
-        grown = b[inside] + np.array([-1.0, -1.0, 1.0, 1.0])  # (K', 4) the hole contour's box
-        ious = iou_matrix(to_wsol_boxes(grown, q.shape), gt, pixel_inclusive=True).max(axis=1)
-        np.maximum.at(best, num - 1 - bg.levels[inside], ious)
+    grown = b[inside] + np.array([-1.0, -1.0, 1.0, 1.0])  # (K', 4) the hole contour's box
+    boxes = np.concatenate([outer, grown])  # (K + K', 4) every contour's box
+    if len(boxes):
+        ious = iou_matrix(to_wsol_boxes(boxes, q.shape), gt, pixel_inclusive=True).max(axis=1)
+        np.maximum.at(best, np.concatenate([outer_levels, num - 1 - levels[inside]]), ious)
     empty = best < 0  # no foreground at these cutoffs
     if empty.any():
         best[empty] = float(iou_matrix(NO_CONTOUR_BOX, gt, pixel_inclusive=True).max())
-    return best
+    return best, outer_levels, outer
+
+
+def box_scores(cam: Any, thresholds: Any, gt: np.ndarray, thetas: Any,
+               workspaces: tuple[SweepWorkspace, SweepWorkspace] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One CAM's MaxBoxAccV2 IoUs and GT-known Loc boxes, from one quantisation and one sweep.
+
+    The largest contour at a θ whose cutoff is also a sweep cutoff comes from the sweep when the
+    mask there is empty or one 8-connected component (the only top-level contour: its box); else
+    from :func:`largest_contour_box`.
+
+    Args:
+        cam: (H, W) CAM in [0, 1].
+        thresholds: (T,) ascending CAM thresholds of the MaxBoxAccV2 curve.
+        gt: (G, 4) GT boxes in the map's frame, G >= 1.
+        thetas: (Θ,) CAM thresholds of GT-known Loc.
+        workspaces: scratch buffers for the two sweeps.
+
+    Returns:
+        (T,) float64 best IoUs (:func:`best_iou_all_contours`) and (Θ, 4) float64 boxes
+        (:func:`largest_contour_boxes`).
+    """
+    q = quantize(cam)
+    cutoffs = integer_cutoffs(q, thresholds)  # (T,)
+    best, levels, outer = _all_contour_ious(q, cutoffs, gt, workspaces, np.asarray(cam))
+    counts = np.bincount(levels, minlength=len(cutoffs))  # (T,) outer contours per level
+    located = np.zeros((len(np.asarray(thetas).ravel()), 4))
+    for i, c in enumerate(integer_cutoffs(q, thetas).tolist()):
+        level = int(np.searchsorted(cutoffs, c))
+        if level < len(cutoffs) and cutoffs[level] == c and counts[level] <= 1:
+            one = outer[np.searchsorted(levels, level)] if counts[level] else None
+            located[i] = NO_CONTOUR_BOX[0] if one is None else to_wsol_boxes(one, q.shape)[0]
+        else:
+            located[i] = contour_boxes(q, c, True)[0]
+    return best, located
 
 
 def largest_contour_boxes(cam: Any, thetas: Any) -> np.ndarray:
