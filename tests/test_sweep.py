@@ -29,9 +29,12 @@ def test_the_shipped_sweep_plans_every_value_and_shares_table3s_runs_at_the_defa
     assert sorted({r.cfg.data.synth.context_correlation for r in plan.runs}) == [0.5, 0.7, 0.9, 0.98]
     points = {c.point for c in plan.cells}
     assert points == {f"{KEY}={v:g}" for v in (0.5, 0.7, 0.9, 0.98)}
-    # at the benchmark's default correlation (0.9) the sweep's cells are Table 3's Base and +ConPool runs
-    t3 = {c.cell: c.run_id for c in _plan(reg, ["table3"]).cells}
-    at_default = {c.cell: c.run_id for c in plan.cells if c.point == f"{KEY}=0.9" and c.seed == 0}
+    # at the profile's own correlation the sweep's cells are Table 3's Base and +ConPool runs
+    t3_plan = _plan(reg, ["table3"])
+    t3 = {c.cell: c.run_id for c in t3_plan.cells}
+    (own,) = {r.cfg.data.synth.context_correlation for r in t3_plan.runs}
+    assert own in (0.5, 0.7, 0.9, 0.98)
+    at_default = {c.cell: c.run_id for c in plan.cells if c.point == f"{KEY}={own:g}" and c.seed == 0}
     assert at_default == {"base": t3["base"], "conpool": t3["conpool"]}
 
 
