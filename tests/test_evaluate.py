@@ -398,20 +398,26 @@ def test_gallery_arrays(bench):
     assert bench.run("paper").gallery is None
 
 
-def test_cub_layout_end_to_end_and_training_mode_restored(tmp_path):
-    # CUB "x y w h": test image 1 has box 16 16 24 24 = (16, 16, 40, 40) -> crop (4, 4, 16, 16).
-    images = tmp_path / "images"
+def write_one_test_image_cub(root: Path, box: str) -> None:
+    """A CUB-layout dataset of 48 x 48 images: image 1 (label 1) is the test image with CUB box ``box``
+    ("x y w h"); images 2..N+1 give every class a train image."""
+    images = root / "images"
     images.mkdir()
     lines = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": [], "bounding_boxes.txt": []}
-    for i in range(N + 1):  # image 1 (key 0) is the test image; images 2-7 give every class a train image
+    for i in range(N + 1):
         Image.new("RGB", (48, 48), (10 * i + 5, 100, 100)).save(images / f"i{i}.png")
         lines["images.txt"].append(f"{i + 1} i{i}.png")
         lines["image_class_labels.txt"].append(f"{i + 1} {max(i, 1)}")
         lines["train_test_split.txt"].append(f"{i + 1} {int(i > 0)}")
-        lines["bounding_boxes.txt"].append(f"{i + 1} 16 16 24 24")
+        lines["bounding_boxes.txt"].append(f"{i + 1} {box}")
     for name, rows in lines.items():
-        (tmp_path / name).write_text("\n".join(rows) + "\n")
-    (tmp_path / "classes.txt").write_text("".join(f"{k} c{k}\n" for k in range(1, N + 1)))
+        (root / name).write_text("\n".join(rows) + "\n")
+    (root / "classes.txt").write_text("".join(f"{k} c{k}\n" for k in range(1, N + 1)))
+
+
+def test_cub_layout_end_to_end_and_training_mode_restored(tmp_path):
+    # CUB "x y w h": test image 1 has box 16 16 24 24 = (16, 16, 40, 40) -> crop (4, 4, 16, 16).
+    write_one_test_image_cub(tmp_path, "16 16 24 24")
     index = load_cub(tmp_path)
     model = TableModel({0: entry(RANKED, heat_is(block(4, 4, 16, 16)))})
     model.train()
@@ -456,18 +462,7 @@ def test_standard_protocol_scores_pxap_when_the_dataset_has_masks(tmp_path):
     # test image's object mask covers original pixels 12..47 of 48; OpenCV's nearest resize to 16
     # reads original pixel 3i for frame pixel i: frame 4..15 = the GT class's map block(4, 4, 16, 16).
     # Every object pixel scores 1, every background pixel 0: PxAP 100, pixel F1 and IoU 100 at θ = 1.
-    images = tmp_path / "images"
-    images.mkdir()
-    lines = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": [], "bounding_boxes.txt": []}
-    for i in range(N + 1):
-        Image.new("RGB", (48, 48), (10 * i + 5, 100, 100)).save(images / f"i{i}.png")
-        lines["images.txt"].append(f"{i + 1} i{i}.png")
-        lines["image_class_labels.txt"].append(f"{i + 1} {max(i, 1)}")
-        lines["train_test_split.txt"].append(f"{i + 1} {int(i > 0)}")
-        lines["bounding_boxes.txt"].append(f"{i + 1} 12 12 36 36")
-    for name, rows in lines.items():
-        (tmp_path / name).write_text("\n".join(rows) + "\n")
-    (tmp_path / "classes.txt").write_text("".join(f"{k} c{k}\n" for k in range(1, N + 1)))
+    write_one_test_image_cub(tmp_path, "12 12 36 36")
     index = load_cub(tmp_path)
     model = TableModel({0: entry(RANKED, {0: block(4, 4, 16, 16), **heat_is(block(4, 4, 16, 16))})})
     assert "pxap" not in evaluate(model, index.test, cfg(), "standard", CPU).metrics  # no masks.txt

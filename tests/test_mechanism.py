@@ -43,7 +43,7 @@ from kdcicam.evaluation.mechanism import (
     reliance_metrics,
 )
 from kdcicam.store.rows import MECHANISM_RECORD_FIELDS as STORED_FIELDS
-from tests.test_evaluate import CPU, RANKED, N, TableModel, block, cfg, entry
+from tests.test_evaluate import CPU, RANKED, TableModel, block, cfg, entry, write_one_test_image_cub
 
 TINY = SynthConfig(classes=4, per_class=8, size=32)
 
@@ -186,18 +186,7 @@ def test_a_malformed_mechanism_line_is_named(tmp_path):
 def _bench(tmp_path):
     """One 48 x 48 test image (label 0) whose region mask has the part on original pixels 12..23 and the
     body on the rest of 12..47 (each axis); its copy is colour key 1, which the model ranks class 5 first."""
-    images = tmp_path / "images"
-    images.mkdir()
-    lines = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": [], "bounding_boxes.txt": []}
-    for i in range(N + 1):
-        Image.new("RGB", (48, 48), (10 * i + 5, 100, 100)).save(images / f"i{i}.png")
-        lines["images.txt"].append(f"{i + 1} i{i}.png")
-        lines["image_class_labels.txt"].append(f"{i + 1} {max(i, 1)}")
-        lines["train_test_split.txt"].append(f"{i + 1} {int(i > 0)}")
-        lines["bounding_boxes.txt"].append(f"{i + 1} 12 12 36 36")
-    for name, rows in lines.items():
-        (tmp_path / name).write_text("\n".join(rows) + "\n")
-    (tmp_path / "classes.txt").write_text("".join(f"{k} c{k}\n" for k in range(1, N + 1)))
+    write_one_test_image_cub(tmp_path, "12 12 36 36")
     return load_cub(tmp_path)
 
 

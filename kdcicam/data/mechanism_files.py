@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from kdcicam.core.errors import DataError
 from kdcicam.data.base import Sample
-from kdcicam.data.object_masks import dataset_root
+from kdcicam.data.object_masks import dataset_root, read_gray_nearest
 
 MECHANISM_FILE = "mechanism.txt"
 REGIONS_DIR = "regions"
@@ -119,16 +118,6 @@ def read_regions(path: Path | str, size: tuple[int, int]) -> np.ndarray:
     Raises:
         DataError: missing or unreadable file.
     """
-    try:
-        with Image.open(path) as img:
-            gray = np.asarray(img.convert("L"), dtype=np.uint8)  # (h, w)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such region mask") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable region mask ({type(exc).__name__}: {exc})") from None
-    width, height = size
-    rows = np.minimum((np.arange(height) * (gray.shape[0] / height)).astype(np.int64), gray.shape[0] - 1)
-    cols = np.minimum((np.arange(width) * (gray.shape[1] / width)).astype(np.int64), gray.shape[1] - 1)
-    resized = gray[rows[:, None], cols[None, :]]  # (H, W)
+    resized = read_gray_nearest(path, size, "region mask")  # (H, W)
     # nearest values are the written grays; split halfway between them
     return np.where(resized >= 192, PART, np.where(resized >= 64, BODY, BACKGROUND)).astype(np.uint8)

@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+from PIL import Image
+
 from kdcicam.core.errors import DataError
 from kdcicam.data.base import Sample
 
@@ -52,3 +55,29 @@ def object_masks(samples: Sequence[Sample]) -> tuple[Path, dict[str, tuple[tuple
     if any(s.image_id not in masks for s in samples):
         return None
     return root, {s.image_id: (tuple(masks[s.image_id][0]), masks[s.image_id][1]) for s in samples}
+
+
+def read_gray_nearest(path: Path | str, size: tuple[int, int], kind: str) -> np.ndarray:
+    """A mask image as 8-bit gray, resized to ``size`` = (W, H) with OpenCV's nearest rule (source pixel
+    ``floor(i * h / H)``), as wsolevaluation reads its masks.
+
+    Args:
+        kind: what the file is, for the error ("mask file", "region mask").
+
+    Returns:
+        (H, W) uint8.
+
+    Raises:
+        DataError: missing or unreadable file.
+    """
+    try:
+        with Image.open(path) as img:
+            gray = np.asarray(img.convert("L"), dtype=np.uint8)  # (h, w)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such {kind}") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable {kind} ({type(exc).__name__}: {exc})") from None
+    width, height = size
+    rows = np.minimum((np.arange(height) * (gray.shape[0] / height)).astype(np.int64), gray.shape[0] - 1)
+    cols = np.minimum((np.arange(width) * (gray.shape[1] / width)).astype(np.int64), gray.shape[1] - 1)
+    return gray[rows[:, None], cols[None, :]]  # (H, W)

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from kdcicam.core.errors import DataError
+from kdcicam.data.object_masks import read_gray_nearest
 from kdcicam.evaluation.boxes import check_heatmap
 
 
@@ -33,17 +32,7 @@ def read_mask(path: Path | str, size: tuple[int, int]) -> np.ndarray:
     Raises:
         DataError: missing or unreadable file.
     """
-    try:
-        with Image.open(path) as img:
-            gray = np.asarray(img.convert("L"), dtype=np.float32)  # (h, w)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such mask file") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable mask ({type(exc).__name__}: {exc})") from None
-    width, height = size
-    rows = np.minimum((np.arange(height) * (gray.shape[0] / height)).astype(np.int64), gray.shape[0] - 1)
-    cols = np.minimum((np.arange(width) * (gray.shape[1] / width)).astype(np.int64), gray.shape[1] - 1)
-    return gray[rows[:, None], cols[None, :]] > 0.5  # (H, W)
+    return read_gray_nearest(path, size, "mask file") > 0  # (H, W); an 8-bit gray > 0.5 is >= 1
 
 
 def gt_mask(mask_root: Path | str, instances: tuple[str, ...], ignore: str, size: tuple[int, int]) -> np.ndarray:
