@@ -108,3 +108,22 @@ def test_config_errors_name_the_option():
         ps.PretrainSetConfig(size=8).validate()
     with pytest.raises(ConfigError, match="pretrain.epochs"):
         PretrainConfig(epochs=0).validate()
+
+
+def test_inceptionv3_pretrains_and_its_weights_load_into_the_reduced_network(tmp_path, capsys):
+    code, _, err = run_cli(["pretrain", str(tmp_path), "--backbone", "inceptionv3", "--epochs", "1",
+                              "--per-class", "2", "--val-per-class", "1", "--size", "64", "--width", "0.0625",
+                              "--quiet"], capsys)
+    assert code == 0, err
+    weights = tmp_path / "inceptionv3-w0.0625.pt"
+    sidecar = json.loads(weights.with_suffix(".json").read_text())
+    assert sidecar["recipe"]["backbone"] == "inceptionv3" and "--backbone inceptionv3" in sidecar["command"]
+    from kdcicam.model.backbones import build_backbone
+    from kdcicam.model.cicam import CICAM
+    from kdcicam.model.weights import load_pretrained
+    model = CICAM(build_backbone("inceptionv3", 0.0625, 16, 3, "reference"), 10, None)
+    record = load_pretrained(model, weights, expected_sha256=sidecar["sha256"], any_width=True)
+    state = torch.load(weights, weights_only=True)
+    assert record["matched_keys"] == len(state) > 0
+    assert torch.equal(model.backbone.state_dict()["Conv2d_1a_3x3.conv.weight"],
+                       state["Conv2d_1a_3x3.conv.weight"].float())

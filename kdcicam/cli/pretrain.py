@@ -9,6 +9,7 @@ import typer
 
 def pretrain_cmd(
     out: Path = typer.Argument(..., help="Folder for the resumable position and the weights (+ .json sidecar)."),
+    backbone: str = typer.Option("vgg16", help="vgg16 (VGG16-BN) or inceptionv3."),
     epochs: int = typer.Option(8, help="Epochs (cosine lr from --lr to 0)."),
     per_class: int = typer.Option(100, "--per-class", help="Images per class (60 classes), val included."),
     val_per_class: int = typer.Option(10, "--val-per-class", help="Of which held out for validation."),
@@ -19,14 +20,14 @@ def pretrain_cmd(
     seed: int = typer.Option(0, help="Seed of the set's images, the weight init, the order and the flips."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Pretrain VGG16-BN as a 60-class classifier; resumes from OUT when interrupted; same seed, same weights."""
+    """Pretrain VGG16-BN or InceptionV3 as a 60-class classifier; resumes from OUT when interrupted; same seed, same weights."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from kdcicam.data.pretraining_set import PretrainSetConfig
     from kdcicam.training.pretrain import PretrainConfig, pretrain
 
-    cfg = PretrainConfig(width=width, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+    cfg = PretrainConfig(backbone=backbone, width=width, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          data=PretrainSetConfig(per_class=per_class, val_per_class=val_per_class,
                                                 size=size, seed=seed)).validate()
     console = Console(stderr=True)

@@ -1,4 +1,4 @@
-"""Pretrain a reduced backbone as a classifier on the pretraining set (ImageNet's part, docs/synthetic.md).
+"""Pretrain a reduced backbone (VGG16-BN or InceptionV3) as a classifier on the pretraining set (ImageNet's part, docs/synthetic.md).
 
 The network is the backbone (no non-local blocks, as torchvision's ImageNet networks) + GAP + linear. The
 result is a torchvision-format state dict of the backbone (``features.N.*`` for VGG16), stored in fp16,
@@ -42,7 +42,7 @@ class PretrainConfig:
     backbone: str = "vgg16"
     width: float = 0.125
     batch_norm: bool = True
-    output_stride: int = 8  # pools kept while pretraining (no parameters depend on it)
+    output_stride: int = 8  # VGG16: pools kept while pretraining (no parameters depend on it); InceptionV3: 16
     epochs: int = 8
     batch_size: int = 64
     lr: float = 2e-3
@@ -68,7 +68,8 @@ class Classifier(nn.Module):
 
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__()
-        self.backbone = build_backbone(cfg.backbone, cfg.width, cfg.output_stride, 0, "paper", cfg.batch_norm)
+        stride = 16 if cfg.backbone == "inceptionv3" else cfg.output_stride  # InceptionV3 has stride 16 only
+        self.backbone = build_backbone(cfg.backbone, cfg.width, stride, 0, "paper", cfg.batch_norm)
         self.head = nn.Linear(self.backbone.out_channels, cfg.data.classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -172,14 +173,14 @@ def export_weights(model: Classifier, cfg: PretrainConfig, out: Path, history: l
     sidecar = {
         "file": path.name,
         "sha256": file_sha256(path),
-        "format": "torchvision state dict of the backbone (features.N.*), fp16; no non-local blocks",
+        "format": "torchvision state dict of the backbone (torchvision's module names), fp16; no non-local blocks",
         "recipe": _signature(cfg),
         "pretraining_set": {"fingerprint": fingerprint(cfg.data), "classes": cfg.data.classes,
                             "generator": "kdcicam.data.pretraining_set"},
         "history": history,
         "train_seconds": round(seconds, 1),
-        "command": (f"kdcicam pretrain OUT --epochs {cfg.epochs} --per-class {cfg.data.per_class} "
-                    f"--size {cfg.data.size} --seed {cfg.seed} --width {cfg.width:g}"),
+        "command": (f"kdcicam pretrain OUT --backbone {cfg.backbone} --epochs {cfg.epochs} "
+                    f"--per-class {cfg.data.per_class} --size {cfg.data.size} --seed {cfg.seed} --width {cfg.width:g}"),
     }
     atomic_write_bytes(path.with_suffix(".json"), (json.dumps(sidecar, indent=1) + "\n").encode())
     return path
@@ -199,8 +200,6 @@ def pretrain(cfg: PretrainConfig, out: Path, on_step: Callable[[int, int, float]
         The exported weights file.
     """
     cfg.validate()
-    if cfg.backbone != "vgg16":
-        raise ConfigError("pretrain.backbone = 'inceptionv3': not offered yet (the reduced profiles use vgg16)")
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed, deterministic=True)
     torch.manual_seed(derive_seed(cfg.seed, "init") % 2**63)
