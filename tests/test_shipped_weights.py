@@ -119,3 +119,19 @@ def test_resolution_pins_shipped_weights_so_new_weights_are_a_new_run(folder):
     (folder / f"{NAME}.json").write_text(json.dumps({"sha256": "f" * 64}))  # the weights were regenerated
     again = shipped.pin_shipped_weights(cfg)
     assert config_hash(with_overrides(run, {"model.weights_sha256": again.weights_sha256})) != first
+
+
+@pytest.mark.parametrize("name, backbone, stride, batch_norm", [
+    ("vgg16_bn-w0.125", "vgg16", 4, True), ("inceptionv3-w0.125", "inceptionv3", 16, False)])
+def test_the_repository_weights_match_their_sidecars_and_load(name, backbone, stride, batch_norm):
+    """The files in kdcicam/weights/ (not a stand-in folder): the sidecar's sha256 is the file's, and every
+    tensor loads into the reduced network of the profiles' width."""
+    sidecar = json.loads((shipped.SHIPPED_DIR / f"{name}.json").read_text())
+    assert sidecar["sha256"] == file_sha256(shipped.SHIPPED_DIR / f"{name}.pt")
+    assert sidecar["recipe"]["backbone"] == backbone and sidecar["recipe"]["output_stride"] in (8, 16)
+    cfg = ModelConfig(backbone=backbone, num_classes=10, width=0.125, batch_norm=batch_norm, output_stride=stride,
+                      nonlocal_blocks=2, weights=f"shipped:{name}")
+    model = build_model(cfg, "reference", 96 if backbone == "vgg16" else 160)
+    assert model.weights_record["sha256"] == sidecar["sha256"]
+    assert model.weights_record["matched_keys"] == len(torch.load(shipped.SHIPPED_DIR / f"{name}.pt",
+                                                                  weights_only=True))

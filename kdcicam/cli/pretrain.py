@@ -27,7 +27,9 @@ def pretrain_cmd(
     from kdcicam.data.pretraining_set import PretrainSetConfig
     from kdcicam.training.pretrain import PretrainConfig, pretrain
 
-    cfg = PretrainConfig(backbone=backbone, width=width, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+    stride = 16 if backbone == "inceptionv3" else 8  # InceptionV3 has stride 16 only
+    cfg = PretrainConfig(backbone=backbone, output_stride=stride, width=width, epochs=epochs,
+                         batch_size=batch_size, lr=lr, seed=seed,
                          data=PretrainSetConfig(per_class=per_class, val_per_class=val_per_class,
                                                 size=size, seed=seed)).validate()
     console = Console(stderr=True)
