@@ -137,7 +137,7 @@ def _edit(path: Path, old: str, new: str) -> None:
         ("profiles.toml", '"model.width" = 0.125', '"model.width" = "wide"', "profile 'quick'"),
         ("profiles.toml", '"train.lr_schedule" = "cosine"', '"train.lr_schedul" = "cosine"', "unknown key 'train.lr_schedul'"),
         ("profiles.toml", 'extends = "quick"', 'extends = "quik"', "profiles.toml: profile 'medium': extends: unknown profile 'quik'"),
-        ("profiles.toml", 'reduced = true\n# The network', 'reduced = true\nextends = "medium"\n# The network',
+        ("profiles.toml", 'reduced = true\n# Chosen from', 'reduced = true\nextends = "medium"\n# Chosen from',
          "profiles.toml: profile 'medium': extends: quick -> medium -> quick is a cycle"),
     ],
 )
