@@ -3,7 +3,8 @@
 Each is stored, like the accuracies, as a fraction per run, protocol, checkpoint selection and θ
 policy, and read in percent (points) by the ledger. The evaluator records them where the test data
 has what they need (the synthetic benchmark's region masks, its context-swapped test images);
-a claim on one of them whose cells' runs lack it reads "no data".
+a claim on one of them whose cells' runs lack it reads "no data". They are measured under the
+standard protocol only, so under the paper protocol such a claim always reads "no data".
 
 - ``cam_mass_part`` / ``cam_mass_body`` / ``cam_mass_background`` / ``cam_mass_context``: the share
   of the localization map's total mass on the object's discriminative part, on the rest of its body,
