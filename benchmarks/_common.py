@@ -24,7 +24,8 @@ import torch
 from kdcicam.core.config import RunConfig, TeacherRefs
 from kdcicam.data.base import Sample
 from kdcicam.model.factory import build_model
-from kdcicam.registry.ablations import Scope, load_registry, resolve_config
+from kdcicam.registry.ablations import load_registry
+from kdcicam.registry.resolve import Scope, resolve_config
 from kdcicam.training.recipes import Recipe, TeacherSet, compute_loss, recipe_for
 from kdcicam.training.schedule import build_optimizer
 

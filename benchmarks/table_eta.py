@@ -38,7 +38,8 @@ from kdcicam.data.cache import CachedBatches, ImageCache, build_cache, split_tra
 from kdcicam.data.transforms import TestTransform, train_transform
 from kdcicam.execution.plan import make_plan
 from kdcicam.model.factory import build_model
-from kdcicam.registry.ablations import Scope, load_registry
+from kdcicam.registry.ablations import load_registry
+from kdcicam.registry.resolve import Scope
 
 CUB_TRAIN, CUB_TEST, CUB_CLASSES = 5994, 5794, 200
 CUB_SIZES = ((500, 375), (375, 500), (500, 333), (500, 356), (448, 500))

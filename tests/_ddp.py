@@ -32,7 +32,8 @@ class TinySet(Dataset):
 
 def tiny_config(role: str, variant: str, batch_size: int = 8, epochs: int = 1, **sets):
     """The smoke profile's network (vgg16, width 1/16, 2 non-local blocks) on 32 px inputs."""
-    from kdcicam.registry.ablations import Scope, load_registry, resolve_config
+    from kdcicam.registry.ablations import load_registry
+    from kdcicam.registry.resolve import Scope, resolve_config
 
     cfg = resolve_config(load_registry(None), scope=Scope(dataset="synthetic", backbone="vgg16"), profile="smoke",
                          variant=variant, role=role, context_pool=True, seed=0, num_classes=CLASSES,

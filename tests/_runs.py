@@ -31,7 +31,8 @@ TIMING_METRICS = {"images_per_s"}  # epoch metrics that measure the machine, not
 
 def smoke_config(role: str = "student", **overrides: Any) -> RunConfig:
     """The smoke profile's resolved config (synthetic data, vgg16, reference variant), with ``--set`` overrides."""
-    from kdcicam.registry.ablations import Scope, load_registry, resolve_config
+    from kdcicam.registry.ablations import load_registry
+    from kdcicam.registry.resolve import Scope, resolve_config
 
     cfg = resolve_config(load_registry(None), scope=Scope(dataset="synthetic", backbone="vgg16"), profile="smoke",
                          variant="reference", role=role, context_pool=True, seed=0, num_classes=2,

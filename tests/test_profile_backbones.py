@@ -16,7 +16,8 @@ from kdcicam.core.config import BACKBONES, VARIANTS
 from kdcicam.core.errors import ConfigError
 from kdcicam.data.base import DatasetIndex
 from kdcicam.execution.plan import make_plan
-from kdcicam.registry.ablations import Scope, load_registry
+from kdcicam.registry.ablations import load_registry
+from kdcicam.registry.resolve import Scope
 
 
 def _fake_data(data_cfg):

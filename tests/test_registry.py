@@ -11,7 +11,8 @@ import pytest
 from kdcicam.core.errors import ConfigError
 from kdcicam.data.base import DatasetIndex
 from kdcicam.execution.plan import make_plan
-from kdcicam.registry.ablations import DEFAULT_REGISTRY, Scope, apply_multipliers, load_registry, resolve_config
+from kdcicam.registry.ablations import DEFAULT_REGISTRY, load_registry
+from kdcicam.registry.resolve import Scope, apply_multipliers, resolve_config
 
 
 @pytest.fixture()

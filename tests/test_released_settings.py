@@ -17,7 +17,8 @@ from kdcicam.core.identity import config_hash, identity_dict
 from kdcicam.data.base import DatasetIndex
 from kdcicam.data.train_augment import train_transform_for
 from kdcicam.execution.plan import make_plan
-from kdcicam.registry.ablations import DEFAULT_REGISTRY, Scope, load_registry, resolve_config
+from kdcicam.registry.ablations import DEFAULT_REGISTRY, load_registry
+from kdcicam.registry.resolve import Scope, resolve_config
 from kdcicam.training.schedule import lr_factor
 
 REFS = TeacherRefs(cls_run="c", loc_run="l")

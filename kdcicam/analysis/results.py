@@ -20,8 +20,9 @@ from kdcicam.core.identity import training_setting
 from kdcicam.evaluation.selection import (
     select_on_of,
 )
-from kdcicam.registry.ablations import METRICS, Registry, Scope
+from kdcicam.registry.ablations import METRICS, Registry
 from kdcicam.registry.mechanism_metrics import MECHANISM_METRICS
+from kdcicam.registry.resolve import Scope
 from kdcicam.store import RunInfo
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def scopes_of(reg: Registry, runs: Sequence[RunInfo]) -> dict[str, ScopeKey]:
     placed in the scope of the ungridded runs it was scaled from.
 
     A gridded run joins the scope that differs from its own only in epochs, whose epoch count one
-    of its cells' multipliers turns into the run's (as :func:`kdcicam.registry.ablations.apply_multipliers`
+    of its cells' multipliers turns into the run's (as :func:`kdcicam.registry.resolve.apply_multipliers`
     rounds); without one it keeps its own scope.
     """
     own = {run.id: scope_of(run) for run in runs}

@@ -26,7 +26,8 @@ def baselines_cmd(
     from kdcicam.core.errors import ConfigError
     from kdcicam.data.source import open_dataset
     from kdcicam.evaluation.baselines import trivial_baselines
-    from kdcicam.registry.ablations import Scope, load_registry, resolve_config
+    from kdcicam.registry.ablations import load_registry
+    from kdcicam.registry.resolve import Scope, resolve_config
 
     if dataset != "synthetic" and data is None:
         raise ConfigError(f"--dataset {dataset} needs --data PATH")

@@ -41,7 +41,8 @@ def prepare(*, profile: str, dataset: str, data: Path | None, backbone: str, var
     every image header (``--no-headers`` skips it), with a progress line on a terminal unless ``quiet``.
     """
     from kdcicam.core.runtime import pick_device
-    from kdcicam.registry.ablations import Scope, load_registry
+    from kdcicam.registry.ablations import load_registry
+    from kdcicam.registry.resolve import Scope
     from kdcicam.store import open_store
 
     choice(dataset, DATASETS, "--dataset")

@@ -70,7 +70,7 @@ def train(
     (DistributedDataParallel; train.batch_size is the global batch); rank 0 alone writes.
     """
     from kdcicam.execution.plan import PlannedRun, run_id_for
-    from kdcicam.registry.ablations import resolve_config
+    from kdcicam.registry.resolve import resolve_config
 
     if run_spec is not None:
         _train_spec(run_spec, db=db, artifacts=artifacts, device=device, quiet=quiet, as_json=as_json)
