@@ -102,11 +102,11 @@ def test_per_image_train_output_is_one_of_the_batch_crops(samples):
         for top in range(9):
             for left in range(9):
                 for flip in (False, True):
-                    t, l, f = torch.tensor([top]), torch.tensor([left]), torch.tensor([flip])
-                    out = normalize_image(C.crop_flip_images(cache.images[2:3], t, l, f, 64))[0]
+                    t, lt, f = torch.tensor([top]), torch.tensor([left]), torch.tensor([flip])
+                    out = normalize_image(C.crop_flip_images(cache.images[2:3], t, lt, f, 64))[0]
                     if torch.equal(out, image):
                         found.append((top, left, flip))
-                        assert torch.equal(C.crop_flip_boxes(cache.boxes[2:3], t, l, f, 64)[0], boxes)
+                        assert torch.equal(C.crop_flip_boxes(cache.boxes[2:3], t, lt, f, 64)[0], boxes)
         assert len(found) == 1  # random pixels: exactly one crop matches
 
 

@@ -40,6 +40,17 @@ def claims_cmd(
         False, "--variants",
         help="Instead of the ledger: the paper variant against the reference variant, cell by cell (paper − "
              "reference, paired by seed) and claim by claim (the verdict under each), where both ran."),
+    seed_plan: bool = typer.Option(
+        False, "--seed-plan",
+        help="Instead of the ledger: the seed rule applied to the pilot (seeds below --pilot-seeds): each "
+             "table's seeds, from the seeds its rows need to detect the paper's Δ (at most --max-seeds), "
+             "and the ablate commands that add them (docs/findings.md)."),
+    pilot_seeds: int = typer.Option(3, "--pilot-seeds", help="With --seed-plan: the pilot's seeds (0..N-1)."),
+    max_seeds: int = typer.Option(8, "--max-seeds", help="With --seed-plan: rows needing more are under-powered."),
+    findings: bool = typer.Option(
+        False, "--findings",
+        help="Instead of the ledger: claim by claim, a Markdown paragraph per scope with each metric's status "
+             "under both protocols (for docs/findings.md)."),
 ) -> None:
     """List each claim of the paper the registry encodes, with ours, its interval and a status."""
     from kdcicam.analysis.claims import pair_protocols, test_records
@@ -48,6 +59,8 @@ def claims_cmd(
     from kdcicam.registry.ablations import load_registry
     from kdcicam.store import THRESHOLD_POLICIES, open_store, sqlite_file
 
+    if sum((variants, seed_plan, findings)) > 1:
+        raise ConfigError("--variants, --seed-plan and --findings each replace the ledger: name one")
     if protocol not in (*PROTOCOLS, "both"):
         raise ConfigError(f"--protocol {protocol!r}: must be one of {', '.join(PROTOCOLS)} or both")
     if protocol == "both" and variants:
@@ -64,6 +77,19 @@ def claims_cmd(
         with open_store(url, create=False) as store:
             runs = store.list_runs()
             finals = store.final_metrics([r.id for r in runs if r.status == "finished"])
+            if seed_plan:
+                from kdcicam.cli.seed_plan import print_seed_plan, seed_plan_for_store
+
+                plan = seed_plan_for_store(reg, runs, finals, test_records(store), threshold_policy=threshold_policy,
+                                           pilot_seeds=pilot_seeds, max_seeds=max_seeds)
+                print_seed_plan(plan, threshold_policy, as_json)
+                return
+            if findings:
+                from kdcicam.report.findings import findings_markdown
+
+                ledgers = evaluate_ledger(reg, runs, finals, test_records(store), threshold_policy=threshold_policy)
+                typer.echo(findings_markdown(reg, ledgers, threshold_policy))
+                return
             if variants:
                 agreement = variant_agreement(reg, runs, finals, test_records(store), protocol=protocol,
                                               threshold_policy=threshold_policy)
@@ -71,6 +97,9 @@ def claims_cmd(
                 records = test_records(store)
                 ledgers = evaluate_ledger(reg, runs, finals, records, threshold_policy=threshold_policy)
                 results = pair_protocols(*ledgers.values()) if protocol == "both" else ledgers[protocol]
+    if seed_plan or findings:  # the store does not exist
+        typer.echo(f"no runs yet: no store at {path}")
+        return
     oracle = " — ORACLE θ (chosen on the test split): an upper bound, not a result" if threshold_policy == "oracle" else ""
     if variants:
         _print_agreement(agreement, protocol, threshold_policy, oracle, as_json, as_md)
