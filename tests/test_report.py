@@ -334,7 +334,8 @@ def test_html_is_self_contained_with_both_protocols_and_figures(filled):
     html = render(data, reg, "html").text
     assert 'data-protocol="paper"' in html and 'data-protocol="standard" hidden' in html
     assert html.count("<img") == 3  # C-L scatter x 2 protocols + gallery
-    assert html.count('src="data:image/png;base64,') == 3
+    assert html.count('src="data:image/png;base64,') == 2  # the scatters
+    assert html.count('src="data:image/jpeg;base64,') == 1  # the gallery: heatmaps compress as JPEG
     assert not re.search(r'(src|href)="(https?:)?//', html) and "@import" not in html
     assert "Reduced setting — not a reproduction of the paper&#39;s numbers" in html
     # our mean and the paper's number side by side; a missing cell says "not run" with its command
@@ -381,8 +382,9 @@ def test_latex_uses_booktabs_and_balances(filled):
         assert body.count(f"\\begin{{{env}}}") == body.count(f"\\end{{{env}}}")
     assert all(f"\\includegraphics[width=\\linewidth]{{{name}}}" in tex for name in out.files)
     assert sorted(out.files) == ["cl-synthetic-vgg16-quick-20ep-reference-fp01234567-standard.png",
-                                 "gallery-synthetic-vgg16-quick-20ep-reference-fp01234567.png"]
-    assert all(png.startswith(b"\x89PNG") for png in out.files.values())
+                                 "gallery-synthetic-vgg16-quick-20ep-reference-fp01234567.jpg"]
+    assert all(data.startswith(b"\x89PNG" if name.endswith(".png") else b"\xff\xd8\xff")  # PNG / JPEG
+               for name, data in out.files.items())
 
 
 def test_escaping_filters():
@@ -464,7 +466,7 @@ def test_cli_writes_md_and_latex_beside_their_figures(filled, runner, tmp_path):
                                      "--table", "table3", "--protocol", "paper"])
         assert result.exit_code == 0, result.output
         assert (out / name).is_file() and str(out / name) in result.output
-    assert (out / "gallery-synthetic-vgg16-quick-20ep-reference-fp01234567.png").is_file()
+    assert (out / "gallery-synthetic-vgg16-quick-20ep-reference-fp01234567.jpg").is_file()
     assert "](cl-synthetic-vgg16-quick-20ep-reference-fp01234567-paper.png)" in (out / "report.md").read_text()
 
 
@@ -490,7 +492,8 @@ def test_cli_default_html_goes_to_reports(filled, runner, tmp_path, monkeypatch)
     result = runner.invoke(make_app(), ["report", "--db", filled, "--table", "table3", "--protocol", "paper"])
     assert result.exit_code == 0, result.output
     html = (tmp_path / "reports" / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 2 and not list((tmp_path / "reports").glob("*.png"))
+    assert html.count('src="data:image/png;base64,') + html.count('src="data:image/jpeg;base64,') == 2
+    assert not list((tmp_path / "reports").glob("*.png")) and not list((tmp_path / "reports").glob("*.jpg"))
 
 
 def test_cli_rejects_unknown_table_and_format(filled, runner):

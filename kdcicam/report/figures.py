@@ -20,3 +20,11 @@ def to_png(fig: Figure, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
+
+
+def to_jpeg(fig: Figure, dpi: int = 110, quality: int = 85) -> bytes:
+    """The figure as JPEG bytes: for figures of photographs and heatmaps, which PNG compresses poorly
+    (a Table 3 gallery: ~650 kB as PNG, a fifth of it as JPEG)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="jpeg", dpi=dpi, pil_kwargs={"quality": quality, "optimize": True})
+    return buf.getvalue()

@@ -124,12 +124,13 @@ class FigureOut:
     file: str  # file name beside an md/latex report
     title: str
     caption: str  # provenance
-    png: bytes
+    image: bytes  # PNG, or JPEG when ``file`` ends in .jpg
     description: str = ""  # what the figure shows (its caption's first sentence)
 
     @property
     def data_uri(self) -> str:
-        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+        media = "image/jpeg" if self.file.endswith(".jpg") else "image/png"
+        return f"data:{media};base64," + base64.b64encode(self.image).decode("ascii")
 
 
 @dataclass
@@ -153,7 +154,7 @@ def scope_views(data: ReportData, reg: Registry, *, figures: bool) -> list[Scope
                 title = f"C-L dilemma — {key.title} — {protocol} protocol"
                 png = cl_scatter(points, paper, title=title, paper_label=key.paper_label, subtitle=subtitle)
                 view.scatter[protocol] = None if png is None else FigureOut(
-                    file=f"cl-{key.slug}-{protocol}.png", title=title, caption=scope.provenance.line(), png=png,
+                    file=f"cl-{key.slug}-{protocol}.png", title=title, caption=scope.provenance.line(), image=png,
                     description=scatter_description(points, key.paper_label))
             gallery_table = next((t for t in reg.tables.values() if t.gallery), None)  # the first that has one
             if gallery_table is not None:
@@ -163,9 +164,9 @@ def scope_views(data: ReportData, reg: Registry, *, figures: bool) -> list[Scope
                     notes.append("the gallery files share no image id")
                 if ids:
                     title = f"Gallery — {key.title}"
-                    view.gallery = FigureOut(file=f"gallery-{key.slug}.png", title=title,
+                    view.gallery = FigureOut(file=f"gallery-{key.slug}.jpg", title=title,
                                              caption=scope.provenance.line(),
-                                             png=gallery_figure(columns, ids, title=title))
+                                             image=gallery_figure(columns, ids, title=title))
                 view.gallery_notes = notes
         views.append(view)
     return views
@@ -214,7 +215,7 @@ def sweep_views(data: ReportData, *, figures: bool) -> list[SweepView]:
             if png is not None:
                 slug = re.sub(r"[^a-z0-9]+", "-", f"{w.key}-{w.group}-{w.protocol}".lower()).strip("-")
                 view.figure = FigureOut(file=f"sweep-{slug}.png", title=f"{w.title} ({w.protocol} protocol)",
-                                        caption=w.group, png=png)
+                                        caption=w.group, image=png)
         views.append(view)
     return views
 
@@ -285,8 +286,8 @@ def render(data: ReportData, reg: Registry, fmt: str, *, figures: bool = True) -
         for view in views:
             for fig in [*view.scatter.values(), view.gallery]:
                 if fig is not None:
-                    files[fig.file] = fig.png
+                    files[fig.file] = fig.image
         for sweep in sweeps:
             if sweep.figure is not None:
-                files[sweep.figure.file] = sweep.figure.png
+                files[sweep.figure.file] = sweep.figure.image
     return Rendered(text=text, files=files)
