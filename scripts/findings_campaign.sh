@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The findings campaign (docs/findings.md): for each table, its pilot (seeds 0-2), then the seeds the
+# pre-registered seed rule gives it (`kdcicam claims --seed-plan`, read on the pilot seeds only, θ chosen
+# on validation). Every step resumes from its checkpoints: rerun the same command to continue.
+#
+#   scripts/findings_campaign.sh DIR [PROFILE]      (PROFILE: medium unless named)
+#
+# DIR holds the store (runs.db), the artifacts (art/), the data cache (cache/) and campaign.log; keep it
+# outside the repository. The code that trains is this script's checkout (PYTHONPATH points at it, so a
+# pinned git worktree trains with its own code); JOBS (default 2) runs at a time; PYTHON (default python3).
+set -u
+[ $# -ge 1 ] || { echo "usage: $0 DIR [PROFILE]" >&2; exit 2; }
+DIR=$(realpath -m "$1"); PROFILE=${2:-medium}; JOBS=${JOBS:-2}; PY=${PYTHON:-python3}
+CODE=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$DIR" || exit 2
+export KDCICAM_CACHE="$DIR/cache" PYTHONPATH="$CODE"
+KD=("$PY" -m kdcicam)
+STORE=(--db "$DIR/runs.db")
+log() { echo "$(date -u +%FT%TZ) $*" >> "$DIR/campaign.log"; }
+ablate() {
+  log "ablate $*"
+  "${KD[@]}" ablate "$@" --profile "$PROFILE" --jobs "$JOBS" --quiet "${STORE[@]}" --artifacts "$DIR/art" \
+    >> "$DIR/campaign.log" 2>&1
+  log "rc=$? ablate $*"
+}
+rule_seeds() {  # $1 table, $2 variant: the seed rule's number for it, or nothing when it needs no more
+  "${KD[@]}" claims --seed-plan --json --threshold-policy val --registry "$CODE/ablations" "${STORE[@]}" \
+    | "$PY" -c 'import json, sys
+plan = json.load(sys.stdin)
+n = [t["seeds"] for t in plan["tables"] if t["table"] == sys.argv[1] and t["variant"] == sys.argv[2]
+     and t["profile"] == sys.argv[3] and t["command"]]
+print(max(n) if n else "")' "$1" "$2" "$PROFILE"
+}
+log "start commit $(git -C "$CODE" rev-parse --short HEAD) dirty=$(git -C "$CODE" status --porcelain -- kdcicam ablations | wc -l) profile $PROFILE"
+for step in "table3 reference" "table3 paper" "table4 reference" "table5 reference" "figure1b reference" \
+            "context-sweep reference"; do
+  read -r table variant <<< "$step"
+  ablate "$table" --variant "$variant" --seeds 3
+  seeds=$(rule_seeds "$table" "$variant")
+  log "seed rule: $table, variant $variant: ${seeds:-no more seeds}"
+  [ -n "$seeds" ] && ablate "$table" --variant "$variant" --seeds "$seeds"
+done
+log "done"
