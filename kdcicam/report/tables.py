@@ -29,7 +29,7 @@ from kdcicam.evaluation.selection import (
     EpochAudit,
     select_on_of,
 )
-from kdcicam.registry.ablations import Cell, Table
+from kdcicam.registry.definitions import Cell, Table
 from kdcicam.store import RunInfo
 
 if TYPE_CHECKING:
