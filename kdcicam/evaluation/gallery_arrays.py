@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from kdcicam.data.pixel_steps import IMAGENET_MEAN, IMAGENET_STD
 
 
 def add_to_gallery(gallery: dict[str, list], batch: dict, i: int, heat: np.ndarray, box: np.ndarray,

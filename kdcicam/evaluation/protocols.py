@@ -9,7 +9,8 @@ import torch
 
 from kdcicam.core.config import PROTOCOLS, RunConfig
 from kdcicam.core.errors import ConfigError
-from kdcicam.data.transforms import TestFrame, TestTransform, test_transform_paper, test_transform_standard
+from kdcicam.data.box_geometry import TestFrame
+from kdcicam.data.transforms import TestTransform, test_transform_paper, test_transform_standard
 from kdcicam.evaluation.boxes import box_from_heatmap, iou_matrix
 
 # the box rule each variant uses under the paper protocol (the standard protocol always uses "standard")

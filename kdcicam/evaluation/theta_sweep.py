@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcicam.data.transforms import TestFrame
+from kdcicam.data.box_geometry import TestFrame
 from kdcicam.evaluation.boxes import box_from_heatmap, check_heatmap, get_policy
 from kdcicam.evaluation.eval_result import FLAG_METRICS, LOC_FLAGS, EvalResult, ThresholdSweep
 from kdcicam.evaluation.protocols import PROTOCOL_PIXEL_INCLUSIVE, best_ious, to_original_boxes
