@@ -127,7 +127,7 @@ class TrainTransform:
 
     The stages are attributes so a later uint8 / GPU path can reuse them: ``geometry`` (v2
     transforms over a uint8 image and its BoundingBoxes), ``randaugment`` (or None) and the final
-    :func:`normalize_image`. Randomness comes from torch's global RNG.
+    :func:`kdcicam.data.pixel_steps.normalize_image`. Randomness comes from torch's global RNG.
     """
 
     def __init__(self, geometry: v2.Transform, randaugment: BoxRandAugment | None, out_size: Size) -> None:

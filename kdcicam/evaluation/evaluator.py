@@ -5,8 +5,8 @@ the authors' ``test_center_crop.py``): the test image resized to a square S x S,
 every GT box mapped into the crop and clipped to it, the best IoU counting (their test loop
 scores one image's whole box list; one box per image on CUB); the box from the method's
 combinational heatmap (Eq. 3) normalised and thresholded as the variant says
-(:data:`VARIANT_BOX_POLICY`); IoU in crop coordinates with the authors' "+1" pixel convention
-(``IoU`` in their ``utils.py``: areas (x1 - x0 + 1)(y1 - y0 + 1) of the ``find_objects`` box
+(:data:`kdcicam.evaluation.protocols.VARIANT_BOX_POLICY`); IoU in crop coordinates with the authors'
+"+1" pixel convention (``IoU`` in their ``utils.py``: areas (x1 - x0 + 1)(y1 - y0 + 1) of the ``find_objects`` box
 (x0, y0, x1 + 1, y1 + 1) and of the clipped GT box, i.e. ``iou_matrix(..., pixel_inclusive=True)``
 on this harness's continuous boxes — it reproduces their numbers, and it rates every box one
 pixel larger than it is, which helps small boxes); Top-5 Loc uses the same class-independent box
@@ -113,7 +113,7 @@ def evaluate(
         num_workers: data-loader worker processes.
         gallery_ids: image ids whose crop, heatmap and boxes are returned for the report's gallery.
         thetas: also take every image's box at each of these θ (sorted, deduplicated) from the same
-            heatmap: the result's ``sweep`` (see :func:`sweep_metrics`, :func:`at_theta`).
+            heatmap: the result's ``sweep`` (see :mod:`kdcicam.evaluation.theta_sweep`).
         frames: read the split's decoded frames from this store (built on first use) instead of
             decoding every image with PIL: the same pixels (``tests/test_data_cache.py``), the same result.
 

@@ -78,7 +78,7 @@ def sweep_metrics(result: EvalResult, iou_threshold: float) -> dict[str, np.ndar
     """Top-1 Loc, Top-5 Loc and GT-known Loc at every θ of ``result.sweep``.
 
     Args:
-        result: an :func:`evaluate` result made with ``thetas``.
+        result: an :func:`kdcicam.evaluation.evaluator.evaluate` result made with ``thetas``.
         iou_threshold: the IoU a box must reach (``EvalConfig.iou_threshold``).
 
     Returns:
