@@ -32,9 +32,9 @@ def main() -> None:
     from kdcicam.cli._common import cache_dir, db_url
     from kdcicam.core.config import RunConfig, from_dict
     from kdcicam.data.dataset import WSOLDataset, collate_wsol
+    from kdcicam.data.pixel_steps import IMAGENET_MEAN, IMAGENET_STD
     from kdcicam.data.source import open_dataset
-    from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from kdcicam.evaluation.evaluator import protocol_transform
+    from kdcicam.evaluation.protocols import protocol_transform
     from kdcicam.execution.run_models import load_run_model
     from kdcicam.store import open_store
 

@@ -41,7 +41,8 @@ from kdcicam.core.config import RunConfig
 from kdcicam.data.base import Sample
 from kdcicam.data.cache import CachedBatches, build_cache, split_train_transform
 from kdcicam.data.dataset import load_rgb
-from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
+from kdcicam.data.pixel_steps import IMAGENET_MEAN, IMAGENET_STD
+from kdcicam.data.transforms import train_transform
 from kdcicam.training.recipes import compute_loss
 from kdcicam.training.streams import epoch_order
 

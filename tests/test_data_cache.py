@@ -12,12 +12,12 @@ from torchvision.transforms.v2 import functional as F
 import kdcicam.data.cache as C
 from kdcicam.core.errors import DataError
 from kdcicam.data.base import Sample
+from kdcicam.data.box_geometry import clip_boxes
+from kdcicam.data.box_randaugment import BoxRandAugment
 from kdcicam.data.dataset import WSOLDataset
+from kdcicam.data.pixel_steps import normalize_image
 from kdcicam.data.transforms import (
-    BoxRandAugment,
     TestTransform,
-    clip_boxes,
-    normalize_image,
     test_transform_paper,
     test_transform_standard,
     train_transform,

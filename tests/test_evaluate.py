@@ -27,8 +27,10 @@ from kdcicam.core.config import EvalConfig, RunConfig
 from kdcicam.core.errors import ConfigError
 from kdcicam.data.base import Sample
 from kdcicam.data.cub import load_cub
-from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from kdcicam.evaluation.evaluator import FLAG_METRICS, evaluate, protocol_transform
+from kdcicam.data.pixel_steps import IMAGENET_MEAN, IMAGENET_STD
+from kdcicam.evaluation.eval_result import FLAG_METRICS
+from kdcicam.evaluation.evaluator import evaluate
+from kdcicam.evaluation.protocols import protocol_transform
 from kdcicam.model.output import CICAMOutput
 from kdcicam.store import IMAGE_RECORD_FIELDS
 

@@ -24,15 +24,10 @@ from kdcicam.data.mechanism_files import (
     read_regions,
     region_labels,
 )
-from kdcicam.data.synthetic import (
-    GENERATOR_VERSION,
-    generate,
-    render,
-    sample_latents,
-    split_sizes,
-    swap_context,
-    with_context,
-)
+from kdcicam.data.synthetic import GENERATOR_VERSION, generate
+from kdcicam.data.synthetic_latents import sample_latents, split_sizes
+from kdcicam.data.synthetic_mechanism import swap_context, with_context
+from kdcicam.data.synthetic_render import render
 from kdcicam.evaluation.context_swap import with_context_swap
 from kdcicam.evaluation.evaluator import evaluate
 from kdcicam.evaluation.mechanism import (

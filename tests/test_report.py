@@ -21,9 +21,9 @@ from kdcicam.analysis.stats import mean_std_ci, pareto_front
 from kdcicam.cli.report import register
 from kdcicam.registry.ablations import DEFAULT_REGISTRY, load_registry
 from kdcicam.report import build_report, render, report_json
+from kdcicam.report.provenance import provenance
 from kdcicam.report.render import md_escape, tex_escape
 from kdcicam.report.scatter import scatter_description, setting_means
-from kdcicam.report.tables import provenance
 from kdcicam.store import open_store
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)

@@ -22,14 +22,8 @@ from kdcicam.analysis.compare import compare_runs, format_comparison
 from kdcicam.core.config import DEFAULT_THETA_GRID, EvalConfig, RunConfig
 from kdcicam.core.identity import config_hash
 from kdcicam.evaluation.boxes import box_from_heatmap
-from kdcicam.evaluation.evaluator import (
-    EvalResult,
-    ThresholdSweep,
-    at_theta,
-    boxes_at_thresholds,
-    evaluate,
-    sweep_metrics,
-)
+from kdcicam.evaluation.eval_result import EvalResult, ThresholdSweep
+from kdcicam.evaluation.evaluator import evaluate
 from kdcicam.evaluation.selection import (
     candidate_resizes,
     candidate_thetas,
@@ -38,6 +32,7 @@ from kdcicam.evaluation.selection import (
     resize_policies,
     threshold_policies,
 )
+from kdcicam.evaluation.theta_sweep import at_theta, boxes_at_thresholds, sweep_metrics
 from kdcicam.registry.ablations import load_registry
 from kdcicam.report import build_report, render
 from kdcicam.store import _open as store_open

@@ -16,17 +16,11 @@ from PIL import Image
 
 from kdcicam.core.config import SynthConfig
 from kdcicam.core.errors import ConfigError, DataError
-from kdcicam.data.synthetic import (
-    LAYOUT_FILES,
-    Latents,
-    body_colour,
-    encode_jpeg,
-    generate,
-    mask_box,
-    render,
-    sample_latents,
-    split_sizes,
-)
+from kdcicam.data.synthetic import LAYOUT_FILES, generate
+from kdcicam.data.synthetic_geometry import mask_box
+from kdcicam.data.synthetic_latents import Latents, sample_latents, split_sizes
+from kdcicam.data.synthetic_render import encode_jpeg, render
+from kdcicam.data.synthetic_styles import body_colour
 
 # 3 classes x 8 images at 32 px: 24 images, per class round(8 * 0.25) = 2 test and 6 train.
 SMALL = SynthConfig(classes=3, per_class=8, size=32, seed=7)

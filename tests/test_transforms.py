@@ -10,6 +10,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+import kdcicam.data.box_geometry as G
+import kdcicam.data.box_randaugment as RA
 import kdcicam.data.transforms as T
 from kdcicam.core.errors import ConfigError
 
@@ -45,13 +47,13 @@ def _bright_box(plane: torch.Tensor) -> torch.Tensor | None:
 
 def test_resize_boxes_scales_x_and_y_separately():
     # (100, 50) -> (50, 100): sx = 0.5, sy = 2 -> (10*.5, 20*2, 30*.5, 40*2) = (5, 40, 15, 80)
-    out = T.resize_boxes(_boxes((10, 20, 30, 40)), (100, 50), (50, 100))
+    out = G.resize_boxes(_boxes((10, 20, 30, 40)), (100, 50), (50, 100))
     assert torch.allclose(out, _boxes((5, 40, 15, 80)))
 
 
 def test_crop_boxes_translates_without_clipping():
     # (10-5, 20-30, 30-5, 40-30) = (5, -10, 25, 10)
-    assert torch.allclose(T.crop_boxes(_boxes((10, 20, 30, 40)), 5, 30), _boxes((5, -10, 25, 10)))
+    assert torch.allclose(G.crop_boxes(_boxes((10, 20, 30, 40)), 5, 30), _boxes((5, -10, 25, 10)))
 
 
 def test_clip_boxes_partial_outside_and_empty():
@@ -59,16 +61,16 @@ def test_clip_boxes_partial_outside_and_empty():
     boxes = _boxes((5, -10, 25, 10), (30, 1, 40, 2), (2, 3, 4, 5))
     # partial -> (5, 0, 20, 10); fully right of the frame -> collapses on x = 20; inside unchanged
     expected = _boxes((5, 0, 20, 10), (20, 1, 20, 2), (2, 3, 4, 5))
-    assert torch.equal(T.clip_boxes(boxes, size), expected)
-    assert T.clip_boxes(torch.zeros(0, 4), size).shape == (0, 4)
+    assert torch.equal(G.clip_boxes(boxes, size), expected)
+    assert G.clip_boxes(torch.zeros(0, 4), size).shape == (0, 4)
 
 
 def test_hflip_boxes_hand_value_involution_and_torchvision():
     boxes = _boxes((10, 20, 30, 40), (0, 0, 100, 5))
     # width 100: x -> 100 - x, so (10, _, 30, _) -> (70, _, 90, _); the full-width box stays
     expected = _boxes((70, 20, 90, 40), (0, 0, 100, 5))
-    assert torch.equal(T.hflip_boxes(boxes, 100), expected)
-    assert torch.equal(T.hflip_boxes(T.hflip_boxes(boxes, 100), 100), boxes)
+    assert torch.equal(G.hflip_boxes(boxes, 100), expected)
+    assert torch.equal(G.hflip_boxes(G.hflip_boxes(boxes, 100), 100), boxes)
     tv = F.horizontal_flip(tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(50, 100)))
     assert torch.equal(tv.as_subclass(torch.Tensor), expected)
 
@@ -77,15 +79,15 @@ def test_intersect_boxes_overlap_and_disjoint():
     a = _boxes((0, 0, 10, 10), (0, 0, 1, 1))
     b = _boxes((5, 5, 20, 20), (5, 5, 6, 6))
     # overlap (5, 5, 10, 10); disjoint -> zero-area at max of the corners (5, 5, 5, 5)
-    assert torch.equal(T.intersect_boxes(a, b), _boxes((5, 5, 10, 10), (5, 5, 5, 5)))
+    assert torch.equal(G.intersect_boxes(a, b), _boxes((5, 5, 10, 10), (5, 5, 5, 5)))
 
 
 def test_box_checks_shape_and_int_dtype():
     with pytest.raises(ValueError, match=r"\(K, 4\)"):
-        T.clip_boxes(torch.tensor([1.0, 2.0, 3.0, 4.0]), (10, 10))
+        G.clip_boxes(torch.tensor([1.0, 2.0, 3.0, 4.0]), (10, 10))
     with pytest.raises(ValueError):
-        T.resize_boxes(torch.zeros(2, 5), (10, 10), (5, 5))
-    out = T.crop_boxes(torch.tensor([[3, 4, 5, 6]]), 1, 1)  # int input is promoted to float
+        G.resize_boxes(torch.zeros(2, 5), (10, 10), (5, 5))
+    out = G.crop_boxes(torch.tensor([[3, 4, 5, 6]]), 1, 1)  # int input is promoted to float
     assert out.dtype == torch.float32 and out.tolist() == [[2.0, 3.0, 4.0, 5.0]]
 
 
@@ -95,7 +97,7 @@ def test_box_checks_shape_and_int_dtype():
     # (344-224)/2 = 60; 0.5 -> 0, 1.5 -> 2, 2.5 -> 2 (round half to even, as torchvision does)
 )
 def test_center_crop_offset_matches_torchvision_pixels(in_len, out_len, offset):
-    assert T.center_crop_offset(in_len, out_len) == offset
+    assert G.center_crop_offset(in_len, out_len) == offset
     image = torch.arange(in_len * 3, dtype=torch.float32).reshape(1, 3, in_len)  # (1, H=3, W)
     cropped = F.center_crop(image, [1, out_len])
     assert torch.equal(cropped, image[:, 1:2, offset:offset + out_len])
@@ -109,7 +111,7 @@ ORIG = (400, 200)  # (W, H); sx = 344/400 = 0.86, sy = 344/200 = 1.72, crop offs
 
 def test_paper_frame_geometry():
     frame = PAPER.frame(ORIG)
-    assert frame == T.TestFrame(orig_size=(400, 200), resize_size=(344, 344), crop_offset=(60, 60),
+    assert frame == G.TestFrame(orig_size=(400, 200), resize_size=(344, 344), crop_offset=(60, 60),
                                 crop_size=(224, 224))
 
 
@@ -146,7 +148,7 @@ def test_paper_to_original_hand_value_and_round_trip():
     frame = PAPER.frame(ORIG)
     # whole crop (0, 0, 224, 224) + 60 = (60, 60, 284, 284); x / 0.86, y / 1.72
     # = (69.7674, 34.8837, 330.2326, 165.1163)
-    out = T.boxes_to_original(_boxes((0, 0, 224, 224)), frame)
+    out = G.boxes_to_original(_boxes((0, 0, 224, 224)), frame)
     assert torch.allclose(out, _boxes((60 / 0.86, 60 / 1.72, 284 / 0.86, 284 / 1.72)), atol=1e-4)
     # boxes that map inside the crop come back unchanged: (80, 40, 320, 160) -> (8.8, 8.8, 215.2, 215.2)
     inside = _boxes((100, 50, 300, 150), (80, 40, 320, 160), (200, 100, 201, 101))
@@ -256,20 +258,20 @@ def test_train_geometry_keeps_two_boxes_aligned(scale):
                 assert torch.allclose(bright, boxes[row], atol=2.0), (seed, row)
 
 
-class _GeometricOnly(T.BoxRandAugment):
+class _GeometricOnly(RA.BoxRandAugment):
     """RandAugment restricted to its geometric ops, to test box tracking without colour changes."""
 
-    _AUGMENTATION_SPACE = {k: v for k, v in T.BoxRandAugment._AUGMENTATION_SPACE.items()
-                           if k in T.GEOMETRIC_OPS}
+    _AUGMENTATION_SPACE = {k: v for k, v in RA.BoxRandAugment._AUGMENTATION_SPACE.items()
+                           if k in RA.GEOMETRIC_OPS}
 
 
-class _RotateShear(T.BoxRandAugment):
-    _AUGMENTATION_SPACE = {k: v for k, v in T.BoxRandAugment._AUGMENTATION_SPACE.items()
+class _RotateShear(RA.BoxRandAugment):
+    _AUGMENTATION_SPACE = {k: v for k, v in RA.BoxRandAugment._AUGMENTATION_SPACE.items()
                            if k in ("Rotate", "ShearX", "ShearY")}
 
 
-class _TranslateOnly(T.BoxRandAugment):
-    _AUGMENTATION_SPACE = {k: v for k, v in T.BoxRandAugment._AUGMENTATION_SPACE.items()
+class _TranslateOnly(RA.BoxRandAugment):
+    _AUGMENTATION_SPACE = {k: v for k, v in RA.BoxRandAugment._AUGMENTATION_SPACE.items()
                            if k in ("TranslateX", "TranslateY")}
 
 
@@ -322,11 +324,11 @@ def test_box_randaugment_image_equals_torchvision_randaugment():
     boxes0 = tv_tensors.BoundingBoxes(_boxes((20, 10, 70, 50)), format="XYXY", canvas_size=(64, 96))
     for seed in range(10):
         torch.manual_seed(seed)
-        ours, _ = T.BoxRandAugment(num_ops=2, magnitude=9)(image0, boxes0)
+        ours, _ = RA.BoxRandAugment(num_ops=2, magnitude=9)(image0, boxes0)
         torch.manual_seed(seed)
         theirs = v2.RandAugment(num_ops=2, magnitude=9)(image0)
         assert torch.equal(ours, theirs), seed
-    assert T.GEOMETRIC_OPS <= set(v2.RandAugment._AUGMENTATION_SPACE)
+    assert RA.GEOMETRIC_OPS <= set(v2.RandAugment._AUGMENTATION_SPACE)
 
 
 def test_train_with_full_randaugment_keeps_the_box_on_the_object():

@@ -67,7 +67,8 @@ from kdcicam.analysis.verdicts import (
     size_versus_paper,
     with_size,
 )
-from kdcicam.registry.ablations import Claim, Registry
+from kdcicam.registry.ablations import Registry
+from kdcicam.registry.definitions import Claim
 from kdcicam.store import RunInfo
 
 # How the ledger's numbers read: the legend under every claims table (report, ``kdcicam claims --md``)

@@ -33,7 +33,7 @@ from kdcicam.core.errors import DataError, RunError, StoreError
 from kdcicam.core.identity import with_defaults
 from kdcicam.evaluation.mechanism import MECHANISM_METRICS
 from kdcicam.evaluation.selection import select_on_of
-from kdcicam.registry.ablations import METRICS
+from kdcicam.registry.definitions import METRICS
 from kdcicam.store import RunInfo, Store
 
 # per-image record column -> the metric it is the per-image form of

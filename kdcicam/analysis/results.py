@@ -20,7 +20,8 @@ from kdcicam.core.identity import training_setting
 from kdcicam.evaluation.selection import (
     select_on_of,
 )
-from kdcicam.registry.ablations import METRICS, Registry
+from kdcicam.registry.ablations import Registry
+from kdcicam.registry.definitions import METRICS
 from kdcicam.registry.mechanism_metrics import MECHANISM_METRICS
 from kdcicam.registry.resolve import Scope
 from kdcicam.store import RunInfo

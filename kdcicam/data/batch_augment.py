@@ -12,16 +12,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from kdcicam.core.runtime import derive_seed
-from kdcicam.data.transforms import (
-    GEOMETRIC_OPS,
-    BoxRandAugment,
-    TestTransform,
-    TrainTransform,
-    _corner_points,
-    _corners_to_boxes,
-    clip_boxes,
-    intersect_boxes,
-)
+from kdcicam.data.box_geometry import clip_boxes, intersect_boxes
+from kdcicam.data.box_randaugment import GEOMETRIC_OPS, BoxRandAugment, _corner_points, _corners_to_boxes
+from kdcicam.data.transforms import TestTransform, TrainTransform
 
 
 @dataclass(frozen=True)

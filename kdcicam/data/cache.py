@@ -3,8 +3,8 @@
 The PIL path (:class:`kdcicam.data.dataset.WSOLDataset` + :mod:`kdcicam.data.transforms`) decodes
 and resizes every image at every epoch. Its deterministic part never changes, so it is done once
 here: each image is decoded, resized (and, for test frames, centre-cropped) with the *same*
-functions the PIL path calls (:func:`~kdcicam.data.transforms.apply_frame_to_image` on a uint8
-tensor, :meth:`~kdcicam.data.transforms.TestFrame.to_frame` for the boxes) and stored in one
+functions the PIL path calls (:func:`~kdcicam.data.pixel_steps.apply_frame_to_image` on a uint8
+tensor, :meth:`~kdcicam.data.box_geometry.TestFrame.to_frame` for the boxes) and stored in one
 ``(N, 3, S, S)`` uint8 tensor:
 
 - on the training device when it fits in ``max_bytes`` (default: half the free GPU memory);
@@ -13,7 +13,7 @@ tensor, :meth:`~kdcicam.data.transforms.TestFrame.to_frame` for the boxes) and s
 Cached pixels therefore equal the PIL path's bit for bit (``tests/test_data_cache.py`` measures
 it). The random part of the train transform (random crop, horizontal flip, RandAugment) is then
 applied to whole batches with tensor ops on the device by :class:`CachedBatches`, followed by
-:func:`~kdcicam.data.transforms.normalize_image`. Each sample's choices are drawn on the CPU from
+:func:`~kdcicam.data.pixel_steps.normalize_image`. Each sample's choices are drawn on the CPU from
 its own generator seeded from (seed, epoch, sample index) with the per-image pipeline's exact RNG
 calls, so a batch equals, bit for bit on the CPU, what the trainer's per-image path (``EpochView`` +
 ``TrainTransform``) makes of the same samples, after any resume. On CUDA the draws, crops, flips and

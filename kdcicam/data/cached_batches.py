@@ -16,7 +16,7 @@ from kdcicam.data.batch_augment import (
     randaugment_batch,
 )
 from kdcicam.data.frame_cache import ImageCache
-from kdcicam.data.transforms import normalize_image
+from kdcicam.data.pixel_steps import normalize_image
 
 
 class CachedBatches:

@@ -14,7 +14,8 @@ import torch
 from kdcicam.core.errors import DataError
 from kdcicam.data.base import Sample
 from kdcicam.data.dataset import load_rgb
-from kdcicam.data.transforms import TestTransform, apply_frame_to_image, to_uint8_image
+from kdcicam.data.pixel_steps import apply_frame_to_image, to_uint8_image
+from kdcicam.data.transforms import TestTransform
 
 PLACEMENTS = ("device", "pinned", "host")
 Decoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]  # frame, frame boxes, orig boxes, (W, H)

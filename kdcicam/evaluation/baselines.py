@@ -25,8 +25,8 @@ from kdcicam.core.errors import DataError
 from kdcicam.data.base import Sample
 from kdcicam.data.image_files import file_problem
 from kdcicam.evaluation.boxes import iou_matrix
-from kdcicam.evaluation.evaluator import PROTOCOL_PIXEL_INCLUSIVE as PIXEL_INCLUSIVE
-from kdcicam.evaluation.evaluator import protocol_transform
+from kdcicam.evaluation.protocols import PROTOCOL_PIXEL_INCLUSIVE as PIXEL_INCLUSIVE
+from kdcicam.evaluation.protocols import protocol_transform
 
 CENTRED_SIZES: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(2, 21))  # 0.10 .. 1.00
 

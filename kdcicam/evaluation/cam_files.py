@@ -9,7 +9,7 @@ import torch
 
 from kdcicam.core.errors import DataError
 from kdcicam.evaluation.boxes import check_heatmap
-from kdcicam.evaluation.evaluator import minmax
+from kdcicam.evaluation.protocols import minmax
 from kdcicam.model.heatmap import upsample_heatmap
 
 CAM_SUFFIX = ".npy"

@@ -21,8 +21,9 @@ from kdcicam.data.base import Sample
 from kdcicam.data.cache import FrameStore, test_batches
 from kdcicam.data.dataset import WSOLDataset, collate_wsol
 from kdcicam.data.mechanism_files import context_swapped
-from kdcicam.evaluation.evaluator import EvalResult, protocol_transform
+from kdcicam.evaluation.eval_result import EvalResult
 from kdcicam.evaluation.mechanism import SWAPPED_FIELD, reliance_metrics
+from kdcicam.evaluation.protocols import protocol_transform
 
 SWAP_PROTOCOL = "standard"  # the copies are classified as the standard protocol sees an image
 

@@ -279,7 +279,7 @@ def _locate(cam: np.ndarray, job: _Job, settings: _Settings) -> list[tuple[list[
 
         return _located(largest_contour_boxes(cam, settings.thetas), job.gt)  # (Θ, 4) frame
     from kdcicam.data.transforms import test_transform_standard
-    from kdcicam.evaluation.evaluator import locate_standard
+    from kdcicam.evaluation.protocols import locate_standard
 
     frame = test_transform_standard(settings.size).frame(job.image_size)
     located = [locate_standard(cam, t, frame, job.gt) for t in settings.thetas]

@@ -40,7 +40,7 @@ import pandas as pd
 from kdcicam.core.config import RunConfig
 
 if TYPE_CHECKING:  # the evaluator (torch) is imported where θ policies run: reading stored numbers needs none
-    from kdcicam.evaluation.evaluator import EvalResult
+    from kdcicam.evaluation.eval_result import EvalResult
 
 # epoch-metric split of the per-epoch numbers that pick checkpoints, by eval.select_on
 DECISION_SPLIT = {"val": "val", "test": "test_decision"}
@@ -65,7 +65,7 @@ def choose_theta(result: EvalResult, metric: str, iou_threshold: float) -> float
     Returns:
         The chosen θ.
     """
-    from kdcicam.evaluation.evaluator import sweep_metrics
+    from kdcicam.evaluation.theta_sweep import sweep_metrics
 
     values = sweep_metrics(result, iou_threshold)[metric]  # (T,)
     if np.isnan(values).all():
@@ -86,7 +86,7 @@ def threshold_policies(test: EvalResult, val: EvalResult | None, cfg: RunConfig)
         policy -> result: ``"fixed"`` (``test`` itself, its θ in ``metrics["theta"]``), ``"val"``
         and ``"oracle"`` (re-read at their θ, no second forward pass).
     """
-    from kdcicam.evaluation.evaluator import at_theta
+    from kdcicam.evaluation.theta_sweep import at_theta
 
     iou = cfg.eval.iou_threshold
     out = {"fixed": test}

@@ -12,7 +12,8 @@ from kdcicam.core.config import PROTOCOLS, RunConfig
 from kdcicam.core.runtime import crash_point
 from kdcicam.data.base import DatasetIndex
 from kdcicam.evaluation.context_swap import with_context_swap
-from kdcicam.evaluation.evaluator import EvalResult, evaluate
+from kdcicam.evaluation.eval_result import EvalResult
+from kdcicam.evaluation.evaluator import evaluate
 from kdcicam.evaluation.selection import (
     DECISION_METRIC,
     TEACHER_DECISION_METRIC,

@@ -15,7 +15,8 @@ from kdcicam.core.config import DataConfig, RunConfig, TeacherRefs
 from kdcicam.core.identity import config_hash
 from kdcicam.data.base import DatasetIndex
 from kdcicam.model.shipped import pin_shipped_weights
-from kdcicam.registry.ablations import Cell, Registry
+from kdcicam.registry.ablations import Registry
+from kdcicam.registry.definitions import Cell
 from kdcicam.registry.resolve import Scope, apply_multipliers, grid_points, resolve_config
 
 

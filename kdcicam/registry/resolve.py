@@ -9,7 +9,9 @@ from typing import Any
 
 from kdcicam.core.config import RunConfig, TeacherRefs, to_dict, with_overrides
 from kdcicam.core.errors import ConfigError
-from kdcicam.registry.ablations import SETTINGS_FROM, Cell, Registry
+from kdcicam.registry.ablations import Registry
+from kdcicam.registry.definitions import Cell
+from kdcicam.registry.paper_settings import SETTINGS_FROM
 from kdcicam.registry.released import released_layers
 
 

@@ -6,7 +6,8 @@ Example::
         data = build_report(store, load_registry(), protocols=("paper", "standard"))
     html = render(data, registry, "html").text
 
-Modules: :mod:`.tables` (numbers), :mod:`.stats` (statistics), :mod:`.scatter` and
+Modules: :mod:`.tables` (numbers), :mod:`.selection_audit`, :mod:`.provenance`, :mod:`.report_data`
+(what the templates get), :mod:`.stats` (statistics), :mod:`.scatter` and
 :mod:`.gallery` (figures), :mod:`.render` (templates).
 """
 
@@ -25,7 +26,8 @@ from kdcicam.evaluation.selection import EpochAudit, epoch_audit
 from kdcicam.registry.ablations import Registry
 from kdcicam.report.collect import collect, report_json
 from kdcicam.report.render import FORMATS, Rendered, render
-from kdcicam.report.tables import AUDIT_METRICS, ReportData
+from kdcicam.report.report_data import ReportData
+from kdcicam.report.selection_audit import AUDIT_METRICS
 from kdcicam.store import RunInfo, Store
 
 __all__ = ["FORMATS", "PROTOCOL_NAMES", "Rendered", "ReportData", "build_report", "render", "report_json"]

@@ -26,16 +26,11 @@ from kdcicam.evaluation.selection import (
 )
 from kdcicam.registry.ablations import Registry
 from kdcicam.report.mechanism import mechanism_table
+from kdcicam.report.provenance import provenance
+from kdcicam.report.report_data import ReportData, ScopeData
+from kdcicam.report.selection_audit import AuditRow, build_audit
 from kdcicam.report.sweep import build_sweeps
-from kdcicam.report.tables import (
-    AuditRow,
-    MetricValue,
-    ReportData,
-    ScopeData,
-    build_audit,
-    build_table,
-    provenance,
-)
+from kdcicam.report.tables import MetricValue, build_table
 from kdcicam.store import RunInfo
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from kdcicam.registry.ablations import Table
+from kdcicam.registry.definitions import Table
 from kdcicam.report.figures import new_figure, to_jpeg
 from kdcicam.store import RunInfo
 

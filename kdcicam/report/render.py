@@ -1,6 +1,6 @@
 """Rendering: report data + figures -> one HTML file, a Markdown page or a LaTeX snippet.
 
-Templates (``templates/*.j2``) receive the dataclasses of :mod:`kdcicam.report.tables` and a few
+Templates (``templates/*.j2``) receive the dataclasses of :mod:`kdcicam.report.report_data` and a few
 formatting filters; HTML is autoescaped, Markdown and LaTeX go through escaping filters
 (:func:`md_escape`, :func:`tex_escape`) for every text that comes from the registry or the store.
 """
@@ -22,9 +22,10 @@ from kdcicam.analysis.results import paper_points
 from kdcicam.core.fmt import fmt_signed, fmt_value, interval_text
 from kdcicam.registry.ablations import Registry
 from kdcicam.report.gallery import common_sample, gallery_columns, gallery_figure
+from kdcicam.report.report_data import ReportData, ScopeData
 from kdcicam.report.scatter import cl_scatter, scatter_description
 from kdcicam.report.sweep import SweepData, sweep_figure
-from kdcicam.report.tables import METRIC_LABELS, MetricValue, ReportData, RowData, ScopeData
+from kdcicam.report.tables import METRIC_LABELS, MetricValue, RowData
 
 FORMATS = {"html": "report.html", "md": "report.md", "latex": "report.tex"}
 REDUCED_BANNER = "reduced setting — not a reproduction of the paper's numbers"

@@ -23,7 +23,8 @@ import pandas as pd
 from kdcicam.analysis.results import config_value, latest_per
 from kdcicam.analysis.stats import linear_trend, mean_std_ci
 from kdcicam.evaluation.selection import select_on_of
-from kdcicam.registry.ablations import Registry, Table
+from kdcicam.registry.ablations import Registry
+from kdcicam.registry.definitions import Table
 from kdcicam.store import RunInfo
 
 SWEEP_THRESHOLD_POLICY = "fixed"

@@ -26,8 +26,8 @@ from torch import nn
 
 from kdcicam.core.errors import ConfigError, RunError
 from kdcicam.core.runtime import derive_seed, set_seed
+from kdcicam.data.pixel_steps import IMAGENET_MEAN, IMAGENET_STD
 from kdcicam.data.pretraining_set import PretrainSetConfig, fingerprint, generate_split
-from kdcicam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kdcicam.model.backbones import build_backbone
 from kdcicam.model.weights import file_sha256
 from kdcicam.training.checkpoint import atomic_write_bytes

@@ -1,0 +1,94 @@
+"""Provenance: what produced a table or figure (dataset and fingerprint, backbone, sizes, epochs, profile,
+variant, seeds, devices, torch and git versions), shown beside every one of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kdcicam.analysis.results import ScopeKey, config_value
+from kdcicam.store import RunInfo
+
+
+def _distinct(values: Iterable[Any]) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values:
+        text = "-" if value is None else str(value)
+        if text not in out:
+            out.append(text)
+    return tuple(sorted(out))
+
+
+def _short_commit(commit: str) -> str:
+    """A commit as provenance shows it: 12 hex digits, and "+dirty" when the tree had uncommitted changes."""
+    head, plus, tail = commit.partition("+")
+    return head[:12] + plus + tail
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a table or figure: shown beside every one of them."""
+
+    dataset: str
+    fingerprints: tuple[str, ...]
+    backbone: str
+    widths: tuple[str, ...]
+    image_sizes: tuple[str, ...]
+    epochs: tuple[str, ...]
+    profile: str
+    variant: str
+    seeds: tuple[str, ...]
+    devices: tuple[str, ...]
+    torch_versions: tuple[str, ...]
+    git_commits: tuple[str, ...]
+    n_runs: int
+    generated: str
+
+    def items(self) -> list[tuple[str, str]]:
+        """(label, value) pairs in display order."""
+        def join(values: tuple[str, ...]) -> str:
+            return ", ".join(values) if values else "-"
+
+        return [
+            ("dataset", f"{self.dataset} (fingerprint {join(self.fingerprints)})"),
+            ("backbone", f"{self.backbone}, width {join(self.widths)}"),
+            ("image size", join(self.image_sizes)),
+            ("epochs", join(self.epochs)),
+            ("profile / variant", f"{self.profile} / {self.variant}"),
+            ("seeds", join(self.seeds)),
+            ("runs", str(self.n_runs)),
+            ("device", join(self.devices)),
+            ("torch", join(self.torch_versions)),
+            ("git commit", join(self.git_commits)),
+            ("generated", self.generated),
+        ]
+
+    def line(self) -> str:
+        """All of it on one line."""
+        return "; ".join(f"{label}: {value}" for label, value in self.items())
+
+
+def provenance(scope: ScopeKey, runs: Sequence[RunInfo], generated: str) -> Provenance:
+    """The provenance of the runs behind one table or figure of ``scope``."""
+    def size(run: RunInfo) -> str:
+        crop = config_value(run.config, "data.crop")
+        resize, test_crop = config_value(run.config, "eval.test_resize"), config_value(run.config, "eval.test_crop")
+        return f"crop {crop} (test {resize}→{test_crop})"
+
+    return Provenance(
+        dataset=scope.dataset,
+        fingerprints=tuple(fp[:12] for fp in _distinct(r.dataset_fingerprint for r in runs)),
+        backbone=scope.backbone,
+        widths=_distinct(config_value(r.config, "model.width") for r in runs),
+        image_sizes=_distinct(size(r) for r in runs),
+        epochs=_distinct(config_value(r.config, "train.epochs") for r in runs),
+        profile=scope.profile,
+        variant=scope.variant,
+        seeds=tuple(str(s) for s in sorted({r.seed for r in runs})),
+        devices=_distinct(r.device for r in runs),
+        torch_versions=_distinct(r.torch_version for r in runs),
+        git_commits=_distinct(_short_commit(r.git_commit) if r.git_commit else None for r in runs),
+        n_runs=len(runs),
+        generated=generated,
+    )
