@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from _stored import add_finished_run
 
-from kdcicam.analysis.claims import ClaimResult
+from kdcicam.analysis.claim_result import ClaimResult
 from kdcicam.cli import main
 from kdcicam.report.findings import finding_sentence
 from kdcicam.store import open_store

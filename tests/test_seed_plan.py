@@ -9,7 +9,7 @@ import pytest
 from _stored import add_finished_run
 from scipy import stats
 
-from kdcicam.analysis.claims import ClaimResult
+from kdcicam.analysis.claim_result import ClaimResult
 from kdcicam.analysis.results import ScopeKey
 from kdcicam.analysis.seed_plan import seed_plan
 from kdcicam.cli import main

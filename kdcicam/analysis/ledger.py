@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from kdcicam.analysis.best_of_settings import status_from
-from kdcicam.analysis.claims import ClaimResult, evaluate_claims
+from kdcicam.analysis.claim_result import ClaimResult
+from kdcicam.analysis.claims import evaluate_claims
 from kdcicam.analysis.verdicts import claim_status, holm, size_versus_paper, with_size
 from kdcicam.core.config import PROTOCOLS
 from kdcicam.registry.ablations import Registry

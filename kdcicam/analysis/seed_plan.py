@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from kdcicam.analysis.claims import ClaimResult
+from kdcicam.analysis.claim_result import ClaimResult
 from kdcicam.analysis.results import ScopeKey
 
 RULE = ("every claim with at most {max_seeds} seeds needed (to detect the paper's Δ with a two-sided t test at 5 % "

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
-from kdcicam.analysis.claims import ClaimResult, claim_result, paired_delta
+from kdcicam.analysis.claim_result import ClaimResult
+from kdcicam.analysis.claims import claim_result, paired_delta
 from kdcicam.analysis.ledger import holm_adjust
 from kdcicam.analysis.results import POINT_METRICS, ScopeKey, cell_frame, latest_per_seed
 from kdcicam.analysis.verdicts import ALPHA, MIN_SEEDS, ONE_SEED, UNMEASURED, holm

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from kdcicam.analysis.claims import ClaimResult
+from kdcicam.analysis.claim_result import ClaimResult
 from kdcicam.analysis.verdicts import NO_DATA, NOT_RUN
 from kdcicam.core.fmt import fmt_signed, interval_text
 from kdcicam.registry.ablations import Registry
