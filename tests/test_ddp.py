@@ -10,7 +10,21 @@ What these tests prove:
 - without the pool's all-reduce (the negative control) the ranks' pools differ from each other and
   from one process's, so the comparison above can fail;
 - end to end: ``torchrun --nproc_per_node 2 -m kdcicam train --profile smoke`` on CPU finishes, stores
-  exactly one run and its checkpoints, with the 1-process run's loss terms and test metrics.
+  exactly one run and its checkpoints, with the 1-process run's loss terms and test metrics, both variants.
+
+Float32 (the torchrun test): two processes are one process's training up to rounding, and rounding is
+all that separates them, but training does not keep rounding small. Two processes sum in another order
+(~1e-7); where a pre-activation lies within that of 0, a LeakyReLU of the backbone takes the other slope
+(1 vs 0.2) for it, and that gradient entry changes by 80 %. Measured on the smoke profile, variant
+reference: at epoch 1, step 2, one element flipped and the step's gradients moved by up to 2 % (the
+float64 gradients of the same two weight sets differ by 2e-5); by step 4, 10-50 flip per layer and the
+two trainings have drifted apart. One process does the same: moving one weight tensor by one
+float32 step changes the epoch means after 2 epochs (smoke, lr 2e-3) by 2e-8 to 4e-3, depending on which
+tensor and which direction, in either variant (reference: 1.8e-4; paper: 3.9e-3); the two processes
+measured 1e-3 under reference and 6e-8 under paper, which is which tensor happened to cross a kink,
+not the variant. The two-process step itself is exact: its gradients, recomputed by one process from the
+two-process weights, agree to 5e-6. The test trains at lr 2e-4, where the same one-step moves change
+the means by at most 3.4e-5, and compares them at 1e-3.
 
 Tolerance: the in-process comparison runs in float64, where the only differences between one and two
 processes are summation order (gradients of a sum over two halves, BatchNorm statistics from two
@@ -165,11 +179,11 @@ def test_without_the_pool_all_reduce_the_ranks_pools_drift_apart(trained):
 
 # ------------------------------------------------------------------------------ torchrun, end to end
 
-def _train(where: Path, cache: Path, nproc: int) -> subprocess.CompletedProcess:
-    args = ["train", "--profile", "smoke", "--device", "cpu", "--deterministic", "--set", "train.epochs=2",
-            # the paper variant (rho = 1): under reference (rho = 0) the two-process epoch means of 'stu' differ
-            # from one process by ~1e-4 relative, an open question (the in-process DDP tests above agree)
-            "--variant", "paper",
+def _train(where: Path, cache: Path, nproc: int, variant: str) -> subprocess.CompletedProcess:
+    args = ["train", "--profile", "smoke", "--device", "cpu", "--deterministic", "--variant", variant,
+            # lr / 10: float32 training drifts apart from a rounding difference (the module docstring); at the
+            # smoke lr of 2e-3 a single weight moved by one float32 step changes the epoch means by up to 4e-3
+            "--set", "train.epochs=2", "--set", "train.lr=0.0002",
             "--db", f"sqlite:///{where / 'runs.db'}", "--artifacts", str(where / "runs"), "--quiet"]
     launcher = [sys.executable, "-m", "kdcicam"] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "kdcicam"]
@@ -190,12 +204,13 @@ def _stored(db: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_train_one_run_like_one_process(smoke_cache, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("variant", ["paper", "reference"])  # pool: every sample, first / correct-only, after
+def test_torchrun_two_processes_train_one_run_like_one_process(smoke_cache, tmp_path, variant):  # noqa: F811
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    one = _train(tmp_path / "one", smoke_cache, 1)
+    one = _train(tmp_path / "one", smoke_cache, 1, variant)
     assert one.returncode == 0, one.stdout + one.stderr
-    two = _train(tmp_path / "two", smoke_cache, 2)
+    two = _train(tmp_path / "two", smoke_cache, 2, variant)
     assert two.returncode == 0, two.stdout + two.stderr
     a, b = _stored(tmp_path / "one" / "runs.db"), _stored(tmp_path / "two" / "runs.db")
     assert len(b["runs"]) == 1 and b["runs"][0] == a["runs"][0]  # one row, the same run id, finished
@@ -203,12 +218,14 @@ def test_torchrun_two_processes_train_one_run_like_one_process(smoke_cache, tmp_
     assert sorted(p.name for p in (tmp_path / "two" / "runs" / b["runs"][0][0]).glob("*.pt")) == [
         "best_gt_known_loc.pt", "best_top1_cls.pt", "best_top1_loc.pt", "last.pt", "prev.pt"]
     assert checkpoint(tmp_path / "two" / "runs")["epoch"] == 1  # both epochs trained, rank 0 wrote them
-    # Loss terms: the epoch means of the global batches (float32 sums in another order: 1e-5).
+    # Loss terms: the epoch means of the global batches. Rounding alone moves them by up to 3.4e-5 at this lr
+    # (one process, one weight tensor moved by one float32 step; the two processes measured 9e-7); rank 0's
+    # half-batches alone would be 0.6 % (epoch 1) and 9 % (epoch 2) off. 1e-3 sits >= 6x from both.
     assert a["train"].keys() == b["train"].keys() and len(a["train"]) > 0
     for key, value in a["train"].items():
-        assert b["train"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
-    # Test metrics: float32 training on 2 processes is not bit-identical (Adam magnifies rounding in
-    # near-zero gradients), so accuracies may differ by a few of the 24 smoke test images: 3/24.
+        assert b["train"][key] == pytest.approx(value, rel=1e-3), key
+    # Test metrics: float32 training on 2 processes is not bit-identical (the module docstring), so
+    # accuracies may differ by a few of the 24 smoke test images (measured: 1): 3/24.
     assert a["final"].keys() == b["final"].keys()
     for key, value in a["final"].items():
         if key[3] in ("top1_cls", "top5_cls", "top1_loc", "top5_loc", "gt_known_loc"):
