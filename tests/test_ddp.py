@@ -36,6 +36,7 @@ rounding of a near-zero gradient, and the pool's contributions are summed in flo
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import subprocess
@@ -55,8 +56,10 @@ from kdcicam.training.distributed import (
     shard_order,
     world_from_env,
 )
+from kdcicam.training.epoch import _combine_ranks
 from kdcicam.training.recipes import Recipe, draw_epsilon
 from kdcicam.training.streams import skip_draws
+from kdcicam.training.subset_means import global_subset_means, rank_weight
 
 RTOL = 1e-5
 
@@ -108,6 +111,23 @@ def test_each_rank_draws_the_epsilon_of_its_slice_of_the_global_batch(batch):
     assert torch.equal(unskipped, whole[:half])  # rank 1 without the skip would repeat rank 0's draws
 
 
+def test_rank_weights_turn_the_ranks_subset_means_into_the_global_batchs():
+    # ε = 1 drawn by 1 sample of rank 0 (loss 0.4) and by 3 of rank 1 (losses 0.2, 0.6, 1.0; mean 0.6):
+    # one process averages the 4: (0.4 + 0.2 + 0.6 + 1.0) / 4 = 0.55
+    w0, w1 = rank_weight(1, 4, 2), rank_weight(3, 4, 2)
+    assert (w0, w1) == (0.5, 1.5)
+    assert (w0 * 0.4 + w1 * 0.6) / 2 == pytest.approx(0.55)  # DDP's average over the ranks
+    assert rank_weight(0, 4, 2) == 0.0 and rank_weight(0, 0, 2) == 0.0
+    # the logged terms, combined over the ranks as the trainer does (by batch size): the same 0.55
+    (_, combined, images), = _combine_ranks([[(0, {"ld": w0 * 0.4}, 4)], [(0, {"ld": w1 * 0.6}, 4)]])
+    assert combined["ld"] == pytest.approx(0.55) and images == 8
+
+
+def test_global_subset_means_without_a_group_leave_the_terms_alone():
+    terms = {"ld": torch.tensor(0.3)}
+    assert global_subset_means(terms, {"ld": 2, "ad": 0}, torch.device("cpu"), zero=lambda: torch.tensor(0.0)) is terms
+
+
 def test_sync_batchnorm_without_a_group_is_batchnorm_and_keeps_the_state_dict():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
@@ -153,7 +173,7 @@ def _states(root: Path, name: str) -> tuple[dict, dict, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["student-reference", "loc_teacher-paper"])
+@pytest.mark.parametrize("name", ["student-reference", "loc_teacher-paper", "distilled-reference"])
 def test_two_ranks_end_where_one_process_on_the_combined_batches_ends(trained, name):
     rank0, rank1, one = _states(trained, name)
     assert rank0.keys() == rank1.keys() == one.keys()
@@ -165,6 +185,12 @@ def test_two_ranks_end_where_one_process_on_the_combined_batches_ends(trained, n
     assert max(worst.values()) < RTOL, sorted(worst.items(), key=lambda kv: kv[1])[-3:]
     assert torch.equal(rank0["backbone.nonlocal_blocks.pool4.bn.num_batches_tracked"],
                        one["backbone.nonlocal_blocks.pool4.bn.num_batches_tracked"])  # 3 steps each
+    # the logged epoch means are the global batches' (distilled: each KD term over all its selected samples)
+    terms = [json.loads((trained / where / name / f"terms{r}.json").read_text()) for where, r in
+             (("two", 0), ("two", 1), ("one", 0))]
+    assert terms[0] == terms[1] and terms[0].keys() == terms[2].keys()
+    for term, value in terms[2].items():
+        assert terms[0][term] == pytest.approx(value, rel=RTOL), term
     # rank 0 wrote the one checkpoint, holding what it trained
     saved = torch.load(trained / "two" / name / "run" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(saved[k], rank0[k]) for k in saved)
