@@ -6,7 +6,9 @@ What these tests prove:
 - two gloo ranks training a tiny CI-CAM for 3 steps (global batch 8, 4 per rank) end with the weights,
   BatchNorm statistics and causal context pool of one process trained on the same 8-image batches,
   both pool variants (reference: correct-only, updated after enhancing; paper: every sample, updated
-  first, with the loc teacher's extra fore/back passes through DDP); the ranks hold identical states;
+  first, with the loc teacher's extra fore/back passes through DDP) and the distilled student with
+  per-sample ε (each KD term the mean over the global batch's samples that drew it: subset_means), with
+  the same logged epoch means; the ranks hold identical states;
 - without the pool's all-reduce (the negative control) the ranks' pools differ from each other and
   from one process's, so the comparison above can fail;
 - end to end: ``torchrun --nproc_per_node 2 -m kdcicam train --profile smoke`` on CPU finishes, stores
