@@ -7,6 +7,7 @@ Kept out of the test module so the spawned processes import only this (and kdcic
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -44,10 +45,10 @@ def tiny_config(role: str, variant: str, batch_size: int = 8, epochs: int = 1, *
 
 def train(out: Path, role: str, variant: str, dist=None, reduce_pool: bool = True, sets: dict | None = None) -> None:
     """Fit one epoch; rank 0 (or the one process) writes ``out/run/last.pt``; every rank saves its final
-    state dict as ``out/rank<r>.pt``."""
+    state dict as ``out/rank<r>.pt`` and the epoch's mean loss terms as ``out/terms<r>.json``."""
     from kdcicam.core.runtime import set_seed
     from kdcicam.model.factory import build_model
-    from kdcicam.training.recipes import recipe_for
+    from kdcicam.training.recipes import TeacherSet, recipe_for
     from kdcicam.training.trainer import fit
 
     torch.set_default_dtype(torch.float64)
@@ -57,15 +58,23 @@ def train(out: Path, role: str, variant: str, dist=None, reduce_pool: bool = Tru
     if not reduce_pool:  # the negative control: each rank updates its pool from its own images only
         model.context_pool.reduce = lambda total, touched: (total, touched)
     recipe = recipe_for(cfg.loss, cfg.variant)
-    fit(model, recipe, cfg, TinySet(), out / "run", torch.device("cpu"), dist=dist)
+    teachers = None
+    if role == "distilled":  # untrained teachers of their own seeds: only their outputs matter here
+        set_seed(cfg.train.seed + 1, cfg.train.deterministic)
+        teachers = TeacherSet(cls_model=build_model(cfg.model, cfg.variant, input_size=SIDE),
+                              loc_model=build_model(cfg.model, cfg.variant, input_size=SIDE))
+    result = fit(model, recipe, cfg, TinySet(), out / "run", torch.device("cpu"), teachers=teachers, dist=dist)
     rank = 0 if dist is None else dist.rank
     torch.save(model.state_dict(), out / f"rank{rank}.pt")
+    (out / f"terms{rank}.json").write_text(json.dumps(result.epochs[0].terms))  # the epoch's logged means
 
 
 SCENARIOS = {  # name -> (role, variant, reduce the pool's contributions, config overrides)
     "student-reference": ("student", "reference", True, {}),
     "loc_teacher-paper": ("loc_teacher", "paper", True, {"loss.fg_threshold_loc": 0.5}),
     "student-reference-unreduced": ("student", "reference", False, {}),
+    "distilled-reference": ("distilled", "reference", True,  # per-sample ε: each KD term over a subset
+                            {"teachers.cls_run": "0" * 16, "teachers.loc_run": "1" * 16}),
 }
 
 

@@ -8,7 +8,8 @@ compute what one process with the same global batch computes, step by step:
   :func:`kdcicam.training.streams.epoch_order` (a pure function of (seed, e)); rank r takes the r-th of N equal,
   contiguous slices of it (:func:`shard_order`), so B must be a multiple of N (:func:`local_batch_size`);
 - **gradients**: every loss term is a mean over the batch, and DDP averages the N ranks' gradients,
-  which is the gradient of the global batch's mean;
+  which is the gradient of the global batch's mean; a distillation term over the samples that drew its ε
+  is first weighted by the rank's share of them (:mod:`kdcicam.training.subset_means`);
 - **BatchNorm** (non-local blocks; InceptionV3's convolutions): synchronised, so its statistics are
   those of the global batch (torch's ``SyncBatchNorm`` on GPUs, :class:`SyncBatchNorm2d` elsewhere);
 - **the causal context pool** (Eq. 7): every rank all-reduces its per-class contributions before the

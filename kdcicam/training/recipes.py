@@ -38,6 +38,7 @@ from kdcicam.model.heatmap import (
 )
 from kdcicam.model.output import CICAMOutput
 from kdcicam.training.losses import activation_kd, area_loss, diff_loss, fore_loss, logit_kd, student_loss
+from kdcicam.training.subset_means import global_subset_means
 
 EpsilonMode = Literal["none", "step", "sample"]
 TEACHER_EPSILON = {"cls": 1, "loc": 2}  # ε value that selects each teacher (Eq. 16)
@@ -273,8 +274,10 @@ def _distillation_terms(images: torch.Tensor, out: CICAMOutput, recipe: Recipe, 
             raise ValueError(f"epsilon {eps.tolist()} does not fit the batch of {images.shape[0]} "
                              f"or the recipe's choices {recipe.epsilon_choices}")
     terms: dict[str, torch.Tensor] = {}
+    selected: dict[str, int] = {}  # term -> samples of this batch that drew it
     for name in recipe.teachers:
         rows = torch.nonzero(eps == TEACHER_EPSILON[name]).squeeze(1)  # (k,) CPU
+        selected["ld" if name == "cls" else "ad"] = rows.numel()
         if rows.numel() == 0:
             continue
         whole = rows.numel() == images.shape[0]
@@ -286,4 +289,6 @@ def _distillation_terms(images: torch.Tensor, out: CICAMOutput, recipe: Recipe, 
         else:  # Eq. 13-15 on the enhanced CAMs of both
             student = out.cams_e if whole else out.cams_e[rows]  # (k, n, h, w)
             terms["ad"] = activation_kd(student, t_out.cams_e, cfg.T_loc, variant)
+    if recipe.epsilon == "sample":  # on many processes: the means over the global batch's selected samples
+        terms = global_subset_means(terms, selected, images.device, zero=lambda: out.logits_e.sum() * 0.0)
     return terms
