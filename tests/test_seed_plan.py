@@ -114,6 +114,15 @@ def test_an_incomplete_pilot_is_said_and_the_table_counts_its_fewest_seeds(store
     assert "The pilot is incomplete" in capsys.readouterr().out
 
 
+def test_no_store_yet_gives_the_empty_plan_as_json(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["claims", "--db", str(tmp_path / "none.db"), "--seed-plan", "--json"])
+    assert exit_.value.code == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["tables"] == [] and plan["underpowered"] == [] and plan["pilot_seeds"] == 3
+    assert not (tmp_path / "none.db").exists()  # reading a plan creates no store
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--pilot-seeds", "1"], "at least 2"),
     (["--max-seeds", "2"], "must be at least --pilot-seeds"),

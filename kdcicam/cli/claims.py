@@ -97,7 +97,14 @@ def claims_cmd(
                 records = test_records(store)
                 ledgers = evaluate_ledger(reg, runs, finals, records, threshold_policy=threshold_policy)
                 results = pair_protocols(*ledgers.values()) if protocol == "both" else ledgers[protocol]
-    if seed_plan or findings:  # the store does not exist
+    if seed_plan:  # the store does not exist: the plan of no runs (its JSON stays readable by scripts)
+        from kdcicam.cli.seed_plan import print_seed_plan, seed_plan_for_store
+
+        plan = seed_plan_for_store(reg, [], {}, None, threshold_policy=threshold_policy, pilot_seeds=pilot_seeds,
+                                   max_seeds=max_seeds)
+        print_seed_plan(plan, threshold_policy, as_json)
+        return
+    if findings:
         typer.echo(f"no runs yet: no store at {path}")
         return
     oracle = " — ORACLE θ (chosen on the test split): an upper bound, not a result" if threshold_policy == "oracle" else ""

@@ -22,6 +22,8 @@ def seed_plan_for_store(reg, runs, finals, records, *, threshold_policy: str, pi
     if max_seeds < pilot_seeds:
         raise ConfigError(f"--max-seeds {max_seeds}: must be at least --pilot-seeds ({pilot_seeds})")
     pilot = [r for r in runs if r.status == "finished" and r.seed < pilot_seeds]
+    if not pilot:  # no store, or nothing finished yet: the empty plan
+        return seed_plan([], {}, pilot_seeds=pilot_seeds, max_seeds=max_seeds)
     ledgers = evaluate_ledger(reg, pilot, finals, records, threshold_policy=threshold_policy)
     scopes = {scope.title: scope for scope in scopes_of(reg, pilot).values()}
     return seed_plan([r for rows in ledgers.values() for r in rows], scopes, pilot_seeds=pilot_seeds,
