@@ -8,6 +8,7 @@ import json
 import math
 import re
 import shutil
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -454,6 +455,48 @@ def test_gallery_uses_common_image_ids(filled, tmp_path):
     broken = [dataclasses.replace(runs[0], artifacts_dir=str(tmp_path)), *runs[1:]]
     columns, notes = gallery_columns(reg.tables["table3"], broken)
     assert len(columns) == 2 and "unreadable (missing array 'images')" in notes[0]
+
+
+def _val_records(store, run_id: str, image_ids: list[str], box: list[float]) -> None:
+    store.add_image_records(run_id, "paper", "last", "test", [
+        {"image_id": i, "label": 0, "top5": [0], "top5_scores": [1.0], "box": box, "iou": 0.5,
+         "correct_top1_cls": True, "correct_top5_cls": True, "correct_top1_loc": True, "correct_top5_loc": True,
+         "correct_gt_known": True} for i in image_ids], threshold_policy="val")
+
+
+def test_under_theta_val_the_gallery_draws_the_records_boxes_at_val(filled, monkeypatch):
+    render_module = sys.modules["kdcicam.report.render"]  # the package's `render` names the function
+
+    common = ["img002", "img003", "img004"]  # the three gallery runs' common images
+    with open_store(filled) as store:
+        for k, run_id in enumerate(("base0", "conpool0", "kd0")):
+            _val_records(store, run_id, common, [1.0 + k, 2.0, 10.0, 12.0])
+    drawn = {}
+
+    def spy(columns, image_ids, title="", box_note=""):
+        drawn.update(note=box_note, boxes={c.title: c.arrays["pred_boxes"] for c in columns}, ids=list(image_ids))
+        return b"jpeg"
+
+    monkeypatch.setattr(render_module, "gallery_figure", spy)
+    reg, data = _report(filled, table_keys=["table3"], protocols=["paper"], threshold_policy="val")
+    (scope,) = data.scopes
+    assert set(scope.gallery_boxes) == {"base0", "conpool0", "kd0"}
+    (view,) = render_module.scope_views(data, reg, figures=True)
+    assert drawn["note"] == "θ chosen on the validation split" and view.gallery_notes == []
+    assert drawn["ids"] == common[:4]
+    where = {i: n for n, i in enumerate([f"img{j:03d}" for j in range(2, 7)])}  # kd0's file: img002-006
+    assert drawn["boxes"]["+KD"][where["img003"]].tolist() == [3.0, 2.0, 10.0, 12.0]
+    assert drawn["boxes"]["+KD"][where["img005"]].tolist() == [6.0, 5.0, 18.0, 20.0]  # not drawn: kept
+
+    # a run without records at val: every panel keeps the files' boxes (one θ per figure), and a note says so
+    with open_store(filled) as store:
+        store.add_image_records("kd0", "paper", "last", "test", [], threshold_policy="val")
+    reg, data = _report(filled, table_keys=["table3"], protocols=["paper"], threshold_policy="val")
+    (view,) = render_module.scope_views(data, reg, figures=True)
+    assert drawn["note"] == "the run's own θ (eval.theta: the fixed policy)"
+    assert "no per-image records at the val θ policy" in view.gallery_notes[0]
+    _, data = _report(filled, table_keys=["table3"], protocols=["paper"])  # the fixed policy reads no records
+    assert data.scopes[0].gallery_boxes == {}
 
 
 # ---------------------------------------------------------------------------------------- CLI

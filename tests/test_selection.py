@@ -372,12 +372,29 @@ def test_report_shows_the_selection_audit_best_of_n_and_noise_marks(tmp_path):
     # +ConPool's Top-1 Loc: Δ +1.0, the paper's +0.9 (66.5 - 65.6): same sign, within the seed spread
     assert "(Δ +1.0 ✓ ≈)" in md and "≈: the change is smaller than the seed spread" in md
     assert "### Selection audit (paper protocol)" in md
-    assert "| table3 | Base | Top-1 Loc | 2 | 52.0 | 54.0 | 56.0 (Δ +4.0) | 54.0 (Δ +2.0) | 59.0 (Δ +7.0) | " \
+    assert "| table3 | Base | Top-1 Loc | 2 | 52.0 | 54.0 | 56.0 (Δ +4.0) | 52.0 (Δ 0.0) | 54.0 (Δ +2.0) | 59.0 (Δ +7.0) | " \
            "52.0 (Δ 0.0) | 54.0 (Δ +2.0) | 0.14 / 0.30 / 0.45 | val | 0 |" in md
     html = render(data, reg, "html", figures=False).text
     assert "Selection audit" in html and "best of 2: 54.0" in html
     tex = render(data, reg, "latex", figures=False).text
     assert "Selection audit (paper protocol)" in tex and "56.0 (\\ensuremath{\\Delta} +4.0)" in tex
+    assert "the run's own θ (eval.theta))" in audit.notes[0]
+
+
+def test_under_theta_val_the_audit_reports_val_and_shows_the_fixed_theta_beside(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    _report_store(url)
+    with open_store(url) as store:
+        data = build_report(store, load_registry(), protocols=("paper",), table_keys=["table3"],
+                            threshold_policy="val")
+    audit = data.scopes[0].audit["paper"]
+    row = next(r for r in audit.rows if r.cell == "base" and r.metric == "top1_loc")
+    # reported at θ val: 52, 56 -> 54; θ fixed 50, 54 -> 52 (Δ -2.0); θ val against itself Δ 0
+    assert row.reported == pytest.approx(54.0)
+    assert (row.fixed_theta, row.d_fixed_theta) == (pytest.approx(52.0), pytest.approx(-2.0))
+    assert (row.val_theta, row.d_val_theta) == (pytest.approx(54.0), pytest.approx(0.0))
+    assert "Reported: the number the table shows (the cell's checkpoint, θ chosen on the validation split)" \
+        in audit.notes[0]
 
 
 def test_claims_name_their_threshold_and_selection_policy(tmp_path):

@@ -25,6 +25,7 @@ from kdcicam.evaluation.selection import (
     EpochAudit,
 )
 from kdcicam.registry.ablations import Registry
+from kdcicam.report.gallery import GALLERY_PROTOCOL, gallery_run, gallery_table
 from kdcicam.report.mechanism import mechanism_table
 from kdcicam.report.provenance import provenance
 from kdcicam.report.report_data import ReportData, ScopeData
@@ -96,11 +97,12 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
                   for protocol in protocols}
         runs_by_id = {r.id: r for r in scope_runs}
         audit = {protocol: build_audit(audit_tables, protocol, scope_values, runs_by_id, lookup,
-                                       epoch_audits or {}) for protocol in protocols}
+                                       epoch_audits or {}, threshold_policy) for protocol in protocols}
         scopes.append(ScopeData(key=scope, provenance=provenance(scope, scope_runs, generated),
                                 tables=tables, points=points, runs=tuple(scope_runs), audit=audit,
                                 claims={p: claims.get((scope.title, p), ()) for p in protocols},
-                                mechanism=mechanism_table(reg, scope_runs, finals, threshold_policy)))
+                                mechanism=mechanism_table(reg, scope_runs, finals, threshold_policy),
+                                gallery_boxes=_gallery_boxes(reg, scope_runs, records, threshold_policy)))
     return ReportData(generated=generated, store_url=store_url, protocols=tuple(protocols),
                       table_keys=tuple(table_keys), scopes=tuple(scopes),
                       n_unfinished=len(runs) - len(all_finished),
@@ -196,3 +198,24 @@ def report_json(data: ReportData) -> dict[str, Any]:
     return {"generated": data.generated, "store": data.store_url, "unit": "percent",
             "threshold_policy": data.threshold_policy, "protocols": list(data.protocols), "n_unfinished_runs": data.n_unfinished, "scopes": scopes,
             "sweeps": sweeps, "variants": {p: a.to_dict() for p, a in data.variants.items()}}
+
+
+def _gallery_boxes(reg: Registry, runs: Sequence[RunInfo], records: Callable[..., pd.DataFrame] | None,
+                   threshold_policy: str) -> dict[str, dict[str, list[float]]]:
+    """Run id -> image id -> predicted box (crop frame) at ``threshold_policy`` for the gallery's runs, from
+    their per-image test records; empty under the fixed policy (the gallery files hold those boxes)."""
+    table = gallery_table(reg)
+    if threshold_policy == "fixed" or records is None or table is None:
+        return {}
+    out: dict[str, dict[str, list[float]]] = {}
+    for key in table.gallery:
+        cell = next((c for c in table.cells if c.key == key), None)
+        run = gallery_run(table, key, runs) if cell is not None else None
+        if run is None:
+            continue
+        frame = records(run.id, GALLERY_PROTOCOL, cell.select, threshold_policy)
+        if not frame.empty:
+            out[run.id] = {str(i): [float(v) for v in box] for i, box in zip(frame["image_id"], frame["box"])
+                           if box is not None}
+    return out
+

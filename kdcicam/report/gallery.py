@@ -5,24 +5,32 @@ The evaluator writes ``gallery_<selection>.npz`` into a run's artifacts folder: 
 the network saw them, the heatmaps, predicted and ground-truth boxes (xyxy, crop frame), labels
 and top-1 predictions. Each gallery row is one image (a fixed sample: the first image ids, sorted,
 that every column has); each column one cell, drawn with the heatmap overlaid, the GT box in red
-and the predicted box in green. A missing or unreadable file becomes a note, never an error.
+and the predicted box in green: the file's box (the run's own θ), or under the report's θ policy the
+box the run's per-image test records hold at that θ (:func:`with_boxes`). A missing or unreadable
+file becomes a note, never an error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from matplotlib.patches import Rectangle
 
+from kdcicam.registry.ablations import Registry
 from kdcicam.registry.definitions import Table
 from kdcicam.report.figures import new_figure, to_jpeg
 from kdcicam.store import RunInfo
 
 GALLERY_KEYS = ("image_ids", "images", "heatmaps", "pred_boxes", "gt_boxes", "labels", "top1")
 DEFAULT_IMAGES = 4
+GALLERY_PROTOCOL = "paper"  # the evaluator writes galleries under this protocol (execution/checkpoint_eval.py)
+BOX_NOTES = {"fixed": "the run's own θ (eval.theta: the fixed policy)",
+             "val": "θ chosen on the validation split",
+             "oracle": "θ chosen on the test split (an upper bound)"}  # what the green box is, per θ policy
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,17 @@ def load_gallery(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def gallery_table(reg: Registry) -> Table | None:
+    """The table whose cells the gallery shows: the first of the registry that names any."""
+    return next((t for t in reg.tables.values() if t.gallery), None)
+
+
+def gallery_run(table: Table, key: str, runs: Sequence[RunInfo]) -> RunInfo | None:
+    """The run a gallery column shows for cell ``key``: its lowest seed's (ties: the lowest id)."""
+    labelled = sorted((r for r in runs if key in r.labels.get(table.key, [])), key=lambda r: (r.seed, r.id))
+    return labelled[0] if labelled else None
+
+
 def gallery_columns(table: Table, runs: Sequence[RunInfo],
                     cells: Sequence[str] | None = None) -> tuple[list[GalleryColumn], list[str]]:
     """The gallery file of each of ``cells`` (the lowest seed's run) among a scope's finished runs.
@@ -82,11 +101,10 @@ def gallery_columns(table: Table, runs: Sequence[RunInfo],
         if cell is None:
             notes.append(f"{table.key} has no cell {key!r}")
             continue
-        labelled = sorted((r for r in runs if key in r.labels.get(table.key, [])), key=lambda r: (r.seed, r.id))
-        if not labelled:
+        run = gallery_run(table, key, runs)
+        if run is None:
             notes.append(f"{cell.name}: not run")
             continue
-        run = labelled[0]
         name = f"gallery_{cell.select}.npz"
         if not run.artifacts_dir:
             notes.append(f"{cell.name}: run {run.short_id} has no artifacts folder")
@@ -104,6 +122,24 @@ def gallery_columns(table: Table, runs: Sequence[RunInfo],
     return columns, notes
 
 
+def with_boxes(columns: Sequence[GalleryColumn], image_ids: Sequence[str],
+               boxes: Mapping[str, Mapping[str, Sequence[float]]]) -> list[GalleryColumn] | None:
+    """The columns with their predicted boxes replaced by ``boxes`` (run id -> image id -> xyxy box, crop
+    frame), or None when any column lacks a box for any of ``image_ids`` (the figure then keeps the files'
+    boxes: one θ for every panel)."""
+    out = []
+    for col in columns:
+        theirs = boxes.get(col.run_id, {})
+        if any(image_id not in theirs for image_id in image_ids):
+            return None
+        pred = col.arrays["pred_boxes"].copy()  # (n, 4)
+        for k, image_id in enumerate(col.arrays["image_ids"]):
+            if image_id in theirs:
+                pred[k] = np.asarray(theirs[image_id], dtype=np.float32)
+        out.append(dataclasses.replace(col, arrays={**col.arrays, "pred_boxes": pred}))
+    return out
+
+
 def common_sample(columns: Sequence[GalleryColumn], n_images: int = DEFAULT_IMAGES) -> list[str]:
     """The fixed sample of image ids: the first ``n_images`` (sorted) that every column has."""
     if not columns:
@@ -114,13 +150,15 @@ def common_sample(columns: Sequence[GalleryColumn], n_images: int = DEFAULT_IMAG
     return sorted(common)[:n_images]
 
 
-def gallery_figure(columns: Sequence[GalleryColumn], image_ids: Sequence[str], title: str = "") -> bytes:
+def gallery_figure(columns: Sequence[GalleryColumn], image_ids: Sequence[str], title: str = "",
+                   box_note: str = BOX_NOTES["fixed"]) -> bytes:
     """One row per image, one column per cell: heatmap overlay, GT box (red), predicted box (green).
 
     Args:
-        columns: from :func:`gallery_columns`.
+        columns: from :func:`gallery_columns` (or :func:`with_boxes`).
         image_ids: from :func:`common_sample` (each must be in every column).
         title: figure title.
+        box_note: whose θ the predicted boxes are at (one of :data:`BOX_NOTES`).
 
     Returns:
         JPEG bytes (photographs and heatmaps: a fifth of the PNG's size).
@@ -137,7 +175,7 @@ def gallery_figure(columns: Sequence[GalleryColumn], image_ids: Sequence[str], t
                 axes[i, j].set_title(f"{col.title}\n(seed {col.seed})", fontsize=10)
             if j == 0:
                 axes[i, j].set_ylabel(f"{_short(image_id)}\nclass {int(col.arrays['labels'][k])}", fontsize=8)
-    fig.suptitle(title + "\nred: ground truth, green: predicted box at the run's own θ (eval.theta: the fixed policy)", fontsize=10)
+    fig.suptitle(f"{title}\nred: ground truth, green: predicted box at {box_note}", fontsize=10)
     return to_jpeg(fig, dpi=90)
 
 

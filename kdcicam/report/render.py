@@ -21,7 +21,7 @@ from kdcicam.analysis.claims import LEDGER_NOTE
 from kdcicam.analysis.results import paper_points
 from kdcicam.core.fmt import fmt_signed, fmt_value, interval_text
 from kdcicam.registry.ablations import Registry
-from kdcicam.report.gallery import common_sample, gallery_columns, gallery_figure
+from kdcicam.report.gallery import BOX_NOTES, common_sample, gallery_columns, gallery_figure, gallery_table, with_boxes
 from kdcicam.report.report_data import ReportData, ScopeData
 from kdcicam.report.scatter import cl_scatter, scatter_description
 from kdcicam.report.sweep import SweepData, sweep_figure
@@ -157,17 +157,25 @@ def scope_views(data: ReportData, reg: Registry, *, figures: bool) -> list[Scope
                 view.scatter[protocol] = None if png is None else FigureOut(
                     file=f"cl-{key.slug}-{protocol}.png", title=title, caption=scope.provenance.line(), image=png,
                     description=scatter_description(points, key.paper_label))
-            gallery_table = next((t for t in reg.tables.values() if t.gallery), None)  # the first that has one
-            if gallery_table is not None:
-                columns, notes = gallery_columns(gallery_table, scope.runs)
+            table = gallery_table(reg)
+            if table is not None:
+                columns, notes = gallery_columns(table, scope.runs)
                 ids = common_sample(columns)
                 if columns and not ids:
                     notes.append("the gallery files share no image id")
                 if ids:
                     title = f"Gallery — {key.title}"
+                    box_note = BOX_NOTES["fixed"]
+                    if data.threshold_policy != "fixed":
+                        at_policy = with_boxes(columns, ids, scope.gallery_boxes)
+                        if at_policy is None:
+                            notes.append(f"no per-image records at the {data.threshold_policy} θ policy for every "
+                                         "gallery image: its boxes are at the runs' own θ")
+                        else:
+                            columns, box_note = at_policy, BOX_NOTES[data.threshold_policy]
                     view.gallery = FigureOut(file=f"gallery-{key.slug}.jpg", title=title,
                                              caption=scope.provenance.line(),
-                                             image=gallery_figure(columns, ids, title=title))
+                                             image=gallery_figure(columns, ids, title=title, box_note=box_note))
                 view.gallery_notes = notes
         views.append(view)
     return views

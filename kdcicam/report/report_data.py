@@ -28,6 +28,8 @@ class ScopeData:
     audit: dict[str, AuditTable] = field(default_factory=dict)  # protocol -> selection audit
     claims: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # protocol -> ClaimResult rows (kdcicam.analysis.claims)
     mechanism: Any = None  # kdcicam.report.mechanism.MechanismTable (synthetic benchmark), or None
+    gallery_boxes: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # run id -> image id -> box at
+    # the report's θ policy, for the gallery's runs (empty under the fixed policy: the gallery files' own boxes)
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,13 @@ class AuditRow:
     select: str  # the cell's checkpoint criterion
     metric: str
     n: int  # seeds with a reported number
-    reported: float | None  # as the table shows it: the cell's checkpoint, fixed θ
+    reported: float | None  # as the table shows it: the cell's checkpoint, the report's θ policy
     best_of_n: float | None  # the best seed's reported number (None for n < 2)
     test_selected: float | None  # the best epoch on the test split (max over per-epoch test numbers)
     d_test_selected: float | None
     n_audited: int  # seeds with per-epoch test numbers
+    fixed_theta: float | None  # at the run's own θ (eval.theta)
+    d_fixed_theta: float | None
     val_theta: float | None  # at the θ chosen on the validation split
     d_val_theta: float | None
     oracle_theta: float | None  # at the θ chosen on the test split (upper bound)
@@ -96,6 +98,7 @@ def _audit_row(table: Table, cell: Cell, metric: str, protocol: str, runs: dict[
     for s in seeds:
         audit = audits.get(runs[s]) if protocol == AUDIT_PROTOCOL else None
         test_sel[s] = 100.0 * audit.best[metric] if audit is not None and metric in audit.best else None
+    fixed = {s: policy(runs[s], metric, "fixed") for s in seeds}
     val = {s: policy(runs[s], metric, "val") for s in seeds}
     oracle = {s: policy(runs[s], metric, "oracle") for s in seeds}
     def resize(run_id: str, which: str) -> float | None:  # the resize audit is stored for the last checkpoint
@@ -121,6 +124,8 @@ def _audit_row(table: Table, cell: Cell, metric: str, protocol: str, runs: dict[
         test_selected=_mean([v for v in test_sel.values() if v is not None]),
         d_test_selected=_mean_delta([(rep[s], test_sel[s]) for s in seeds]),
         n_audited=sum(v is not None for v in test_sel.values()),
+        fixed_theta=_mean([v for v in fixed.values() if v is not None]),
+        d_fixed_theta=_mean_delta([(rep[s], fixed[s]) for s in seeds]),
         val_theta=_mean([v for v in val.values() if v is not None]),
         d_val_theta=_mean_delta([(rep[s], val[s]) for s in seeds]),
         oracle_theta=_mean([v for v in oracle.values() if v is not None]),
@@ -133,28 +138,35 @@ def _audit_row(table: Table, cell: Cell, metric: str, protocol: str, runs: dict[
         select_on=select_on or "val", test_decisions=_mean(decisions))
 
 
-AUDIT_NOTES = (
-    "Reported: the number the table shows (the cell's checkpoint, fixed θ). Test-selected: the best "
-    "per-epoch test number (each metric at its own best epoch; paper protocol, fixed θ): what picking the "
-    "checkpoint on the test set would have printed. θ val: θ chosen on the validation split (eval.theta_metric, "
-    "GT-known Loc by default), applied to test. θ oracle: θ chosen on the test split itself: an upper bound, "
-    "never a headline. S val / S oracle (paper protocol, last checkpoint, when eval.resize_grid is set): the "
-    "test resize chosen on the validation split / on the test split. Δ: against the reported number, over the "
-    "seeds that have both.",
-)
+REPORTED_AT = {"fixed": "the run's own θ (eval.theta)", "val": "θ chosen on the validation split",
+               "oracle": "θ chosen on the test split: an upper bound"}  # the Reported column's θ, per policy
+
+
+def audit_notes(threshold_policy: str) -> tuple[str, ...]:
+    """The audit's legend; its Reported column is at the report's θ policy."""
+    return (
+        f"Reported: the number the table shows (the cell's checkpoint, {REPORTED_AT[threshold_policy]}). "
+        "Test-selected: the best per-epoch test number (each metric at its own best epoch; paper protocol, the "
+        "run's own θ): what picking the checkpoint on the test set would have printed. θ fixed: at the run's own θ "
+        "(eval.theta). θ val: θ chosen on the validation split (eval.theta_metric, GT-known Loc by default), applied "
+        "to test. θ oracle: θ chosen on the test split itself: an upper bound, never a headline. S val / S oracle "
+        "(paper protocol, last checkpoint, when eval.resize_grid is set): the test resize chosen on the validation "
+        "split / on the test split. Δ: against the reported number, over the seeds that have both.",
+    )
 
 
 def build_audit(tables: Sequence[Table], protocol: str, values: pd.DataFrame, runs_by_id: Mapping[str, RunInfo],
-                lookup: PolicyLookup, audits: Mapping[str, EpochAudit]) -> AuditTable:
+                lookup: PolicyLookup, audits: Mapping[str, EpochAudit], threshold_policy: str = "fixed") -> AuditTable:
     """The selection audit of one scope under one protocol: every run cell of the given tables.
 
     Args:
         tables: the registry tables to audit (scatter tables are skipped).
         protocol: "paper" | "standard".
-        values: the scope's :func:`cell_frame` rows at the fixed θ, one run per seed.
+        values: the scope's :func:`cell_frame` rows at ``threshold_policy``, one run per seed.
         runs_by_id: the scope's finished runs.
         lookup: :func:`policy_lookup` of the final metrics.
         audits: run id -> its per-epoch test audit (:func:`kdcicam.evaluation.selection.epoch_audit`).
+        threshold_policy: whose θ ``values`` hold ("fixed", "val" or "oracle"), named in the legend.
 
     Returns:
         One row per (cell that ran, metric of :data:`AUDIT_METRICS`).
@@ -173,7 +185,7 @@ def build_audit(tables: Sequence[Table], protocol: str, values: pd.DataFrame, ru
                 m = cell_rows[cell_rows["metric"] == metric]
                 reported = {int(seed): float(v) for seed, v in zip(m["seed"], m["value"])}
                 rows.append(_audit_row(table, cell, metric, protocol, runs, reported, runs_by_id, lookup, audits))
-    notes = list(AUDIT_NOTES)
+    notes = list(audit_notes(threshold_policy))
     if protocol != AUDIT_PROTOCOL:
         notes.append(f"Per-epoch test numbers are measured under the {AUDIT_PROTOCOL} protocol only: no "
                      "test-selected column here.")
