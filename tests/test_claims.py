@@ -173,6 +173,9 @@ def test_both_protocols_side_by_side_with_the_share_kept(store, capsys):
     assert loc.kept == pytest.approx(0.5) and loc.same_verdict is True
     # a paper-protocol change against the paper's sign is no gain: no share of it is kept
     assert ProtocolPair(dataclasses.replace(loc.paper, ours_delta=-10.0), loc.standard).kept is None
+    # nor of a paper-protocol change whose seed interval includes zero, or that has none (one seed)
+    assert ProtocolPair(dataclasses.replace(loc.paper, ci_lo=-1.0), loc.standard).kept is None
+    assert ProtocolPair(dataclasses.replace(loc.paper, ci_lo=None, ci_hi=None), loc.standard).kept is None
     kd = next(p for p in pairs if p.paper.claim == "kd-improves-cls-and-loc")
     assert kd.kept is None and kd.same_verdict is None  # never ran
     url = store.url

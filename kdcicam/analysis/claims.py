@@ -123,12 +123,16 @@ class ProtocolPair:
     def kept(self) -> float | None:
         """How much of the paper-protocol change the standard protocol keeps: standard Δ / paper Δ.
 
-        None when either change is missing, the paper-protocol change is zero or has the opposite
-        sign to the paper's printed change (no gain to keep: a share of it would read as one), or the
-        claim is a Figure 1(b) claim (its number is a margin, not a change).
+        None when either change is missing, the paper-protocol change has no seed interval or one
+        that includes zero (no established change: a ratio to a Δ near zero is noise, −5400 %), has
+        the opposite sign to the paper's printed change (no gain to keep: a share of it would read as
+        one), or the claim is a Figure 1(b) claim (its number is a margin, not a change).
         """
         a, b, printed = self.paper.ours_delta, self.standard.ours_delta, self.paper.paper_delta
         if a is None or b is None or a == 0 or self.paper.interval.startswith("best-of-settings"):
+            return None
+        lo, hi = self.paper.ci_lo, self.paper.ci_hi
+        if lo is None or hi is None or lo <= 0.0 <= hi:
             return None
         if printed is not None and printed * a < 0:
             return None

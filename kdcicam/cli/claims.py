@@ -273,7 +273,7 @@ def _print_protocol_pairs(pairs, threshold_policy: str, oracle: str, as_md: bool
         typer.echo(protocols_markdown(pairs, threshold_policy, oracle))
         return
     t = Table(title=f"claims under both protocols (θ {threshold_policy}; ours Δ in percentage points, mean over "
-                    f"seeds, [95% interval over seeds]; kept = standard Δ / paper Δ){oracle}")
+                    f"seeds, [95% interval over seeds]; kept = standard Δ / paper Δ, where the paper-protocol interval excludes 0){oracle}")
     for col in ("claim", "scope", "metric", "Δ printed in the paper", "ours, paper protocol", "ours, standard protocol",
                 "kept", "same verdict"):
         t.add_column(col)
@@ -289,7 +289,7 @@ def protocols_markdown(pairs, threshold_policy: str, oracle: str = "") -> str:
              "(claimed cell minus the other), mean over seeds, [95 % interval over seeds] (none with one seed; "
              "Figure 1(b)'s margins: the hierarchical bootstrap over seeds and images), then the status (Holm "
              "within each claim's metrics and both protocols; see kdcicam claims --md for the rules and p-values); "
-             "kept = standard-protocol Δ / paper-protocol Δ."]
+             "kept = standard-protocol Δ / paper-protocol Δ, shown only where the paper-protocol Δ has the paper's sign and its seed interval excludes zero."]
     for scope in dict.fromkeys(pair.paper.scope for pair in pairs):
         lines += ["", f"**{scope}**", "",
                   "| claim | metric | Δ printed in the paper | ours, paper protocol | ours, standard protocol | kept | "
