@@ -124,7 +124,7 @@ class ProtocolPair:
         """How much of the paper-protocol change the standard protocol keeps: standard Δ / paper Δ.
 
         None when either change is missing, the paper-protocol change has no seed interval or one
-        that includes zero (no established change: a ratio to a Δ near zero is noise, −5400 %), has
+        that includes zero (no established change: a ratio to a Δ near zero is noise), has
         the opposite sign to the paper's printed change (no gain to keep: a share of it would read as
         one), or the claim is a Figure 1(b) claim (its number is a margin, not a change).
         """
