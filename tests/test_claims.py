@@ -46,6 +46,7 @@ def test_three_seeds_clear_gain_holds_and_clear_loss_does_not(store):
     assert loc.status == "holds, larger than the paper's" and loc.n_seeds == 3 and loc.interval == "seeds (t)"
     assert loc.ours_delta == pytest.approx(10.0) and loc.paper_delta == pytest.approx(0.9)
     assert loc.ci_lo == pytest.approx(10 - 4.302653 / 3 ** 0.5, abs=1e-3)
+    assert dict(loc.seed_deltas) == pytest.approx({0: 10.0, 1: 11.0, 2: 9.0})  # each seed's own difference
     gt = _pick(results, "conpool-improves-loc", "gt_known_loc")
     assert gt.status == "does not hold, smaller than the paper's" and gt.ours_delta == pytest.approx(-5.0)
     # claims whose cells were never run say so
@@ -187,6 +188,7 @@ def test_both_protocols_side_by_side_with_the_share_kept(store, capsys):
     # both intervals lie above the paper's Δ (+0.9; standard protocol: t = 4.1 / (1 / sqrt 3), p = 0.019, Holm over
     # the two protocols 0.038)
     assert row["kept"] == pytest.approx(0.5) and row["standard"]["status"] == "holds, larger than the paper's"
+    assert row["standard"]["seed_deltas"] == pytest.approx({"0": 4.0, "1": 5.0, "2": 6.0})
     with pytest.raises(SystemExit):
         main(["claims", "--db", url, "--protocol", "both", "--md"])
     md = capsys.readouterr().out

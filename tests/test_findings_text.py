@@ -25,6 +25,11 @@ def test_a_verdict_reads_as_one_sentence_with_what_produced_it():
         "3 seeds (the paper's +0.9); p 0.01, Holm 0.04 (family of 4).")
 
 
+def test_each_seeds_difference_follows_the_mean():
+    text = finding_sentence(_row(seed_deltas=((0, 1.26), (1, -0.5), (3, 0.44))))
+    assert "over 3 seeds (the paper's +0.9); by seed: 0 +1.3, 1 −0.5, 3 +0.4; p 0.01" in text
+
+
 def test_an_inconclusive_row_says_how_many_seeds_would_decide_it():
     text = finding_sentence(_row(status="inconclusive", ci_lo=-1.0, p_value=0.3, p_holm=0.9, seeds_needed=12))
     assert "**inconclusive**" in text and "12 seeds would detect the paper's Δ (80 % power)" in text

@@ -41,6 +41,11 @@ class ClaimResult:
     p_paper: float | None = None  # the seed t test against the paper's Δ (H0: our mean = paper Δ), uncorrected
     p_paper_holm: float | None = None  # p_paper Holm-adjusted within the claim's family of such tests
     size: str | None = None  # "smaller than the paper's" | "larger than the paper's" | None (see verdicts)
+    seed_deltas: tuple[tuple[int, float], ...] | None = None  # difference claims: (seed, its Δ in points)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The row as JSON-ready values; ``seed_deltas`` as {seed: Δ}."""
+        out = asdict(self)
+        if self.seed_deltas is not None:
+            out["seed_deltas"] = {str(seed): delta for seed, delta in self.seed_deltas}
+        return out

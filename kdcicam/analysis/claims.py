@@ -237,6 +237,7 @@ class PairedDelta:
     std: float | None = None  # sample standard deviation of the per-seed differences (two or more seeds)
     p_value: float | None = None  # two-sided t test of the per-seed differences (where there is an interval)
     p_paper: float | None = None  # the same t test against ``paper_delta`` (where there is an interval)
+    seed_deltas: tuple[tuple[int, float], ...] = ()  # (seed, a − b in points), in seed order
 
 
 def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Callable[[str], pd.DataFrame],
@@ -261,7 +262,8 @@ def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Calla
     a = latest_per_seed(a).set_index("seed")
     b = latest_per_seed(b).set_index("seed")
     seeds = sorted(set(a.index) & set(b.index))
-    t = seed_test([float(a.loc[s, "value"]) - float(b.loc[s, "value"]) for s in seeds])
+    diffs = [float(a.loc[s, "value"]) - float(b.loc[s, "value"]) for s in seeds]
+    t = seed_test(diffs)
     if t.mean is None or math.isnan(t.mean):
         return PairedDelta(None, None, None, 0, "none")
     image_lo = image_hi = None
@@ -271,7 +273,8 @@ def paired_delta(a: pd.DataFrame, b: pd.DataFrame, metric: str, records_a: Calla
     interval = ("seeds (t)" if t.ci_lo is not None else "1 seed" if t.n == 1
                 else "no spread (identical per-seed differences)")
     return PairedDelta(round(t.mean, 4), _round(t.ci_lo), _round(t.ci_hi), t.n, interval, image_lo, image_hi,
-                       _round(t.std), t.p_value, None if paper_delta is None else p_against(t, paper_delta))
+                       _round(t.std), t.p_value, None if paper_delta is None else p_against(t, paper_delta),
+                       tuple((int(s), round(x, 4)) for s, x in zip(seeds, diffs)))
 
 
 def _round(x: float | None) -> float | None:
@@ -317,7 +320,8 @@ def claim_result(reg: Registry, claim: Claim, scope: ScopeKey, sub: pd.DataFrame
                        interval=d.interval,
                        status=with_size(claim_status(claim.direction, d.mean, d.p_value, d.n_seeds), size),
                        image_ci_lo=d.image_ci_lo, image_ci_hi=d.image_ci_hi, seeds_needed=needed,
-                       direction=claim.direction, p_value=d.p_value, p_paper=d.p_paper, size=size)
+                       direction=claim.direction, p_value=d.p_value, p_paper=d.p_paper, size=size,
+                       seed_deltas=d.seed_deltas)
 
 
 def per_image_interval(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], flag: str,

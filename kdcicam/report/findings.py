@@ -46,7 +46,9 @@ def finding_sentence(r: ClaimResult) -> str:
     else:
         spread = (f", 95 % {interval_text(r.ci_lo, r.ci_hi)}" if r.ci_lo is not None
                   else " (no spread: every seed gives the same difference)")
-        body = f"ours {fmt_signed(r.ours_delta)} points{spread} over {r.n_seeds} seeds{paper}"
+        by_seed = ("" if not r.seed_deltas else
+                   "; by seed: " + ", ".join(f"{seed} {fmt_signed(delta)}" for seed, delta in r.seed_deltas))
+        body = f"ours {fmt_signed(r.ours_delta)} points{spread} over {r.n_seeds} seeds{paper}{by_seed}"
     needed = ""
     if r.seeds_needed is not None and not r.status.startswith(("holds", "does not hold")):
         needed = f"; {r.seeds_needed} seeds would detect the paper's Δ (80 % power)"
