@@ -280,6 +280,17 @@ def test_provenance_keeps_a_dirty_tree_apart_from_its_commit(filled):
     assert prov.git_commits == ("abc123def456", "abc123def456+dirty")
 
 
+def test_provenance_counts_the_teachers_among_its_runs(filled):
+    with open_store(filled) as store:
+        runs = [r for r in store.list_runs() if r.status == "finished"]
+    teachers = sum(r.role in ("cls_teacher", "loc_teacher") for r in runs)
+    assert 0 < teachers < len(runs)  # the fixture has students and the teachers they distil from
+    prov = provenance(scope_of(runs[0]), runs, "now")
+    assert dict(prov.items())["runs"] == f"{len(runs)} ({teachers} of them teachers)"
+    students = [r for r in runs if r.role in ("student", "distilled")]
+    assert dict(provenance(scope_of(students[0]), students, "now").items())["runs"] == str(len(students))
+
+
 def test_training_setting_is_shared_by_the_seeds_of_one_training_only():
     a0 = _config("distilled", True, 0, lr=0.001)
     a0["teachers"] = {"cls_run": "c0", "loc_run": "l0"}

@@ -44,6 +44,7 @@ class Provenance:
     git_commits: tuple[str, ...]
     n_runs: int
     generated: str
+    n_teachers: int = 0  # of n_runs, the teachers (a scope's header counts them; a table's cells do not)
 
     def items(self) -> list[tuple[str, str]]:
         """(label, value) pairs in display order."""
@@ -57,7 +58,7 @@ class Provenance:
             ("epochs", join(self.epochs)),
             ("profile / variant", f"{self.profile} / {self.variant}"),
             ("seeds", join(self.seeds)),
-            ("runs", str(self.n_runs)),
+            ("runs", f"{self.n_runs} ({self.n_teachers} of them teachers)" if self.n_teachers else str(self.n_runs)),
             ("device", join(self.devices)),
             ("torch", join(self.torch_versions)),
             ("git commit", join(self.git_commits)),
@@ -91,4 +92,5 @@ def provenance(scope: ScopeKey, runs: Sequence[RunInfo], generated: str) -> Prov
         git_commits=_distinct(_short_commit(r.git_commit) if r.git_commit else None for r in runs),
         n_runs=len(runs),
         generated=generated,
+        n_teachers=sum(r.role.endswith("_teacher") for r in runs),
     )
