@@ -545,3 +545,19 @@ def test_concurrent_writers_from_many_processes(pg_url, server):
     with server.connect(_database(pg_url)) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
         assert conn.execute("SELECT count(*) FROM datasets").fetchone() == (1,)
+
+
+def test_runs_archived_from_sqlite_import_into_postgresql_with_every_value(pg_url, tmp_path):
+    """``runs archive`` on SQLite, ``runs import`` into PostgreSQL: the same runs, metrics and records."""
+    from test_runs_archive import TEACHER, _cli, _everything, _run
+
+    sqlite_url = f"sqlite:///{tmp_path / 'a' / 'runs.db'}"
+    (tmp_path / "a").mkdir()
+    with open_store(sqlite_url, clock=FakeClock()) as source:
+        _run(source, tmp_path / "a" / "art", TEACHER, "loc_teacher")
+    assert _cli("runs", "archive", str(tmp_path / "archive"), "--db", sqlite_url) == 0
+    assert _cli("runs", "import", str(tmp_path / "archive"), "--db", pg_url, "--artifacts", str(tmp_path / "art")) == 0
+    before, after = _everything(sqlite_url), _everything(pg_url)
+    assert repr(after) == repr(before) and len(after["records"][TEACHER]) == 2
+    with open_store(pg_url) as store:
+        assert store.get_run(TEACHER).artifacts_dir == str(tmp_path / "art" / TEACHER)  # absolute on a server

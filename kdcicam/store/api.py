@@ -19,8 +19,8 @@ SQLite and PostgreSQL give the same results:
   be decoded is skipped with a :class:`~kdcicam.core.errors.StoreWarning` instead of failing every read.
 
 This module holds the transactions, datasets and runs; the run lifecycle (claim, heartbeat, finish,
-fail) is in ``lifecycle.py``, metrics and per-image records in ``results.py``, the row snapshots and
-conversions in ``rows.py``.
+fail) is in ``lifecycle.py``, metrics and per-image records in ``results.py``, whole runs as plain data
+(moving them between stores) in ``transfer.py``, the row snapshots and conversions in ``rows.py``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from kdcicam.store.rows import (
 )
 from kdcicam.store.run_folder import store_folder, to_stored
 from kdcicam.store.schema import RUN_STATUSES, Dataset, EpochMetric, FinalMetric, ImageRecord, Run
+from kdcicam.store.transfer import RunTransfer
 
 __all__ = ["IMAGE_RECORD_FIELDS", "DatasetInfo", "RunInfo", "Store", "utc_now"]
 
@@ -94,7 +95,7 @@ def _is_retryable(exc: DBAPIError) -> bool:
     return isinstance(exc, OperationalError) and _is_locked(exc)
 
 
-class Store(LifecycleMixin, ResultsMixin):
+class Store(LifecycleMixin, ResultsMixin, RunTransfer):
     """The run store. Build it with :func:`kdcicam.store.open_store`; close it (or use ``with``).
 
     Args:
