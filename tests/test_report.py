@@ -341,6 +341,60 @@ def test_scopes_split_by_profile_and_name_the_ablate_command(filled):
 
 # ------------------------------------------------------------------------------------ formats
 
+def _add_paper_variant_base(url: str) -> None:
+    """A second scope, variant paper, whose only run is Table 3's Base at seed 0."""
+    with open_store(url, clock=lambda: T0 + timedelta(days=1)) as store:
+        store.get_or_create_run("base-paper", config_hash="hp", role="student", profile="quick", variant="paper",
+                                dataset="synthetic", dataset_fingerprint=FINGERPRINT, seed=0,
+                                config=_config("student", False, 0), labels={"table3": ["base"]})
+        store.claim_run("base-paper", pid=1, host="box")
+        store.set_final_metrics("base-paper", "paper", "last", "fixed", "test", {"top1_cls": 0.5, "top1_loc": 0.3})
+        store.finish_run("base-paper")
+
+
+def test_tables_without_a_run_in_a_scope_collapse_to_one_line(filled):
+    reg, before = _report(filled, protocols=["paper"])
+    md_before = render(before, reg, "md", figures=False).text
+    _add_paper_variant_base(filled)
+    reg, data = _report(filled)
+    paper, reference = data.scopes
+    assert (paper.key.variant, reference.key.variant) == ("paper", "reference")
+    # every table of the reference scope has a run (Table 4 only in part): none is collapsed
+    assert reference.not_run is None and reference.shown_tables("paper") == reference.tables["paper"]
+    command = "kdcicam ablate table4 table5 figure1b --backbone vgg16 --profile quick --variant paper"
+    assert (paper.not_run.keys, paper.not_run.names, paper.not_run.command) == (
+        ("table4", "table5", "figure1b"), ("Table 4", "Table 5", "Figure 1(b)"), command)
+    assert [t.key for t in paper.shown_tables("standard")] == ["table3"]
+    line = f"Not run in this scope: Table 4, Table 5, Figure 1(b) (run `{command}` to fill them)."
+    ref_slug, paper_slug = reference.key.slug, paper.key.slug
+
+    html = render(data, reg, "html", figures=False).text
+    assert html.count("Not run in this scope:") == 1
+    assert line.replace("`", "<code>", 1).replace("`", "</code>", 1) in html
+    for key in ("table4", "table5", "figure1b"):  # no table drawn for them in the paper scope, under any protocol
+        assert f'id="{paper_slug}-{key}-' not in html and f'id="{ref_slug}-{key}-paper"' in html
+    # the tables that ran draw as before, their not-run cells included
+    assert f'id="{paper_slug}-table3-paper"' in html
+    assert "not run — <code>kdcicam ablate table3 --backbone vgg16 --profile quick --variant paper</code>" in html
+    assert "not run — <code>kdcicam ablate table4 --backbone vgg16 --profile quick --seeds 3</code>" in html
+
+    md = render(data, reg, "md", figures=False).text
+    assert md.count(line) == 1
+    paper_part = md[md.index(f"## {paper.key.title}"):md.index(f"## {reference.key.title}")]
+    assert "### Table 3" in paper_part and "### Table 4" not in paper_part and "### Figure 1(b)" not in paper_part
+    assert md.count("### Table 4") == 2  # the reference scope's, one per protocol
+    # the reference scope's tables read exactly as they did before the paper scope existed
+    _, after = _report(filled, protocols=["paper"])
+    tables = md_before[md_before.index("## "):md_before.index("### Claims (paper protocol)")]
+    assert tables in render(after, reg, "md", figures=False).text and "Not run in this scope" not in tables
+
+    tex = render(data, reg, "latex", figures=False).text
+    assert tex.count("Not run in this scope:") == 1
+    assert "(run \\texttt{" + tex_escape(command) + "} to fill them)." in tex
+    assert f"tab:{paper_slug}-table3-paper" in tex and f"tab:{paper_slug}-table4-" not in tex
+    assert f"tab:{ref_slug}-table4-paper" in tex and "\\textit{not run}" in tex
+
+
 def test_html_is_self_contained_with_both_protocols_and_figures(filled):
     reg, data = _report(filled)
     html = render(data, reg, "html").text

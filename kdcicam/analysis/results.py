@@ -159,15 +159,15 @@ def _epoch_multipliers(reg: Registry, run: RunInfo) -> tuple[float, ...]:
     return tuple(mults)
 
 
-def ablate_command(table: str, scope: ScopeKey, n_seeds: int = 1) -> str:
-    """The ``kdcicam ablate`` command that would run a table's cells in a scope.
+def ablate_command(table: str | Sequence[str], scope: ScopeKey, n_seeds: int = 1) -> str:
+    """The ``kdcicam ablate`` command that would run the cells of a table (or of several) in a scope.
 
     Args:
-        table: registry table key.
+        table: registry table key, or several (``kdcicam ablate`` plans several tables as one).
         scope: where the cells are missing.
         n_seeds: seeds 0..n-1 the scope's other cells ran at (``--seeds``; 1 is the default).
     """
-    cmd = f"kdcicam ablate {table}"
+    cmd = "kdcicam ablate " + (table if isinstance(table, str) else " ".join(table))
     if scope.dataset != "synthetic":
         cmd += f" --dataset {scope.dataset} --data PATH"
     cmd += f" --backbone {scope.backbone} --profile {scope.profile}"

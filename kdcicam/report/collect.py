@@ -31,7 +31,7 @@ from kdcicam.report.provenance import provenance
 from kdcicam.report.report_data import ReportData, ScopeData
 from kdcicam.report.selection_audit import AuditRow, build_audit
 from kdcicam.report.sweep import build_sweeps
-from kdcicam.report.tables import MetricValue, build_table
+from kdcicam.report.tables import MetricValue, build_table, not_run_tables
 from kdcicam.store import RunInfo
 
 
@@ -102,7 +102,8 @@ def collect(reg: Registry, runs: Sequence[RunInfo], finals: pd.DataFrame, *, sto
                                 tables=tables, points=points, runs=tuple(scope_runs), audit=audit,
                                 claims={p: claims.get((scope.title, p), ()) for p in protocols},
                                 mechanism=mechanism_table(reg, scope_runs, finals, threshold_policy),
-                                gallery_boxes=_gallery_boxes(reg, scope_runs, records, threshold_policy)))
+                                gallery_boxes=_gallery_boxes(reg, scope_runs, records, threshold_policy),
+                                not_run=not_run_tables(tables, scope, scope_runs)))
     return ReportData(generated=generated, store_url=store_url, protocols=tuple(protocols),
                       table_keys=tuple(table_keys), scopes=tuple(scopes),
                       n_unfinished=len(runs) - len(all_finished),

@@ -11,7 +11,7 @@ import pandas as pd
 from kdcicam.analysis.results import DEFAULT_THRESHOLD_POLICY, ScopeKey
 from kdcicam.report.provenance import Provenance
 from kdcicam.report.selection_audit import AuditTable
-from kdcicam.report.tables import TableData
+from kdcicam.report.tables import NotRunTables, TableData
 from kdcicam.store import RunInfo
 
 if TYPE_CHECKING:
@@ -30,6 +30,12 @@ class ScopeData:
     mechanism: Any = None  # kdcicam.report.mechanism.MechanismTable (synthetic benchmark), or None
     gallery_boxes: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # run id -> image id -> box at
     # the report's θ policy, for the gallery's runs (empty under the fixed policy: the gallery files' own boxes)
+    not_run: NotRunTables | None = None  # the tables no run of this scope labels: one line, not drawn
+
+    def shown_tables(self, protocol: str) -> tuple[TableData, ...]:
+        """The tables drawn in full under ``protocol``: every table but those named in ``not_run``."""
+        collapsed = self.not_run.keys if self.not_run is not None else ()
+        return tuple(t for t in self.tables[protocol] if t.key not in collapsed)
 
 
 @dataclass(frozen=True)

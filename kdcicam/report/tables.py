@@ -15,7 +15,7 @@ the selection audit :mod:`kdcicam.report.selection_audit`, the report around the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -91,9 +91,54 @@ class TableData:
         return sum(not row.ran for row in self.rows)
 
     @property
+    def ran(self) -> bool:
+        """Whether any cell has a finished run in this scope."""
+        return any(row.ran for row in self.rows)
+
+    @property
+    def short_title(self) -> str:
+        """The title up to its colon: "Table 4", "Figure 1(b)"."""
+        return self.title.split(":")[0]
+
+    @property
     def max_seeds(self) -> int:
         """The most seeds any row has (a "best of N" line is shown when it is 2 or more)."""
         return max((len(row.seeds) for row in self.rows), default=0)
+
+
+@dataclass(frozen=True)
+class NotRunTables:
+    """A scope's tables with no finished run in any cell: the report names them on one line instead of
+    drawing them."""
+
+    keys: tuple[str, ...]  # registry table keys, in the report's order
+    names: tuple[str, ...]  # their short titles ("Table 4", "Figure 1(b)")
+    command: str  # the one ``kdcicam ablate`` command that runs all of them in the scope
+
+
+def seeds_to_run(scope_runs: Sequence[RunInfo]) -> int:
+    """How many seeds (0..n-1) a scope's missing cells should run at: as many as its runs reached."""
+    return 1 + max((r.seed for r in scope_runs), default=0)
+
+
+def not_run_tables(tables: Mapping[str, Sequence[TableData]], scope: ScopeKey,
+                   scope_runs: Sequence[RunInfo]) -> NotRunTables | None:
+    """The tables of a scope that no finished run labels, under every protocol.
+
+    Args:
+        tables: protocol -> the scope's tables (:func:`build_table`).
+        scope: the scope.
+        scope_runs: the scope's finished runs (for ``--seeds``, as :func:`build_table` counts them).
+
+    Returns:
+        The tables to collapse, with the command that runs them; None when every table has a run.
+    """
+    ran = {t.key for items in tables.values() for t in items if t.ran}
+    empty = {t.key: t.short_title for items in tables.values() for t in items if t.key not in ran}
+    if not empty:
+        return None
+    return NotRunTables(keys=tuple(empty), names=tuple(empty.values()),
+                        command=ablate_command(tuple(empty), scope, seeds_to_run(scope_runs)))
 
 
 def _sign(x: float) -> int:
@@ -198,8 +243,7 @@ def build_table(table: Table, scope: ScopeKey, protocol: str, values: pd.DataFra
         key=table.key, title=table.title, caption=table.caption, kind=table.kind, protocol=protocol,
         reference_cell=ref, reference_name=ref_cell.name if ref_cell else None, metrics=metrics,
         rows=tuple(out_rows),
-        not_run_command=ablate_command(table.key, scope, 1 + max((r.seed for r in scope_runs), default=0))
-        if missing else None,
+        not_run_command=ablate_command(table.key, scope, seeds_to_run(scope_runs)) if missing else None,
         provenance=provenance(scope, runs, generated) if runs else None, notes=tuple(notes))
 
 
