@@ -449,10 +449,15 @@ def test_ablate_refuses_a_corrupt_checkpoint_of_a_teacher_trained_earlier(db_url
     from kdcicam.core.errors import RunError
 
     folders = _kd_store(db_url, tmp_path)  # last.pt holds b"checkpoint": no loadable checkpoint
-    student = SimpleNamespace(cfg=SimpleNamespace(teachers=TeacherRefs(loc_run="tttt000011112222", loc_select="last")))
-    unknown = SimpleNamespace(cfg=SimpleNamespace(teachers=TeacherRefs(cls_run="nnnn000011112222")))  # planned only
+    student = SimpleNamespace(run_id="pppp000011112222",  # a planned student, not stored yet
+                              cfg=SimpleNamespace(teachers=TeacherRefs(loc_run="tttt000011112222", loc_select="last")))
+    unknown = SimpleNamespace(run_id="qqqq000011112222",
+                              cfg=SimpleNamespace(teachers=TeacherRefs(cls_run="nnnn000011112222")))  # planned only
     with open_store(db_url) as store:
         check_finished_teachers([unknown], store)
         with pytest.raises(RunError, match="cannot load checkpoint"):
             check_finished_teachers([student, unknown], store)
+        # a student already finished (ssss distils from tttt) reads no teacher again: not checked
+        finished = SimpleNamespace(run_id="ssss000011112222", cfg=student.cfg)
+        check_finished_teachers([finished, unknown], store)
     assert folders["tttt"].joinpath("last.pt").exists()

@@ -143,13 +143,18 @@ def check_teacher_checkpoints(store, refs) -> None:
 
 def check_finished_teachers(runs, store) -> None:
     """Load once each checkpoint that a planned student distils from a teacher trained earlier (teachers the
-    plan itself trains are checked as they finish), before any run of the plan is stored.
+    plan itself trains are checked as they finish), before any run of the plan is stored. A student the
+    store holds as finished reads no teacher again: its teachers' checkpoints may be gone (an archive
+    imported with ``--checkpoints needed``).
 
     Raises:
         RunError: such a checkpoint is missing or corrupt.
     """
+    finished_runs = {r.id for r in store.list_runs(status="finished")}
     seen = set()
     for run in runs:
+        if run.run_id in finished_runs:
+            continue
         refs = run.cfg.teachers
         for run_id, selection in ((refs.cls_run, refs.cls_select), (refs.loc_run, refs.loc_select)):
             if not run_id or (run_id, selection) in seen:
