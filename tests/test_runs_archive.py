@@ -196,3 +196,9 @@ def test_a_dump_from_another_schema_or_format_is_refused(source):
         with pytest.raises(StoreError, match="column.s. this store does not: colour"):
             store.load_run(dump, None)
         assert store.load_run(store.dump_run(TEACHER), None) == "kept"
+        uneven = store.dump_run(TEACHER)
+        uneven["run"]["id"] = "mmmm000011112222"
+        uneven["image_records"]["iou"].pop()
+        with pytest.raises(StoreError, match=r"columns have different lengths \(\[1, 2\]\)"):
+            store.load_run(uneven, None)
+        assert [r.id for r in store.list_runs() if r.id.startswith("mmmm")] == []

@@ -1,8 +1,8 @@
 """A finished run's rows as plain data, and back: how runs move from one store to another.
 
-A run's *dump* holds its row, its dataset's row, its epoch metrics, final metrics and per-image
-records, each row as ``{column: value}`` (times as ISO 8601 text, naive UTC as stored); the
-autoincrement row ids are left out. The dump is JSON-ready, so it can be written to a file, kept
+A run's *dump* holds its row and its dataset's row as ``{column: value}``, and its epoch metrics,
+final metrics and per-image records as ``{column: [value per row]}`` (times as ISO 8601 text, naive
+UTC as stored; the autoincrement row ids are left out). The dump is JSON-ready, so it can be written to a file, kept
 in git, and loaded into any store (SQLite or PostgreSQL) at the same schema revision.
 
 A run's id is its resolved config and data (``kdcicam.core.identity``): a run with the same id in
@@ -57,6 +57,21 @@ def _db_values(table: Table, values: dict[str, Any], **fixed: Any) -> dict[str, 
     return out
 
 
+def _by_row(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """``{column: [values]}`` -> one dict per row.
+
+    Raises:
+        StoreError: the columns have different lengths.
+    """
+    if not isinstance(columns, dict) or not all(isinstance(v, list) for v in columns.values()):
+        raise StoreError("a run dump's metrics or records are not {column: [values]}")
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) > 1:
+        raise StoreError(f"a run dump's columns have different lengths ({sorted(lengths)})")
+    names = list(columns)
+    return [dict(zip(names, values)) for values in zip(*columns.values())]
+
+
 class RunTransfer:
     """Dumps and loads of whole runs; a mixin of :class:`~kdcicam.store.api.Store` (its ``_tx``,
     ``_require_run`` and ``folder``)."""
@@ -74,7 +89,9 @@ class RunTransfer:
             }
             for key, model in _RESULT_MODELS.items():
                 rows = session.scalars(select(model).where(model.run_id == run_id).order_by(model.id)).all()
-                out[key] = [_row_dict(model.__table__, row, skip=("id", "run_id")) for row in rows]
+                dicts = [_row_dict(model.__table__, row, skip=("id", "run_id")) for row in rows]
+                out[key] = {c.name: [d[c.name] for d in dicts] for c in model.__table__.columns
+                            if c.name not in ("id", "run_id")}  # by column: half the gzipped size of rows
             return out
 
         return self._tx(op, write=False)
@@ -113,7 +130,7 @@ class RunTransfer:
             session.execute(insert(Run.__table__).values(
                 **_db_values(Run.__table__, run_values, artifacts_dir=stored_dir)))
             for key, model in _RESULT_MODELS.items():
-                rows = [_db_values(model.__table__, row, run_id=run_id) for row in dump.get(key) or []]
+                rows = [_db_values(model.__table__, row, run_id=run_id) for row in _by_row(dump.get(key) or {})]
                 if rows:
                     session.execute(insert(model.__table__), rows)
             session.flush()
