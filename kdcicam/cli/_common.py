@@ -74,6 +74,17 @@ def db_url(db: str | None) -> str:
     return resolve_db_url(db, os.environ.get("KDCICAM_DB"))
 
 
+CELL_HELP = "Only runs of a registry table (table3) or cell (table3/conpool+kd)."
+
+
+def cell_filter(cell: str | None) -> str | tuple[str, str] | None:
+    """``--cell`` as ``Store.list_runs(labels_contain=...)`` takes it: "table3", ("table3", "base") or None."""
+    if cell is None:
+        return None
+    table, _, cell_key = cell.partition("/")
+    return (table, cell_key) if cell_key else table
+
+
 def cache_dir() -> Path:
     """Where generated data lives: $KDCICAM_CACHE, else $XDG_CACHE_HOME/kdcicam, else ~/.cache/kdcicam."""
     if os.environ.get("KDCICAM_CACHE"):

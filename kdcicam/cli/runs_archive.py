@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from kdcicam.cli._common import DB_HELP, db_url
+from kdcicam.cli._common import CELL_HELP, DB_HELP, cell_filter, db_url
 
 if TYPE_CHECKING:
     from kdcicam.store import RunInfo
@@ -35,8 +35,7 @@ CHECKPOINT_CHOICES = ("needed", "all", "none")
 def archive_cmd(
     out: Path = typer.Argument(..., help="Archive folder (created if needed; runs already in it are rewritten)."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    cell: str | None = typer.Option(
-        None, "--cell", help="Only runs of a registry table (table3) or cell (table3/conpool+kd)."),
+    cell: str | None = typer.Option(None, "--cell", help=CELL_HELP),
     checkpoints: str = typer.Option(
         "needed", "--checkpoints",
         help="Which checkpoints go in: needed (those the store's unfinished runs will read: their teachers'), "
@@ -45,21 +44,15 @@ def archive_cmd(
 ) -> None:
     """Write the store's finished runs to a folder of files that `kdcicam runs import` reads back."""
     from kdcicam.core.errors import ConfigError
-    from kdcicam.store import open_store, sqlite_file
+    from kdcicam.store import open_store
 
     if checkpoints not in CHECKPOINT_CHOICES:
         raise ConfigError(f"--checkpoints {checkpoints!r}: must be one of {', '.join(CHECKPOINT_CHOICES)}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file, not an archive folder")
-    url = db_url(db)
-    path = sqlite_file(url)
-    if path is not None and not path.exists():
-        raise ConfigError(f"no run store at {path}")
-    table, _, cell_key = (cell or "").partition("/")
-    with open_store(url, create=False) as store:
+    with open_store(db_url(db), create=False) as store:
         every = store.list_runs()
-        runs = store.list_runs(status="finished", labels_contain=None if cell is None else
-                               (table, cell_key) if cell_key else table)
+        runs = store.list_runs(status="finished", labels_contain=cell_filter(cell))
         wanted = needed_checkpoints(every) if checkpoints == "needed" else {}
         written = []
         for info in runs:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from kdcicam.cli._common import DB_HELP, db_url
+from kdcicam.cli._common import CELL_HELP, DB_HELP, cell_filter, db_url
 from kdcicam.core.lifecycle import RUN_STATUSES
 
 if TYPE_CHECKING:
@@ -21,28 +21,21 @@ def export_cmd(
                                                      "records (per-image test records)."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     status: str | None = typer.Option("finished", "--status", help="Only runs with this status (default: finished)."),
-    cell: str | None = typer.Option(
-        None, "--cell", help="Only runs of a registry table (table3) or cell (table3/conpool+kd)."),
+    cell: str | None = typer.Option(None, "--cell", help=CELL_HELP),
 ) -> None:
     """Export the store as one tidy CSV (one row per value, each with its run's id, role, profile, variant,
     dataset, seed and labels), for analyses of your own; metrics are fractions, as stored."""
     from pathlib import Path
 
     from kdcicam.core.errors import ConfigError
-    from kdcicam.store import open_store, sqlite_file
+    from kdcicam.store import open_store
 
     if what not in EXPORTS:
         raise ConfigError(f"--what {what!r}: must be one of {', '.join(EXPORTS)}")
     if status is not None and status not in RUN_STATUSES:
         raise ConfigError(f"--status {status!r}: must be one of {', '.join(RUN_STATUSES)}")
-    url = db_url(db)
-    path = sqlite_file(url)
-    if path is not None and not path.exists():
-        raise ConfigError(f"no run store at {path}")
-    table, _, cell_key = (cell or "").partition("/")
-    with open_store(url, create=False) as store:
-        runs = store.list_runs(status=status, labels_contain=None if cell is None else
-                               (table, cell_key) if cell_key else table)
+    with open_store(db_url(db), create=False) as store:
+        runs = store.list_runs(status=status, labels_contain=cell_filter(cell))
         frame = export_frame(store, runs, what)
     if out == "-":
         typer.echo(frame.to_csv(index=False), nl=False)

@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from kdcicam.cli._common import DB_HELP, db_url
+from kdcicam.cli._common import CELL_HELP, DB_HELP, cell_filter, db_url
 from kdcicam.cli.runs_format import (
     DEFAULT_SOURCE,
     HEADLINE_METRICS,
@@ -32,8 +32,7 @@ def list_cmd(
         None, "--status", help=f"Only runs with this status: {' | '.join(RUN_STATUSES)}."),
     role: str | None = typer.Option(
         None, "--role", help=f"Only runs of this role ({', '.join(ROLES)})."),
-    cell: str | None = typer.Option(
-        None, "--cell", help="Only runs of a registry table (table3) or cell (table3/conpool+kd)."),
+    cell: str | None = typer.Option(None, "--cell", help=CELL_HELP),
     seed: int | None = typer.Option(None, "--seed", help="Only runs of this seed."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs as a JSON list."),
 ) -> None:
@@ -48,9 +47,7 @@ def list_cmd(
         typer.echo("[]" if as_json else f"no runs yet (no run store at {path})")
         return
     with open_store(url, create=False) as store:
-        table, _, cell_key = (cell or "").partition("/")
-        runs = store.list_runs(status=status, role=role,
-                               labels_contain=None if cell is None else (table, cell_key) if cell_key else table)
+        runs = store.list_runs(status=status, role=role, labels_contain=cell_filter(cell))
         runs = [r for r in runs if seed is None or r.seed == seed]
         finals = store.final_metrics([run.id for run in runs]) if runs else None
         progress = {run.id: run_progress(store, run) for run in runs if run.status == "running"}
