@@ -25,7 +25,10 @@ RECORD = {"image_id": "im0", "label": 2, "top5": [2, 1, 0, 3, 4], "top5_scores":
           "correct_top1_cls_context_swapped": True}
 
 
-def _run(store, root: Path, run_id: str, role: str, teachers: dict | None = None, finish: bool = True) -> Path:
+def _run(store, root: Path, run_id: str, role: str, teachers: dict | None = None, finish: bool = True,
+         cell: str | None = None, seed: int = 3) -> Path:
+    """A run labelled table3/``cell`` (default: its role, no cell of the registry's) with three checkpoints
+    and a gallery in its folder; finished with metrics, epochs and two records unless ``finish`` is False."""
     folder = root / run_id
     folder.mkdir(parents=True)
     for name in ("best_top1_cls.pt", "best_gt_known_loc.pt", "last.pt"):
@@ -34,9 +37,9 @@ def _run(store, root: Path, run_id: str, role: str, teachers: dict | None = None
     write_owner_file(folder, run_id, store.label)
     store.ensure_dataset("fp0", "synthetic", None, {"size": 96})
     store.get_or_create_run(run_id, config_hash="c" + run_id[:4], role=role, profile="medium", variant="reference",
-                            dataset="synthetic", seed=3, config={"teachers": teachers or {}},
+                            dataset="synthetic", seed=seed, config={"teachers": teachers or {}},
                             dataset_fingerprint="fp0", artifacts_dir=str(folder))
-    store.add_labels(run_id, "table3", role)
+    store.add_labels(run_id, "table3", cell or role)
     if finish:
         store.claim_run(run_id, pid=1, host="elsewhere")
         store.add_epoch_metrics(run_id, 0, "train", {"loss": 1.5, "nan": math.nan})
@@ -56,8 +59,9 @@ def source(tmp_path: Path) -> str:
     with open_store(url, clock=lambda: T0) as store:
         _run(store, tmp_path / "a" / "art", TEACHER, "loc_teacher")
         refs = {"loc_run": TEACHER, "loc_select": "gt_known_loc"}
-        _run(store, tmp_path / "a" / "art", DISTILLED, "distilled", refs)
-        _run(store, tmp_path / "a" / "art", WAITING, "distilled", {**refs, "loc_select": "top1_cls"}, finish=False)
+        _run(store, tmp_path / "a" / "art", DISTILLED, "distilled", refs, cell="conpool+kd")
+        _run(store, tmp_path / "a" / "art", WAITING, "distilled", {**refs, "loc_select": "top1_cls"}, finish=False,
+             cell="conpool+kd", seed=0)
     return url
 
 
@@ -83,8 +87,9 @@ def test_a_store_archived_and_imported_holds_the_same_runs_rows_and_files(source
     archive = tmp_path / "archive"
     assert _cli("runs", "archive", str(archive), "--db", source, "--json") == 0
     written = {w["run_id"]: w["files"] for w in json.loads(capsys.readouterr().out)["runs"]}
-    # finished runs only; the pending student's teacher checkpoint goes in (it will be read), no other
-    assert written == {TEACHER: ["best_top1_cls.pt", "gallery_last.npz"], DISTILLED: ["gallery_last.npz"]}
+    # finished runs only; the pending student's teacher checkpoint goes in (it will be read), no other; the
+    # gallery the report draws (Table 3's +KD cell at its lowest finished seed, selection "last"), no other
+    assert written == {TEACHER: ["best_top1_cls.pt"], DISTILLED: ["gallery_last.npz"]}
     assert not (archive / WAITING).exists() and not (archive / TEACHER / "files" / OWNER_FILE).exists()
 
     target = f"sqlite:///{tmp_path / 'b' / 'runs.db'}"
@@ -121,12 +126,41 @@ def test_archiving_again_rewrites_nothing_that_did_not_change(source, tmp_path, 
     assert gzip.decompress((archive / TEACHER / "rows.json.gz").read_bytes()).startswith(b'{"dataset":')
 
 
-def test_checkpoints_all_and_none(source, tmp_path, capsys):
+def test_checkpoints_and_galleries_all_and_none(source, tmp_path, capsys):
     for choice, expected in (("all", {"best_top1_cls.pt", "best_gt_known_loc.pt", "last.pt", "gallery_last.npz"}),
-                             ("none", {"gallery_last.npz"})):
+                             ("none", set())):
         archive = tmp_path / choice
-        assert _cli("runs", "archive", str(archive), "--db", source, "--checkpoints", choice) == 0
-        assert {p.name for p in (archive / TEACHER / "files").iterdir()} == expected
+        assert _cli("runs", "archive", str(archive), "--db", source, "--checkpoints", choice, "--galleries", choice) == 0
+        files = archive / TEACHER / "files"
+        assert ({p.name for p in files.iterdir()} if files.exists() else set()) == expected
+
+
+def test_prune_removes_the_checkpoints_no_longer_needed_and_nothing_else(source, tmp_path, capsys):
+    archive = tmp_path / "archive"
+    assert _cli("runs", "archive", str(archive), "--db", source) == 0
+    (archive / TEACHER / "files" / "notes.txt").write_text("mine")
+    with open_store(source) as store:  # the waiting student is trained: its teacher's checkpoint is not needed
+        store.claim_run(WAITING, pid=1, host="h")
+        store.finish_run(WAITING, train_seconds=1.0, eval_seconds=1.0)
+    assert _cli("runs", "archive", str(archive), "--db", source) == 0
+    assert (archive / TEACHER / "files" / "best_top1_cls.pt").exists()  # kept without --prune
+    capsys.readouterr()
+    assert _cli("runs", "archive", str(archive), "--db", source, "--prune", "--json") == 0
+    runs = {w["run_id"]: w for w in json.loads(capsys.readouterr().out)["runs"]}
+    assert runs[TEACHER]["pruned"] == ["best_top1_cls.pt"]
+    assert not (archive / TEACHER / "files" / "best_top1_cls.pt").exists()
+    assert (archive / TEACHER / "files" / "notes.txt").read_text() == "mine"  # not a file the archive names
+    # the +KD gallery is now the lower seed's (the student just finished at seed 0)
+    assert runs[DISTILLED]["pruned"] == ["gallery_last.npz"] and runs[WAITING]["files"] == ["gallery_last.npz"]
+
+
+def test_the_report_galleries_are_those_of_each_scopes_lowest_seed(source, tmp_path, capsys):
+    with open_store(source) as store:
+        _run(store, tmp_path / "a" / "art", "eeee000011112222", "distilled", cell="conpool+kd", seed=1)
+        _run(store, tmp_path / "a" / "art", "ffff000011112222", "student", cell="base", seed=4)
+    assert _cli("runs", "archive", str(tmp_path / "archive"), "--db", source, "--json") == 0
+    galleries = {w["run_id"][:4] for w in json.loads(capsys.readouterr().out)["runs"] if "gallery_last.npz" in w["files"]}
+    assert galleries == {"eeee", "ffff"}  # +KD at seed 1 (not seed 3), Base at its only seed
 
 
 def test_import_keeps_what_the_store_has_finished_and_replaces_a_pending_run(source, tmp_path, capsys):

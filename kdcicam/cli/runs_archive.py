@@ -3,8 +3,8 @@
 An archive holds one folder per finished run, named by its id::
 
     ARCHIVE/<run id>/rows.json.gz   the run's rows (kdcicam.store.transfer: run, dataset, metrics, records)
-    ARCHIVE/<run id>/files/...      its artifact files: every file but checkpoints (galleries, checksum
-                                    manifest) and the checkpoints ``--checkpoints`` names
+    ARCHIVE/<run id>/files/...      its artifact files: the checksum manifest, the CAM galleries
+                                    ``--galleries`` names and the checkpoints ``--checkpoints`` names
 
 Writing is deterministic (sorted JSON, gzip without a timestamp), so archiving a store again rewrites
 only what changed: an archive kept in git grows by the runs finished since. Importing copies the runs
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from kdcicam.cli._common import CELL_HELP, DB_HELP, cell_filter, db_url
+from kdcicam.cli._common import CELL_HELP, DB_HELP, REGISTRY_HELP, cell_filter, db_url
 
 if TYPE_CHECKING:
     from kdcicam.store import RunInfo
@@ -30,6 +30,8 @@ ROWS_FILE = "rows.json.gz"
 FILES_DIR = "files"
 CHECKPOINT_SUFFIX = ".pt"
 CHECKPOINT_CHOICES = ("needed", "all", "none")
+GALLERY_PREFIX = "gallery_"  # kdcicam.execution.checkpoint_eval writes gallery_<selection>.npz
+GALLERY_CHOICES = ("report", "all", "none")
 
 
 def archive_cmd(
@@ -40,6 +42,14 @@ def archive_cmd(
         "needed", "--checkpoints",
         help="Which checkpoints go in: needed (those the store's unfinished runs will read: their teachers'), "
              "all, or none. Without a run's checkpoints, the archive still holds every number and gallery."),
+    galleries: str = typer.Option(
+        "report", "--galleries",
+        help="Which CAM galleries go in: report (those `kdcicam report` draws: each scope's gallery cells at their "
+             "lowest seed), all, or none."),
+    registry: Path | None = typer.Option(None, help=REGISTRY_HELP),
+    prune: bool = typer.Option(
+        False, "--prune", help="Remove from the archive's run folders the checkpoints and galleries these choices "
+                               "no longer name (e.g. a teacher's checkpoint once its students have finished)."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Write the store's finished runs to a folder of files that `kdcicam runs import` reads back."""
@@ -48,23 +58,35 @@ def archive_cmd(
 
     if checkpoints not in CHECKPOINT_CHOICES:
         raise ConfigError(f"--checkpoints {checkpoints!r}: must be one of {', '.join(CHECKPOINT_CHOICES)}")
+    if galleries not in GALLERY_CHOICES:
+        raise ConfigError(f"--galleries {galleries!r}: must be one of {', '.join(GALLERY_CHOICES)}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file, not an archive folder")
     with open_store(db_url(db), create=False) as store:
         every = store.list_runs()
         runs = store.list_runs(status="finished", labels_contain=cell_filter(cell))
         wanted = needed_checkpoints(every) if checkpoints == "needed" else {}
+        if galleries == "report":
+            from kdcicam.registry.ablations import load_registry
+            from kdcicam.report.gallery import drawn_gallery_files
+
+            for run_id, names in drawn_gallery_files(load_registry(registry),
+                                                     [r for r in every if r.status == "finished"]).items():
+                wanted.setdefault(run_id, set()).update(names)
         written = []
         for info in runs:
             rows = store.dump_run(info.id)
-            files = _write_run(out / info.id, rows, info, checkpoints, wanted.get(info.id, set()))
-            written.append({"run_id": info.id, "role": info.role, "files": files})
+            files = _write_run(out / info.id, rows, info, checkpoints, galleries, wanted.get(info.id, set()))
+            pruned = _prune(out / info.id / FILES_DIR, set(files)) if prune else []
+            written.append({"run_id": info.id, "role": info.role, "files": files, "pruned": pruned})
     if as_json:
         typer.echo(json.dumps({"archive": str(out), "runs": written}, indent=2))
         return
     count = sum(len(w["files"]) for w in written)
+    pruned = sum(len(w["pruned"]) for w in written)
     typer.echo(f"archived {len(written)} finished run(s) to {out} ({count} artifact file(s), "
-               f"checkpoints: {checkpoints})")
+               f"checkpoints: {checkpoints}, galleries: {galleries}" + (f"; {pruned} file(s) pruned" if prune else "")
+               + ")")
 
 
 def import_cmd(
@@ -129,8 +151,11 @@ def needed_checkpoints(runs: list[RunInfo]) -> dict[str, set[str]]:
     return out
 
 
-def _write_run(folder: Path, rows: dict[str, Any], info: RunInfo, checkpoints: str, wanted: set[str]) -> list[str]:
-    """Write one run's archive folder; the artifact files copied, by name relative to the run's folder."""
+def _write_run(folder: Path, rows: dict[str, Any], info: RunInfo, checkpoints: str, galleries: str,
+               wanted: set[str]) -> list[str]:
+    """Write one run's archive folder; the artifact files copied, by name relative to the run's folder.
+
+    ``wanted``: the checkpoint and gallery files of this run that the "needed" and "report" choices name."""
     from kdcicam.core.errors import ConfigError
     from kdcicam.store.run_folder import OWNER_FILE
 
@@ -147,12 +172,27 @@ def _write_run(folder: Path, rows: dict[str, Any], info: RunInfo, checkpoints: s
             continue
         if path.suffix == CHECKPOINT_SUFFIX and not (checkpoints == "all" or name in wanted):
             continue
+        if path.name.startswith(GALLERY_PREFIX) and not (galleries == "all" or name in wanted):
+            continue
         try:
             _replace_if_changed(folder / FILES_DIR / name, path.read_bytes())
         except OSError as exc:
             raise ConfigError(f"cannot archive {path}: {exc.strerror or exc}") from None
         copied.append(name)
     return copied
+
+
+def _prune(files: Path, kept: set[str]) -> list[str]:
+    """Remove the checkpoints and galleries in an archived run's ``files`` folder that are not in ``kept``."""
+    if not files.is_dir():
+        return []
+    gone = []
+    for path in sorted(p for p in files.rglob("*") if p.is_file()):
+        name = path.relative_to(files).as_posix()
+        if name not in kept and (path.suffix == CHECKPOINT_SUFFIX or path.name.startswith(GALLERY_PREFIX)):
+            path.unlink()
+            gone.append(name)
+    return gone
 
 
 def _replace_if_changed(target: Path, data: bytes) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.patches import Rectangle
 
+from kdcicam.analysis.results import scopes_of
 from kdcicam.registry.ablations import Registry
 from kdcicam.registry.definitions import Table
 from kdcicam.report.figures import new_figure, to_jpeg
@@ -81,6 +82,25 @@ def gallery_run(table: Table, key: str, runs: Sequence[RunInfo]) -> RunInfo | No
     """The run a gallery column shows for cell ``key``: its lowest seed's (ties: the lowest id)."""
     labelled = sorted((r for r in runs if key in r.labels.get(table.key, [])), key=lambda r: (r.seed, r.id))
     return labelled[0] if labelled else None
+
+
+def drawn_gallery_files(reg: Registry, runs: Sequence[RunInfo]) -> dict[str, set[str]]:
+    """run id -> the gallery files the report draws of it, for finished ``runs`` (any scopes): in each
+    scope, the gallery table's cells, each at its lowest seed's run and its checkpoint selection."""
+    table = gallery_table(reg)
+    if table is None:
+        return {}
+    by_scope: dict[object, list[RunInfo]] = {}
+    scopes = scopes_of(reg, runs)
+    for run in runs:
+        by_scope.setdefault(scopes[run.id], []).append(run)
+    out = {}
+    for scope_runs in by_scope.values():
+        for cell in table.cells:
+            run = gallery_run(table, cell.key, scope_runs) if cell.key in table.gallery else None
+            if run is not None:
+                out.setdefault(run.id, set()).add(f"gallery_{cell.select}.npz")
+    return out
 
 
 def gallery_columns(table: Table, runs: Sequence[RunInfo],
