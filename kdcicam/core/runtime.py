@@ -79,9 +79,35 @@ def pick_device(spec: str = "auto") -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
+    """The device a run trains on, as stored with it: the GPU's name, or for the CPU its model, machine
+    architecture, the vector instructions PyTorch's kernels use (``ATEN_CPU_CAPABILITY`` can lower them)
+    and the thread count, e.g. ``cpu (AMD EPYC 7B13, x86_64, AVX2, 1 threads)``. Floating-point results
+    differ between CPU kernels, so two runs are comparable bit for bit only on equal strings."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    parts = [cpu_model(), platform.machine(), cpu_capability()]
+    described = ", ".join(dict.fromkeys(p for p in parts if p))  # the model may be the architecture itself
+    return f"cpu ({described}, {torch.get_num_threads()} threads)"
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (Linux: ``/proc/cpuinfo``), else what :func:`platform.processor` says, else ''."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_capability() -> str:
+    """The instruction set PyTorch's CPU kernels dispatch to (``AVX2``, ``AVX512``, ``DEFAULT``...), or ''."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):  # an older torch: not exposed
+        return ""
 
 
 def git_commit(cwd: Path | None = None) -> str:

@@ -30,7 +30,7 @@ class RunCost:
 
 
 def device_kind(device: str | None) -> str:
-    """"cpu" or "gpu" from a stored device string ("cpu (x86_64, 1 threads)", or the GPU's name)."""
+    """"cpu" or "gpu" from a stored device string ("cpu (AMD EPYC, x86_64, AVX2, 1 threads)", or the GPU's name)."""
     return "cpu" if (device or "").startswith("cpu") else "gpu"
 
 
