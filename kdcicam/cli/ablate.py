@@ -76,6 +76,10 @@ def ablate(
                                               "(default: ARTIFACTS/slurm)."),
     pack: int = typer.Option(1, min=1, help="Local launcher: train up to N runs that differ only in the seed "
                              "and the context pool in one batched step (each stored as its own run)."),
+    retrain_missing: bool = typer.Option(False, "--retrain-missing", help="Local launcher: a finished teacher "
+                                         "whose checkpoint is gone and that a student still to train needs is "
+                                         "trained again in place, and its new final numbers are compared with "
+                                         "the stored ones (the earlier record stays in its run folder)."),
 ) -> None:
     """Plan, train (or reuse) and evaluate every run an ablation table needs, and store the results."""
     from kdcicam.execution.plan import make_plan
@@ -89,6 +93,8 @@ def ablate(
     choice(launcher, LAUNCHERS, "--launcher")
     if launcher != "local" and pack != 1:
         raise ConfigError("--pack is for --launcher local")
+    if launcher != "local" and retrain_missing:
+        raise ConfigError("--retrain-missing is for --launcher local")
     if launcher != "local" and gpus != 1:
         raise ConfigError("--gpus is for --launcher local; with SLURM give --gpus-per-job")
     requested_jobs = parse_jobs(jobs)  # None: auto
@@ -135,7 +141,13 @@ def ablate(
         execute_one = execute_in_child(gpus, cache_dir(), device)
     from kdcicam.store import utc_now
 
+    from kdcicam.execution.teacher_restore import check_retrained, missing_teachers, refuse_missing, reopen_teachers
+
     began = utc_now()
+    missing = missing_teachers(plan.runs, store)
+    if not retrain_missing:
+        refuse_missing(missing)
+    earlier = reopen_teachers(store, missing, Path(artifacts))
     check_finished_teachers(plan.runs, store)
     _register_plan(plan, store, artifacts, dev)
     workers = start_workers(n_jobs - 1, worker_args(sys.argv), Path(artifacts))
@@ -154,9 +166,13 @@ def ablate(
     for message in worker_errors:
         typer.echo(message, err=True)
     failed = [r for r in rows if r["status"] != "finished"]
+    checks = check_retrained(store, earlier, Path(artifacts))
     if as_json:
-        echo_json({"tables": tables, "scope": scope.__dict__, "profile": profile, "variant": variant, "runs": rows})
+        echo_json({"tables": tables, "scope": scope.__dict__, "profile": profile, "variant": variant, "runs": rows,
+                   "retrained_teachers": [c.to_dict() for c in checks]})
     else:
+        for check in checks:
+            typer.echo(check.describe())
         trained = sum(1 for r in rows if r["status"] == "finished" and not r["reused"])
         reused = sum(1 for r in rows if r["reused"])
         typer.echo(f"{', '.join(tables)} ({scope.dataset}/{scope.backbone}, profile {profile}, variant {variant}): "

@@ -1,17 +1,17 @@
 """The run store's run lifecycle: claiming a run for training (exactly one of several claimers wins),
-heartbeats, and marking it finished or failed, as methods of :class:`kdcicam.store.api.Store` (a mixin)."""
+heartbeats, marking it finished or failed, and reopening a finished one to train it again, as methods of :class:`kdcicam.store.api.Store` (a mixin)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, delete, or_, update
 from sqlalchemy.orm import Session
 
 from kdcicam.store.rows import RunInfo, check_fits, check_keys, run_info
 from kdcicam.store.run_folder import to_stored
-from kdcicam.store.schema import Run
+from kdcicam.store.schema import EpochMetric, FinalMetric, ImageRecord, Run
 
 # claim_run: facts about the attempt that may be (re)recorded when a process takes the run.
 _ATTEMPT_FIELDS = ("git_commit", "device", "torch_version", "artifacts_dir")
@@ -101,6 +101,36 @@ class LifecycleMixin:
     def fail_run(self, run_id: str, message: str) -> RunInfo:
         """Mark a run failed with the reason (shown by ``kdcicam runs show``)."""
         return self._set_status(run_id, "failed", message=message)
+
+    def reopen_run(self, run_id: str, message: str) -> bool:
+        """Make a finished run pending again without its results (epoch and final metrics, image records),
+        so that the next ``ablate`` / ``train`` trains it anew; its id, config and labels stay. One
+        conditional UPDATE: of several callers, exactly one reopens it.
+
+        Args:
+            run_id: the run.
+            message: why (shown by ``runs list`` / ``runs show`` until the run is claimed).
+
+        Returns:
+            True when this caller reopened it; False when it was not finished.
+
+        Raises:
+            StoreError: no such run.
+        """
+        def op(session: Session) -> bool:
+            result = session.execute(
+                update(Run).where(Run.id == run_id, Run.status == "finished")
+                .values(status="pending", message=message, pid=None, heartbeat_at=None, started_at=None,
+                        finished_at=None, train_seconds=None, eval_seconds=None)
+                .execution_options(synchronize_session=False))
+            if result.rowcount != 1:
+                self._require_run(session, run_id)
+                return False
+            for model in (EpochMetric, FinalMetric, ImageRecord):
+                session.execute(delete(model).where(model.run_id == run_id))
+            return True
+
+        return self._tx(op, write=True)
 
     def _set_status(self, run_id: str, status: str, **values: Any) -> RunInfo:
         def op(session: Session) -> RunInfo:
