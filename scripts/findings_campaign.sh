@@ -9,10 +9,12 @@
 # outside the repository. The code that trains is this script's checkout (PYTHONPATH points at it, so a
 # pinned git worktree trains with its own code). Environment: JOBS (default 2) runs at a time; PYTHON
 # (default python3); KDCICAM_CACHE (default DIR/cache); STEPS, a comma-separated list of "TABLE VARIANT"
-# steps (default: the campaign's, in docs/findings.md's order).
+# steps (default: the campaign's, in docs/findings.md's order); RETRAIN_MISSING=1 passes --retrain-missing to
+# ablate (after a loss: finished teachers whose checkpoints are gone are trained again and checked).
 set -u
 [ $# -ge 1 ] || { echo "usage: $0 DIR [PROFILE]" >&2; exit 2; }
 DIR=$(realpath -m "$1"); PROFILE=${2:-medium}; JOBS=${JOBS:-2}; PY=${PYTHON:-python3}
+RETRAIN=(); [ "${RETRAIN_MISSING:-0}" = 1 ] && RETRAIN=(--retrain-missing)
 CODE=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$DIR" || exit 2
 export KDCICAM_CACHE="${KDCICAM_CACHE:-$DIR/cache}" PYTHONPATH="$CODE"
@@ -21,7 +23,7 @@ STORE=(--db "$DIR/runs.db")
 log() { echo "$(date -u +%FT%TZ) $*" >> "$DIR/campaign.log"; }
 ablate() {
   log "ablate $*"
-  "${KD[@]}" ablate "$@" --profile "$PROFILE" --jobs "$JOBS" --quiet "${STORE[@]}" --artifacts "$DIR/art" \
+  "${KD[@]}" ablate "$@" --profile "$PROFILE" --jobs "$JOBS" --quiet "${RETRAIN[@]}" "${STORE[@]}" --artifacts "$DIR/art" \
     >> "$DIR/campaign.log" 2>&1
   local rc=$?
   log "rc=$rc ablate $*"
@@ -38,7 +40,7 @@ n = [t["seeds"] for t in plan["tables"] if t["table"] == sys.argv[1] and t["vari
 print(max(n) if n else "")' "$1" "$2" "$PROFILE" "$plan"
 }
 failed=0
-log "start commit $(git -C "$CODE" rev-parse --short HEAD) dirty=$(git -C "$CODE" status --porcelain -- kdcicam ablations | wc -l) profile $PROFILE"
+log "start commit $(git -C "$CODE" rev-parse --short HEAD) dirty=$(git -C "$CODE" status --porcelain -- kdcicam ablations | wc -l) profile $PROFILE retrain_missing=${RETRAIN_MISSING:-0}"
 STEPS=${STEPS:-table3 reference,table3 paper,table4 reference,table5 reference,figure1b reference,context-sweep reference}
 IFS=',' read -r -a steps <<< "$STEPS"
 for step in "${steps[@]}"; do
