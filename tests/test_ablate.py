@@ -7,10 +7,13 @@ second finds everything finished and trains nothing; --dry-run shows each run's 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from _runs import REPO, kdcicam_env, query, smoke_cache  # noqa: F401
@@ -223,3 +226,44 @@ def test_several_tables_plan_as_one_and_a_bad_name_creates_no_store(smoke_cache,
         main(["ablate", "table3", "table9", "--db", str(tmp_path / "new.db")])
     assert bad.value.code == 2 and "unknown table 'table9'" in capsys.readouterr().err
     assert not (tmp_path / "new.db").exists()
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the worker processes through /proc")
+def test_sigterm_to_ablate_stops_its_workers_and_both_save_their_position(smoke_cache, tmp_path):  # noqa: F811
+    # the parent's run_plan turns the signal into an exit: the workers must be stopped on that path too,
+    # not left to train the rest of the plan while the parent waits for them
+    env = {**kdcicam_env(smoke_cache), "KDCICAM_THREADS": "1"}
+    db = tmp_path / "runs.db"
+    proc = subprocess.Popen([sys.executable, "-m", "kdcicam", "ablate", "table3", "--profile", "smoke", "--jobs", "2",
+                             "--set", "train.epochs=200", "--quiet", "--db", f"sqlite:///{db}", "--artifacts",
+                             str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(query(db, "select id from runs where status = 'running'")) < 2:
+        time.sleep(0.5)
+    assert len(query(db, "select id from runs where status = 'running'")) == 2, "the worker never started a run"
+    assert len(_processes_naming(str(db))) == 2
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=120)
+        left = _processes_naming(str(db))
+    finally:  # a failing run of this test leaves no trainer behind
+        for pid in _processes_naming(str(db)):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    assert left == []  # the worker is gone too
+    failed = query(db, "select message from runs where status = 'failed'")
+    assert len(failed) == 2 and all("rerun the same command to resume" in m for (m,) in failed)

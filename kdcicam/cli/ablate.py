@@ -153,8 +153,8 @@ def ablate(
     workers = start_workers(n_jobs - 1, worker_args(sys.argv), Path(artifacts))
     try:
         outcomes = run_plan(plan.runs, (store, artifacts, dev), quiet=quiet or as_json, execute_one=execute_one)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers stop too (each saves its position), then we go
-        if workers is not None:
+    except BaseException:  # Ctrl-C or SIGTERM (run_plan reports it and exits), or a crash: the workers stop
+        if workers is not None:  # too, each saving its position, then we go
             workers.interrupt()
         raise
     finally:
