@@ -7,7 +7,8 @@
 #
 # DIR holds the store (runs.db), the artifacts (art/), the data cache (cache/) and campaign.log; keep it
 # outside the repository. The code that trains is this script's checkout (PYTHONPATH points at it, so a
-# pinned git worktree trains with its own code). Environment: JOBS (default 2) runs at a time; PYTHON
+# pinned git worktree trains with its own code). Environment: JOBS (default 2) runs at a time, KDCICAM_THREADS
+# (default 1) threads each; PYTHON
 # (default python3); KDCICAM_CACHE (default DIR/cache); STEPS, a comma-separated list of "TABLE VARIANT"
 # steps (default: the campaign's, in docs/findings.md's order); RETRAIN_MISSING=1 passes --retrain-missing to
 # ablate (after a loss: finished teachers whose checkpoints are gone are trained again and checked).
@@ -17,7 +18,8 @@ DIR=$(realpath -m "$1"); PROFILE=${2:-medium}; JOBS=${JOBS:-2}; PY=${PYTHON:-pyt
 RETRAIN=(); [ "${RETRAIN_MISSING:-0}" = 1 ] && RETRAIN=(--retrain-missing)
 CODE=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$DIR" || exit 2
-export KDCICAM_CACHE="${KDCICAM_CACHE:-$DIR/cache}" PYTHONPATH="$CODE"
+# one thread per run whatever the core count: the thread count changes a run's numbers (README, "Repeating a run")
+export KDCICAM_CACHE="${KDCICAM_CACHE:-$DIR/cache}" PYTHONPATH="$CODE" KDCICAM_THREADS="${KDCICAM_THREADS:-1}"
 KD=("$PY" -m kdcicam)
 STORE=(--db "$DIR/runs.db")
 log() { echo "$(date -u +%FT%TZ) $*" >> "$DIR/campaign.log"; }
