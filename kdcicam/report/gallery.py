@@ -23,7 +23,7 @@ from matplotlib.patches import Rectangle
 from kdcicam.analysis.results import scopes_of
 from kdcicam.registry.ablations import Registry
 from kdcicam.registry.definitions import Table
-from kdcicam.report.figures import new_figure, to_jpeg
+from kdcicam.report.figures import new_figure, to_jpeg, wrap_to_width
 from kdcicam.store import RunInfo
 
 GALLERY_KEYS = ("image_ids", "images", "heatmaps", "pred_boxes", "gt_boxes", "labels", "top1")
@@ -184,7 +184,9 @@ def gallery_figure(columns: Sequence[GalleryColumn], image_ids: Sequence[str], t
         JPEG bytes (photographs and heatmaps: a fifth of the PNG's size).
     """
     n_rows, n_cols = len(image_ids), len(columns)
-    fig = new_figure(2.6 * n_cols + 0.4, 2.6 * n_rows + 0.6)
+    width = 2.6 * n_cols + 0.4
+    heading = wrap_to_width(f"{title}\nred: ground truth, green: predicted box at {box_note}", width)
+    fig = new_figure(width, 2.6 * n_rows + 0.4 + 0.2 * heading.count("\n"))
     axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False))  # (rows, cols)
     for j, col in enumerate(columns):
         where = {image_id: i for i, image_id in enumerate(col.arrays["image_ids"])}
@@ -195,7 +197,7 @@ def gallery_figure(columns: Sequence[GalleryColumn], image_ids: Sequence[str], t
                 axes[i, j].set_title(f"{col.title}\n(seed {col.seed})", fontsize=10)
             if j == 0:
                 axes[i, j].set_ylabel(f"{_short(image_id)}\nclass {int(col.arrays['labels'][k])}", fontsize=8)
-    fig.suptitle(f"{title}\nred: ground truth, green: predicted box at {box_note}", fontsize=10)
+    fig.suptitle(heading, fontsize=10)
     return to_jpeg(fig, dpi=90)
 
 
