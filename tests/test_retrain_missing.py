@@ -161,6 +161,11 @@ def test_ablate_trains_a_lost_teacher_again_and_its_numbers_come_back(smoke_cach
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
     with open_store(db) as s:
         assert {s.get_run(t).status for t in teachers} == {"finished"}  # nothing touched
+    plan = _ablate(["--dry-run", "--json"], smoke_cache, tmp_path)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    shown = {r["run_id"]: r["status"] for r in json.loads(plan.stdout)["runs"]}
+    assert {shown[t] for t in teachers} == {"finished, checkpoint gone (--retrain-missing trains it again)"}
+    assert shown[distilled.id] == "new"
 
     again = _ablate(["--retrain-missing", "--json"], smoke_cache, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -263,6 +263,9 @@ def _submit(plan, store, artifacts: Path, dev, *, launcher: str, device: str, op
         raise typer.Exit(1)
 
 
+GONE_STATUS = "finished, checkpoint gone (--retrain-missing trains it again)"
+
+
 def _status_of(info, done: int | None) -> str:
     """A planned run's status as the plan shows it: new, reused, resumed (after how many epochs), or being
     trained by another live process."""
@@ -281,15 +284,17 @@ def _status_of(info, done: int | None) -> str:
 def _print_plan(plan, store, as_json: bool, *, jobs: int = 1, device: str = "cpu") -> None:
     from kdcicam.core.config import to_dict
     from kdcicam.execution.eta import estimate_plan
+    from kdcicam.execution.teacher_restore import missing_teachers
 
     history = store.list_runs()
+    gone = {m.run_id for m in missing_teachers(plan.runs, store)}
     by_id = {r.id: r for r in history}
     done = _epochs_done(store, history, {r.run_id for r in plan.runs})
     est = estimate_plan(plan.runs, history, profile=plan.profile, device=device, jobs=jobs, epochs_done=done)
     rows = []
     for i, (run, seconds) in enumerate(zip(plan.runs, est.seconds), 1):
         rows.append({"order": i, "run_id": run.run_id, "role": run.role, "pool": run.cfg.model.context_pool,
-                     "seed": run.cfg.train.seed, "epochs": run.cfg.train.epochs, "status": _status_of(by_id.get(run.run_id), done.get(run.run_id)),
+                     "seed": run.cfg.train.seed, "epochs": run.cfg.train.epochs, "status": GONE_STATUS if run.run_id in gone else _status_of(by_id.get(run.run_id), done.get(run.run_id)),
                      "needs": [d[:12] for d in run.deps], "estimated_seconds": seconds,
                      "cells": [f"{t}/{c}@{s}" + (f" [{p}]" if p else "") for t, c, s, p in run.labels],
                      "config": to_dict(run.cfg)})
