@@ -70,17 +70,17 @@ def test_plan_status_says_new_reused_resumed_after_which_epoch_or_running_elsewh
     import os
     import socket
 
-    from kdcicam.cli.ablate import _status_of
+    from kdcicam.cli.plan_view import status_of
     from kdcicam.store import utc_now
 
     def info(status, pid=None):
         return NS(status=status, pid=pid, host=socket.gethostname(), heartbeat_at=utc_now())
 
-    assert _status_of(None, None) == "new" and _status_of(info("pending"), 0) == "new"
-    assert _status_of(info("finished"), 12) == "finished (reuse)"
-    assert _status_of(info("failed"), 4) == "failed (resume after epoch 4)"
+    assert status_of(None, None) == "new" and status_of(info("pending"), 0) == "new"
+    assert status_of(info("finished"), 12) == "finished (reuse)"
+    assert status_of(info("failed"), 4) == "failed (resume after epoch 4)"
     pid_max = int(open("/proc/sys/kernel/pid_max").read())
-    assert _status_of(info("running", pid_max), 3) == "interrupted (resume after epoch 3)"  # its process is gone
-    assert _status_of(info("running", pid_max), 0) == "interrupted (resume)"
-    alive = _status_of(info("running", os.getppid()), 8)
+    assert status_of(info("running", pid_max), 3) == "interrupted (resume after epoch 3)"  # its process is gone
+    assert status_of(info("running", pid_max), 0) == "interrupted (resume)"
+    alive = status_of(info("running", os.getppid()), 8)
     assert alive == f"running in process {os.getppid()} on {socket.gethostname()} (8 epochs done)"
