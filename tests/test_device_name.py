@@ -5,7 +5,9 @@ import platform
 import pytest
 import torch
 
-from kdcicam.core.runtime import cpu_capability, cpu_model, device_name
+from kdcicam.core.runtime import DEVICE_TEXT_MAX, cpu_capability, cpu_model, device_name, short_cpu_model
+
+THREADS = torch.get_num_threads()
 
 
 def test_cpu_model_reads_the_first_model_name(tmp_path):
@@ -30,7 +32,7 @@ def test_cpu_device_string_names_model_architecture_capability_and_threads(monke
     monkeypatch.setattr("kdcicam.core.runtime.cpu_capability", lambda: "AVX512")
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     threads = torch.get_num_threads()
-    assert device_name(torch.device("cpu")) == f"cpu (Intel(R) Xeon(R) Gold 6338, x86_64, AVX512, {threads} threads)"
+    assert device_name(torch.device("cpu")) == f"cpu (Intel Xeon Gold 6338, x86_64, AVX512, {threads} threads)"
 
 
 def test_cpu_device_string_drops_empty_and_repeated_parts(monkeypatch):
@@ -45,3 +47,31 @@ def test_cpu_capability_is_what_torch_dispatches_to():
         pytest.skip("this torch does not expose its CPU capability")
     assert cpu_capability() == torch.backends.cpu.get_cpu_capability()
     assert cpu_capability() != ""
+
+
+@pytest.mark.parametrize(("model", "short"), [
+    ("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz", "Intel Xeon Platinum 8480+"),
+    ("AMD EPYC 7B13 64-Core Processor", "AMD EPYC 7B13"),
+    ("Intel(R) Core(TM) i9-13900K", "Intel Core i9-13900K"),
+    ("Apple M2 Max", "Apple M2 Max"),
+])
+def test_cpu_model_names_lose_their_boilerplate(model, short):
+    assert short_cpu_model(model) == short
+
+
+def test_the_device_string_fits_the_store_column_whatever_the_model(monkeypatch):
+    from kdcicam.store.schema import Run
+
+    assert Run.__table__.c["device"].type.length == DEVICE_TEXT_MAX
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr("kdcicam.core.runtime.cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr("kdcicam.core.runtime.cpu_model", lambda: "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz")
+    torch.set_num_threads(1)
+    try:
+        assert device_name(torch.device("cpu")) == "cpu (Intel Xeon Platinum 8480+, x86_64, AVX512, 1 threads)"
+        monkeypatch.setattr("kdcicam.core.runtime.cpu_model", lambda: "Some Vendor " + "Very Long Model Name " * 4)
+        text = device_name(torch.device("cpu"))
+        assert len(text) == DEVICE_TEXT_MAX and text.startswith("cpu (Some Vendor Very Long")
+        assert text.endswith("…, x86_64, AVX512, 1 threads)")
+    finally:
+        torch.set_num_threads(THREADS)

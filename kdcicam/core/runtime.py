@@ -11,6 +11,7 @@ import hashlib
 import os
 import platform
 import random
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 from kdcicam.core.errors import ConfigError
 
+DEVICE_TEXT_MAX = 64  # the run store's device column (kdcicam.store.schema.Run.device) holds this many characters
 CRASH_ENV = "KDCICAM_CRASH_AT"  # test hook: "<point>[@<n>]" (see crash_point)
 CRASH_SIGNAL_ENV = "KDCICAM_CRASH_SIGNAL"  # the signal it sends: KILL (default) or INT
 _crash_counts: dict[str, int] = {}  # how often each crash point was reached in this process
@@ -81,13 +83,30 @@ def pick_device(spec: str = "auto") -> torch.device:
 def device_name(device: torch.device) -> str:
     """The device a run trains on, as stored with it: the GPU's name, or for the CPU its model, machine
     architecture, the vector instructions PyTorch's kernels use (``ATEN_CPU_CAPABILITY`` can lower them)
-    and the thread count, e.g. ``cpu (AMD EPYC 7B13, x86_64, AVX2, 1 threads)``. Floating-point results
-    differ between CPU kernels, so two runs are comparable bit for bit only on equal strings."""
+    and the thread count, e.g. ``cpu (AMD EPYC 7B13, x86_64, AVX2, 1 threads)``, at most
+    :data:`DEVICE_TEXT_MAX` characters (a long model name is cut). Floating-point results differ between
+    CPU kernels and thread counts, so two runs are comparable bit for bit only on equal strings."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    parts = [cpu_model(), platform.machine(), cpu_capability()]
-    described = ", ".join(dict.fromkeys(p for p in parts if p))  # the model may be the architecture itself
-    return f"cpu ({described}, {torch.get_num_threads()} threads)"
+        return torch.cuda.get_device_name(device)[:DEVICE_TEXT_MAX]
+    tail = f"{torch.get_num_threads()} threads)"
+    rest = [p for p in dict.fromkeys((platform.machine(), cpu_capability())) if p]
+    fixed = len("cpu (") + sum(len(p) + 2 for p in rest) + len(tail)
+    model = short_cpu_model(cpu_model())
+    if model in rest:  # the model may be the architecture itself
+        model = ""
+    if model and fixed + len(model) + 2 > DEVICE_TEXT_MAX:
+        model = model[:max(0, DEVICE_TEXT_MAX - fixed - 3)].rstrip() + "…"
+    return "cpu (" + "".join(f"{p}, " for p in ([model] if model else []) + rest) + tail
+
+
+def short_cpu_model(model: str) -> str:
+    """A CPU model name without trademarks, clock and core-count boilerplate:
+    ``Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz`` -> ``Intel Xeon Gold 6338``,
+    ``AMD EPYC 7B13 64-Core Processor`` -> ``AMD EPYC 7B13``."""
+    model = re.sub(r"\((R|TM|r|tm)\)", "", model)
+    model = re.sub(r"@\s*[\d.]+\s*[GM]Hz", "", model)
+    model = re.sub(r"\b\d+-Core\b|\bProcessor\b|\bCPU\b", "", model)
+    return " ".join(model.split())
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
