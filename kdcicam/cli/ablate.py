@@ -115,9 +115,8 @@ def ablate(
         split_threads(n_jobs)
         configure_threads()
     if dry_run:
-        from kdcicam.core.runtime import device_name
-
         from kdcicam.cli.plan_view import print_plan
+        from kdcicam.core.runtime import device_name
 
         print_plan(plan, store, as_json, jobs=n_jobs, device=device_name(dev))
         return
@@ -140,9 +139,8 @@ def ablate(
         from kdcicam.execution.launch import execute_in_child
 
         execute_one = execute_in_child(gpus, cache_dir(), device)
-    from kdcicam.store import utc_now
-
     from kdcicam.execution.teacher_restore import check_retrained, missing_teachers, refuse_missing, reopen_teachers
+    from kdcicam.store import utc_now
 
     began = utc_now()
     missing = missing_teachers(plan.runs, store)
