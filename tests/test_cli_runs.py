@@ -123,10 +123,11 @@ def test_show_by_prefix(runner, filled):
     assert "status                              finished" in out
     assert "2 min 5 s (125 s)" in out  # 125 s = 2 min 5 s
     assert "last epoch 1: train: loss=1.5; val: top1_cls=0.75" in out
-    table_row = next(line for line in out.splitlines() if "paper" in line and "last" in line)
-    # columns: protocol selection policy split, then names sorted: gt_known_loc maxboxacc_v2 top1_cls top1_loc
-    assert [cell.strip() for cell in table_row.split("│")[1:-1]] == [
-        "paper", "last", "fixed", "test", "0.625", "-", "0.8125", "0.5"]
+    # one table per protocol and split: a row per metric, a column per (checkpoint, θ policy)
+    assert "final metrics (columns: checkpoint selection / θ policy):" in out and "paper protocol, test split" in out
+    rows = {cells[0]: cells[1:] for line in out.splitlines() if line.startswith("│")
+            for cells in [[c.strip() for c in line.split("│")[1:-1]]]}
+    assert rows["gt_known_loc"] == ["0.625"] and rows["top1_cls"] == ["0.8125"] and rows["top1_loc"] == ["0.5"]
     assert '"theta": 0.14' in out  # the config
 
 

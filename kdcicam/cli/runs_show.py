@@ -33,6 +33,24 @@ def _final_groups(finals: pd.DataFrame) -> list[dict[str, Any]]:
     return groups
 
 
+def _final_tables(groups: list[dict[str, Any]]) -> list[Table]:
+    """One table per (protocol, split): a row per metric, a column per (checkpoint selection, θ policy);
+    a wide table of every metric per group does not fit a terminal."""
+    tables = []
+    for protocol, split in dict.fromkeys((g["protocol"], g["split"]) for g in groups):
+        part = [g for g in groups if (g["protocol"], g["split"]) == (protocol, split)]
+        names = sorted({name for g in part for name in g["metrics"]})
+        title = f"{protocol} protocol, {split} split"
+        table = Table(title=title, min_width=len(title) + 4)  # a one-column table would fold its title
+        table.add_column("metric")
+        for g in part:
+            table.add_column(f"{g['selection']}\n{g['threshold_policy']}", justify="right")
+        for name in names:
+            table.add_row(name, *(fmt_value(g["metrics"].get(name)) for g in part))
+        tables.append(table)
+    return tables
+
+
 def _last_epoch(epochs: pd.DataFrame) -> dict[str, Any] | None:
     if epochs.empty:
         return None
@@ -64,13 +82,9 @@ def show_cmd(
     console = table_console()
     _print_summary(console, info, progress)
     if groups:
-        names = sorted({name for group in groups for name in group["metrics"]})
-        table = Table(title="final metrics")
-        for column in (*EVAL_GROUP, *names):
-            table.add_column(column.replace("threshold_policy", "θ policy"))
-        for group in groups:
-            table.add_row(*(group[col] for col in EVAL_GROUP), *(fmt_value(group["metrics"].get(n)) for n in names))
-        console.print(table)
+        console.print("final metrics (columns: checkpoint selection / θ policy):")
+        for table in _final_tables(groups):
+            console.print(table)
     else:
         console.print("final metrics: none yet")
     if last_epoch is not None:
