@@ -155,7 +155,9 @@ def check_retrained(store: Store, earlier: dict[str, dict], artifacts_root: Path
         try:
             if store.get_run(run_id).status != "finished":
                 continue
-            now = _final_values(store.dump_run(run_id)["final_metrics"])
+            finals = store.final_metrics([run_id])
+            now = _final_values({col: [None if v != v else v for v in finals[col]] if col == "value"
+                                 else list(finals[col]) for col in finals.columns})  # NaN <- NULL, as dumped
         except KdcicamError:
             continue
         before = _final_values(dump.get("final_metrics") or {})

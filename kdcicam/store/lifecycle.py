@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from kdcicam.store.rows import RunInfo, check_fits, check_keys, run_info
 from kdcicam.store.run_folder import to_stored
-from kdcicam.store.schema import EpochMetric, FinalMetric, ImageRecord, Run
+from kdcicam.store.schema import RESULT_MODELS, Run
 
 # claim_run: facts about the attempt that may be (re)recorded when a process takes the run.
 _ATTEMPT_FIELDS = ("git_commit", "device", "torch_version", "artifacts_dir")
@@ -126,7 +126,7 @@ class LifecycleMixin:
             if result.rowcount != 1:
                 self._require_run(session, run_id)
                 return False
-            for model in (EpochMetric, FinalMetric, ImageRecord):
+            for model in RESULT_MODELS.values():
                 session.execute(delete(model).where(model.run_id == run_id))
             return True
 

@@ -161,3 +161,8 @@ class ImageRecord(Base):
     cam_mass_background: Mapped[float | None] = mapped_column(Float)
     context_preferred: Mapped[bool | None] = mapped_column(Boolean)
     correct_top1_cls_context_swapped: Mapped[bool | None] = mapped_column(Boolean)
+
+
+# a run's result tables, by the key a run dump names them with (kdcicam.store.transfer); a run's
+# results are exactly their rows with its run_id
+RESULT_MODELS = {"epoch_metrics": EpochMetric, "final_metrics": FinalMetric, "image_records": ImageRecord}

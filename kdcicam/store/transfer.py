@@ -21,10 +21,9 @@ from sqlalchemy.orm import Session
 
 from kdcicam.core.errors import StoreError
 from kdcicam.store.run_folder import to_stored
-from kdcicam.store.schema import Dataset, EpochMetric, FinalMetric, ImageRecord, Run
+from kdcicam.store.schema import RESULT_MODELS, Dataset, Run
 
 DUMP_FORMAT = 1  # bump when a dump's layout changes
-_RESULT_MODELS = {"epoch_metrics": EpochMetric, "final_metrics": FinalMetric, "image_records": ImageRecord}
 REPLACEABLE = ("pending", "failed")  # a run in the target store a dump may replace
 
 
@@ -87,7 +86,7 @@ class RunTransfer:
                 "run": _row_dict(Run.__table__, run, skip=("artifacts_dir",)),
                 "dataset": None if dataset is None else _row_dict(Dataset.__table__, dataset),
             }
-            for key, model in _RESULT_MODELS.items():
+            for key, model in RESULT_MODELS.items():
                 rows = session.scalars(select(model).where(model.run_id == run_id).order_by(model.id)).all()
                 dicts = [_row_dict(model.__table__, row, skip=("id", "run_id")) for row in rows]
                 out[key] = {c.name: [d[c.name] for d in dicts] for c in model.__table__.columns
@@ -121,7 +120,7 @@ class RunTransfer:
             if existing is not None and existing.status not in REPLACEABLE:
                 return "kept"
             if existing is not None:
-                for model in _RESULT_MODELS.values():
+                for model in RESULT_MODELS.values():
                     session.execute(delete(model).where(model.run_id == run_id))
                 session.execute(delete(Run).where(Run.id == run_id))
             dataset = dump.get("dataset")
@@ -129,7 +128,7 @@ class RunTransfer:
                 session.execute(insert(Dataset.__table__).values(**_db_values(Dataset.__table__, dataset)))
             session.execute(insert(Run.__table__).values(
                 **_db_values(Run.__table__, run_values, artifacts_dir=stored_dir)))
-            for key, model in _RESULT_MODELS.items():
+            for key, model in RESULT_MODELS.items():
                 rows = [_db_values(model.__table__, row, run_id=run_id) for row in _by_row(dump.get(key) or {})]
                 if rows:
                     session.execute(insert(model.__table__), rows)
