@@ -88,6 +88,7 @@ def _one_core(core: int) -> Callable[[], None]:
     """A preexec_fn pinning the child to one core: the CLI then runs torch on one thread (it uses
     every core it may run on), so results compare bit for bit and a busy machine does not stall it."""
     cores = sorted(os.sched_getaffinity(0))
+    core += int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])  # pytest-xdist's second worker: the other core
     return lambda: os.sched_setaffinity(0, {cores[core % len(cores)]})
 
 

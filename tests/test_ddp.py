@@ -175,6 +175,7 @@ def _states(root: Path, name: str) -> tuple[dict, dict, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp-trained")  # the `trained` fixture once, on one pytest-xdist worker
 @pytest.mark.parametrize("name", ["student-reference", "loc_teacher-paper", "distilled-reference"])
 def test_two_ranks_end_where_one_process_on_the_combined_batches_ends(trained, name):
     rank0, rank1, one = _states(trained, name)
@@ -199,6 +200,7 @@ def test_two_ranks_end_where_one_process_on_the_combined_batches_ends(trained, n
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp-trained")
 def test_without_the_pool_all_reduce_the_ranks_pools_drift_apart(trained):
     rank0, rank1, one = _states(trained, "student-reference-unreduced")
     assert not torch.equal(rank0["context_pool.q"], rank1["context_pool.q"])

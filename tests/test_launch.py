@@ -183,14 +183,22 @@ def test_launcher_slurm_without_slurm_is_one_line_naming_the_alternative(tmp_pat
         make_executor("slurm", tmp_path, SlurmOptions())
 
 
-def test_a_preempted_job_interrupts_its_child_and_requeues_the_same_command(tmp_path):
+@pytest.mark.parametrize("parent_sigint", [signal.default_int_handler, signal.SIG_IGN],
+                         ids=["foreground", "background-job"])
+def test_a_preempted_job_interrupts_its_child_and_requeues_the_same_command(tmp_path, parent_sigint):
     pytest.importorskip("submitit", reason="the SLURM launcher's optional dependency (pip install -e '.[slurm]')")
     marker = tmp_path / "got-sigint"
-    code = (f"import signal, sys, time, pathlib\n"
-            f"signal.signal(signal.SIGINT, lambda *a: (pathlib.Path({str(marker)!r}).touch(), sys.exit(130)))\n"
-            f"print('ready', flush=True)\ntime.sleep(60)\n")
-    job = TrainJob([sys.executable, "-c", code], grace_s=20)
-    job._child = subprocess.Popen(job.command, stdout=subprocess.PIPE, text=True)
+    # Python's own Ctrl-C (KeyboardInterrupt), as `kdcicam train` hears it; a child that inherits an
+    # ignored SIGINT never raises it and is killed after the grace period (-9).
+    code = (f"import sys, time, pathlib\nprint('ready', flush=True)\n"
+            f"try:\n    time.sleep(60)\n"
+            f"except KeyboardInterrupt:\n    pathlib.Path({str(marker)!r}).touch()\n    sys.exit(130)\n")
+    job = TrainJob([sys.executable, "-c", code], grace_s=5)
+    previous = signal.signal(signal.SIGINT, parent_sigint)  # a background shell job ignores SIGINT
+    try:
+        job.start(stdout=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert job._child.stdout.readline().strip() == "ready"
     again = job.checkpoint()
     assert job._child.returncode == 130 and marker.exists()  # the child got Ctrl-C and stopped on its own

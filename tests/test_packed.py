@@ -437,20 +437,28 @@ def _stored_per_run(db):
     return epochs, finals
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_table3_pack(smoke_cache, tmp_path_factory):  # noqa: F811
+    """Table 3 at 2 seeds and 2 epochs by ``ablate --pack 2``, never interrupted: its runs and store."""
+    where = tmp_path_factory.mktemp("whole")
+    return _ablate_table3(smoke_cache, where, "--pack", "2", epochs=2), where / "runs.db"
+
+
 @pytest.mark.slow
+@pytest.mark.xdist_group("uninterrupted-table3-pack")  # one worker trains the fixture for both cases
 @pytest.mark.parametrize("crash_at, crash_signal", [
     ("after-rotate@2", None),  # kill -9 between the two teachers' commits at the end of epoch 1
     ("after-step@3", "INT"),  # Ctrl-C at step 3 of the first pack
 ])
-def test_ablate_pack_resumes_a_killed_or_interrupted_pack_to_the_uninterrupted_result(smoke_cache, tmp_path,  # noqa: F811
-                                                                                       crash_at, crash_signal):
-    want = _ablate_table3(smoke_cache, tmp_path / "whole", "--pack", "2", epochs=2)
+def test_ablate_pack_resumes_a_killed_or_interrupted_pack_to_the_uninterrupted_result(
+        smoke_cache, uninterrupted_table3_pack, tmp_path, crash_at, crash_signal):  # noqa: F811
+    want, want_db = uninterrupted_table3_pack
     _ablate_table3(smoke_cache, tmp_path / "cut", "--pack", "2", epochs=2, crash_at=crash_at,
                    crash_signal=crash_signal, ok=False)
     got = _ablate_table3(smoke_cache, tmp_path / "cut", "--pack", "2", epochs=2)
     assert sorted(r["run_id"] for r in got) == sorted(r["run_id"] for r in want)
     assert all(r["status"] == "finished" for r in got)
-    assert _stored_per_run(tmp_path / "cut" / "runs.db") == _stored_per_run(tmp_path / "whole" / "runs.db")
+    assert _stored_per_run(tmp_path / "cut" / "runs.db") == _stored_per_run(want_db)
 
 
 @pytest.mark.slow

@@ -25,7 +25,8 @@ from _runs import (  # noqa: F401
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
+# every test reads the module's `references`: trained once, on one pytest-xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume-references")]
 EPOCHS = 3  # smoke: 64 training images in batches of 16 -> 4 steps per epoch
 
 

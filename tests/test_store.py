@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import sqlite3
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -553,13 +552,10 @@ def test_image_records_reject_wrong_keys(store):
         store.add_image_records(run_id, "paper", "last", "test", [bad])
 
 
-def test_bulk_insert_of_6000_image_records_is_fast(store):
+def test_bulk_insert_of_6000_image_records_reads_back_in_order(store):
+    # how fast: benchmarks/store_insert.py
     run_id = _new_run(store).id
-    records = [_record(i) for i in range(6000)]
-    start = time.perf_counter()
-    store.add_image_records(run_id, "paper", "last", "test", records)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"6,000 records took {elapsed:.2f} s"
+    store.add_image_records(run_id, "paper", "last", "test", [_record(i) for i in range(6000)])
     frame = store.get_image_records(run_id, "paper", "last", "test")
     assert len(frame) == 6000
     assert frame["image_id"].iloc[5999] == "img_05999"

@@ -343,13 +343,10 @@ def test_timestamps_ignore_the_session_time_zone(pg_url, monkeypatch):
         assert store.get_run(RUN).created_at == T0
 
 
-def test_bulk_insert_of_6000_image_records_is_fast(store):
+def test_bulk_insert_of_6000_image_records_reads_back_in_order(store):
+    # how fast: benchmarks/store_insert.py
     run_id = _new_run(store).id
-    records = [_record(i) for i in range(6000)]
-    start = time.perf_counter()
-    store.add_image_records(run_id, "paper", "last", "test", records)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"6,000 records took {elapsed:.2f} s"
+    store.add_image_records(run_id, "paper", "last", "test", [_record(i) for i in range(6000)])
     frame = store.get_image_records(run_id, "paper", "last", "test")
     assert len(frame) == 6000 and list(frame.columns) == list(IMAGE_RECORD_FIELDS)
     assert frame["image_id"].iloc[5999] == "img_05999"

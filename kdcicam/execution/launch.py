@@ -209,10 +209,14 @@ class TrainJob:
         self.grace_s = grace_s
         self._child: subprocess.Popen | None = None
 
+    def start(self, **popen: Any) -> subprocess.Popen:
+        """Start the command as this job's child, SIGINT at its default there (see :func:`_hear_sigint`)."""
+        self._child = subprocess.Popen(self.command, preexec_fn=_hear_sigint, **popen)
+        return self._child
+
     def __call__(self) -> int:
         """Run the command; raises RunError unless it exits 0 (so SLURM's ``afterok`` holds back dependants)."""
-        self._child = subprocess.Popen(self.command)
-        code = self._child.wait()
+        code = self.start().wait()
         if code != 0:
             raise RunError(f"{' '.join(self.command[:6])} ... exited with {code}")
         return code
@@ -227,6 +231,16 @@ class TrainJob:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"command": self.command, "grace_s": self.grace_s, "_child": None}
+
+
+def _hear_sigint() -> None:
+    """In the child, before it runs the command: SIGINT back to its default disposition.
+
+    A process started from a background shell job ignores SIGINT, and so would every child it starts:
+    the child would not hear the Ctrl-C :func:`_stop` sends on pre-emption and would be killed after the
+    grace period, losing the steps since its last checkpoint.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop(child: subprocess.Popen, grace_s: float) -> None:
