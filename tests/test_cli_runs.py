@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from kdcicam.cli import app, main
 from kdcicam.cli.runs_format import headline
 from kdcicam.store import open_store
-from kdcicam.store.run_folder import write_owner_file
+from kdcicam.store.run_folder import append_attempt, write_owner_file
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 RUN_A = "aaaa111122223333"
@@ -143,6 +143,28 @@ def test_show_json(runner, filled):
     a = json.loads(runner.invoke(app, ["runs", "show", "aaaa1", "--db", filled, "--json"]).output)
     assert a["last_epoch"] == {"epoch": 1, "train": {"loss": 1.5}, "val": {"top1_cls": 0.75}}
     assert len(a["final_metrics"]) == 2
+
+
+def test_show_lists_each_attempt_and_says_when_devices_or_commits_differ(runner, tmp_path):
+    db, folder = tmp_path / "runs.db", tmp_path / "runs" / RUN_A
+    with open_store(f"sqlite:///{db}") as store:
+        store.get_or_create_run(RUN_A, config_hash="c", role="student", profile="medium", variant="reference",
+                                dataset="synthetic", seed=1, config={})
+        store.claim_run(RUN_A, pid=9, host="box", device="cpu (AMD EPYC, x86_64, AVX2, 1 threads)",
+                        git_commit="4692eae9cd6b", artifacts_dir=str(folder))
+    plain = runner.invoke(app, ["runs", "show", RUN_A, "--db", str(db)])
+    assert plain.exit_code == 0 and "attempts" not in plain.output  # no log: nothing to list
+    append_attempt(folder, {"claimed_at": "2026-12-03T16:07:50+00:00", "device": "cpu (x86_64, 1 threads)",
+                            "git_commit": "dddb57f3f5f1", "host": "box", "pid": 7})
+    append_attempt(folder, {"claimed_at": "2026-12-03T16:41:38+00:00",
+                            "device": "cpu (AMD EPYC, x86_64, AVX2, 1 threads)", "git_commit": "4692eae9cd6b",
+                            "host": "box", "pid": 9})
+    out = runner.invoke(app, ["runs", "show", RUN_A, "--db", str(db)]).output
+    assert "attempts: 2 (on devices and commits that differ)" in out
+    assert "  2026-12-03T16:07:50+00:00  cpu (x86_64, 1 threads)  commit dddb57f3f5f1  box / 7" in out
+    assert "  2026-12-03T16:41:38+00:00  cpu (AMD EPYC, x86_64, AVX2, 1 threads)  commit 4692eae9cd6b  box / 9" in out
+    payload = json.loads(runner.invoke(app, ["runs", "show", RUN_A, "--db", str(db), "--json"]).output)
+    assert [a["pid"] for a in payload["attempts"]] == [7, 9]
 
 
 def test_show_errors_are_one_line(filled, tmp_path, capsys):

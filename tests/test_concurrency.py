@@ -31,6 +31,7 @@ from kdcicam.data.transforms import train_transform
 from kdcicam.execution import lease
 from kdcicam.execution.context import RunContext, RunTakenOver
 from kdcicam.execution.lease import Heartbeat, acquire, take_over
+from kdcicam.store.run_folder import read_attempts
 from kdcicam.execution.plan import PlannedRun, run_id_for
 from kdcicam.execution.runner import execute, execute_plan, register_run
 from kdcicam.model.factory import build_model
@@ -105,6 +106,8 @@ def test_a_run_left_running_by_a_dead_process_here_is_taken_over_and_resumed(set
     assert _messages(events, "resumed") == [f"run {planned.run_id[:12]}: resuming after epoch 1/2"]
     info = store.get_run(planned.run_id)
     assert info.status == "finished" and info.pid == os.getpid()
+    (attempt,) = read_attempts(info.artifacts_dir)  # the dead holder claimed through the store alone
+    assert (attempt["pid"], attempt["device"], attempt["git_commit"]) == (os.getpid(), info.device, info.git_commit)
     # this process trained epoch 2 only (the dead one would have stored epoch 1's metrics)
     assert query(ctx.artifacts_root.parent / "runs.db", "SELECT DISTINCT epoch FROM epoch_metrics") == [(1,)]
 

@@ -25,6 +25,8 @@ from _runs import (  # noqa: F401
     wait_until,
 )
 
+from kdcicam.store.run_folder import read_attempts
+
 # every test reads the module's `references`: trained once, on one pytest-xdist worker
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume-references")]
 EPOCHS = 3  # smoke: 64 training images in batches of 16 -> 4 steps per epoch
@@ -108,6 +110,9 @@ def test_sigkill_at_every_stage_then_the_same_command_ends_as_if_never_interrupt
     assert "was left running by process" in done.stderr and "which is gone" in done.stderr
     assert run_row(db)["status"] == "finished"
     _assert_same(_outcome(tmp_path), references[0])
+    attempts = read_attempts(run_dir)  # one line per process that claimed the run: the 4 killed, then this one
+    assert len(attempts) == 5 and len({a["pid"] for a in attempts}) == 5
+    assert {a["device"] for a in attempts} == {query(db, "SELECT device FROM runs")[0][0]}
 
 
 @pytest.mark.parametrize(("signal_name", "how"), [("INT", "Ctrl-C"), ("TERM", "SIGTERM")])

@@ -12,9 +12,12 @@ from kdcicam.core.errors import ConfigError
 from kdcicam.store import open_store
 from kdcicam.store.rows import MECHANISM_RECORD_FIELDS
 from kdcicam.store.run_folder import (
+    ATTEMPTS_FILE,
+    append_attempt,
     check_artifacts_root,
     deletable_folder,
     from_stored,
+    read_attempts,
     relocate_legacy,
     to_stored,
     write_owner_file,
@@ -129,3 +132,18 @@ def test_artifacts_root_that_is_a_file_is_refused(tmp_path):
     assert not (tmp_path / "new").exists()
     with pytest.raises(ConfigError, match="is a file"):
         check_artifacts_root(tmp_path / "f" / "a")
+
+
+def test_attempts_log_keeps_every_claim_in_order_and_skips_a_torn_line(tmp_path):
+    folder = tmp_path / RUN
+    assert read_attempts(folder) == [] and read_attempts(None) == []  # no folder, no log
+    first = {"claimed_at": "2026-12-03T16:07:50+00:00", "device": "cpu (x86_64, 1 threads)", "pid": 7}
+    second = {"claimed_at": "2026-12-03T16:41:38+00:00", "device": "cpu (AMD EPYC, x86_64, AVX2, 1 threads)", "pid": 9}
+    append_attempt(folder, first)  # creates the folder
+    with open(folder / ATTEMPTS_FILE, "a") as log:
+        log.write('{"claimed_at": "2026-12-03T16:3')  # a crash in the middle of a write
+    with open(folder / ATTEMPTS_FILE, "a") as log:
+        log.write("\n[1, 2]\n")  # not an attempt
+    append_attempt(folder, second)
+    assert read_attempts(folder) == [first, second]
+    assert read_attempts(str(folder)) == [first, second]

@@ -69,18 +69,21 @@ def show_cmd(
 ) -> None:
     """Show one run: status, timings, final metrics per protocol/selection, and its config."""
     from kdcicam.store import open_store
+    from kdcicam.store.run_folder import read_attempts
 
     with open_store(db_url(db), create=False) as store:
         info = store.resolve_run(run)
         groups = _final_groups(store.final_metrics([info.id]))
         last_epoch = _last_epoch(store.epoch_metrics(info.id))
         progress = run_progress(store, info) if info.status == "running" else None
+    attempts = read_attempts(info.artifacts_dir)
     if as_json:
         typer.echo(json.dumps({"run": info.to_dict(), "final_metrics": groups, "last_epoch": last_epoch,
-                               **({"progress": progress} if progress else {})}, indent=2))
+                               "attempts": attempts, **({"progress": progress} if progress else {})}, indent=2))
         return
     console = table_console()
     _print_summary(console, info, progress)
+    _print_attempts(console, attempts)
     if groups:
         console.print("final metrics (columns: checkpoint selection / θ policy):")
         for table in _final_tables(groups):
@@ -93,6 +96,22 @@ def show_cmd(
         console.print(f"last epoch {last_epoch['epoch']}: " + "; ".join(parts), markup=False)
     console.print("config:")
     console.print_json(json.dumps(info.config))
+
+
+def _print_attempts(console: Console, attempts: list[dict[str, Any]]) -> None:
+    """The run folder's attempts log, one line per process that claimed the run: a run resumed on
+    another device or commit shows each (its numbers repeat bit for bit only on one device string)."""
+    if not attempts:
+        return
+    devices = {a.get("device") for a in attempts}
+    commits = {a.get("git_commit") for a in attempts}
+    mixed = [what for what, values in (("devices", devices), ("commits", commits)) if len(values) > 1]
+    console.print(f"attempts: {len(attempts)}" + (f" (on {' and '.join(mixed)} that differ)" if mixed else ""),
+                  markup=False, highlight=False)
+    for a in attempts:
+        commit = (a.get("git_commit") or "-")[:12]
+        console.print(f"  {a.get('claimed_at', '-')}  {a.get('device') or '-'}  commit {commit}  "
+                      f"{a.get('host') or '-'} / {a.get('pid', '-')}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_summary(console: Console, info: RunInfo, progress: dict[str, Any] | None = None) -> None:

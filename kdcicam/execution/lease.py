@@ -13,11 +13,13 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 from kdcicam.core.errors import StoreError
 from kdcicam.execution.context import RunContext, RunTakenOver, emit
 from kdcicam.execution.holders import holder_gone
 from kdcicam.store import RunInfo, Store, sqlite_file, utc_now
+from kdcicam.store.run_folder import append_attempt
 
 TAKEOVER_MARGIN_S = 2.0  # a dead holder's last heartbeat must be this old before its run is taken (acquire)
 
@@ -106,7 +108,8 @@ def acquire(run_id: str, ctx: RunContext, **attempt: str | None) -> bool:
         **attempt: git_commit, device, torch_version, artifacts_dir of this attempt (recorded when claiming).
 
     Returns:
-        True once this process holds the run; False when another process finished it.
+        True once this process holds the run (the claim added to the run folder's attempts log);
+        False when another process finished it.
     """
     pid, host = os.getpid(), socket.gethostname()
     waited = False
@@ -119,7 +122,7 @@ def acquire(run_id: str, ctx: RunContext, **attempt: str | None) -> bool:
                 if waited:
                     emit(ctx, "warning", run_id=run_id, message=f"run {run_id[:12]}: the process training it "
                           f"stopped ({info.message or info.status}); this process resumes it")
-                return True
+                return _logged(attempt)
             continue  # another process claimed it first: look again
         gone = _holder_gone(info, ctx)
         if gone is None:
@@ -130,7 +133,17 @@ def acquire(run_id: str, ctx: RunContext, **attempt: str | None) -> bool:
         elif take_over(info, ctx, attempt):
             emit(ctx, "warning", run_id=run_id,
                   message=f"run {run_id[:12]} was left running by {gone}: resuming it from its last checkpoint")
-            return True
+            return _logged(attempt)
+
+
+def _logged(attempt: dict[str, str | None]) -> bool:
+    """Add this process's claim to the run folder's attempts log (the store's row keeps only the last
+    attempt's device and commit); True, for :func:`acquire` to return."""
+    if attempt.get("artifacts_dir"):
+        append_attempt(Path(attempt["artifacts_dir"]), {
+            "claimed_at": utc_now().isoformat(timespec="seconds"), "host": socket.gethostname(), "pid": os.getpid(),
+            **{key: attempt.get(key) for key in ("device", "git_commit", "torch_version")}})
+    return True
 
 
 def held_elsewhere(run_id: str, ctx: RunContext) -> bool:

@@ -4,7 +4,9 @@ The store keeps ``artifacts_dir`` relative to the folder of its SQLite file when
 inside it, so a project folder (store + ``runs/``) can be copied, moved or archived and still works;
 a folder elsewhere is kept absolute. Readers always get an absolute path.
 
-A run's folder holds an owner file, ``run.json``: the run's id and the store that made the folder.
+A run's folder holds an owner file, ``run.json``: the run's id and the store that made the folder,
+and an attempts log, ``attempts.jsonl``: one line per process that claimed the run (when, where, on
+which device and commit), since the store's row keeps only the last attempt's.
 ``kdcicam runs delete`` removes a folder only when :func:`deletable_folder` proves it is the run's
 own: its name is the run id, and its owner file names the run (a folder from before owner files: it
 holds a checkpoint manifest), and it lies inside the store's folder or its owner file names this
@@ -21,6 +23,7 @@ from typing import Any
 from kdcicam.core.errors import ConfigError, RunError
 
 OWNER_FILE = "run.json"
+ATTEMPTS_FILE = "attempts.jsonl"
 CHECKPOINT_MANIFEST = "checksums.json"  # kdcicam.training.checkpoint.MANIFEST (a layer above)
 
 
@@ -89,6 +92,37 @@ def write_owner_file(folder: Path, run_id: str, store_label: str) -> None:
         os.replace(tmp, folder / OWNER_FILE)
     except OSError as exc:
         raise RunError(f"cannot write the run's artifact folder {folder}: {exc.strerror or exc}") from None
+
+
+def append_attempt(folder: Path, record: dict[str, Any]) -> None:
+    """Add one attempt (a JSON object: claimed_at, host, pid, device, git_commit, torch_version) to the
+    run folder's attempts log. One ``write`` of one line in append mode: a crash leaves whole lines."""
+    line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ATTEMPTS_FILE, "a", encoding="utf-8") as log:
+            log.write(line)
+    except OSError as exc:
+        raise RunError(f"cannot write the run's artifact folder {folder}: {exc.strerror or exc}") from None
+
+
+def read_attempts(folder: Path | str | None) -> list[dict[str, Any]]:
+    """The run folder's attempts log, oldest first ([] without a folder or a log); a torn line is skipped."""
+    if folder is None:
+        return []
+    try:
+        lines = (Path(folder) / ATTEMPTS_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    attempts = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            attempts.append(record)
+    return attempts
 
 
 def check_artifacts_root(root: Path) -> Path:
