@@ -26,6 +26,7 @@ from kdcicam.report.provenance import provenance
 from kdcicam.report.render import md_escape, tex_escape
 from kdcicam.report.scatter import scatter_description, setting_means
 from kdcicam.store import open_store
+from kdcicam.store.run_folder import append_attempt
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 FINGERPRINT = "fp0123456789abcdef"
@@ -278,6 +279,21 @@ def test_provenance_keeps_a_dirty_tree_apart_from_its_commit(filled):
         runs = [r for r in store.list_runs() if r.status == "finished"]
     prov = provenance(scope_of(runs[0]), runs, "now")
     assert prov.git_commits == ("abc123def456", "abc123def456+dirty")
+
+
+def test_provenance_names_every_attempts_device_and_commit(filled, tmp_path):
+    with open_store(filled) as store:
+        runs = [r for r in store.list_runs() if r.status == "finished"]
+    before = provenance(scope_of(runs[0]), runs, "now")
+    resumed = dataclasses.replace(runs[0], artifacts_dir=str(tmp_path / runs[0].id))
+    for device, commit in (("cpu (x86_64, 1 threads)", "dddb57f3f5f1aa"), ("NVIDIA H200", "4692eae9cd6bbb")):
+        append_attempt(tmp_path / runs[0].id, {"device": device, "git_commit": commit})
+    prov = provenance(scope_of(runs[0]), [resumed, *runs[1:]], "now")
+    # the resumed run's log replaces its row's last attempt; the others keep their rows' values
+    others = {d for r in runs[1:] for d in [r.device or "-"]}
+    assert set(prov.devices) == others | {"cpu (x86_64, 1 threads)", "NVIDIA H200"}
+    assert {"dddb57f3f5f1", "4692eae9cd6b"} <= set(prov.git_commits)
+    assert before.devices == tuple(sorted({r.device or "-" for r in runs}))
 
 
 def test_provenance_counts_the_teachers_among_its_runs(filled):

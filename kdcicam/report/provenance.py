@@ -9,6 +9,7 @@ from typing import Any
 
 from kdcicam.analysis.results import ScopeKey, config_value
 from kdcicam.store import RunInfo
+from kdcicam.store.run_folder import read_attempts
 
 
 def _distinct(values: Iterable[Any]) -> tuple[str, ...]:
@@ -18,6 +19,12 @@ def _distinct(values: Iterable[Any]) -> tuple[str, ...]:
         if text not in out:
             out.append(text)
     return tuple(sorted(out))
+
+
+def _attempted(run: RunInfo, key: str) -> list[Any]:
+    """A run's ``device`` or ``git_commit`` over every attempt at it (its folder's attempts log), or
+    its row's (the last attempt's) when it has no log: a run resumed elsewhere trained under each."""
+    return [a.get(key) for a in read_attempts(run.artifacts_dir)] or [getattr(run, key)]
 
 
 def _short_commit(commit: str) -> str:
@@ -87,9 +94,9 @@ def provenance(scope: ScopeKey, runs: Sequence[RunInfo], generated: str) -> Prov
         profile=scope.profile,
         variant=scope.variant,
         seeds=tuple(str(s) for s in sorted({r.seed for r in runs})),
-        devices=_distinct(r.device for r in runs),
+        devices=_distinct(d for r in runs for d in _attempted(r, "device")),
         torch_versions=_distinct(r.torch_version for r in runs),
-        git_commits=_distinct(_short_commit(r.git_commit) if r.git_commit else None for r in runs),
+        git_commits=_distinct(_short_commit(c) if c else None for r in runs for c in _attempted(r, "git_commit")),
         n_runs=len(runs),
         generated=generated,
         n_teachers=sum(r.role.endswith("_teacher") for r in runs),
