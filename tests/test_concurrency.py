@@ -251,3 +251,14 @@ def test_two_ablates_at_once_train_each_run_once_and_readers_keep_working(smoke_
     # one epoch each: a second training of a run would have rotated its last.pt into prev.pt
     assert not list((tmp_path / "runs").glob("*/prev.pt"))
     assert len(list((tmp_path / "runs").glob("*/last.pt"))) == 5
+
+
+def test_a_claim_the_attempts_log_cannot_hold_is_a_warning_and_the_run_is_held(setup):
+    store, ctx, events, planned = setup
+    folder = ctx.artifacts_root / planned.run_id
+    (folder / "attempts.jsonl").mkdir(parents=True)  # not a file: the log cannot be appended to
+    assert acquire(planned.run_id, ctx, device="cpu", artifacts_dir=str(folder))
+    assert store.get_run(planned.run_id).status == "running"
+    (message,) = _messages(events, "warning")
+    assert message.startswith(f"run {planned.run_id[:12]}: this attempt is not in its attempts log (cannot write")
+    assert read_attempts(folder) == []

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from kdcicam.core.errors import StoreError
+from kdcicam.core.errors import RunError, StoreError
 from kdcicam.execution.context import RunContext, RunTakenOver, emit
 from kdcicam.execution.holders import holder_gone
 from kdcicam.store import RunInfo, Store, sqlite_file, utc_now
@@ -122,7 +122,7 @@ def acquire(run_id: str, ctx: RunContext, **attempt: str | None) -> bool:
                 if waited:
                     emit(ctx, "warning", run_id=run_id, message=f"run {run_id[:12]}: the process training it "
                           f"stopped ({info.message or info.status}); this process resumes it")
-                return _logged(attempt)
+                return _logged(run_id, ctx, attempt)
             continue  # another process claimed it first: look again
         gone = _holder_gone(info, ctx)
         if gone is None:
@@ -133,16 +133,21 @@ def acquire(run_id: str, ctx: RunContext, **attempt: str | None) -> bool:
         elif take_over(info, ctx, attempt):
             emit(ctx, "warning", run_id=run_id,
                   message=f"run {run_id[:12]} was left running by {gone}: resuming it from its last checkpoint")
-            return _logged(attempt)
+            return _logged(run_id, ctx, attempt)
 
 
-def _logged(attempt: dict[str, str | None]) -> bool:
+def _logged(run_id: str, ctx: RunContext, attempt: dict[str, str | None]) -> bool:
     """Add this process's claim to the run folder's attempts log (the store's row keeps only the last
-    attempt's device and commit); True, for :func:`acquire` to return."""
+    attempt's device and commit); True, for :func:`acquire` to return. The run is held by now: a log
+    that cannot be written is a warning, not a failure of the run."""
     if attempt.get("artifacts_dir"):
-        append_attempt(Path(attempt["artifacts_dir"]), {
-            "claimed_at": utc_now().isoformat(timespec="seconds"), "host": socket.gethostname(), "pid": os.getpid(),
-            **{key: attempt.get(key) for key in ("device", "git_commit", "torch_version")}})
+        try:
+            append_attempt(Path(attempt["artifacts_dir"]), {
+                "claimed_at": utc_now().isoformat(timespec="seconds"), "host": socket.gethostname(),
+                "pid": os.getpid(), **{key: attempt.get(key) for key in ("device", "git_commit", "torch_version")}})
+        except RunError as exc:
+            emit(ctx, "warning", run_id=run_id, message=f"run {run_id[:12]}: this attempt is not in its attempts "
+                  f"log ({exc})")
     return True
 
 
