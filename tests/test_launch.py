@@ -190,8 +190,9 @@ def test_a_preempted_job_interrupts_its_child_and_requeues_the_same_command(tmp_
     marker = tmp_path / "got-sigint"
     # Python's own Ctrl-C (KeyboardInterrupt), as `kdcicam train` hears it; a child that inherits an
     # ignored SIGINT never raises it and is killed after the grace period (-9).
-    code = (f"import sys, time, pathlib\nprint('ready', flush=True)\n"
-            f"try:\n    time.sleep(60)\n"
+    # 'ready' is printed inside the try: a Ctrl-C sent as soon as it is read is caught, not a race
+    code = (f"import sys, time, pathlib\n"
+            f"try:\n    print('ready', flush=True)\n    time.sleep(60)\n"
             f"except KeyboardInterrupt:\n    pathlib.Path({str(marker)!r}).touch()\n    sys.exit(130)\n")
     job = TrainJob([sys.executable, "-c", code], grace_s=5)
     previous = signal.signal(signal.SIGINT, parent_sigint)  # a background shell job ignores SIGINT
